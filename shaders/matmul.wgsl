@@ -1,0 +1,123 @@
+// Matrix multiply C(M,N) = A(M,K) . B(K,N) [+ bias(N)] [+ resid(M,N)] [+ C], any shape.
+//
+// A and B are read through row and column strides, so the same kernel serves a Linear
+// layer's forward (x . W^T), its input gradient (dy . W) and its weight gradient (dy^T . x),
+// and GPT-2's Conv1D layout, without transposing anything in memory.
+//
+// Tiling: a 16x16 workgroup computes a 64x64 tile of C; each thread a 4x4 block whose rows
+// and columns are 16 apart (so shared-memory reads are conflict-free and stores coalesce).
+// The K dimension advances 16 at a time through workgroup memory.
+// FLOPs 2*M*N*K; bytes ~ 4*(M*K*N/64 + K*N*M/64 + M*N) with 64x64 tiles.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,       // ACCUMULATE | HAS_BIAS | HAS_RESID
+    a_rs: u32,        // A(m, k) = a[m * a_rs + k * a_cs]
+    a_cs: u32,
+    b_rs: u32,        // B(k, n) = b[k * b_rs + n * b_cs]
+    b_cs: u32,
+}
+
+const HAS_BIAS: u32 = 2u;
+const HAS_RESID: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;   // (N)
+@group(0) @binding(4) var<storage, read> resid: array<f32>;  // (M, N)
+@group(0) @binding(5) var<storage, read_write> c: array<f32>; // (M, N)
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> tile_a: array<f32, 1024>; // [TK][TM]
+var<workgroup> tile_b: array<f32, 1024>; // [TK][TN]
+
+@compute @workgroup_size(16, 16)
+fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * TM;
+    let col0 = wid.x * TN;
+    let tid = lid.y * 16u + lid.x;
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    // Walk the tile in the order that makes consecutive threads read consecutive addresses.
+    let a_k_fast = p.a_cs == 1u;
+    let b_k_fast = p.b_rs == 1u;
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        for (var i = 0u; i < 4u; i++) {
+            let e = tid + i * 256u;
+            var mm: u32;
+            var kk: u32;
+            if (a_k_fast) { mm = e / TK; kk = e % TK; } else { kk = e / TM; mm = e % TM; }
+            let gm = row0 + mm;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gm < p.m && gk < p.k) {
+                v = a[gm * p.a_rs + gk * p.a_cs];
+            }
+            tile_a[kk * TM + mm] = v;
+
+            var nn: u32;
+            if (b_k_fast) { nn = e / TK; kk = e % TK; } else { kk = e / TN; nn = e % TN; }
+            let gn = col0 + nn;
+            let gk2 = k0 + kk;
+            var w = 0.0;
+            if (gn < p.n && gk2 < p.k) {
+                w = b[gk2 * p.b_rs + gn * p.b_cs];
+            }
+            tile_b[kk * TN + nn] = w;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = tile_a[kk * TM + lid.y + 16u * i];
+                bv[i] = tile_b[kk * TN + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = row0 + lid.y + 16u * i;
+        if (m >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let n = col0 + lid.x + 16u * j;
+            if (n >= p.n) { continue; }
+            var v = acc[i * 4u + j];
+            if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
+            let o = m * p.n + n;
+            if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
+            if ((p.flags & ACCUMULATE) != 0u) { v += c[o]; }
+            c[o] = v;
+        }
+    }
+}
+
+// The bias gradient: db(N) [+]= sum over rows of dy(M, N). One thread per column, so the
+// loads of a row coalesce across the workgroup. Reuses Params: m, n, flags.
+@group(0) @binding(1) var<storage, read> dy: array<f32>;          // (M, N)
+@group(0) @binding(2) var<storage, read_write> dbias: array<f32>; // (N)
+
+@compute @workgroup_size(256)
+fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x;
+    if (n >= p.n) { return; }
+    var s = 0.0;
+    for (var m = 0u; m < p.m; m++) {
+        s += dy[m * p.n + n];
+    }
+    if ((p.flags & ACCUMULATE) != 0u) { s += dbias[n]; }
+    dbias[n] = s;
+}

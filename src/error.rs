@@ -1,0 +1,45 @@
+//! One error type for the whole engine. Every variant carries enough words for a user
+//! to act on: which file, line, field, tensor or limit.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// No usable GPU adapter, device creation failed, or the device was lost.
+    #[error("GPU: {0}")]
+    Gpu(String),
+
+    /// A model or batch that cannot fit the adapter's limits, refused before allocating.
+    #[error("does not fit the GPU: {what} needs {need} but the adapter allows {have} ({limit})")]
+    Limit { what: String, need: u64, have: u64, limit: &'static str },
+
+    /// A model configuration the engine cannot run.
+    #[error("model config: {0}")]
+    Config(String),
+
+    /// A tensor in a model file is missing or has the wrong shape or type.
+    #[error("model weights: {0}")]
+    Weights(String),
+
+    /// A data problem, named by file and line where there is one.
+    #[error("data: {0}")]
+    Data(String),
+
+    /// A NaN or infinite loss or gradient: the step was not applied.
+    #[error("non-finite {what} at step {step}: the step was not applied and the parameters are unchanged (lower the learning rate or check the data)")]
+    NonFinite { what: String, step: u64 },
+
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

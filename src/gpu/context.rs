@@ -1,0 +1,195 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use wgpu::util::DeviceExt;
+
+use super::Tensor;
+use crate::error::{Error, Result};
+
+/// What the engine knows of the adapter: enough to pick kernel variants and to say in an
+/// error or a benchmark where it ran.
+#[derive(Clone, Debug)]
+pub struct GpuInfo {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    /// A CPU rasterizer (lavapipe, SwiftShader): prefers few workgroup barriers.
+    pub software: bool,
+}
+
+/// The device, its queue and the caches that hang off it. Created once; everything else
+/// borrows it. `Gpu::new` picks an adapter; `Gpu::from_device` takes one made elsewhere.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: GpuInfo,
+    pub limits: wgpu::Limits,
+    pub(crate) pipelines: Mutex<HashMap<String, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
+    pub(crate) uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
+    /// `WEBTUNE_NO_REUSE=1`: every scratch buffer is fresh, to tell a pooling bug from a
+    /// kernel bug.
+    pub no_reuse: bool,
+    /// Bound in place of an optional argument a dispatch does not use.
+    pub dummy: Tensor,
+}
+
+impl Gpu {
+    /// Request the best adapter and a device with every limit the adapter offers (a large
+    /// model needs far more than WebGPU's 128 MiB default storage binding).
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::Gpu(format!(
+                    "no GPU adapter ({e}). In a browser, WebGPU needs Chrome/Edge 113+ or a recent \
+                     Firefox/Safari with WebGPU enabled; natively, a Vulkan, Metal or DX12 driver \
+                     (on Linux without a GPU: Mesa's lavapipe, package mesa-vulkan-drivers)"
+                ))
+            })?;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webtune"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("device request failed: {e}")))?;
+        Ok(Gpu::from_device(&adapter.get_info(), device, queue))
+    }
+
+    /// Wrap a device created elsewhere (a test harness, the browser worker).
+    pub fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        let lname = info.name.to_lowercase();
+        let software = info.device_type == wgpu::DeviceType::Cpu
+            || lname.contains("llvmpipe")
+            || lname.contains("lavapipe")
+            || lname.contains("swiftshader");
+        let limits = device.limits();
+        let dummy = Tensor::whole(
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("dummy"),
+                size: 16,
+                usage: Self::usage(),
+                mapped_at_creation: false,
+            }),
+            4,
+        );
+        Gpu {
+            dummy,
+            info: GpuInfo {
+                name: info.name.clone(),
+                backend: format!("{:?}", info.backend),
+                device_type: format!("{:?}", info.device_type),
+                software,
+            },
+            device,
+            queue,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            uniforms: Mutex::new(HashMap::new()),
+            no_reuse: std::env::var("WEBTUNE_NO_REUSE").map(|v| v == "1").unwrap_or(false),
+        }
+    }
+
+    /// The largest tensor (in bytes) one binding can see.
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// Refuse an allocation the adapter cannot hold, before trying it.
+    pub fn check_fits(&self, what: &str, bytes: u64) -> Result<()> {
+        if bytes > self.max_binding() {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                need: bytes,
+                have: self.max_binding(),
+                limit: "maxStorageBufferBindingSize",
+            });
+        }
+        Ok(())
+    }
+
+    fn usage() -> wgpu::BufferUsages {
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+    }
+
+    /// A zero-filled tensor of `len` 32-bit elements.
+    pub fn zeros(&self, label: &str, len: usize) -> Result<Tensor> {
+        let bytes = (len.max(1) as u64 * 4).next_multiple_of(16);
+        self.check_fits(label, bytes)?;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: Self::usage(),
+            mapped_at_creation: false,
+        });
+        Ok(Tensor::whole(buf, len))
+    }
+
+    pub fn upload_f32(&self, label: &str, data: &[f32]) -> Result<Tensor> {
+        self.upload_bytes(label, bytemuck::cast_slice(data), data.len())
+    }
+
+    pub fn upload_u32(&self, label: &str, data: &[u32]) -> Result<Tensor> {
+        self.upload_bytes(label, bytemuck::cast_slice(data), data.len())
+    }
+
+    fn upload_bytes(&self, label: &str, bytes: &[u8], len: usize) -> Result<Tensor> {
+        self.check_fits(label, bytes.len() as u64)?;
+        if bytes.is_empty() {
+            return self.zeros(label, 0);
+        }
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: Self::usage(),
+        });
+        Ok(Tensor::whole(buf, len))
+    }
+
+    /// Overwrite the start of a tensor from the host (ordered before the next submit).
+    pub fn write_f32(&self, t: &Tensor, data: &[f32]) {
+        assert!(data.len() <= t.len);
+        if !data.is_empty() {
+            self.queue.write_buffer(&t.buf, t.offset, bytemuck::cast_slice(data));
+        }
+    }
+
+    pub fn write_u32(&self, t: &Tensor, data: &[u32]) {
+        assert!(data.len() <= t.len);
+        if !data.is_empty() {
+            self.queue.write_buffer(&t.buf, t.offset, bytemuck::cast_slice(data));
+        }
+    }
+
+    /// A uniform buffer holding `bytes`, shared by every dispatch with the same parameters:
+    /// a training step re-uses the same shapes every time, so after the first step no
+    /// uniform is allocated.
+    pub(crate) fn uniform(&self, bytes: &[u8]) -> wgpu::Buffer {
+        let mut cache = self.uniforms.lock().unwrap();
+        if let Some(b) = cache.get(bytes) {
+            return b.clone();
+        }
+        if cache.len() > 8192 {
+            cache.clear();
+        }
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().next_multiple_of(16).max(16), 0);
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: &padded,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        cache.insert(bytes.to_vec(), buf.clone());
+        buf
+    }
+}

@@ -1,0 +1,232 @@
+use std::collections::HashMap;
+
+use super::{Gpu, Tensor};
+
+/// One WGSL file: its name and source, with `shaders/common.wgsl` prepended.
+pub struct Kernel {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Declare a kernel from `shaders/<name>.wgsl`.
+#[macro_export]
+macro_rules! kernel {
+    ($ident:ident, $name:literal) => {
+        pub const $ident: $crate::gpu::Kernel = $crate::gpu::Kernel {
+            name: $name,
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl"))
+            ),
+        };
+    };
+}
+
+/// A storage binding: read-only or read-write. Binding 0 of every kernel is its uniform
+/// parameter struct; the arguments follow from binding 1 in order.
+pub enum Arg<'a> {
+    R(&'a Tensor),
+    W(&'a Tensor),
+}
+
+/// The work of one dispatch, for the benchmark's GFLOP/s and GB/s.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Cost {
+    pub flops: u64,
+    pub bytes: u64,
+}
+
+/// Time, FLOPs and bytes per kernel entry point (native benchmark only).
+#[derive(Default, Debug, Clone)]
+pub struct Profile {
+    pub entries: HashMap<String, ProfileEntry>,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct ProfileEntry {
+    pub calls: u64,
+    pub seconds: f64,
+    pub flops: u64,
+    pub bytes: u64,
+}
+
+/// Records dispatches into a single compute pass (WebGPU orders dispatches within a pass,
+/// so one pass per step is enough) and submits them together.
+pub struct Encoder<'g> {
+    gpu: &'g Gpu,
+    enc: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// When set, every dispatch is submitted and waited for alone and timed (native only).
+    pub profile: Option<Profile>,
+    pub dispatches: u64,
+}
+
+impl<'g> Encoder<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Encoder { gpu, enc: None, pass: None, profile: None, dispatches: 0 }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        if self.enc.is_none() {
+            self.enc = Some(self.gpu.device.create_command_encoder(&Default::default()));
+        }
+        self.enc.as_mut().unwrap()
+    }
+
+    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        if self.pass.is_none() {
+            let pass = self.encoder().begin_compute_pass(&Default::default()).forget_lifetime();
+            self.pass = Some(pass);
+        }
+        self.pass.as_mut().unwrap()
+    }
+
+    fn end_pass(&mut self) {
+        self.pass = None;
+    }
+
+    /// Dispatch `entry` of kernel `k` over `grid` workgroups.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        k: &Kernel,
+        entry: &str,
+        params: &P,
+        args: &[Arg],
+        grid: [u32; 3],
+        cost: Cost,
+    ) {
+        if grid.contains(&0) {
+            return;
+        }
+        let gpu = self.gpu;
+        let sig: String = args.iter().map(|a| if matches!(a, Arg::R(_)) { 'r' } else { 'w' }).collect();
+        let key = format!("{}:{}:{}", k.name, entry, sig);
+        let (pipeline, layout) = {
+            let mut cache = gpu.pipelines.lock().unwrap();
+            cache.entry(key).or_insert_with(|| build_pipeline(gpu, k, entry, args)).clone()
+        };
+        let ubuf = gpu.uniform(bytemuck::bytes_of(params));
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+        for (i, a) in args.iter().enumerate() {
+            let t = match a {
+                Arg::R(t) | Arg::W(t) => t,
+            };
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.binding() });
+        }
+        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        self.dispatches += 1;
+        let pass = self.pass();
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        if self.profile.is_some() {
+            self.profile_flush(&format!("{}.{}", k.name, entry), cost);
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn profile_flush(&mut self, label: &str, cost: Cost) {
+        let t0 = std::time::Instant::now();
+        self.submit();
+        let _ = self.gpu.device.poll(wgpu::PollType::wait_indefinitely());
+        let dt = t0.elapsed().as_secs_f64();
+        let e = self.profile.as_mut().unwrap().entries.entry(label.to_string()).or_default();
+        e.calls += 1;
+        e.seconds += dt;
+        e.flops += cost.flops;
+        e.bytes += cost.bytes;
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn profile_flush(&mut self, _label: &str, _cost: Cost) {}
+
+    /// Copy `src` into the start of `dst` (ends the current pass).
+    pub fn copy(&mut self, src: &Tensor, dst: &Tensor) {
+        assert!(src.len <= dst.len);
+        if src.len == 0 {
+            return;
+        }
+        self.end_pass();
+        let (sb, so, db, dof, n) = (src.buf.clone(), src.offset, dst.buf.clone(), dst.offset, src.bytes());
+        self.encoder().copy_buffer_to_buffer(&sb, so, &db, dof, n);
+    }
+
+    /// Record a copy into a host-mappable buffer (for readback).
+    pub(crate) fn copy_to_staging(&mut self, src: &Tensor, staging: &wgpu::Buffer) {
+        self.end_pass();
+        let (sb, so, n) = (src.buf.clone(), src.offset, src.bytes());
+        self.encoder().copy_buffer_to_buffer(&sb, so, staging, 0, n);
+    }
+
+    /// Submit everything recorded so far.
+    pub fn submit(&mut self) {
+        self.end_pass();
+        if let Some(enc) = self.enc.take() {
+            self.gpu.queue.submit([enc.finish()]);
+        }
+    }
+}
+
+impl Drop for Encoder<'_> {
+    fn drop(&mut self) {
+        self.submit();
+    }
+}
+
+fn build_pipeline(gpu: &Gpu, k: &Kernel, entry: &str, args: &[Arg]) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }];
+    for (i, a) in args.iter().enumerate() {
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: i as u32 + 1,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: matches!(a, Arg::R(_)) },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    let bgl = gpu
+        .device
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(k.name), entries: &entries });
+    let layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(k.name),
+        bind_group_layouts: &[Some(&bgl)],
+        immediate_size: 0,
+    });
+    let module = shader_module(gpu, k);
+    let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(&layout),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    (pipeline, bgl)
+}
+
+fn shader_module(gpu: &Gpu, k: &Kernel) -> wgpu::ShaderModule {
+    gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(k.name),
+        source: wgpu::ShaderSource::Wgsl(k.source.into()),
+    })
+}

@@ -1,0 +1,28 @@
+//! The GPU layer: device creation kept apart from the work (so tests and the browser inject
+//! their own device), tensors as views into storage buffers, a pipeline cache, an encoder that
+//! records a whole step into one compute pass, and async readback that never blocks in wasm.
+
+mod context;
+mod encoder;
+mod readback;
+mod tensor;
+
+pub use context::{Gpu, GpuInfo};
+pub use encoder::{Arg, Cost, Encoder, Kernel, Profile, ProfileEntry};
+pub use tensor::Tensor;
+
+/// Threads per workgroup of the 1-D kernels. 256 is the WebGPU default maximum.
+pub const WG: u32 = 256;
+
+/// A 1-D grid of `n` threads in workgroups of `wg`, folded into y when it exceeds the
+/// 65535 workgroups a dimension may hold. Shaders rebuild the flat index with
+/// `flat_id` from common.wgsl.
+pub fn grid_1d(n: usize, wg: u32) -> [u32; 3] {
+    let groups = (n as u64).div_ceil(wg as u64).max(1);
+    if groups <= 65535 {
+        [groups as u32, 1, 1]
+    } else {
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y) as u32, y as u32, 1]
+    }
+}

@@ -1,0 +1,12 @@
+//! webtune: fine-tune small language models on the GPU through wgpu, in the browser
+//! (WebGPU) and natively (Vulkan/Metal/DX12) with the same WGSL kernels.
+//!
+//! Shape legend used in comments throughout: B batch, T time (sequence), C channels
+//! (hidden size), V vocabulary, H attention heads, Hk key/value heads, D head size,
+//! F feed-forward size, R LoRA rank, N rows that carry loss.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Error, Result};

@@ -1,0 +1,156 @@
+//! Matrix multiply (shaders/matmul.wgsl) and the Linear / Conv1D layers built on it.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Arg, Cost, Encoder, Tensor};
+
+crate::kernel!(MATMUL, "matmul");
+
+const ACCUMULATE: u32 = 1;
+const HAS_BIAS: u32 = 2;
+const HAS_RESID: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    a_rs: u32,
+    a_cs: u32,
+    b_rs: u32,
+    b_cs: u32,
+}
+
+/// How an operand is stored: as the matrix itself (row-major) or as its transpose.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Op {
+    N,
+    T,
+}
+
+/// C(M,N) = op(A)(M,K) . op(B)(K,N) [+ bias(N)] [+ resid(M,N)], added into C when
+/// `accumulate`. op(A) = A stored (M,K) for `Op::N`, or stored (K,M) for `Op::T`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    enc: &mut Encoder,
+    (m, n, k): (usize, usize, usize),
+    a: &Tensor,
+    a_op: Op,
+    b: &Tensor,
+    b_op: Op,
+    bias: Option<&Tensor>,
+    resid: Option<&Tensor>,
+    c: &Tensor,
+    accumulate: bool,
+) {
+    debug_assert!(a.len >= m * k && b.len >= k * n && c.len >= m * n);
+    let (a_rs, a_cs) = match a_op {
+        Op::N => (k, 1),
+        Op::T => (1, m),
+    };
+    let (b_rs, b_cs) = match b_op {
+        Op::N => (n, 1),
+        Op::T => (1, k),
+    };
+    let flags = if accumulate { ACCUMULATE } else { 0 }
+        | if bias.is_some() { HAS_BIAS } else { 0 }
+        | if resid.is_some() { HAS_RESID } else { 0 };
+    let p = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        flags,
+        a_rs: a_rs as u32,
+        a_cs: a_cs as u32,
+        b_rs: b_rs as u32,
+        b_cs: b_cs as u32,
+    };
+    let dummy = &enc.gpu().dummy.clone();
+    let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+    let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+    let cost = Cost {
+        flops: 2 * m64 * n64 * k64,
+        bytes: 4 * (m64 * k64 * n64.div_ceil(64) + k64 * n64 * m64.div_ceil(64) + m64 * n64 * (1 + accumulate as u64)),
+    };
+    enc.dispatch(
+        &MATMUL,
+        "matmul_forward",
+        &p,
+        &[Arg::R(a), Arg::R(b), Arg::R(bias.unwrap_or(dummy)), Arg::R(resid.unwrap_or(dummy)), Arg::W(c)],
+        grid,
+        cost,
+    );
+}
+
+/// db(N) [+]= column sums of dy(M,N).
+pub fn bias_backward(enc: &mut Encoder, m: usize, n: usize, dy: &Tensor, db: &Tensor, accumulate: bool) {
+    let p = Params { m: m as u32, n: n as u32, flags: if accumulate { ACCUMULATE } else { 0 }, ..Zeroable::zeroed() };
+    let cost = Cost { flops: (m * n) as u64, bytes: 4 * (m * n + 2 * n) as u64 };
+    enc.dispatch(&MATMUL, "bias_backward", &p, &[Arg::R(dy), Arg::W(db)], [n.div_ceil(256) as u32, 1, 1], cost);
+}
+
+/// How a weight matrix is stored: Hugging Face `nn.Linear` keeps (out, in); GPT-2's
+/// `Conv1D` keeps (in, out).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WeightLayout {
+    OutIn,
+    InOut,
+}
+
+/// A linear layer's shape: `rows` inputs of `fan_in` features to `fan_out` features.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear {
+    pub rows: usize,
+    pub fan_in: usize,
+    pub fan_out: usize,
+    pub layout: WeightLayout,
+}
+
+impl Linear {
+    /// y(rows, out) = x(rows, in) . W [+ b] [+ resid]; added into y when `accumulate`.
+    pub fn forward(
+        &self,
+        enc: &mut Encoder,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        resid: Option<&Tensor>,
+        y: &Tensor,
+        accumulate: bool,
+    ) {
+        let w_op = match self.layout {
+            WeightLayout::OutIn => Op::T,
+            WeightLayout::InOut => Op::N,
+        };
+        matmul(enc, (self.rows, self.fan_out, self.fan_in), x, Op::N, w, w_op, b, resid, y, accumulate);
+    }
+
+    /// dx(rows, in) [+]= dy . W^T. `accumulate` adds into dx (a residual branch's gradient).
+    pub fn backward_input(&self, enc: &mut Encoder, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool) {
+        let w_op = match self.layout {
+            WeightLayout::OutIn => Op::N,
+            WeightLayout::InOut => Op::T,
+        };
+        matmul(enc, (self.rows, self.fan_in, self.fan_out), dy, Op::N, w, w_op, None, None, dx, accumulate);
+    }
+
+    /// dW += the weight gradient in the weight's own layout (always accumulated, so
+    /// micro-batches add up), and db += column sums of dy.
+    pub fn backward_weight(&self, enc: &mut Encoder, dy: &Tensor, x: &Tensor, dw: &Tensor, db: Option<&Tensor>) {
+        match self.layout {
+            // dW(out, in) += dy^T(out, rows) . x(rows, in)
+            WeightLayout::OutIn => {
+                matmul(enc, (self.fan_out, self.fan_in, self.rows), dy, Op::T, x, Op::N, None, None, dw, true)
+            }
+            // dW(in, out) += x^T(in, rows) . dy(rows, out)
+            WeightLayout::InOut => {
+                matmul(enc, (self.fan_in, self.fan_out, self.rows), x, Op::T, dy, Op::N, None, None, dw, true)
+            }
+        }
+        if let Some(db) = db {
+            bias_backward(enc, self.rows, self.fan_out, dy, db, true);
+        }
+    }
+}
