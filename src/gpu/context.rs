@@ -102,7 +102,7 @@ impl Gpu {
 
     /// The largest tensor (in bytes) one binding can see.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     /// Refuse an allocation the adapter cannot hold, before trying it.
