@@ -5,8 +5,13 @@
 //! (hidden size), V vocabulary, H attention heads, Hk key/value heads, D head size,
 //! F feed-forward size, R LoRA rank, N rows that carry loss.
 
+pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod load;
+pub mod model;
 pub mod ops;
+pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -159,6 +159,28 @@ impl<'g> Encoder<'g> {
         self.encoder().copy_buffer_to_buffer(&sb, so, &db, dof, n);
     }
 
+    /// Zero a tensor (ends the current pass; used once per step for the gradients).
+    pub fn clear(&mut self, t: &Tensor) {
+        if t.len == 0 {
+            return;
+        }
+        self.end_pass();
+        let (b, o, n) = (t.buf.clone(), t.offset, t.bytes());
+        self.encoder().clear_buffer(&b, o, Some(n));
+    }
+
+    /// Copy `src` to `dst` at an element offset (4-byte aligned copies need no binding
+    /// alignment), e.g. to collect each micro-batch's losses for one readback.
+    pub fn copy_at(&mut self, src: &Tensor, dst: &Tensor, dst_start: usize) {
+        assert!(dst_start + src.len <= dst.len);
+        if src.len == 0 {
+            return;
+        }
+        self.end_pass();
+        let (sb, so, db, n) = (src.buf.clone(), src.offset, dst.buf.clone(), src.bytes());
+        self.encoder().copy_buffer_to_buffer(&sb, so, &db, dst.offset + dst_start as u64 * 4, n);
+    }
+
     /// Record a copy into a host-mappable buffer (for readback).
     pub(crate) fn copy_to_staging(&mut self, src: &Tensor, staging: &wgpu::Buffer) {
         self.end_pass();

@@ -1,0 +1,60 @@
+//! Safetensors through the `safetensors` crate (which validates the header, offsets and
+//! dtypes), with the dtype conversion and shape checks training needs.
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+pub struct File<'a> {
+    name: String,
+    st: SafeTensors<'a>,
+}
+
+pub struct TensorRef<'a> {
+    file: &'a str,
+    name: String,
+    view: safetensors::tensor::TensorView<'a>,
+}
+
+impl<'a> File<'a> {
+    pub fn parse(name: &str, bytes: &'a [u8]) -> Result<File<'a>> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Weights(format!("{name}: {e}")))?;
+        Ok(File { name: name.to_string(), st })
+    }
+
+    /// The tensor `name`, also under GPT-2's older unprefixed names (`h.0...` for
+    /// `transformer.h.0...`) that the original checkpoints use.
+    pub fn find(&self, name: &str) -> Option<TensorRef<'_>> {
+        let alt = name.strip_prefix("transformer.");
+        [Some(name), alt].into_iter().flatten().find_map(|n| {
+            self.st.tensor(n).ok().map(|view| TensorRef { file: &self.name, name: n.to_string(), view })
+        })
+    }
+}
+
+impl TensorRef<'_> {
+    /// The values as f32, after checking the shape.
+    pub fn to_f32(&self, shape: &[usize]) -> Result<Vec<f32>> {
+        if self.view.shape() != shape {
+            return Err(Error::Weights(format!(
+                "{}: tensor `{}` has shape {:?}, the config implies {:?}",
+                self.file,
+                self.name,
+                self.view.shape(),
+                shape
+            )));
+        }
+        let d = self.view.data();
+        Ok(match self.view.dtype() {
+            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => d.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => {
+                return Err(Error::Weights(format!(
+                    "{}: tensor `{}` has dtype {other:?}; F32, F16 and BF16 are supported",
+                    self.file, self.name
+                )))
+            }
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! The parameter tree of each architecture, named exactly as the Hugging Face checkpoint
+//! names it, so loading and exporting are a name map.
+
+use super::config::{Arch, ModelConfig};
+use super::params::{ParamSpec, Pid};
+use crate::ops::matmul::WeightLayout;
+
+/// A linear layer's parameters and shape.
+#[derive(Clone, Debug)]
+pub struct LinearP {
+    pub w: Pid,
+    pub b: Option<Pid>,
+    pub fan_in: usize,
+    pub fan_out: usize,
+    pub layout: WeightLayout,
+}
+
+#[derive(Clone, Debug)]
+pub struct NormP {
+    pub w: Pid,
+    /// LayerNorm's bias; None for RMSNorm.
+    pub b: Option<Pid>,
+}
+
+#[derive(Clone, Debug)]
+pub enum AttnP {
+    /// q_proj, k_proj, v_proj (Llama, Qwen2).
+    Separate { q: LinearP, k: LinearP, v: LinearP },
+    /// GPT-2's c_attn: one (C, 3C) Conv1D whose output columns are [q | k | v].
+    Fused { c_attn: LinearP },
+}
+
+#[derive(Clone, Debug)]
+pub enum MlpP {
+    /// down(silu(gate(x)) * up(x))
+    Gated { gate: LinearP, up: LinearP, down: LinearP },
+    /// c_proj(gelu(c_fc(x)))
+    Gelu { fc: LinearP, proj: LinearP },
+}
+
+#[derive(Clone, Debug)]
+pub struct BlockP {
+    pub ln1: NormP,
+    pub attn: AttnP,
+    /// o_proj / attn.c_proj
+    pub o: LinearP,
+    pub ln2: NormP,
+    pub mlp: MlpP,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelP {
+    pub wte: Pid,
+    /// GPT-2's learned positions (P, C).
+    pub wpe: Option<Pid>,
+    pub blocks: Vec<BlockP>,
+    pub ln_f: NormP,
+    /// (V, C); the embedding itself when tied.
+    pub lm_head: Pid,
+}
+
+/// Collects parameter specs under a name prefix, like candle's VarBuilder `pp`.
+struct Specs {
+    specs: Vec<ParamSpec>,
+}
+
+impl Specs {
+    fn add(&mut self, name: String, shape: Vec<usize>) -> Pid {
+        self.specs.push(ParamSpec { name, shape, trainable: true });
+        self.specs.len() - 1
+    }
+
+    fn linear(&mut self, prefix: &str, fan_in: usize, fan_out: usize, bias: bool, layout: WeightLayout) -> LinearP {
+        let shape = match layout {
+            WeightLayout::OutIn => vec![fan_out, fan_in],
+            WeightLayout::InOut => vec![fan_in, fan_out],
+        };
+        let w = self.add(format!("{prefix}.weight"), shape);
+        let b = bias.then(|| self.add(format!("{prefix}.bias"), vec![fan_out]));
+        LinearP { w, b, fan_in, fan_out, layout }
+    }
+
+    fn norm(&mut self, prefix: &str, c: usize, bias: bool) -> NormP {
+        let w = self.add(format!("{prefix}.weight"), vec![c]);
+        let b = bias.then(|| self.add(format!("{prefix}.bias"), vec![c]));
+        NormP { w, b }
+    }
+}
+
+/// The parameter specs of `cfg` (in a stable order) and the tree that indexes them.
+pub fn build(cfg: &ModelConfig) -> (Vec<ParamSpec>, ModelP) {
+    let mut s = Specs { specs: Vec::new() };
+    let (c, f) = (cfg.hidden, cfg.ffn);
+    let tree = match cfg.arch {
+        Arch::Llama | Arch::Qwen2 => {
+            let lin = WeightLayout::OutIn;
+            let wte = s.add("model.embed_tokens.weight".into(), vec![cfg.vocab, c]);
+            let blocks = (0..cfg.layers)
+                .map(|i| {
+                    let p = format!("model.layers.{i}");
+                    let ln1 = s.norm(&format!("{p}.input_layernorm"), c, false);
+                    let q = s.linear(&format!("{p}.self_attn.q_proj"), c, cfg.q_dim(), cfg.qkv_bias, lin);
+                    let k = s.linear(&format!("{p}.self_attn.k_proj"), c, cfg.kv_dim(), cfg.qkv_bias, lin);
+                    let v = s.linear(&format!("{p}.self_attn.v_proj"), c, cfg.kv_dim(), cfg.qkv_bias, lin);
+                    let o = s.linear(&format!("{p}.self_attn.o_proj"), cfg.q_dim(), c, cfg.o_bias, lin);
+                    let ln2 = s.norm(&format!("{p}.post_attention_layernorm"), c, false);
+                    let gate = s.linear(&format!("{p}.mlp.gate_proj"), c, f, cfg.mlp_bias, lin);
+                    let up = s.linear(&format!("{p}.mlp.up_proj"), c, f, cfg.mlp_bias, lin);
+                    let down = s.linear(&format!("{p}.mlp.down_proj"), f, c, cfg.mlp_bias, lin);
+                    BlockP { ln1, attn: AttnP::Separate { q, k, v }, o, ln2, mlp: MlpP::Gated { gate, up, down } }
+                })
+                .collect();
+            let ln_f = s.norm("model.norm", c, false);
+            let lm_head = if cfg.tied { wte } else { s.add("lm_head.weight".into(), vec![cfg.vocab, c]) };
+            ModelP { wte, wpe: None, blocks, ln_f, lm_head }
+        }
+        Arch::Gpt2 => {
+            let conv = WeightLayout::InOut;
+            let wte = s.add("transformer.wte.weight".into(), vec![cfg.vocab, c]);
+            let wpe = s.add("transformer.wpe.weight".into(), vec![cfg.max_pos, c]);
+            let blocks = (0..cfg.layers)
+                .map(|i| {
+                    let p = format!("transformer.h.{i}");
+                    let ln1 = s.norm(&format!("{p}.ln_1"), c, true);
+                    let c_attn = s.linear(&format!("{p}.attn.c_attn"), c, 3 * c, true, conv);
+                    let o = s.linear(&format!("{p}.attn.c_proj"), c, c, true, conv);
+                    let ln2 = s.norm(&format!("{p}.ln_2"), c, true);
+                    let fc = s.linear(&format!("{p}.mlp.c_fc"), c, f, true, conv);
+                    let proj = s.linear(&format!("{p}.mlp.c_proj"), f, c, true, conv);
+                    BlockP { ln1, attn: AttnP::Fused { c_attn }, o, ln2, mlp: MlpP::Gelu { fc, proj } }
+                })
+                .collect();
+            let ln_f = s.norm("transformer.ln_f", c, true);
+            ModelP { wte, wpe: Some(wpe), blocks, ln_f, lm_head: wte }
+        }
+    };
+    (s.specs, tree)
+}

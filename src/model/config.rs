@@ -1,0 +1,239 @@
+//! The engine's view of a model, read from a Hugging Face `config.json`.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// LlamaForCausalLM: SmolLM2, TinyLlama, Llama 3.2. RMSNorm, RoPE, GQA, SwiGLU.
+    Llama,
+    /// Qwen2ForCausalLM: Llama's shape with biases on q, k and v.
+    Qwen2,
+    /// GPT2LMHeadModel: LayerNorm, learned positions, GELU MLP, fused c_attn, Conv1D layout.
+    Gpt2,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// V
+    pub vocab: usize,
+    /// C
+    pub hidden: usize,
+    pub layers: usize,
+    /// H
+    pub heads: usize,
+    /// Hk
+    pub kv_heads: usize,
+    /// D
+    pub head_dim: usize,
+    /// F
+    pub ffn: usize,
+    pub max_pos: usize,
+    pub norm_eps: f32,
+    pub tied: bool,
+    /// Biases on q, k, v (Qwen2, or Llama's `attention_bias`); o_proj gets one only in Llama.
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// RoPE inverse frequencies (D/2), after any `rope_scaling`; empty for GPT-2.
+    pub inv_freq: Vec<f32>,
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value> {
+    v.get(name).filter(|x| !x.is_null()).ok_or_else(|| Error::Config(format!("config.json has no `{name}`")))
+}
+
+fn usize_field(v: &Value, name: &str) -> Result<usize> {
+    let x = field(v, name)?;
+    x.as_u64()
+        .filter(|&n| n > 0 && n < (1 << 31))
+        .map(|n| n as usize)
+        .ok_or_else(|| Error::Config(format!("config.json `{name}` must be a positive integer, found {x}")))
+}
+
+fn opt_usize(v: &Value, name: &str) -> Result<Option<usize>> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => usize_field(v, name).map(Some),
+    }
+}
+
+fn f64_field(v: &Value, name: &str, default: f64) -> Result<f64> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => {
+            x.as_f64().ok_or_else(|| Error::Config(format!("config.json `{name}` must be a number, found {x}")))
+        }
+    }
+}
+
+fn bool_field(v: &Value, name: &str, default: bool) -> Result<bool> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => x.as_bool().ok_or_else(|| Error::Config(format!("config.json `{name}` must be true or false"))),
+    }
+}
+
+fn token_ids(v: &Value, name: &str) -> Vec<u32> {
+    match v.get(name) {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ModelConfig {
+    pub fn from_hf_json(text: &str) -> Result<ModelConfig> {
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json is not JSON: {e}")))?;
+        let arch_name = v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .or_else(|| v.get("model_type").and_then(|m| m.as_str()).map(str::to_string))
+            .ok_or_else(|| Error::Config("config.json has neither `architectures` nor `model_type`".into()))?;
+        let arch = match arch_name.as_str() {
+            "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => Arch::Llama,
+            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
+            other => {
+                return Err(Error::Config(format!(
+                    "architecture `{other}` is not supported (supported: LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)"
+                )))
+            }
+        };
+        let cfg = match arch {
+            Arch::Gpt2 => {
+                let hidden = usize_field(&v, "n_embd")?;
+                let heads = usize_field(&v, "n_head")?;
+                let act = v.get("activation_function").and_then(|a| a.as_str()).unwrap_or("gelu_new");
+                if act != "gelu_new" && act != "gelu_pytorch_tanh" {
+                    return Err(Error::Config(format!(
+                        "config.json `activation_function` is `{act}`; only GPT-2's tanh GELU (gelu_new) is supported"
+                    )));
+                }
+                ModelConfig {
+                    arch,
+                    vocab: usize_field(&v, "vocab_size")?,
+                    hidden,
+                    layers: usize_field(&v, "n_layer")?,
+                    heads,
+                    kv_heads: heads,
+                    head_dim: hidden / heads,
+                    ffn: opt_usize(&v, "n_inner")?.unwrap_or(4 * hidden),
+                    max_pos: usize_field(&v, "n_positions")?,
+                    norm_eps: f64_field(&v, "layer_norm_epsilon", 1e-5)? as f32,
+                    tied: true,
+                    qkv_bias: true,
+                    o_bias: true,
+                    mlp_bias: true,
+                    inv_freq: Vec::new(),
+                    eos_token_ids: token_ids(&v, "eos_token_id"),
+                    bos_token_id: token_ids(&v, "bos_token_id").first().copied(),
+                }
+            }
+            Arch::Llama | Arch::Qwen2 => {
+                let hidden = usize_field(&v, "hidden_size")?;
+                let heads = usize_field(&v, "num_attention_heads")?;
+                let kv_heads = opt_usize(&v, "num_key_value_heads")?.unwrap_or(heads);
+                let head_dim = opt_usize(&v, "head_dim")?.unwrap_or(hidden / heads);
+                let qwen = arch == Arch::Qwen2;
+                if qwen && bool_field(&v, "use_sliding_window", false)? {
+                    return Err(Error::Config("config.json `use_sliding_window` = true is not supported".into()));
+                }
+                let theta = f64_field(&v, "rope_theta", 10000.0)? as f32;
+                let mut inv_freq = default_inv_freq(theta, head_dim);
+                if let Some(scaling) = v.get("rope_scaling").filter(|s| !s.is_null()) {
+                    apply_rope_scaling(&mut inv_freq, scaling)?;
+                }
+                let attention_bias = bool_field(&v, "attention_bias", false)?;
+                ModelConfig {
+                    arch,
+                    vocab: usize_field(&v, "vocab_size")?,
+                    hidden,
+                    layers: usize_field(&v, "num_hidden_layers")?,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    ffn: usize_field(&v, "intermediate_size")?,
+                    max_pos: usize_field(&v, "max_position_embeddings")?,
+                    norm_eps: f64_field(&v, "rms_norm_eps", 1e-6)? as f32,
+                    tied: bool_field(&v, "tie_word_embeddings", false)?,
+                    qkv_bias: qwen || attention_bias,
+                    o_bias: !qwen && attention_bias,
+                    mlp_bias: !qwen && bool_field(&v, "mlp_bias", false)?,
+                    inv_freq,
+                    eos_token_ids: token_ids(&v, "eos_token_id"),
+                    bos_token_id: token_ids(&v, "bos_token_id").first().copied(),
+                }
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.heads % self.kv_heads != 0 {
+            return Err(Error::Config(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.heads, self.kv_heads
+            )));
+        }
+        if self.arch == Arch::Gpt2 && self.hidden % self.heads != 0 {
+            return Err(Error::Config(format!("n_embd ({}) must be a multiple of n_head ({})", self.hidden, self.heads)));
+        }
+        if self.head_dim % 2 != 0 || self.head_dim > 256 {
+            return Err(Error::Config(format!("head_dim {} must be even and at most 256", self.head_dim)));
+        }
+        Ok(())
+    }
+
+    /// Query projection width H*D, and key/value width Hk*D.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// HF's default RoPE frequencies: 1 / theta^(2i/D), computed in f32 as torch does.
+pub fn default_inv_freq(theta: f32, d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32)).collect()
+}
+
+/// `rope_scaling` of Llama 3.x (`rope_type: llama3`), as transformers'
+/// `_compute_llama3_parameters`; linear scaling divides every frequency.
+fn apply_rope_scaling(inv_freq: &mut [f32], s: &Value) -> Result<()> {
+    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+    let factor = f64_field(s, "factor", 1.0)?;
+    match kind {
+        "default" => {}
+        "linear" => inv_freq.iter_mut().for_each(|f| *f = (*f as f64 / factor) as f32),
+        "llama3" => {
+            let low = f64_field(s, "low_freq_factor", 1.0)?;
+            let high = f64_field(s, "high_freq_factor", 4.0)?;
+            let old_ctx = f64_field(s, "original_max_position_embeddings", 8192.0)?;
+            let low_wavelen = old_ctx / low;
+            let high_wavelen = old_ctx / high;
+            for f in inv_freq.iter_mut() {
+                let freq = *f as f64;
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                *f = if wavelen > low_wavelen {
+                    (freq / factor) as f32
+                } else if wavelen < high_wavelen {
+                    *f
+                } else {
+                    let smooth = (old_ctx / wavelen - low) / (high - low);
+                    ((1.0 - smooth) * freq / factor + smooth * freq) as f32
+                };
+            }
+        }
+        other => return Err(Error::Config(format!("rope_scaling type `{other}` is not supported"))),
+    }
+    Ok(())
+}

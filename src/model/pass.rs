@@ -1,0 +1,232 @@
+//! One forward and backward pass of a micro-batch. The backward is the forward read in
+//! reverse; every parameter gradient is ADDED into its gradient buffer, so micro-batches
+//! accumulate and the caller zeroes the gradients once per optimizer step.
+
+use super::arch::{AttnP, LinearP, MlpP, NormP};
+use super::workspace::{Inputs, Workspace};
+use super::Model;
+use crate::gpu::{Encoder, Tensor};
+use crate::ops::{attention, copy2d, cross_entropy, embedding, gather, gelu, layernorm, rmsnorm, rope, swiglu};
+use crate::ops::matmul::Linear;
+
+/// What the forward pass ends with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Fused softmax + cross-entropy: per-row NLL and the logits' gradient.
+    Loss,
+    /// Just the logits (scoring, generation, parity tests).
+    Logits,
+}
+
+impl Model {
+    fn lin(&self, l: &LinearP, rows: usize) -> Linear {
+        Linear { rows, fan_in: l.fan_in, fan_out: l.fan_out, layout: l.layout }
+    }
+
+    /// y = x W [+ b] [+ resid]
+    fn linear_fwd(&self, enc: &mut Encoder, l: &LinearP, rows: usize, x: &Tensor, resid: Option<&Tensor>, y: &Tensor) {
+        let p = &self.params;
+        let b = l.b.map(|b| p.weight(b));
+        self.lin(l, rows).forward(enc, x, &p.weight(l.w), b.as_ref(), resid, y, false);
+    }
+
+    /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable.
+    fn linear_bwd(
+        &self,
+        enc: &mut Encoder,
+        l: &LinearP,
+        rows: usize,
+        dy: &Tensor,
+        x: &Tensor,
+        dx: Option<(&Tensor, bool)>,
+    ) {
+        let p = &self.params;
+        let lin = self.lin(l, rows);
+        if let Some((dx, acc)) = dx {
+            lin.backward_input(enc, dy, &p.weight(l.w), dx, acc);
+        }
+        if let Some(dw) = p.grad(l.w) {
+            let db = l.b.and_then(|b| p.grad(b));
+            lin.backward_weight(enc, dy, x, &dw, db.as_ref());
+        }
+    }
+
+    fn norm_fwd(&self, enc: &mut Encoder, n: &NormP, rows: usize, x: &Tensor, y: &Tensor, mean: &Tensor, rstd: &Tensor) {
+        let (p, c, eps) = (&self.params, self.cfg.hidden, self.cfg.norm_eps);
+        match n.b {
+            Some(b) => layernorm::forward(enc, x, &p.weight(n.w), &p.weight(b), y, mean, rstd, rows, c, eps),
+            None => rmsnorm::forward(enc, x, &p.weight(n.w), y, rstd, rows, c, eps),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn norm_bwd(
+        &self,
+        enc: &mut Encoder,
+        n: &NormP,
+        rows: usize,
+        x: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        acc: bool,
+    ) {
+        let (p, c) = (&self.params, self.cfg.hidden);
+        let dw = p.grad(n.w);
+        match n.b {
+            Some(b) => {
+                let db = p.grad(b);
+                layernorm::backward(enc, x, &p.weight(n.w), mean, rstd, dy, dx, acc, dw.as_ref(), db.as_ref(), rows, c)
+            }
+            None => rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, acc, dw.as_ref(), rows, c),
+        }
+    }
+
+    fn attn_shape(&self, inp: &Inputs) -> attention::AttnShape {
+        let c = &self.cfg;
+        attention::AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim }
+    }
+
+    /// Forward through the blocks, then the head over the N rows listed in `loss_rows`.
+    /// With `Head::Loss`, `ws.nll` then holds each row's NLL and `ws.logits` the logits'
+    /// gradient; with `Head::Logits`, `ws.logits` holds the logits.
+    pub fn forward(&self, enc: &mut Encoder, ws: &Workspace, inp: &Inputs, head_kind: Head) {
+        let cfg = &self.cfg;
+        let p = &self.params;
+        let rows = inp.b * inp.t;
+        let (c, f) = (cfg.hidden, cfg.ffn);
+        let wpe = self.tree.wpe.map(|w| p.weight(w));
+        let pos = wpe.as_ref().map(|w| (&inp.pos, w));
+        embedding::forward(enc, &inp.ids, &p.weight(self.tree.wte), pos, &ws.xs[0], rows, c);
+        let shape = self.attn_shape(inp);
+        for (l, blk) in self.tree.blocks.iter().enumerate() {
+            let a = &ws.layers[l];
+            let x = &ws.xs[l];
+            self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
+            match &blk.attn {
+                AttnP::Separate { q, k, v } => {
+                    self.linear_fwd(enc, q, rows, &a.ln1, None, &a.q);
+                    self.linear_fwd(enc, k, rows, &a.ln1, None, &a.k);
+                    self.linear_fwd(enc, v, rows, &a.ln1, None, &a.v);
+                }
+                AttnP::Fused { c_attn } => {
+                    let qkv = a.qkv.as_ref().unwrap();
+                    self.linear_fwd(enc, c_attn, rows, &a.ln1, None, qkv);
+                    for (i, dst) in [&a.q, &a.k, &a.v].into_iter().enumerate() {
+                        copy2d::copy2d(enc, qkv, 3 * c, i * c, dst, c, 0, rows, c);
+                    }
+                }
+            }
+            if let Some(table) = &self.rope {
+                rope::forward(enc, &a.q, &inp.pos, table, rows, cfg.heads, cfg.head_dim);
+                rope::forward(enc, &a.k, &inp.pos, table, rows, cfg.kv_heads, cfg.head_dim);
+            }
+            attention::forward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse);
+            self.linear_fwd(enc, &blk.o, rows, &a.o, Some(x), &a.x_mid);
+            self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
+            let x_next = &ws.xs[l + 1];
+            match &blk.mlp {
+                MlpP::Gated { gate, up, down } => {
+                    let h2 = a.h2.as_ref().unwrap();
+                    self.linear_fwd(enc, gate, rows, &a.ln2, None, &a.h1);
+                    self.linear_fwd(enc, up, rows, &a.ln2, None, h2);
+                    swiglu::forward(enc, &a.h1, h2, &a.act, rows * f);
+                    self.linear_fwd(enc, down, rows, &a.act, Some(&a.x_mid), x_next);
+                }
+                MlpP::Gelu { fc, proj } => {
+                    self.linear_fwd(enc, fc, rows, &a.ln2, None, &a.h1);
+                    gelu::forward(enc, &a.h1, &a.act, rows * f);
+                    self.linear_fwd(enc, proj, rows, &a.act, Some(&a.x_mid), x_next);
+                }
+            }
+        }
+        // Only the rows that carry loss go through the final norm, the LM head and the loss.
+        let n = inp.n;
+        if n == 0 {
+            return;
+        }
+        gather::forward(enc, &ws.xs[cfg.layers], &inp.loss_rows, &ws.hg, n, c);
+        self.norm_fwd(enc, &self.tree.ln_f, n, &ws.hg, &ws.hf, &ws.meanf, &ws.rstdf);
+        let head = Linear { rows: n, fan_in: c, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
+        head.forward(enc, &ws.hf, &p.weight(self.tree.lm_head), None, None, &ws.logits, false);
+        if head_kind == Head::Logits {
+            return;
+        }
+        cross_entropy::forward_backward(enc, &ws.logits, &inp.targets, &inp.weights, &ws.nll, n, cfg.vocab);
+    }
+
+    /// Backward after `forward`: adds every trainable parameter's gradient.
+    pub fn backward(&self, enc: &mut Encoder, ws: &Workspace, inp: &Inputs) {
+        let cfg = &self.cfg;
+        let p = &self.params;
+        let rows = inp.b * inp.t;
+        let (c, f, n) = (cfg.hidden, cfg.ffn, inp.n);
+        let g = &ws.grads;
+        if n == 0 {
+            return;
+        }
+        // Loss head, in reverse.
+        let head = Linear { rows: n, fan_in: c, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
+        head.backward_input(enc, &ws.logits, &p.weight(self.tree.lm_head), &ws.dhf, false);
+        if let Some(dw) = p.grad(self.tree.lm_head) {
+            head.backward_weight(enc, &ws.logits, &ws.hf, &dw, None);
+        }
+        self.norm_bwd(enc, &self.tree.ln_f, n, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false);
+        gather::backward(enc, &ws.dhg, &inp.loss_rows, &g.dres, n, rows, c);
+
+        let shape = self.attn_shape(inp);
+        for (l, blk) in self.tree.blocks.iter().enumerate().rev() {
+            let a = &ws.layers[l];
+            let x = &ws.xs[l];
+            // x_next = x_mid + mlp(ln2(x_mid)); g.dres holds d x_next.
+            match &blk.mlp {
+                MlpP::Gated { gate, up, down } => {
+                    let h2 = a.h2.as_ref().unwrap();
+                    self.linear_bwd(enc, down, rows, &g.dres, &a.act, Some((&g.dact, false)));
+                    swiglu::backward(enc, &a.h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
+                    self.linear_bwd(enc, gate, rows, &g.dh1, &a.ln2, Some((&g.dln, false)));
+                    self.linear_bwd(enc, up, rows, &g.dh2, &a.ln2, Some((&g.dln, true)));
+                }
+                MlpP::Gelu { fc, proj } => {
+                    self.linear_bwd(enc, proj, rows, &g.dres, &a.act, Some((&g.dact, false)));
+                    gelu::backward(enc, &a.h1, &g.dact, &g.dh1, rows * f);
+                    self.linear_bwd(enc, fc, rows, &g.dh1, &a.ln2, Some((&g.dln, false)));
+                }
+            }
+            // d x_mid = d x_next (the residual) + the norm's input gradient.
+            self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true);
+            // x_mid = x + o W_o
+            self.linear_bwd(enc, &blk.o, rows, &g.dres, &a.o, Some((&g.d_o, false)));
+            attention::backward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv);
+            if let Some(table) = &self.rope {
+                rope::backward(enc, &g.dq, &inp.pos, table, rows, cfg.heads, cfg.head_dim);
+                rope::backward(enc, &g.dk, &inp.pos, table, rows, cfg.kv_heads, cfg.head_dim);
+            }
+            match &blk.attn {
+                AttnP::Separate { q, k, v } => {
+                    self.linear_bwd(enc, q, rows, &g.dq, &a.ln1, Some((&g.dln, false)));
+                    self.linear_bwd(enc, k, rows, &g.dk, &a.ln1, Some((&g.dln, true)));
+                    self.linear_bwd(enc, v, rows, &g.dv, &a.ln1, Some((&g.dln, true)));
+                }
+                AttnP::Fused { c_attn } => {
+                    let dqkv = g.dqkv.as_ref().unwrap();
+                    for (i, src) in [&g.dq, &g.dk, &g.dv].into_iter().enumerate() {
+                        copy2d::copy2d(enc, src, c, 0, dqkv, 3 * c, i * c, rows, c);
+                    }
+                    self.linear_bwd(enc, c_attn, rows, dqkv, &a.ln1, Some((&g.dln, false)));
+                }
+            }
+            self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true);
+        }
+        // g.dres = d(embedding output).
+        if let (Some(dw), Some(idx)) = (p.grad(self.tree.wte), &inp.by_id) {
+            embedding::backward(enc, idx, &g.dres, &dw, c);
+        }
+        if let (Some(wpe), Some(idx)) = (self.tree.wpe, &inp.by_pos) {
+            if let Some(dw) = p.grad(wpe) {
+                embedding::backward(enc, idx, &g.dres, &dw, c);
+            }
+        }
+    }
+}

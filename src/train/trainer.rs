@@ -1,0 +1,242 @@
+//! The training step: zero the gradients, forward + backward every micro-batch of the
+//! accumulated batch, clip by the global norm and apply AdamW, all on the GPU with one
+//! readback (the loss and the norm) after the step.
+
+use super::batch::{self, Example, ExampleScore, LossMode, MicroBatch};
+use crate::error::{Error, Result};
+use crate::gpu::{Encoder, Gpu, Profile, Tensor};
+use crate::model::{Head, Inputs, Model, Workspace};
+use crate::ops::adamw::{self, AdamW};
+use crate::ops::embedding::GroupIndex;
+use crate::ops::grad_norm;
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub loss: LossMode,
+    /// Examples per micro-batch; the batch handed to `step` is accumulated over them.
+    pub micro_batch: usize,
+    pub adamw: AdamW,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            loss: LossMode::PerExample,
+            micro_batch: 8,
+            adamw: AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StepStats {
+    /// The loss of the batch before the update, in the configured normalization.
+    pub loss: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Tokens processed (padding excluded), and tokens that carried loss.
+    pub tokens: usize,
+    pub targets: usize,
+}
+
+pub struct Trainer<'g> {
+    gpu: &'g Gpu,
+    pub model: Model,
+    pub cfg: TrainConfig,
+    /// Optimizer steps applied so far.
+    pub step: u64,
+    ws: Option<Workspace>,
+    partials: Tensor,
+    /// f32 (4): [global grad norm, ...]
+    stats: Tensor,
+    /// When set, every dispatch is timed alone into this profile (benchmarks only).
+    pub profile: Option<Profile>,
+}
+
+impl<'g> Trainer<'g> {
+    pub fn new(gpu: &'g Gpu, model: Model, cfg: TrainConfig) -> Result<Self> {
+        let lens: Vec<usize> = model.params.arenas.iter().filter(|a| a.trainable).map(|a| a.len).collect();
+        let partials = gpu.zeros("grad_norm_partials", grad_norm::partials_len(&lens).max(1))?;
+        let stats = gpu.zeros("stats", 4)?;
+        Ok(Trainer { gpu, model, cfg, step: 0, ws: None, partials, stats, profile: None })
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    pub fn workspace(&self) -> Option<&Workspace> {
+        self.ws.as_ref()
+    }
+
+    /// The logits (N, V) of the rows `mb.loss_rows` (N rows in row order).
+    pub async fn logits(&mut self, mb: &MicroBatch) -> Result<Vec<f32>> {
+        self.ensure_workspace(std::slice::from_ref(mb))?;
+        let inp = self.upload(mb, false)?;
+        let ws = self.ws.as_ref().unwrap();
+        {
+            let mut enc = Encoder::new(self.gpu);
+            self.model.forward(&mut enc, ws, &inp, Head::Logits);
+            enc.submit();
+        }
+        self.gpu.read_f32(&ws.logits.view(0, inp.n * self.model.cfg.vocab)).await
+    }
+
+    fn check_lengths(&self, examples: &[Example]) -> Result<()> {
+        let max = self.model.max_seq();
+        for e in examples {
+            if e.ids.len() > max {
+                return Err(Error::Data(format!(
+                    "{}: {} tokens exceed the model's maximum of {max} positions",
+                    e.origin,
+                    e.ids.len()
+                )));
+            }
+            if let Some(&bad) = e.ids.iter().find(|&&id| id as usize >= self.model.cfg.vocab) {
+                return Err(Error::Data(format!(
+                    "{}: token id {bad} is outside the vocabulary of {}",
+                    e.origin, self.model.cfg.vocab
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure a workspace fits the largest micro-batch, refusing before allocation when
+    /// one activation buffer would exceed the adapter's binding limit.
+    pub fn ensure_workspace(&mut self, batches: &[MicroBatch]) -> Result<()> {
+        let rows = batches.iter().map(|m| m.b * m.t).max().unwrap_or(1);
+        let n = batches.iter().map(|m| m.loss_rows.len()).max().unwrap_or(1);
+        if self.ws.as_ref().is_some_and(|w| w.fits(rows, n)) && !self.gpu.no_reuse {
+            return Ok(());
+        }
+        let cfg = &self.model.cfg;
+        let biggest = [rows * cfg.ffn, rows * 3 * cfg.hidden, n * cfg.vocab].into_iter().max().unwrap() as u64 * 4;
+        self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
+        self.ws = None;
+        self.ws = Some(Workspace::new(self.gpu, cfg, rows, n)?);
+        Ok(())
+    }
+
+    pub fn upload(&self, mb: &MicroBatch, with_grads: bool) -> Result<Inputs> {
+        let g = self.gpu;
+        let tree = &self.model.tree;
+        let p = &self.model.params;
+        let wte_trainable = p.grad(tree.wte).is_some();
+        let wpe_trainable = tree.wpe.is_some_and(|w| p.grad(w).is_some());
+        Ok(Inputs {
+            b: mb.b,
+            t: mb.t,
+            n: mb.loss_rows.len(),
+            ids: g.upload_u32("ids", &mb.ids)?,
+            pos: g.upload_u32("pos", &mb.pos)?,
+            seg: g.upload_u32("seg", &mb.seg)?,
+            loss_rows: g.upload_u32("loss_rows", &mb.loss_rows)?,
+            targets: g.upload_u32("targets", &mb.targets)?,
+            weights: g.upload_f32("weights", &mb.weights)?,
+            by_id: if with_grads && wte_trainable { Some(GroupIndex::build(g, &mb.ids)?) } else { None },
+            by_pos: if with_grads && wpe_trainable { Some(GroupIndex::build(g, &mb.pos)?) } else { None },
+        })
+    }
+
+    /// Run every micro-batch forward (and backward when `grads`), zeroing the gradients
+    /// first. Returns the plan and each micro-batch's per-row NLL.
+    async fn run(&mut self, examples: &[Example], mode: LossMode, grads: bool) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
+        self.check_lengths(examples)?;
+        let batches = batch::plan(examples, mode, self.cfg.micro_batch)?;
+        self.ensure_workspace(&batches)?;
+        let total_n: usize = batches.iter().map(|m| m.loss_rows.len()).sum();
+        let nll_all = self.gpu.zeros("nll_all", total_n)?;
+        let gpu = self.gpu;
+        let mut enc = Encoder::new(gpu);
+        enc.profile = self.profile.take();
+        if grads {
+            for a in self.model.params.arenas.iter().filter(|a| a.trainable) {
+                enc.clear(a.grads.as_ref().unwrap());
+            }
+        }
+        let ws = self.ws.as_ref().unwrap();
+        let mut at = 0;
+        for mb in &batches {
+            let inp = self.upload(mb, grads)?;
+            self.model.forward(&mut enc, ws, &inp, Head::Loss);
+            if grads {
+                self.model.backward(&mut enc, ws, &inp);
+            }
+            enc.copy_at(&ws.nll.view(0, inp.n), &nll_all, at);
+            at += inp.n;
+            // The next micro-batch reuses the workspace: its uploads must not overtake this
+            // one's commands, so submit now (no readback, no wait).
+            enc.submit();
+        }
+        self.profile = enc.profile.take();
+        drop(enc);
+        let flat = gpu.read_f32(&nll_all).await?;
+        let mut nll = Vec::new();
+        let mut at = 0;
+        for mb in &batches {
+            nll.push(flat[at..at + mb.loss_rows.len()].to_vec());
+            at += mb.loss_rows.len();
+        }
+        Ok((batches, nll))
+    }
+
+    /// Per-example NLLs and the batch loss under `mode`, without touching the gradients.
+    pub async fn score(&mut self, examples: &[Example], mode: LossMode) -> Result<(Vec<ExampleScore>, f64)> {
+        let (batches, nll) = self.run(examples, mode, false).await?;
+        Ok(batch::summarize(examples, &batches, &nll))
+    }
+
+    /// The gradient of the loss over `examples` (one accumulated batch), left in the
+    /// gradient buffers; returns the loss.
+    pub async fn accumulate(&mut self, examples: &[Example]) -> Result<f64> {
+        let mode = self.cfg.loss;
+        let (batches, nll) = self.run(examples, mode, true).await?;
+        let (_, loss) = batch::summarize(examples, &batches, &nll);
+        Ok(loss)
+    }
+
+    /// One optimizer step on `examples` (one accumulated batch). On a NaN or infinite loss
+    /// or gradient the update is skipped on the GPU, the parameters and moments stay as
+    /// they were, and an error says so.
+    pub async fn step(&mut self, examples: &[Example]) -> Result<StepStats> {
+        let loss = self.accumulate(examples).await?;
+        let gpu = self.gpu;
+        let t = self.step + 1;
+        let hp = self.cfg.adamw;
+        {
+            let mut enc = Encoder::new(gpu);
+            enc.profile = self.profile.take();
+            let grads: Vec<Tensor> =
+                self.model.params.arenas.iter().filter(|a| a.trainable).map(|a| a.grads.clone().unwrap()).collect();
+            grad_norm::grad_norm(&mut enc, &grads, &self.partials, &self.stats);
+            for a in self.model.params.arenas.iter().filter(|a| a.trainable) {
+                let (g, m, v) = (a.grads.as_ref().unwrap(), a.m.as_ref().unwrap(), a.v.as_ref().unwrap());
+                adamw::step(&mut enc, &hp, t, &a.weights, g, m, v, &self.stats, a.len, a.decay);
+            }
+            enc.submit();
+            self.profile = enc.profile.take();
+        }
+        let norm = gpu.read_f32(&self.stats).await?[0];
+        if !norm.is_finite() || !loss.is_finite() {
+            let what = if loss.is_finite() { format!("gradient (norm {norm})") } else { format!("loss ({loss})") };
+            return Err(Error::NonFinite { what, step: t });
+        }
+        self.step = t;
+        let tokens = examples.iter().map(|e| e.ids.len()).sum();
+        let targets = batch::plan(examples, self.cfg.loss, usize::MAX)?.iter().map(|m| m.loss_rows.len()).sum();
+        Ok(StepStats { loss, grad_norm: norm, tokens, targets })
+    }
+
+    /// Every trainable parameter's current gradient, by HF name (for `grads` and tests).
+    pub async fn read_grads(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let p = &self.model.params;
+        let mut out = Vec::new();
+        for (i, s) in p.specs.iter().enumerate() {
+            if let Some(g) = p.read_grad(self.gpu, i).await? {
+                out.push((s.name.clone(), s.shape.clone(), g));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,127 @@
+//! Gradient accumulation, the non-finite guard, and data errors, on the fixture models.
+
+use webtune::train::{Example, LossMode};
+use webtune::Error;
+
+use crate::common::{block, check, f64s, gpu, Tol};
+use crate::fixture::{Fixture, ARCHS, MODES};
+
+/// One batch vs the same batch in micro-batches: the same sums in another order, so only
+/// f32 re-association separates them.
+const ACCUM: Tol = Tol { name: "ACCUM", abs: 1e-7, rel: 2e-6 };
+
+#[test]
+fn accumulation_equals_one_big_batch_in_every_mode() {
+    let g = gpu();
+    for arch in ARCHS {
+        let fx = Fixture::load(arch);
+        // Six examples (the fixture's three, twice in another order) so micro-batches of
+        // 1, 2 and 4 split the batch unevenly.
+        let mut ex = fx.examples.clone();
+        ex.extend(fx.examples.iter().rev().cloned());
+        for &mode in MODES {
+            let mut whole = fx.trainer(g, mode, 6);
+            let l_whole = block(whole.accumulate(&ex)).unwrap();
+            let g_whole = block(whole.read_grads()).unwrap();
+            for micro in [1, 2, 4] {
+                let mut t = fx.trainer(g, mode, micro);
+                let l = block(t.accumulate(&ex)).unwrap();
+                assert!((l - l_whole).abs() <= 1e-6 * l_whole.abs(), "{arch} {mode} micro {micro}: loss {l} vs {l_whole}");
+                let gm = block(t.read_grads()).unwrap();
+                let mut worst = 0f64;
+                for ((name, _, a), (_, _, b)) in gm.iter().zip(&g_whole) {
+                    worst = worst.max(check(&format!("{arch} {mode} micro {micro} {name}"), a, &f64s(b), ACCUM));
+                }
+                eprintln!("{arch} {mode} micro-batch {micro}: worst relative gradient difference {worst:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_gradient_skips_the_step_and_keeps_parameters() {
+    let g = gpu();
+    let fx = Fixture::load("llama");
+    let mut t = fx.trainer(g, LossMode::PerExample, 8);
+    block(t.step(&fx.examples)).unwrap();
+    // Poison one weight of the final norm: every loss row's logits become NaN.
+    let p = t.model.params.id("model.norm.weight").unwrap();
+    let mut w = block(t.model.params.read(g, p)).unwrap();
+    w[3] = f32::INFINITY;
+    g.write_f32(&t.model.params.weight(p), &w);
+    let snapshot = |t: &webtune::train::Trainer| -> Vec<Vec<u32>> {
+        t.model
+            .params
+            .arenas
+            .iter()
+            .flat_map(|a| [Some(&a.weights), a.m.as_ref(), a.v.as_ref()])
+            .flatten()
+            .map(|x| block(g.read_u32(x)).unwrap())
+            .collect()
+    };
+    let before = snapshot(&t);
+    let err = block(t.step(&fx.examples)).unwrap_err();
+    assert!(matches!(err, Error::NonFinite { step: 2, .. }), "{err}");
+    assert!(err.to_string().contains("not applied"), "{err}");
+    assert_eq!(t.step, 1, "the failed step is not counted");
+    assert!(before == snapshot(&t), "parameters and moments must be bit-for-bit unchanged");
+}
+
+#[test]
+fn an_example_without_answer_tokens_is_rejected_by_name() {
+    let g = gpu();
+    let fx = Fixture::load("gpt2");
+    let mut t = fx.trainer(g, LossMode::PerExample, 8);
+    let mut ex = fx.examples.clone();
+    let ids = ex[1].ids.clone();
+    let n = ids.len();
+    ex[1] = Example::prompt_answer(ids, n, "data.jsonl:2");
+    let err = block(t.step(&ex)).unwrap_err();
+    assert!(matches!(err, Error::Data(_)), "{err}");
+    assert!(err.to_string().contains("data.jsonl:2"), "{err}");
+    assert_eq!(t.step, 0);
+    // The all-tokens mode trains it, so it is accepted there.
+    let mut t = fx.trainer(g, LossMode::AllTokens, 8);
+    block(t.step(&ex)).unwrap();
+}
+
+#[test]
+fn over_long_and_out_of_vocabulary_examples_are_refused() {
+    let g = gpu();
+    let fx = Fixture::load("gpt2");
+    let mut t = fx.trainer(g, LossMode::PerExample, 8);
+    let max = t.model.max_seq();
+    let long = Example::prompt_answer(vec![1; max + 1], 1, "long.jsonl:1");
+    let err = block(t.step(&[long])).unwrap_err();
+    assert!(err.to_string().contains("long.jsonl:1") && err.to_string().contains("maximum"), "{err}");
+    let oov = Example::prompt_answer(vec![1, 2, 100_000], 1, "oov.jsonl:7");
+    let err = block(t.step(&[oov])).unwrap_err();
+    assert!(err.to_string().contains("oov.jsonl:7") && err.to_string().contains("vocabulary"), "{err}");
+}
+
+/// A device whose storage bindings are capped at 1 MiB, injected like any other.
+fn small_gpu() -> webtune::gpu::Gpu {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = block(instance.request_adapter(&Default::default())).unwrap();
+    let mut limits = adapter.limits();
+    limits.max_storage_buffer_binding_size = 1 << 20;
+    let desc = wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() };
+    let (device, queue) = block(adapter.request_device(&desc)).unwrap();
+    webtune::gpu::Gpu::from_device(&adapter.get_info(), device, queue)
+}
+
+#[test]
+fn a_batch_beyond_the_adapter_limits_is_refused_before_allocation() {
+    let g = small_gpu();
+    let fx = Fixture::load("llama");
+    let mut t = fx.trainer(&g, LossMode::AllTokens, 64);
+    // 40 x 100 tokens: the (N, V) logits alone need 40*99*97*4 bytes > 1 MiB.
+    let ex: Vec<Example> =
+        (0..40).map(|i| Example::prompt_answer((0..100).map(|j| (i + j) % 97).collect(), 1, format!("big:{i}"))).collect();
+    let err = block(t.step(&ex)).unwrap_err();
+    assert!(matches!(err, Error::Limit { limit: "maxStorageBufferBindingSize", .. }), "{err}");
+    eprintln!("{err}");
+    // A micro-batch of 4 fits: the same data trains with gradient accumulation.
+    t.cfg.micro_batch = 4;
+    block(t.step(&ex)).unwrap();
+}
