@@ -6,4 +6,6 @@ mod common;
 #[path = "../reference/mod.rs"]
 mod reference;
 
+mod fill;
+mod gather;
 mod matmul;
