@@ -4,4 +4,5 @@
 pub mod cross_entropy;
 pub mod fill;
 pub mod gather;
+pub mod grad_norm;
 pub mod matmul;

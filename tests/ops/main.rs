@@ -9,4 +9,5 @@ mod reference;
 mod cross_entropy;
 mod fill;
 mod gather;
+mod grad_norm;
 mod matmul;

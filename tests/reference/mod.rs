@@ -4,6 +4,7 @@
 
 pub mod cross_entropy;
 pub mod gather;
+pub mod grad_norm;
 pub mod matmul;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.
