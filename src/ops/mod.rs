@@ -1,6 +1,7 @@
 //! The Rust side of each WGSL kernel: a params struct, and forward/backward launchers
 //! with the same argument names as the shader. One file per `shaders/<op>.wgsl`.
 
+pub mod adamw;
 pub mod cross_entropy;
 pub mod fill;
 pub mod gather;

@@ -6,6 +6,7 @@ mod common;
 #[path = "../reference/mod.rs"]
 mod reference;
 
+mod adamw;
 mod cross_entropy;
 mod fill;
 mod gather;
