@@ -1,4 +1,9 @@
 //! The Rust side of each WGSL kernel: a params struct, and forward/backward launchers
 //! with the same argument names as the shader. One file per `shaders/<op>.wgsl`.
 
+pub mod adamw;
+pub mod cross_entropy;
+pub mod fill;
+pub mod gather;
+pub mod grad_norm;
 pub mod matmul;

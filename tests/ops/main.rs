@@ -6,4 +6,9 @@ mod common;
 #[path = "../reference/mod.rs"]
 mod reference;
 
+mod adamw;
+mod cross_entropy;
+mod fill;
+mod gather;
+mod grad_norm;
 mod matmul;

@@ -2,6 +2,10 @@
 //! math (not from the WGSL), plus central finite differences to check each backward.
 #![allow(dead_code)]
 
+pub mod adamw;
+pub mod cross_entropy;
+pub mod gather;
+pub mod grad_norm;
 pub mod matmul;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.

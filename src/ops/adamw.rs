@@ -1,0 +1,87 @@
+//! AdamW with global-norm clipping and a non-finite guard (shaders/adamw.wgsl).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
+
+crate::kernel!(ADAMW, "adamw");
+
+const DECAY: u32 = 1;
+const CLIP: u32 = 2;
+
+/// Hyperparameters, with torch.optim.AdamW's meaning. `max_grad_norm` is
+/// clip_grad_norm_'s max_norm; 0 turns clipping off.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    flags: u32,
+    decay_mul: f32,
+    lerp_w: f32,
+    beta2: f32,
+    one_m_beta2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    max_norm: f32,
+}
+
+/// One AdamW step (`step` is 1-based, as torch's state["step"] after its increment) of
+/// `n` elements: param, m, v (n) updated in place from grad (n), clipped by the global
+/// norm in stats[0] (from grad_norm, same pass). If that norm is NaN or Inf, nothing
+/// changes. `decay`: whether this tensor takes weight decay (biases and norms usually not).
+pub fn step(
+    enc: &mut Encoder,
+    hp: &AdamW,
+    step: u64,
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    stats: &Tensor,
+    n: usize,
+    decay: bool,
+) {
+    assert!(step >= 1, "AdamW steps count from 1");
+    debug_assert!(param.len >= n && grad.len >= n && m.len >= n && v.len >= n && stats.len >= 1);
+    if n == 0 {
+        return;
+    }
+    // As torch does with Python floats: in f64, rounded to f32 once when they meet a tensor.
+    let (lr, b1, b2, wd) = (hp.lr as f64, hp.beta1 as f64, hp.beta2 as f64, hp.weight_decay as f64);
+    let t = step.min(i32::MAX as u64) as i32;
+    let bc1 = 1.0 - b1.powi(t);
+    let bc2 = 1.0 - b2.powi(t);
+    let decay = decay && hp.weight_decay != 0.0;
+    let p = Params {
+        n: n as u32,
+        flags: if decay { DECAY } else { 0 } | if hp.max_grad_norm > 0.0 { CLIP } else { 0 },
+        decay_mul: (1.0 - lr * wd) as f32,
+        lerp_w: (1.0 - b1) as f32,
+        beta2: hp.beta2,
+        one_m_beta2: (1.0 - b2) as f32,
+        eps: hp.eps,
+        step_size: (lr / bc1) as f32,
+        bc2_sqrt: bc2.sqrt() as f32,
+        max_norm: hp.max_grad_norm,
+    };
+    let cost = Cost { flops: 16 * n as u64, bytes: 28 * n as u64 + 4 };
+    enc.dispatch(
+        &ADAMW,
+        "adamw_step",
+        &p,
+        &[Arg::W(param), Arg::R(grad), Arg::W(m), Arg::W(v), Arg::R(stats)],
+        grid_1d(n, WG),
+        cost,
+    );
+}
