@@ -1,0 +1,271 @@
+//! The engine in a real browser: headless Chromium's WebGPU (SwiftShader in CI), run by
+//! wasm-bindgen-test-runner. Proves the device comes up, the WGSL kernels compile and run
+//! on WebGPU, and async readback completes from the browser's event loop.
+//!
+//! Run: `CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test wasm`
+//! (see scripts/test.sh). Logs show with `-- --nocapture`, and always on failure.
+//!
+//! SwiftShader is slow (about 1.5 GFLOP/s): keep shapes small here; the exhaustive per-op
+//! tests run natively (tests/ops).
+#![cfg(target_arch = "wasm32")]
+
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
+use webtune::gpu::{Encoder, Gpu};
+use webtune::ops::matmul::{matmul, Op};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+// ---------------------------------------------------------------------------------------
+// Helpers: device, deterministic inputs, f64 references, and tensor comparison.
+// (tests/common is native-only: it blocks on futures with pollster.)
+// ---------------------------------------------------------------------------------------
+
+async fn gpu() -> Gpu {
+    match Gpu::new().await {
+        Ok(g) => g,
+        Err(e) => {
+            // Say what the browser offers before failing, so a CI log alone can tell a
+            // missing flag from a driver problem.
+            let diag = webgpu_diagnostics().await;
+            panic!("Gpu::new failed in the browser: {e}\n{diag}");
+        }
+    }
+}
+
+/// SplitMix64 (the same generator as tests/common, so inputs match the native tests').
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    /// `n` values ~ N(0, scale^2), rounded to f32 so the reference sees the GPU's inputs.
+    fn vec(&mut self, n: usize, scale: f64) -> Vec<f32> {
+        (0..n).map(|_| (self.normal() * scale) as f32).collect()
+    }
+}
+
+/// A named tolerance: |got - want| <= abs + rel * max|want| for every element.
+#[derive(Clone, Copy, Debug)]
+struct Tol {
+    name: &'static str,
+    abs: f64,
+    rel: f64,
+}
+
+/// f32 sums of K random-signed products err by ~sqrt(K) * 2^-24 of the output scale; the
+/// same bound as the native matmul tests.
+const MATMUL: Tol = Tol { name: "MATMUL", abs: 1e-6, rel: 2e-6 };
+
+/// Compare a GPU tensor with its f64 reference; panic naming the worst element.
+/// Returns the worst error relative to max|want|.
+fn check(what: &str, got: &[f32], want: &[f64], tol: Tol) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
+    let bound = tol.abs + tol.rel * scale;
+    let mut worst = (0usize, -1f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let e = if g.is_finite() { (g as f64 - w).abs() } else { f64::INFINITY };
+        if e > worst.1 {
+            worst = (i, e);
+        }
+    }
+    let (i, e) = worst;
+    assert!(
+        e <= bound,
+        "{what}: worst element [{i}] got {} want {} (|err| {e:.3e} > bound {bound:.3e} = {} abs {:.1e} + rel {:.1e} x max|want| {scale:.3e})",
+        got[i], want[i], tol.name, tol.abs, tol.rel
+    );
+    if scale > 0.0 {
+        e / scale
+    } else {
+        e
+    }
+}
+
+/// The logical (rows, cols) matrix of an operand stored as itself (`Op::N`) or as its
+/// transpose (`Op::T`), in f64.
+fn logical(stored: &[f32], op: Op, rows: usize, cols: usize) -> Vec<f64> {
+    match op {
+        Op::N => stored.iter().map(|&v| v as f64).collect(),
+        Op::T => {
+            let mut t = vec![0.0; rows * cols];
+            for r in 0..rows {
+                for c in 0..cols {
+                    t[r * cols + c] = stored[c * rows + r] as f64;
+                }
+            }
+            t
+        }
+    }
+}
+
+/// C(m, n) = A(m, k) . B(k, n) in f64, row-major logical matrices.
+fn matmul_ref(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p];
+            for j in 0..n {
+                c[i * n + j] += av * b[p * n + j];
+            }
+        }
+    }
+    c
+}
+
+/// `navigator.gpu`, the adapter the browser gives, its info, features and key limits, read
+/// through JS directly (independent of wgpu), as one printable report.
+async fn webgpu_diagnostics() -> String {
+    fn get(v: &JsValue, key: &str) -> JsValue {
+        js_sys::Reflect::get(v, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+    }
+    fn show(v: &JsValue) -> String {
+        v.as_string().or_else(|| v.as_f64().map(|f| f.to_string())).unwrap_or_else(|| format!("{v:?}"))
+    }
+    let navigator = get(&js_sys::global(), "navigator");
+    let user_agent = show(&get(&navigator, "userAgent"));
+    let gpu = get(&navigator, "gpu");
+    if gpu.is_undefined() || gpu.is_null() {
+        return format!(
+            "navigator.gpu is undefined (userAgent {user_agent}): WebGPU is off. Chromium needs \
+             --enable-unsafe-webgpu (webdriver.json) and the new headless mode."
+        );
+    }
+    let request: js_sys::Function = get(&gpu, "requestAdapter").unchecked_into();
+    let adapter = match request.call0(&gpu) {
+        Ok(p) => JsFuture::from(js_sys::Promise::from(p)).await,
+        Err(e) => Err(e),
+    };
+    let adapter = match adapter {
+        Ok(a) if !a.is_null() && !a.is_undefined() => a,
+        Ok(_) => return format!("navigator.gpu exists but requestAdapter() gave null (userAgent {user_agent})"),
+        Err(e) => return format!("navigator.gpu.requestAdapter() threw {e:?} (userAgent {user_agent})"),
+    };
+    let info = get(&adapter, "info");
+    let features = get(&adapter, "features");
+    let has: js_sys::Function = get(&features, "has").unchecked_into();
+    let feature = |name: &str| has.call1(&features, &JsValue::from_str(name)).ok().and_then(|v| v.as_bool());
+    let limits = get(&adapter, "limits");
+    let mut s = format!("userAgent: {user_agent}\nWebGPU adapter:");
+    for key in ["vendor", "architecture", "device", "description"] {
+        s += &format!(" {key}={:?}", show(&get(&info, key)));
+    }
+    s += "\nfeatures:";
+    for f in ["shader-f16", "subgroups", "timestamp-query"] {
+        s += &format!(" {f}={:?}", feature(f));
+    }
+    s += "\nlimits:";
+    for key in [
+        "maxStorageBufferBindingSize",
+        "maxBufferSize",
+        "maxComputeInvocationsPerWorkgroup",
+        "maxComputeWorkgroupStorageSize",
+        "maxStorageBuffersPerShaderStage",
+    ] {
+        s += &format!(" {key}={}", show(&get(&limits, key)));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// Device
+// ---------------------------------------------------------------------------------------
+
+#[wasm_bindgen_test]
+async fn webgpu_adapter_comes_up() {
+    console_log!("{}", webgpu_diagnostics().await);
+    let g = gpu().await;
+    console_log!(
+        "wgpu: name={:?} backend={} device_type={} software={} max_binding={} MiB",
+        g.info.name,
+        g.info.backend,
+        g.info.device_type,
+        g.info.software,
+        g.max_binding() >> 20
+    );
+    assert_eq!(g.info.backend, "BrowserWebGpu", "expected the browser's WebGPU, got {:?}", g.info);
+}
+
+// ---------------------------------------------------------------------------------------
+// Ops
+// ---------------------------------------------------------------------------------------
+
+/// Awkward shapes (1, primes, sizes straddling the 64-wide tile and the 16-deep K step),
+/// every transpose, plain and accumulating, against an f64 matmul.
+#[wasm_bindgen_test]
+async fn matmul_all_transposes_match_reference() {
+    let g = gpu().await;
+    let mut rng = Rng::new(1);
+    for &(m, n, k) in &[(1, 1, 1), (63, 65, 15), (70, 33, 129), (3, 130, 40)] {
+        for a_op in [Op::N, Op::T] {
+            for b_op in [Op::N, Op::T] {
+                let a = rng.vec(m * k, 1.0);
+                let b = rng.vec(k * n, 1.0);
+                let c0 = rng.vec(m * n, 1.0);
+                let want = matmul_ref(&logical(&a, a_op, m, k), &logical(&b, b_op, k, n), m, n, k);
+                let want_acc: Vec<f64> = want.iter().zip(&c0).map(|(w, c)| w + *c as f64).collect();
+
+                let ta = g.upload_f32("a", &a).unwrap();
+                let tb = g.upload_f32("b", &b).unwrap();
+                let tc = g.zeros("c", m * n).unwrap();
+                let tacc = g.upload_f32("acc", &c0).unwrap();
+                let mut enc = Encoder::new(&g);
+                matmul(&mut enc, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc, false);
+                matmul(&mut enc, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tacc, true);
+                enc.submit();
+                let what = format!("matmul {m}x{n}x{k} {a_op:?}{b_op:?}");
+                let err = check(&what, &g.read_f32(&tc).await.unwrap(), &want, MATMUL);
+                check(&format!("{what} accumulate"), &g.read_f32(&tacc).await.unwrap(), &want_acc, MATMUL);
+                console_log!("{what}: worst relative error {err:.2e}");
+            }
+        }
+    }
+}
+
+/// Bias and residual epilogue: C = A . B^T + bias + resid (a Linear layer's forward).
+#[wasm_bindgen_test]
+async fn matmul_bias_residual_match_reference() {
+    let g = gpu().await;
+    let mut rng = Rng::new(2);
+    let (m, n, k) = (33, 70, 17);
+    let a = rng.vec(m * k, 1.0);
+    let b = rng.vec(n * k, 1.0); // stored (n, k): op T
+    let bias = rng.vec(n, 0.5);
+    let resid = rng.vec(m * n, 1.0);
+    let mut want = matmul_ref(&logical(&a, Op::N, m, k), &logical(&b, Op::T, k, n), m, n, k);
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] += bias[j] as f64 + resid[i * n + j] as f64;
+        }
+    }
+    let (ta, tb) = (g.upload_f32("a", &a).unwrap(), g.upload_f32("b", &b).unwrap());
+    let (tbias, tres) = (g.upload_f32("bias", &bias).unwrap(), g.upload_f32("resid", &resid).unwrap());
+    let tc = g.zeros("c", m * n).unwrap();
+    let mut enc = Encoder::new(&g);
+    matmul(&mut enc, (m, n, k), &ta, Op::N, &tb, Op::T, Some(&tbias), Some(&tres), &tc, false);
+    enc.submit();
+    check("matmul + bias + resid", &g.read_f32(&tc).await.unwrap(), &want, MATMUL);
+}
+
+// ---------------------------------------------------------------------------------------
+// Model (later): a training step of the model in the browser, compared with the native
+// engine / the committed reference fixtures, goes here.
+// ---------------------------------------------------------------------------------------
