@@ -6,4 +6,5 @@ mod common;
 #[path = "../reference/mod.rs"]
 mod reference;
 
+mod embedding;
 mod matmul;

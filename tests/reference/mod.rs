@@ -2,6 +2,7 @@
 //! math (not from the WGSL), plus central finite differences to check each backward.
 #![allow(dead_code)]
 
+pub mod embedding;
 pub mod matmul;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.
