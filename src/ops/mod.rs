@@ -2,4 +2,6 @@
 //! with the same argument names as the shader. One file per `shaders/<op>.wgsl`.
 
 pub mod embedding;
+pub mod layernorm;
 pub mod matmul;
+pub mod rmsnorm;

@@ -7,4 +7,6 @@ mod common;
 mod reference;
 
 mod embedding;
+mod layernorm;
 mod matmul;
+mod rmsnorm;
