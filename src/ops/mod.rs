@@ -2,6 +2,9 @@
 //! with the same argument names as the shader. One file per `shaders/<op>.wgsl`.
 
 pub mod embedding;
+pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod residual;
 pub mod rmsnorm;
+pub mod swiglu;

@@ -7,6 +7,9 @@ mod common;
 mod reference;
 
 mod embedding;
+mod gelu;
 mod layernorm;
 mod matmul;
+mod residual;
 mod rmsnorm;
+mod swiglu;

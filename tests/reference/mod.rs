@@ -3,9 +3,12 @@
 #![allow(dead_code)]
 
 pub mod embedding;
+pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod residual;
 pub mod rmsnorm;
+pub mod swiglu;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.
 pub fn numeric_grad(x: &[f64], h: f64, mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
