@@ -9,7 +9,13 @@ mod reference;
 
 mod adamw;
 mod cross_entropy;
+mod embedding;
 mod fill;
 mod gather;
+mod gelu;
 mod grad_norm;
+mod layernorm;
 mod matmul;
+mod residual;
+mod rmsnorm;
+mod swiglu;

@@ -4,9 +4,15 @@
 
 pub mod adamw;
 pub mod cross_entropy;
+pub mod embedding;
 pub mod gather;
+pub mod gelu;
 pub mod grad_norm;
+pub mod layernorm;
 pub mod matmul;
+pub mod residual;
+pub mod rmsnorm;
+pub mod swiglu;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.
 pub fn numeric_grad(x: &[f64], h: f64, mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {

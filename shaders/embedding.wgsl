@@ -1,0 +1,65 @@
+// Token (and position) embedding lookup, and its gradient.
+//
+// Forward: out(rows, C) = wte[ids] (+ wpe[pos]); one thread per output element, so a row's
+// C values are read and written by consecutive threads (coalesced).
+// Backward: dw[id] += sum of dout rows with that id. Scattering with atomics would make
+// the sum's order (and so its rounding) vary run to run, and WGSL has no float atomics
+// anyway; instead the host groups the rows by id (CSR: uniq, starts, rows) and one
+// workgroup owns each unique id, summing its rows in a fixed order.
+
+struct Params {
+    rows: u32,
+    c: u32,
+    flags: u32,  // HAS_POS
+    n_uniq: u32,
+}
+
+const HAS_POS: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;        // (rows)
+@group(0) @binding(2) var<storage, read> wte: array<f32>;        // (V, C)
+@group(0) @binding(3) var<storage, read> pos: array<u32>;        // (rows)
+@group(0) @binding(4) var<storage, read> wpe: array<f32>;        // (P, C)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (rows, C)
+
+@compute @workgroup_size(256)
+fn embedding_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg, 256u);
+    if (i >= p.rows * p.c) { return; }
+    let r = i / p.c;
+    let ch = i - r * p.c;
+    var v = wte[ids[r] * p.c + ch];
+    if ((p.flags & HAS_POS) != 0u) {
+        v += wpe[pos[r] * p.c + ch];
+    }
+    out[i] = v;
+}
+
+@group(0) @binding(1) var<storage, read> uniq: array<u32>;        // (U) the distinct ids
+@group(0) @binding(2) var<storage, read> starts: array<u32>;      // (U + 1) into grp_rows
+@group(0) @binding(3) var<storage, read> grp_rows: array<u32>;    // (n) rows grouped by id
+@group(0) @binding(4) var<storage, read> dout: array<f32>;        // (rows, C)
+@group(0) @binding(5) var<storage, read_write> dw: array<f32>;    // (V, C) or (P, C)
+
+// One workgroup per unique id (the grid folded like grid_1d with a width of 1), threads
+// striding over C. Rows within a group are in ascending order, so the sum is deterministic.
+@compute @workgroup_size(256)
+fn embedding_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let u = flat_id(wid, nwg, 1u);
+    if (u >= p.n_uniq) { return; }
+    let base = uniq[u] * p.c;
+    let k0 = starts[u];
+    let k1 = starts[u + 1u];
+    for (var ch = lid.x; ch < p.c; ch += 256u) {
+        var s = 0.0;
+        for (var k = k0; k < k1; k++) {
+            s += dout[grp_rows[k] * p.c + ch];
+        }
+        dw[base + ch] += s;
+    }
+}

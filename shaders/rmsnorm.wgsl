@@ -1,0 +1,104 @@
+// RMSNorm (Llama, Qwen2), in f32 as Hugging Face computes it:
+//   y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)   per row of x(rows, C).
+// Backward, with g = dy * w:
+//   dx = rstd * (g - x * rstd^2 * mean(g * x))
+//   dw = sum over rows of dy * x * rstd
+// The row reductions take one 256-thread workgroup per row (rows folded into y past 65535
+// workgroups); dw takes one thread per column looping over rows, so it is deterministic
+// with no atomics and the loads of a row coalesce across the workgroup.
+
+struct Params {
+    rows: u32,
+    c: u32,
+    flags: u32,  // ACCUMULATE (dx only)
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+var<workgroup> red: array<f32, 256>;
+
+// The sum of `v` over the workgroup, in a fixed tree order (deterministic). Must be called
+// from uniform control flow; the trailing barrier lets the caller reuse `red` at once.
+fn wg_sum(v: f32, t: u32) -> f32 {
+    red[t] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (t < s) { red[t] += red[t + s]; }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;             // (rows, C)
+@group(0) @binding(2) var<storage, read> w: array<f32>;             // (C)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;       // (rows, C)
+@group(0) @binding(4) var<storage, read_write> rstd_out: array<f32>; // (rows)
+
+@compute @workgroup_size(256)
+fn rmsnorm_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = flat_id(wid, nwg, 1u);
+    if (row >= p.rows) { return; }
+    let base = row * p.c;
+    var ss = 0.0;
+    for (var i = lid.x; i < p.c; i += 256u) {
+        let v = x[base + i];
+        ss = fma(v, v, ss);
+    }
+    let r = inverseSqrt(wg_sum(ss, lid.x) / f32(p.c) + p.eps);
+    for (var i = lid.x; i < p.c; i += 256u) {
+        y[base + i] = x[base + i] * r * w[i];
+    }
+    if (lid.x == 0u) { rstd_out[row] = r; }
+}
+
+@group(0) @binding(1) var<storage, read> bx: array<f32>;          // (rows, C)
+@group(0) @binding(2) var<storage, read> bw: array<f32>;          // (C)
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;        // (rows)
+@group(0) @binding(4) var<storage, read> dy: array<f32>;          // (rows, C)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
+
+@compute @workgroup_size(256)
+fn rmsnorm_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = flat_id(wid, nwg, 1u);
+    if (row >= p.rows) { return; }
+    let base = row * p.c;
+    let r = rstd[row];
+    var gx = 0.0;
+    for (var i = lid.x; i < p.c; i += 256u) {
+        gx = fma(dy[base + i] * bw[i], bx[base + i], gx);
+    }
+    let k = r * r * wg_sum(gx, lid.x) / f32(p.c);
+    for (var i = lid.x; i < p.c; i += 256u) {
+        var v = r * (dy[base + i] * bw[i] - bx[base + i] * k);
+        if ((p.flags & ACCUMULATE) != 0u) { v += dx[base + i]; }
+        dx[base + i] = v;
+    }
+}
+
+@group(0) @binding(1) var<storage, read> wx: array<f32>;          // (rows, C)
+@group(0) @binding(2) var<storage, read> wrstd: array<f32>;       // (rows)
+@group(0) @binding(3) var<storage, read> wdy: array<f32>;         // (rows, C)
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C), accumulated
+
+@compute @workgroup_size(256)
+fn rmsnorm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= p.c) { return; }
+    var s = 0.0;
+    for (var row = 0u; row < p.rows; row++) {
+        let o = row * p.c + ch;
+        s = fma(wdy[o] * wx[o], wrstd[row], s);
+    }
+    dw[ch] += s;
+}

@@ -1,0 +1,77 @@
+//! RMSNorm (shaders/rmsnorm.wgsl), Llama/Qwen2 style, in f32.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
+
+crate::kernel!(RMSNORM, "rmsnorm");
+
+const ACCUMULATE: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    c: u32,
+    flags: u32,
+    eps: f32,
+}
+
+/// y(rows, C) = x * rstd * w(C), rstd(rows) = 1 / sqrt(mean(x^2) + eps), saved for backward.
+pub fn forward(enc: &mut Encoder, x: &Tensor, w: &Tensor, y: &Tensor, rstd: &Tensor, rows: usize, c: usize, eps: f32) {
+    debug_assert!(x.len >= rows * c && w.len >= c && y.len >= rows * c && rstd.len >= rows);
+    let p = Params { rows: rows as u32, c: c as u32, flags: 0, eps };
+    let (n, r) = ((rows * c) as u64, rows as u64);
+    // x is read twice (sum of squares, then scale) and w once per row; y and rstd written.
+    let cost = Cost { flops: 4 * n + 3 * r, bytes: 4 * (4 * n + 2 * r) };
+    enc.dispatch(
+        &RMSNORM,
+        "rmsnorm_forward",
+        &p,
+        &[Arg::R(x), Arg::R(w), Arg::W(y), Arg::W(rstd)],
+        grid_1d(rows, 1),
+        cost,
+    );
+}
+
+/// dx(rows, C) (+)= the input gradient, added when `accumulate_dx` (the residual stream's
+/// gradient already there); dw(C) += sum over rows of dy * x * rstd.
+pub fn backward(
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    accumulate_dx: bool,
+    dw: Option<&Tensor>,
+    rows: usize,
+    c: usize,
+) {
+    debug_assert!(x.len >= rows * c && dy.len >= rows * c && dx.len >= rows * c && rstd.len >= rows);
+    let (n, r, c64) = ((rows * c) as u64, rows as u64, c as u64);
+    let acc = accumulate_dx as u64;
+    let p = Params { rows: rows as u32, c: c as u32, flags: if accumulate_dx { ACCUMULATE } else { 0 }, eps: 0.0 };
+    // Two passes over the row, each reading x, dy and w; dx read too when accumulating.
+    let cost = Cost { flops: (7 + acc) * n + 3 * r, bytes: 4 * ((6 + acc) * n + r) };
+    enc.dispatch(
+        &RMSNORM,
+        "rmsnorm_backward",
+        &p,
+        &[Arg::R(x), Arg::R(w), Arg::R(rstd), Arg::R(dy), Arg::W(dx)],
+        grid_1d(rows, 1),
+        cost,
+    );
+    if let Some(dw) = dw {
+        debug_assert!(dw.len >= c);
+        let cost = Cost { flops: 3 * n + c64, bytes: 4 * (2 * n + r * c64.div_ceil(WG as u64) + 2 * c64) };
+        enc.dispatch(
+            &RMSNORM,
+            "rmsnorm_backward_weight",
+            &p,
+            &[Arg::R(x), Arg::R(rstd), Arg::R(dy), Arg::W(dw)],
+            [c.div_ceil(WG as usize) as u32, 1, 1],
+            cost,
+        );
+    }
+}

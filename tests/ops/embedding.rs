@@ -1,0 +1,137 @@
+use webtune::gpu::Encoder;
+use webtune::ops::embedding::{backward, forward, GroupIndex};
+
+use crate::common::{block, check, f64s, gpu, Rng, Tol};
+use crate::reference::embedding::{embedding, embedding_backward};
+use crate::reference::{assert_grad, dot, numeric_grad};
+
+/// A gather is exact; adding the position row rounds once, half an ulp of the result.
+const EMBED: Tol = Tol { name: "EMBED", abs: 0.0, rel: 1.2e-7 };
+/// f32 sums of the few rows sharing an id plus the pre-filled gradient: a handful of
+/// roundings, each at most 2^-24 of the running sum (worst seen 1.2e-7).
+const EMBED_GRAD: Tol = Tol { name: "EMBED_GRAD", abs: 0.0, rel: 5e-7 };
+
+// (rows, C, V, P): V and P primes or 1, smaller than rows (repeated ids) or far larger
+// (unused ids).
+const SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 1, 1, 1), (5, 3, 2, 5), (33, 7, 11, 40), (33, 129, 1000, 33), (5, 576, 7, 3), (33, 1000, 13, 64)];
+
+fn ids(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(v) as u32).collect()
+}
+
+#[test]
+fn embedding_forward_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(11);
+    for &(rows, c, v, np) in SHAPES {
+        let tok = ids(&mut rng, rows, v);
+        let pos = ids(&mut rng, rows, np);
+        let wte = rng.vec(v * c, 1.0);
+        let wpe = rng.vec(np * c, 1.0);
+        let (ttok, tpos) = (g.upload_u32("ids", &tok).unwrap(), g.upload_u32("pos", &pos).unwrap());
+        let (twte, twpe) = (g.upload_f32("wte", &wte).unwrap(), g.upload_f32("wpe", &wpe).unwrap());
+        let out_tok = g.zeros("out", rows * c).unwrap();
+        let out_both = g.zeros("out2", rows * c).unwrap();
+        let mut enc = Encoder::new(g);
+        forward(&mut enc, &ttok, &twte, None, &out_tok, rows, c);
+        forward(&mut enc, &ttok, &twte, Some((&tpos, &twpe)), &out_both, rows, c);
+        enc.submit();
+        let (wd, pd) = (f64s(&wte), f64s(&wpe));
+        let what = format!("embedding {rows}x{c} V{v} P{np}");
+        check(&what, &block(g.read_f32(&out_tok)).unwrap(), &embedding(&tok, &wd, None, c), EMBED);
+        let e = check(
+            &format!("{what} +pos"),
+            &block(g.read_f32(&out_both)).unwrap(),
+            &embedding(&tok, &wd, Some((&pos, &pd)), c),
+            EMBED,
+        );
+        eprintln!("{what} +pos: worst rel {e:.2e}");
+    }
+}
+
+#[test]
+fn embedding_backward_accumulates_per_id() {
+    let g = gpu();
+    let mut rng = Rng::new(12);
+    for &(rows, c, v, np) in SHAPES {
+        // Token and position tables go through the same function with their own index.
+        for (table, n_ids) in [("wte", v), ("wpe", np)] {
+            let tok = ids(&mut rng, rows, n_ids);
+            let dout = rng.vec(rows * c, 1.0);
+            let dw0 = rng.vec(n_ids * c, 1.0);
+            let index = GroupIndex::build(g, &tok).unwrap();
+            let tdout = g.upload_f32("dout", &dout).unwrap();
+            let tdw = g.upload_f32("dw", &dw0).unwrap();
+            let mut enc = Encoder::new(g);
+            backward(&mut enc, &index, &tdout, &tdw, c);
+            enc.submit();
+            let want: Vec<f64> = embedding_backward(&tok, &f64s(&dout), n_ids, c)
+                .iter()
+                .zip(&dw0)
+                .map(|(d, w0)| d + *w0 as f64)
+                .collect();
+            let what = format!("embedding backward {table} {rows}x{c} ids<{n_ids}");
+            let e = check(&what, &block(g.read_f32(&tdw)).unwrap(), &want, EMBED_GRAD);
+            eprintln!("{what}: worst rel {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn group_index_is_csr_by_id() {
+    let g = gpu();
+    let tok = [5u32, 2, 5, 9, 2, 5, 0];
+    let index = GroupIndex::build(g, &tok).unwrap();
+    assert_eq!((index.n_uniq, index.n), (4, 7));
+    assert_eq!(block(g.read_u32(&index.uniq)).unwrap(), [0, 2, 5, 9]);
+    assert_eq!(block(g.read_u32(&index.starts)).unwrap(), [0, 1, 3, 6, 7]);
+    assert_eq!(block(g.read_u32(&index.rows)).unwrap(), [6, 1, 4, 0, 2, 5, 3]);
+    let empty = GroupIndex::build(g, &[]).unwrap();
+    assert_eq!((empty.n_uniq, empty.n), (0, 0));
+}
+
+// More rows and more unique ids than one grid dimension's 65535 workgroups, so the grid
+// folds into y in both directions.
+#[test]
+fn embedding_many_rows_and_ids_fold_the_grid() {
+    let g = gpu();
+    let mut rng = Rng::new(13);
+    let (rows, c, v) = (70_001, 1, 80_021);
+    let mut tok: Vec<u32> = (0..rows as u32).collect();
+    for i in (1..rows).rev() {
+        tok.swap(i, rng.below(i + 1));
+    }
+    tok[rows - 1] = tok[0]; // one repeat among many singletons
+    let wte = rng.vec(v * c, 1.0);
+    let dout = rng.vec(rows * c, 1.0);
+    let index = GroupIndex::build(g, &tok).unwrap();
+    assert!(index.n_uniq > 65535);
+    let (ttok, twte, tdout) =
+        (g.upload_u32("ids", &tok).unwrap(), g.upload_f32("wte", &wte).unwrap(), g.upload_f32("dout", &dout).unwrap());
+    let out = g.zeros("out", rows * c).unwrap();
+    let dw = g.zeros("dw", v * c).unwrap();
+    let mut enc = Encoder::new(g);
+    forward(&mut enc, &ttok, &twte, None, &out, rows, c);
+    backward(&mut enc, &index, &tdout, &dw, c);
+    enc.submit();
+    check("embedding 70001 rows", &block(g.read_f32(&out)).unwrap(), &embedding(&tok, &f64s(&wte), None, c), EMBED);
+    let want = embedding_backward(&tok, &f64s(&dout), v, c);
+    check("embedding backward 70001 ids", &block(g.read_f32(&dw)).unwrap(), &want, EMBED_GRAD);
+}
+
+#[test]
+fn reference_embedding_backward_matches_finite_differences() {
+    let mut rng = Rng::new(14);
+    let (c, v, np) = (3, 5, 4);
+    let tok = [1u32, 3, 1, 0];
+    let pos = [0u32, 1, 2, 1];
+    let wte = f64s(&rng.vec(v * c, 1.0));
+    let wpe = f64s(&rng.vec(np * c, 1.0));
+    let proj = f64s(&rng.vec(tok.len() * c, 1.0));
+    let h = 1e-5;
+    let num = numeric_grad(&wte, h, |w| dot(&proj, &embedding(&tok, w, Some((&pos, &wpe)), c)));
+    assert_grad("embedding dwte", &embedding_backward(&tok, &proj, v, c), &num);
+    let num = numeric_grad(&wpe, h, |w| dot(&proj, &embedding(&tok, &wte, Some((&pos, w)), c)));
+    assert_grad("embedding dwpe", &embedding_backward(&pos, &proj, np, c), &num);
+}

@@ -1,0 +1,109 @@
+use webtune::gpu::Encoder;
+use webtune::ops::rmsnorm::{backward, forward};
+
+use crate::common::{block, check, f64s, gpu, Rng, Tol};
+use crate::reference::rmsnorm::{rmsnorm, rmsnorm_backward};
+use crate::reference::{assert_grad, dot, numeric_grad};
+
+/// A tree sum of squares (relative error ~1e-7 at C = 1000), inverseSqrt (2 ulp) and two
+/// products: ~4x the worst seen (1.4e-7). Inputs are O(1), so abs plays no part.
+const RMSNORM: Tol = Tol { name: "RMSNORM", abs: 0.0, rel: 5e-7 };
+/// dx: the same sums plus g - x k, which at C = 1 cancels to r g eps / (x^2 + eps) ~ 1e-6
+/// (PyTorch in f32 does the same), hence abs 1e-6 for O(1) inputs; dw: a 33-term f32 sum
+/// plus the pre-filled value. Worst seen 3e-7 relative.
+const RMSNORM_GRAD: Tol = Tol { name: "RMSNORM_GRAD", abs: 1e-6, rel: 1e-6 };
+
+const EPS: f32 = 1e-6; // Qwen2's rms_norm_eps
+
+const SHAPES: &[(usize, usize)] = &[(1, 1), (5, 1), (5, 3), (33, 7), (1, 129), (33, 129), (5, 576), (33, 1000)];
+
+/// Runs forward and backward on the GPU, with dx and dw pre-filled when accumulating, and
+/// checks every output against the f64 reference.
+fn run(rng: &mut Rng, rows: usize, c: usize, accumulate: bool) {
+    let g = gpu();
+    let x = rng.vec(rows * c, 1.0);
+    let w: Vec<f32> = rng.vec(c, 0.2).iter().map(|v| v + 1.0).collect();
+    let dy = rng.vec(rows * c, 1.0);
+    let dx0 = if accumulate { rng.vec(rows * c, 1.0) } else { vec![f32::NAN; rows * c] };
+    let dw0 = rng.vec(c, 1.0);
+    let (xd, wd, dyd) = (f64s(&x), f64s(&w), f64s(&dy));
+    let (y_ref, rstd_ref) = rmsnorm(&xd, &wd, rows, c, EPS as f64);
+    let (mut dx_ref, mut dw_ref) = rmsnorm_backward(&xd, &wd, &dyd, rows, c, EPS as f64);
+    if accumulate {
+        dx_ref.iter_mut().zip(&dx0).for_each(|(d, d0)| *d += *d0 as f64);
+    }
+    dw_ref.iter_mut().zip(&dw0).for_each(|(d, d0)| *d += *d0 as f64);
+
+    let (tx, tw, tdy) =
+        (g.upload_f32("x", &x).unwrap(), g.upload_f32("w", &w).unwrap(), g.upload_f32("dy", &dy).unwrap());
+    let ty = g.zeros("y", rows * c).unwrap();
+    let trstd = g.zeros("rstd", rows).unwrap();
+    // Overwriting must not read dx: NaN there would show it.
+    let tdx = g.upload_f32("dx", &dx0).unwrap();
+    let tdw = g.upload_f32("dw", &dw0).unwrap();
+    let mut enc = Encoder::new(g);
+    forward(&mut enc, &tx, &tw, &ty, &trstd, rows, c, EPS);
+    backward(&mut enc, &tx, &tw, &trstd, &tdy, &tdx, accumulate, Some(&tdw), rows, c);
+    enc.submit();
+    let what = format!("rmsnorm {rows}x{c} acc={accumulate}");
+    let ey = check(&format!("{what} y"), &block(g.read_f32(&ty)).unwrap(), &y_ref, RMSNORM);
+    let er = check(&format!("{what} rstd"), &block(g.read_f32(&trstd)).unwrap(), &rstd_ref, RMSNORM);
+    let edx = check(&format!("{what} dx"), &block(g.read_f32(&tdx)).unwrap(), &dx_ref, RMSNORM_GRAD);
+    let edw = check(&format!("{what} dw"), &block(g.read_f32(&tdw)).unwrap(), &dw_ref, RMSNORM_GRAD);
+    eprintln!("{what}: worst rel y {ey:.2e} rstd {er:.2e} dx {edx:.2e} dw {edw:.2e}");
+}
+
+#[test]
+fn rmsnorm_matches_reference() {
+    let mut rng = Rng::new(21);
+    for &(rows, c) in SHAPES {
+        run(&mut rng, rows, c, false);
+        run(&mut rng, rows, c, true);
+    }
+}
+
+// dw is optional (a frozen norm weight): only dx is computed.
+#[test]
+fn rmsnorm_without_dw() {
+    run_without_dw(&mut Rng::new(22), 5, 7);
+}
+
+// More rows than one grid dimension's 65535 workgroups: the row index folds into y.
+#[test]
+fn rmsnorm_many_rows_fold_the_grid() {
+    let mut rng = Rng::new(23);
+    run_without_dw(&mut rng, 70_001, 3);
+}
+
+fn run_without_dw(rng: &mut Rng, rows: usize, c: usize) {
+    let g = gpu();
+    let x = rng.vec(rows * c, 1.0);
+    let w = rng.vec(c, 1.0);
+    let dy = rng.vec(rows * c, 1.0);
+    let (xd, wd, dyd) = (f64s(&x), f64s(&w), f64s(&dy));
+    let (y_ref, _) = rmsnorm(&xd, &wd, rows, c, EPS as f64);
+    let (dx_ref, _) = rmsnorm_backward(&xd, &wd, &dyd, rows, c, EPS as f64);
+    let (tx, tw, tdy) =
+        (g.upload_f32("x", &x).unwrap(), g.upload_f32("w", &w).unwrap(), g.upload_f32("dy", &dy).unwrap());
+    let (ty, trstd, tdx) =
+        (g.zeros("y", rows * c).unwrap(), g.zeros("rstd", rows).unwrap(), g.zeros("dx", rows * c).unwrap());
+    let mut enc = Encoder::new(g);
+    forward(&mut enc, &tx, &tw, &ty, &trstd, rows, c, EPS);
+    backward(&mut enc, &tx, &tw, &trstd, &tdy, &tdx, false, None, rows, c);
+    enc.submit();
+    check(&format!("rmsnorm {rows}x{c} y"), &block(g.read_f32(&ty)).unwrap(), &y_ref, RMSNORM);
+    check(&format!("rmsnorm {rows}x{c} dx"), &block(g.read_f32(&tdx)).unwrap(), &dx_ref, RMSNORM_GRAD);
+}
+
+#[test]
+fn reference_rmsnorm_backward_matches_finite_differences() {
+    let mut rng = Rng::new(24);
+    let (rows, c, eps) = (3, 5, 1e-6);
+    let x = f64s(&rng.vec(rows * c, 1.0));
+    let w = f64s(&rng.vec(c, 1.0));
+    let proj = f64s(&rng.vec(rows * c, 1.0));
+    let (dx, dw) = rmsnorm_backward(&x, &w, &proj, rows, c, eps);
+    let h = 1e-5;
+    assert_grad("rmsnorm dx", &dx, &numeric_grad(&x, h, |x| dot(&proj, &rmsnorm(x, &w, rows, c, eps).0)));
+    assert_grad("rmsnorm dw", &dw, &numeric_grad(&w, h, |w| dot(&proj, &rmsnorm(&x, w, rows, c, eps).0)));
+}
