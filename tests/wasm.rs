@@ -14,6 +14,7 @@ use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 use webtune::gpu::{Encoder, Gpu};
 use webtune::ops::matmul::{matmul, Op};
+use webtune::train::{AdamW, Example, LossMode, TrainConfig, Trainer};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -266,6 +267,101 @@ async fn matmul_bias_residual_match_reference() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Model (later): a training step of the model in the browser, compared with the native
-// engine / the committed reference fixtures, goes here.
+// Model: full training steps of the fixture models in the browser, against the same
+// float64 PyTorch/transformers fixture the native tests use (tests/fixtures), so the
+// browser and the native engine are held to one truth with the same tolerances.
 // ---------------------------------------------------------------------------------------
+
+/// Same bounds as tests/model/parity.rs.
+const GRADS: Tol = Tol { name: "GRADS", abs: 1e-7, rel: 2e-5 };
+const LOSS: f64 = 2e-6;
+
+struct WasmFixture {
+    config: &'static str,
+    model: &'static [u8],
+    json: serde_json::Value,
+    expected: &'static [u8],
+}
+
+macro_rules! fixture {
+    ($arch:literal) => {
+        WasmFixture {
+            config: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $arch, "/config.json")),
+            model: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $arch, "/model.safetensors")),
+            json: serde_json::from_str(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/",
+                $arch,
+                "/fixture.json"
+            )))
+            .unwrap(),
+            expected: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $arch, "/expected.safetensors")),
+        }
+    };
+}
+
+impl WasmFixture {
+    fn examples(&self) -> Vec<Example> {
+        self.json["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let ids = e["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+                Example::prompt_answer(ids, e["prompt_len"].as_u64().unwrap() as usize, "fixture")
+            })
+            .collect()
+    }
+
+    fn trainer<'g>(&self, g: &'g Gpu) -> Trainer<'g> {
+        let model = webtune::load::model_from_hf_bytes(g, self.config, &[("model.safetensors", self.model)]).unwrap();
+        let a = &self.json["adamw"];
+        let f = |k: &str| a[k].as_f64().unwrap() as f32;
+        let adamw = AdamW {
+            lr: f("lr"),
+            beta1: f("beta1"),
+            beta2: f("beta2"),
+            eps: f("eps"),
+            weight_decay: f("weight_decay"),
+            max_grad_norm: f("max_grad_norm"),
+        };
+        Trainer::new(g, model, TrainConfig { loss: LossMode::PerExample, micro_batch: 2, adamw }).unwrap()
+    }
+
+    fn expected(&self, name: &str) -> Vec<f64> {
+        let st = safetensors::SafeTensors::deserialize(self.expected).unwrap();
+        let v = st.tensor(name).unwrap();
+        v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
+    }
+}
+
+async fn training_steps_match_fixture(fx: WasmFixture, arch: &str) {
+    let g = gpu().await;
+    let ex = fx.examples();
+    let mut t = fx.trainer(&g);
+    // The gradient of the first step, every parameter.
+    t.accumulate(&ex).await.unwrap();
+    let grads = t.read_grads().await.unwrap();
+    let mut worst = 0f64;
+    for (name, _, got) in &grads {
+        worst = worst.max(check(&format!("{arch} grad {name}"), got, &fx.expected(&format!("grad.per-example.{name}")), GRADS));
+    }
+    console_log!("{arch}: {} gradients in the browser, worst relative error {worst:.2e}", grads.len());
+    // Three AdamW steps: the loss before each.
+    let want: Vec<f64> = fx.json["step_losses"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    for (s, w) in want.iter().take(3).enumerate() {
+        let got = t.step(&ex).await.unwrap().loss;
+        console_log!("{arch} step {s}: loss {got:.7} vs transformers {w:.7}");
+        assert!((got - w).abs() <= 1e1 * LOSS * w.abs().max(1.0), "{arch} step {s}: {got} vs {w}");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn llama_training_steps_match_transformers() {
+    training_steps_match_fixture(fixture!("llama"), "llama").await;
+}
+
+#[wasm_bindgen_test]
+async fn gpt2_training_steps_match_transformers() {
+    training_steps_match_fixture(fixture!("gpt2"), "gpt2").await;
+}
