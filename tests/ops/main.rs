@@ -6,4 +6,6 @@ mod common;
 #[path = "../reference/mod.rs"]
 mod reference;
 
+mod attention;
 mod matmul;
+mod rope;

@@ -2,7 +2,9 @@
 //! math (not from the WGSL), plus central finite differences to check each backward.
 #![allow(dead_code)]
 
+pub mod attention;
 pub mod matmul;
+pub mod rope;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.
 pub fn numeric_grad(x: &[f64], h: f64, mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
