@@ -28,11 +28,11 @@ pub fn rope(x: &[f64], pos: &[u32], inv_freq: &[f32], rows: usize, heads: usize,
 pub fn rope_backward(dy: &[f64], pos: &[u32], inv_freq: &[f32], rows: usize, heads: usize, d: usize) -> Vec<f64> {
     let half = d / 2;
     let mut dx = vec![0.0; dy.len()];
-    for r in 0..rows {
+    for (r, &pr) in pos.iter().enumerate().take(rows) {
         for h in 0..heads {
             let o = (r * heads + h) * d;
             for j in 0..d {
-                let a = angle(pos[r], inv_freq[j % half]);
+                let a = angle(pr, inv_freq[j % half]);
                 dx[o + j] += dy[o + j] * a.cos();
                 if j < half {
                     dx[o + j + half] -= dy[o + j] * a.sin();
