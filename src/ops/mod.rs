@@ -2,6 +2,7 @@
 //! with the same argument names as the shader. One file per `shaders/<op>.wgsl`.
 
 pub mod adamw;
+pub mod attention;
 pub mod copy2d;
 pub mod cross_entropy;
 pub mod embedding;
@@ -13,4 +14,5 @@ pub mod layernorm;
 pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;

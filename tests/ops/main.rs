@@ -8,6 +8,7 @@ mod common;
 mod reference;
 
 mod adamw;
+mod attention;
 mod cross_entropy;
 mod embedding;
 mod fill;
@@ -18,4 +19,5 @@ mod layernorm;
 mod matmul;
 mod residual;
 mod rmsnorm;
+mod rope;
 mod swiglu;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod gather;
@@ -12,6 +13,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.

@@ -1,0 +1,299 @@
+// Causal self-attention with grouped-query heads and segment masking, flash style: the
+// (T, T) probabilities are never stored. The forward keeps a running max and sum per query
+// and saves the log-sum-exp; the backward recomputes each probability from it.
+//
+// Query (b, tq) of head h sees key (b, tk) of kv head h / (H/Hk) iff tk <= tq and
+// seg[b*T + tk] == seg[b*T + tq]. A query always sees itself, so no softmax is empty.
+//
+// One thread owns one query (forward, dQ) or one key (dK/dV) for a whole pass, with its
+// head row and accumulators in registers; the other side streams through workgroup memory
+// in tiles of `tile` rows, so a workgroup reads each K/V (or Q/dOut) row once for 64 rows.
+// Head rows are vec4s: D must be a multiple of 4, at most 128 (MAXV vec4s).
+// FLOPs per visible (query, key) pair: forward 4D, dQ 6D, dK/dV 8D.
+
+struct Params {
+    b: u32,
+    t: u32,
+    h: u32,
+    hk: u32,
+    dv: u32,    // D / 4: vec4s per head row
+    group: u32, // H / Hk query heads per kv head
+    tile: u32,  // rows per workgroup tile: min(BLOCK, TILE_VEC / dv)
+    scale: f32, // 1 / sqrt(D)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const BLOCK: u32 = 64u;     // threads per workgroup = queries (or keys) it owns
+const MAXV: u32 = 32u;      // D <= 128
+const TILE_VEC: u32 = 480u; // 2 * 480 vec4 + 64 u32 + 64 vec2 = 16128 bytes, under 16 KiB
+const NEG: f32 = -3.0e38;   // a masked score; finite so that NEG - NEG is not NaN
+
+var<workgroup> sh_a: array<vec4<f32>, TILE_VEC>; // K (forward, dQ) or Q (dK/dV) rows
+var<workgroup> sh_b: array<vec4<f32>, TILE_VEC>; // V (forward, dQ) or dOut (dK/dV) rows
+var<workgroup> sh_seg: array<u32, BLOCK>;        // segment of each tile row
+var<workgroup> sh_st: array<vec2<f32>, BLOCK>;   // (lse, delta) of each query row (dK/dV)
+
+fn dot4(a: vec4<f32>, b: vec4<f32>, acc: vec4<f32>) -> vec4<f32> {
+    return fma(a, b, acc);
+}
+
+fn hsum(a: vec4<f32>) -> f32 {
+    return (a.x + a.y) + (a.z + a.w);
+}
+
+// ---- forward ----------------------------------------------------------------------------
+
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;        // (rows, H*D)
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;        // (rows, Hk*D)
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;        // (rows, Hk*D)
+@group(0) @binding(4) var<storage, read> seg: array<u32>;            // (rows)
+@group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;  // (rows, H*D)
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>;      // (B*H*T)
+
+// Stage keys [k0, k0 + n) of kv head `kvh` in sequence `b`: K into sh_a, V into sh_b.
+fn load_kv(b: u32, kvh: u32, k0: u32, n: u32, lid: u32) {
+    for (var e = lid; e < n * p.dv; e += BLOCK) {
+        let j = e / p.dv;
+        let src = ((b * p.t + k0 + j) * p.hk + kvh) * p.dv + e % p.dv;
+        sh_a[e] = k[src];
+        sh_b[e] = v[src];
+    }
+    if (lid < n) {
+        sh_seg[lid] = seg[b * p.t + k0 + lid];
+    }
+}
+
+// Grid: (ceil(T / 64), B*H). Thread = query.
+@compute @workgroup_size(64)
+fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let bh = wid.y;
+    let b = bh / p.h;
+    let h = bh % p.h;
+    let kvh = h / p.group;
+    let q0 = wid.x * BLOCK;
+    let tq = min(q0 + lid, p.t - 1u); // threads past T compute a duplicate and discard it
+    let row = b * p.t + tq;
+    let base = (row * p.h + h) * p.dv;
+    let sq = seg[row];
+    var qr: array<vec4<f32>, MAXV>;
+    var acc: array<vec4<f32>, MAXV>;
+    for (var i = 0u; i < p.dv; i++) {
+        qr[i] = q[base + i] * p.scale;
+        acc[i] = vec4<f32>(0.0);
+    }
+    var m = NEG;
+    var l = 0.0;
+    var s: array<f32, BLOCK>;
+    let kend = min(q0 + BLOCK, p.t); // the block's last query sees keys < kend
+    for (var k0 = 0u; k0 < kend; k0 += p.tile) {
+        let n = min(p.tile, kend - k0);
+        load_kv(b, kvh, k0, n, lid);
+        workgroupBarrier();
+        // Scores of the whole tile first, so the running sum is rescaled once per tile.
+        var mt = NEG;
+        for (var j = 0u; j < n; j++) {
+            var x = NEG;
+            if (k0 + j <= tq && sh_seg[j] == sq) {
+                var d4 = vec4<f32>(0.0);
+                for (var i = 0u; i < p.dv; i++) {
+                    d4 = dot4(qr[i], sh_a[j * p.dv + i], d4);
+                }
+                x = hsum(d4);
+            }
+            s[j] = x;
+            mt = max(mt, x);
+        }
+        if (mt > NEG) {
+            let mn = max(m, mt);
+            let alpha = exp(m - mn);
+            l *= alpha;
+            for (var i = 0u; i < p.dv; i++) {
+                acc[i] *= alpha;
+            }
+            m = mn;
+            for (var j = 0u; j < n; j++) {
+                if (s[j] > NEG) {
+                    let pj = exp(s[j] - m);
+                    l += pj;
+                    for (var i = 0u; i < p.dv; i++) {
+                        acc[i] = fma(vec4<f32>(pj), sh_b[j * p.dv + i], acc[i]);
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (q0 + lid < p.t) {
+        let inv = 1.0 / l;
+        for (var i = 0u; i < p.dv; i++) {
+            o[base + i] = acc[i] * inv;
+        }
+        lse[bh * p.t + tq] = m + log(l);
+    }
+}
+
+// ---- backward: delta ----------------------------------------------------------------------
+// delta = rowsum(dOut * O) per (b, h, t), the softmax backward's correction term. Also
+// written, with the lse, as (lse, delta) pairs into dQ's buffer: the dK/dV kernel then
+// needs 8 storage bindings (WebGPU's default per-stage limit), not 9, and dQ is free
+// scratch until the dQ kernel, which runs last, overwrites it.
+
+@group(0) @binding(1) var<storage, read> o_in: array<vec4<f32>>;         // (rows, H*D)
+@group(0) @binding(2) var<storage, read> dout_d: array<vec4<f32>>;       // (rows, H*D)
+@group(0) @binding(3) var<storage, read> lse_d: array<f32>;              // (B*H*T)
+@group(0) @binding(4) var<storage, read_write> delta_w: array<f32>;      // (B*H*T)
+@group(0) @binding(5) var<storage, read_write> stats_w: array<vec2<f32>>; // dQ buffer as (B*H*T, 2)
+
+// Grid: grid_1d(B*H*T, 256). Thread = (b, h, t).
+@compute @workgroup_size(256)
+fn attention_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = flat_id(gid, nwg, 256u);
+    if (n >= p.b * p.h * p.t) { return; }
+    let t = n % p.t;
+    let bh = n / p.t;
+    let b = bh / p.h;
+    let h = bh % p.h;
+    let base = ((b * p.t + t) * p.h + h) * p.dv;
+    var d4 = vec4<f32>(0.0);
+    for (var i = 0u; i < p.dv; i++) {
+        d4 = fma(dout_d[base + i], o_in[base + i], d4);
+    }
+    let delta = hsum(d4);
+    delta_w[n] = delta;
+    stats_w[n] = vec2<f32>(lse_d[n], delta);
+}
+
+// ---- backward: dQ -------------------------------------------------------------------------
+// dQ[tq] = scale * sum_tk P * (dOut[tq].V[tk] - delta[tq]) * K[tk]
+
+@group(0) @binding(5) var<storage, read> lse_r: array<f32>;            // (B*H*T)
+@group(0) @binding(6) var<storage, read> dout: array<vec4<f32>>;       // (rows, H*D)
+@group(0) @binding(7) var<storage, read> delta_r: array<f32>;          // (B*H*T)
+@group(0) @binding(8) var<storage, read_write> dq: array<vec4<f32>>;   // (rows, H*D)
+
+// Grid: (ceil(T / 64), B*H). Thread = query.
+@compute @workgroup_size(64)
+fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let bh = wid.y;
+    let b = bh / p.h;
+    let h = bh % p.h;
+    let kvh = h / p.group;
+    let q0 = wid.x * BLOCK;
+    let tq = min(q0 + lid, p.t - 1u);
+    let row = b * p.t + tq;
+    let base = (row * p.h + h) * p.dv;
+    let sq = seg[row];
+    let lq = lse_r[bh * p.t + tq];
+    let dl = delta_r[bh * p.t + tq];
+    var qr: array<vec4<f32>, MAXV>;
+    var gr: array<vec4<f32>, MAXV>;
+    var acc: array<vec4<f32>, MAXV>;
+    for (var i = 0u; i < p.dv; i++) {
+        qr[i] = q[base + i] * p.scale;
+        gr[i] = dout[base + i];
+        acc[i] = vec4<f32>(0.0);
+    }
+    let kend = min(q0 + BLOCK, p.t);
+    for (var k0 = 0u; k0 < kend; k0 += p.tile) {
+        let n = min(p.tile, kend - k0);
+        load_kv(b, kvh, k0, n, lid);
+        workgroupBarrier();
+        for (var j = 0u; j < n; j++) {
+            if (k0 + j <= tq && sh_seg[j] == sq) {
+                var s4 = vec4<f32>(0.0);
+                var p4 = vec4<f32>(0.0);
+                for (var i = 0u; i < p.dv; i++) {
+                    s4 = dot4(qr[i], sh_a[j * p.dv + i], s4);
+                    p4 = dot4(gr[i], sh_b[j * p.dv + i], p4);
+                }
+                let ds = exp(hsum(s4) - lq) * (hsum(p4) - dl);
+                for (var i = 0u; i < p.dv; i++) {
+                    acc[i] = fma(vec4<f32>(ds), sh_a[j * p.dv + i], acc[i]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (q0 + lid < p.t) {
+        for (var i = 0u; i < p.dv; i++) {
+            dq[base + i] = acc[i] * p.scale;
+        }
+    }
+}
+
+// ---- backward: dK, dV ---------------------------------------------------------------------
+// Per key of kv head g, over the queries that see it, in every query head of g's group:
+// dV[tk] = sum P * dOut[tq];  dK[tk] = scale * sum P * (dOut[tq].V[tk] - delta[tq]) * Q[tq]
+// Each key is owned by one thread, so the sums need no atomics and are deterministic.
+
+@group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;      // (B*H*T) (lse, delta), in dQ's buffer
+@group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;   // (rows, Hk*D)
+@group(0) @binding(8) var<storage, read_write> dvv: array<vec4<f32>>;  // (rows, Hk*D)
+
+// Grid: (ceil(T / 64), B*Hk). Thread = key.
+@compute @workgroup_size(64)
+fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let b = wid.y / p.hk;
+    let kvh = wid.y % p.hk;
+    let k0 = wid.x * BLOCK;
+    let tk = min(k0 + lid, p.t - 1u);
+    let row = b * p.t + tk;
+    let base = (row * p.hk + kvh) * p.dv;
+    let sk = seg[row];
+    var kr: array<vec4<f32>, MAXV>;
+    var vr: array<vec4<f32>, MAXV>;
+    var gk: array<vec4<f32>, MAXV>;
+    var gv: array<vec4<f32>, MAXV>;
+    for (var i = 0u; i < p.dv; i++) {
+        kr[i] = k[base + i] * p.scale;
+        vr[i] = v[base + i];
+        gk[i] = vec4<f32>(0.0);
+        gv[i] = vec4<f32>(0.0);
+    }
+    for (var g = 0u; g < p.group; g++) {
+        let h = kvh * p.group + g;
+        let bh = b * p.h + h;
+        // Queries before the block's first key see none of its keys.
+        for (var q0 = k0; q0 < p.t; q0 += p.tile) {
+            let n = min(p.tile, p.t - q0);
+            for (var e = lid; e < n * p.dv; e += BLOCK) {
+                let src = ((b * p.t + q0 + e / p.dv) * p.h + h) * p.dv + e % p.dv;
+                sh_a[e] = q[src];
+                sh_b[e] = dout[src];
+            }
+            if (lid < n) {
+                sh_seg[lid] = seg[b * p.t + q0 + lid];
+                sh_st[lid] = stats[bh * p.t + q0 + lid];
+            }
+            workgroupBarrier();
+            for (var j = 0u; j < n; j++) {
+                if (q0 + j >= tk && sh_seg[j] == sk) {
+                    var s4 = vec4<f32>(0.0);
+                    var p4 = vec4<f32>(0.0);
+                    for (var i = 0u; i < p.dv; i++) {
+                        s4 = dot4(kr[i], sh_a[j * p.dv + i], s4);
+                        p4 = dot4(vr[i], sh_b[j * p.dv + i], p4);
+                    }
+                    let st = sh_st[j];
+                    let pj = exp(hsum(s4) - st.x);
+                    let ds = pj * (hsum(p4) - st.y);
+                    for (var i = 0u; i < p.dv; i++) {
+                        gv[i] = fma(vec4<f32>(pj), sh_b[j * p.dv + i], gv[i]);
+                        gk[i] = fma(vec4<f32>(ds), sh_a[j * p.dv + i], gk[i]);
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    if (k0 + lid < p.t) {
+        for (var i = 0u; i < p.dv; i++) {
+            dk[base + i] = gk[i] * p.scale;
+            dvv[base + i] = gv[i];
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Causal self-attention with grouped-query heads and segment masking
+//! (shaders/attention.wgsl), flash style: no (T, T) tensor is ever stored. The forward saves
+//! the log-sum-exp per query; the backward recomputes the probabilities from it.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
+
+crate::kernel!(ATTENTION, "attention");
+
+/// Threads per workgroup, each owning one query (or key) row; must match the shader.
+const BLOCK: usize = 64;
+/// vec4s per workgroup tile; must match TILE_VEC in the shader.
+const TILE_VEC: usize = 480;
+/// Head rows live in registers as at most 32 vec4s.
+pub const MAX_HEAD_SIZE: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    b: u32,
+    t: u32,
+    h: u32,
+    hk: u32,
+    dv: u32,
+    group: u32,
+    tile: u32,
+    scale: f32,
+}
+
+/// B sequences of T tokens, H query heads sharing Hk key/value heads, head size D.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub hk: usize,
+    pub d: usize,
+}
+
+impl AttnShape {
+    /// Whether the kernels can run this shape; a model loader should call this to turn an
+    /// unsupported config into an error instead of the launchers' panic.
+    pub fn validate(&self) -> Result<()> {
+        let AttnShape { b, t, h, hk, d } = *self;
+        if b == 0 || t == 0 || h == 0 || hk == 0 || h % hk != 0 {
+            return Err(Error::Config(format!(
+                "attention needs B, T, H, Hk > 0 and H a multiple of Hk (got B {b} T {t} H {h} Hk {hk})"
+            )));
+        }
+        if d % 4 != 0 || d == 0 || d > MAX_HEAD_SIZE {
+            return Err(Error::Config(format!(
+                "attention head size {d} unsupported: it must be a multiple of 4 between 4 and {MAX_HEAD_SIZE}"
+            )));
+        }
+        if b * h > 65535 || t.div_ceil(BLOCK) > 65535 {
+            return Err(Error::Config(format!("attention grid too large: B*H = {} (at most 65535)", b * h)));
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.b * self.t
+    }
+
+    fn params(&self) -> Params {
+        let dv = self.d / 4;
+        Params {
+            b: self.b as u32,
+            t: self.t as u32,
+            h: self.h as u32,
+            hk: self.hk as u32,
+            dv: dv as u32,
+            group: (self.h / self.hk) as u32,
+            tile: (TILE_VEC / dv).min(BLOCK) as u32,
+            scale: 1.0 / (self.d as f32).sqrt(),
+        }
+    }
+
+    /// Visible (query, key) pairs per head when no segments split the sequences.
+    fn pairs(&self) -> u64 {
+        (self.b * self.h * self.t * (self.t + 1) / 2) as u64
+    }
+
+    /// Bytes of K/V (or Q/dOut) rows that workgroups stream through tiles: each 64-row
+    /// block reads about half the sequence on average.
+    fn streamed(&self, heads: usize) -> u64 {
+        (self.b * heads * self.t.div_ceil(BLOCK) * (self.t / 2 + BLOCK) * self.d * 4 * 2) as u64
+    }
+}
+
+/// o(rows, H*D) = softmax(q k^T * scale, causal + segment mask) v, and lse(B*H*T) the
+/// log-sum-exp of each query's scaled scores (index (b*H + h)*T + t).
+/// q (rows, H*D), k and v (rows, Hk*D), seg u32 (rows).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    enc: &mut Encoder,
+    s: &AttnShape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    seg: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+) {
+    if let Err(e) = s.validate() {
+        panic!("{e}");
+    }
+    let (rows, hd, kd) = (s.rows(), s.h * s.d, s.hk * s.d);
+    debug_assert!(q.len >= rows * hd && k.len >= rows * kd && v.len >= rows * kd && o.len >= rows * hd);
+    debug_assert!(seg.len >= rows && lse.len >= s.b * s.h * s.t);
+    let cost = Cost {
+        flops: 4 * s.pairs() * s.d as u64,
+        bytes: s.streamed(s.h) + (4 * rows * (2 * hd + 1) + 4 * s.b * s.h * s.t) as u64,
+    };
+    enc.dispatch(
+        &ATTENTION,
+        "attention_forward",
+        &s.params(),
+        &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::W(o), Arg::W(lse)],
+        [s.t.div_ceil(BLOCK) as u32, (s.b * s.h) as u32, 1],
+        cost,
+    );
+}
+
+/// Overwrite dq(rows, H*D), dk and dv(rows, Hk*D) with the gradients of the loss given
+/// dout(rows, H*D), from the forward's inputs, o and lse. delta(B*H*T) is scratch.
+/// Three kernels, no atomics, deterministic: delta = rowsum(dout * o); dK/dV with one
+/// thread per key looping over the queries (of every head in its group) that see it; dQ
+/// with one thread per query looping over keys.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    enc: &mut Encoder,
+    s: &AttnShape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    seg: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    delta: &Tensor,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+) {
+    if let Err(e) = s.validate() {
+        panic!("{e}");
+    }
+    let (rows, hd, kd, n) = (s.rows(), s.h * s.d, s.hk * s.d, s.b * s.h * s.t);
+    debug_assert!(dout.len >= rows * hd && dq.len >= rows * hd && dk.len >= rows * kd && dv.len >= rows * kd);
+    debug_assert!(delta.len >= n && lse.len >= n);
+    let p = s.params();
+    // The delta kernel also parks (lse, delta) pairs in dq, which the dK/dV kernel reads
+    // and the dQ kernel then overwrites (see the shader); D >= 4 makes dq big enough.
+    enc.dispatch(
+        &ATTENTION,
+        "attention_delta",
+        &p,
+        &[Arg::R(o), Arg::R(dout), Arg::R(lse), Arg::W(delta), Arg::W(dq)],
+        grid_1d(n, WG),
+        Cost { flops: 2 * (n * s.d) as u64, bytes: 4 * (2 * n * s.d + 4 * n) as u64 },
+    );
+    enc.dispatch(
+        &ATTENTION,
+        "attention_backward_dkv",
+        &p,
+        &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::R(dq), Arg::R(dout), Arg::W(dk), Arg::W(dv)],
+        [s.t.div_ceil(BLOCK) as u32, (s.b * s.hk) as u32, 1],
+        Cost { flops: 8 * s.pairs() * s.d as u64, bytes: s.streamed(s.h) + (4 * rows * 4 * kd) as u64 },
+    );
+    enc.dispatch(
+        &ATTENTION,
+        "attention_backward_dq",
+        &p,
+        &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::R(lse), Arg::R(dout), Arg::R(delta), Arg::W(dq)],
+        [s.t.div_ceil(BLOCK) as u32, (s.b * s.h) as u32, 1],
+        Cost { flops: 6 * s.pairs() * s.d as u64, bytes: s.streamed(s.h) + (4 * rows * 3 * hd) as u64 },
+    );
+}

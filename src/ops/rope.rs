@@ -1,0 +1,98 @@
+//! Rotary position embedding (shaders/rope.wgsl), exactly as Hugging Face Llama applies it:
+//! rotate-half layout, angle = pos * inv_freq[i] as an f32 product.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Gpu, Tensor, WG};
+
+crate::kernel!(ROPE, "rope");
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    heads: u32,
+    d: u32,
+    half: u32,
+    max_pos: u32,
+}
+
+/// HF's `1 / theta^(arange(0, d, 2) / d)`, each step in f32 as torch computes it, so the
+/// angles (and hence the model's outputs) match the checkpoint's training bit for bit.
+pub fn default_inv_freq(theta: f32, d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32)).collect()
+}
+
+/// cos and sin of every (position, frequency) angle, built on the host: the angle is the
+/// f32 product HF's matmul gives, its cos/sin taken in f64 and rounded once to f32.
+pub struct RopeTable {
+    pub cos: Tensor, // (P, D/2)
+    pub sin: Tensor, // (P, D/2)
+    pub max_pos: usize,
+    pub half: usize,
+}
+
+impl RopeTable {
+    pub fn new(gpu: &Gpu, inv_freq: &[f32], max_pos: usize) -> Result<RopeTable> {
+        if inv_freq.is_empty() || max_pos == 0 {
+            return Err(Error::Config(format!(
+                "RoPE table needs at least one frequency and one position (got {} frequencies, max_pos {max_pos})",
+                inv_freq.len()
+            )));
+        }
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for pos in 0..max_pos {
+            for &f in inv_freq {
+                let angle = (pos as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(RopeTable { cos: gpu.upload_f32("rope_cos", &cos)?, sin: gpu.upload_f32("rope_sin", &sin)?, max_pos, half })
+    }
+}
+
+fn launch(
+    enc: &mut Encoder,
+    entry: &str,
+    x: &Tensor,
+    pos: &Tensor,
+    table: &RopeTable,
+    rows: usize,
+    heads: usize,
+    d: usize,
+) {
+    assert!(d == 2 * table.half, "RoPE: head size {d} but the table was built for {}", 2 * table.half);
+    debug_assert!(x.len >= rows * heads * d && pos.len >= rows);
+    let p = Params {
+        rows: rows as u32,
+        heads: heads as u32,
+        d: d as u32,
+        half: table.half as u32,
+        max_pos: table.max_pos as u32,
+    };
+    let pairs = (rows * heads * table.half) as u64;
+    let cost = Cost { flops: 6 * pairs, bytes: 4 * 6 * pairs };
+    enc.dispatch(
+        &ROPE,
+        entry,
+        &p,
+        &[Arg::W(x), Arg::R(pos), Arg::R(&table.cos), Arg::R(&table.sin)],
+        grid_1d(pairs as usize, WG),
+        cost,
+    );
+}
+
+/// Rotate x(rows, heads*D) in place by the positions pos(rows) (u32, each < max_pos;
+/// packed sequences restart their positions).
+pub fn forward(enc: &mut Encoder, x: &Tensor, pos: &Tensor, table: &RopeTable, rows: usize, heads: usize, d: usize) {
+    launch(enc, "rope_forward", x, pos, table, rows, heads, d);
+}
+
+/// dx(rows, heads*D) in place: the transpose rotation of the gradient.
+pub fn backward(enc: &mut Encoder, dx: &Tensor, pos: &Tensor, table: &RopeTable, rows: usize, heads: usize, d: usize) {
+    launch(enc, "rope_backward", dx, pos, table, rows, heads, d);
+}

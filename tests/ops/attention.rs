@@ -1,0 +1,146 @@
+use webtune::gpu::Encoder;
+use webtune::ops::attention::{backward, forward, AttnShape};
+
+use crate::common::{block, check, f64s, gpu, Rng, Tol};
+use crate::reference::attention::{attention, attention_backward, Shape};
+use crate::reference::{assert_grad, dot, numeric_grad};
+
+/// O is a convex mix of V rows; f32 scores (D-term dots), exp and the running sums err by
+/// a few ulp (lavapipe worst 4.5e-7 of max|V|); a wrong mask, head or scale moves outputs
+/// by O(0.1).
+const ATTN_FWD: Tol = Tol { name: "ATTN_FWD", abs: 1e-6, rel: 4e-6 };
+/// lse is ~log T + O(max score), its error a few ulp of that (lavapipe worst 3.8e-7).
+const ATTN_LSE: Tol = Tol { name: "ATTN_LSE", abs: 1e-6, rel: 2e-6 };
+/// dK/dV sum over up to T * H/Hk queries and dS is a difference (dP - delta) that cancels,
+/// so errors grow with T (lavapipe worst 3.7e-6 at T = 130); 2e-5 of max|grad| still fails
+/// a missed or extra (query, key) pair, whose term is O(1/T) of the scale or more.
+const ATTN_BWD: Tol = Tol { name: "ATTN_BWD", abs: 1e-6, rel: 2e-5 };
+
+/// Packed sequences: several segments of random length, then a padding segment (id 0).
+fn packed_segments(rng: &mut Rng, b: usize, t: usize) -> Vec<u32> {
+    let mut seg = Vec::with_capacity(b * t);
+    for _ in 0..b {
+        let pad = if t >= 4 { 1 + rng.below(t / 4) } else { 0 };
+        let mut id = 7u32;
+        let mut left = 0;
+        for i in 0..t {
+            if i >= t - pad {
+                seg.push(0);
+                continue;
+            }
+            if left == 0 {
+                id += 1 + rng.below(3) as u32;
+                left = 1 + rng.below(t.div_ceil(3));
+            }
+            left -= 1;
+            seg.push(id);
+        }
+    }
+    seg
+}
+
+struct Worst {
+    fwd: f64,
+    lse: f64,
+    bwd: f64,
+}
+
+fn run_case(rng: &mut Rng, s: AttnShape, packed: bool, q_scale: f64, worst: &mut Worst) {
+    let g = gpu();
+    let rows = s.b * s.t;
+    let (qn, kn) = (rows * s.h * s.d, rows * s.hk * s.d);
+    let q = rng.vec(qn, q_scale);
+    let k = rng.vec(kn, 1.0);
+    let v = rng.vec(kn, 1.0);
+    let dout = rng.vec(qn, 1.0);
+    let seg = if packed { packed_segments(rng, s.b, s.t) } else { vec![0; rows] };
+    let rs = Shape { b: s.b, t: s.t, h: s.h, hk: s.hk, d: s.d };
+    let (qd, kd, vd, dod) = (f64s(&q), f64s(&k), f64s(&v), f64s(&dout));
+    let (o_ref, lse_ref) = attention(&rs, &qd, &kd, &vd, &seg);
+    let (dq_ref, dk_ref, dv_ref) = attention_backward(&rs, &qd, &kd, &vd, &seg, &dod);
+
+    let up = |name: &str, x: &[f32]| g.upload_f32(name, x).unwrap();
+    let (tq, tk, tv, tdo) = (up("q", &q), up("k", &k), up("v", &v), up("dout", &dout));
+    let tseg = g.upload_u32("seg", &seg).unwrap();
+    // Outputs start as garbage: every element must be overwritten.
+    let to = up("o", &vec![1e30; qn]);
+    let tlse = up("lse", &vec![1e30; s.b * s.h * s.t]);
+    let tdelta = up("delta", &vec![1e30; s.b * s.h * s.t]);
+    let (tdq, tdk, tdv) = (up("dq", &vec![1e30; qn]), up("dk", &vec![1e30; kn]), up("dv", &vec![1e30; kn]));
+    let mut enc = Encoder::new(g);
+    forward(&mut enc, &s, &tq, &tk, &tv, &tseg, &to, &tlse);
+    backward(&mut enc, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tdelta, &tdq, &tdk, &tdv);
+    enc.submit();
+    let what = format!(
+        "attention B {} T {} H {} Hk {} D {} {} q*{q_scale}",
+        s.b,
+        s.t,
+        s.h,
+        s.hk,
+        s.d,
+        if packed { "packed" } else { "one segment" }
+    );
+    let rd = |t| block(g.read_f32(t)).unwrap();
+    worst.fwd = worst.fwd.max(check(&format!("{what} o"), &rd(&to), &o_ref, ATTN_FWD));
+    worst.lse = worst.lse.max(check(&format!("{what} lse"), &rd(&tlse), &lse_ref, ATTN_LSE));
+    worst.bwd = worst.bwd.max(check(&format!("{what} dq"), &rd(&tdq), &dq_ref, ATTN_BWD));
+    worst.bwd = worst.bwd.max(check(&format!("{what} dk"), &rd(&tdk), &dk_ref, ATTN_BWD));
+    worst.bwd = worst.bwd.max(check(&format!("{what} dv"), &rd(&tdv), &dv_ref, ATTN_BWD));
+}
+
+#[test]
+fn attention_matches_reference() {
+    let mut rng = Rng::new(21);
+    let mut worst = Worst { fwd: 0.0, lse: 0.0, bwd: 0.0 };
+    let mut n = 0;
+    for t in [1usize, 5, 33, 70] {
+        for d in [8usize, 24, 64] {
+            for (h, hk) in [(2usize, 2usize), (6, 2), (4, 1)] {
+                for b in [1usize, 3] {
+                    for packed in [false, true] {
+                        // Sharper softmaxes every other case, so the running max moves.
+                        let q_scale = if n % 2 == 0 { 1.0 } else { 3.0 };
+                        run_case(&mut rng, AttnShape { b, t, h, hk, d }, packed, q_scale, &mut worst);
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    // The largest head size, whose tile holds the fewest rows (15), across several tiles.
+    for (t, packed) in [(70, false), (130, true)] {
+        run_case(&mut rng, AttnShape { b: 2, t, h: 3, hk: 1, d: 128 }, packed, 1.0, &mut worst);
+    }
+    eprintln!(
+        "attention: worst errors x max|want|: o {:.2e} ({}), lse {:.2e} ({}), grads {:.2e} ({})",
+        worst.fwd, ATTN_FWD.name, worst.lse, ATTN_LSE.name, worst.bwd, ATTN_BWD.name
+    );
+}
+
+#[test]
+fn attention_rejects_unsupported_head_sizes() {
+    for d in [0usize, 6, 130, 256] {
+        let err = AttnShape { b: 1, t: 4, h: 2, hk: 1, d }.validate().unwrap_err().to_string();
+        assert!(err.contains("head size"), "D {d}: {err}");
+    }
+    assert!(AttnShape { b: 1, t: 4, h: 3, hk: 2, d: 64 }.validate().is_err());
+    assert!(AttnShape { b: 1, t: 4, h: 4, hk: 2, d: 128 }.validate().is_ok());
+}
+
+#[test]
+fn reference_attention_backward_matches_finite_differences() {
+    let mut rng = Rng::new(22);
+    // GQA (2 query heads per kv head), two sequences, one of them packed with two segments.
+    let s = Shape { b: 2, t: 4, h: 4, hk: 2, d: 3 };
+    let seg = [0u32, 0, 0, 0, 5, 5, 6, 6];
+    let rows = s.b * s.t;
+    let q = f64s(&rng.vec(rows * s.h * s.d, 1.0));
+    let k = f64s(&rng.vec(rows * s.hk * s.d, 1.0));
+    let v = f64s(&rng.vec(rows * s.hk * s.d, 1.0));
+    let proj = f64s(&rng.vec(rows * s.h * s.d, 1.0));
+    let (dq, dk, dv) = attention_backward(&s, &q, &k, &v, &seg, &proj);
+    let h = 1e-5;
+    assert_grad("attention dq", &dq, &numeric_grad(&q, h, |q| dot(&proj, &attention(&s, q, &k, &v, &seg).0)));
+    assert_grad("attention dk", &dk, &numeric_grad(&k, h, |k| dot(&proj, &attention(&s, &q, k, &v, &seg).0)));
+    assert_grad("attention dv", &dv, &numeric_grad(&v, h, |v| dot(&proj, &attention(&s, &q, &k, v, &seg).0)));
+}
