@@ -30,14 +30,17 @@ pub fn parse_tokenized_jsonl(file: &str, text: &str) -> Result<Vec<Example>> {
             return Err(Error::Data(format!("{origin}: `input_ids` is empty")));
         }
         let ex = if let Some(p) = v.get("prompt_len") {
-            let p = p
-                .as_u64()
-                .filter(|&p| (p as usize) < ids.len())
-                .ok_or_else(|| Error::Data(format!("{origin}: `prompt_len` must be an integer below the token count {}", ids.len())))?;
+            let p = p.as_u64().filter(|&p| (p as usize) < ids.len()).ok_or_else(|| {
+                Error::Data(format!("{origin}: `prompt_len` must be an integer below the token count {}", ids.len()))
+            })?;
             Example::prompt_answer(ids, p as usize, origin)
         } else if let Some(t) = v.get("trained").and_then(|t| t.as_array()) {
             if t.len() != ids.len() {
-                return Err(Error::Data(format!("{origin}: `trained` has {} entries for {} tokens", t.len(), ids.len())));
+                return Err(Error::Data(format!(
+                    "{origin}: `trained` has {} entries for {} tokens",
+                    t.len(),
+                    ids.len()
+                )));
             }
             let trained = t.iter().map(|x| x.as_u64() == Some(1) || x.as_bool() == Some(true)).collect();
             Example { ids, trained, origin }

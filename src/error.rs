@@ -10,7 +10,7 @@ pub enum Error {
     Gpu(String),
 
     /// A model or batch that cannot fit the adapter's limits, refused before allocating.
-    #[error("does not fit the GPU: {what} needs {need} but the adapter allows {have} ({limit})")]
+    #[error("does not fit the GPU: {what} needs {need} bytes in one buffer but the adapter allows {have} ({limit}); use a smaller batch, micro-batch or sequence length")]
     Limit { what: String, need: u64, have: u64, limit: &'static str },
 
     /// A model configuration the engine cannot run.

@@ -295,7 +295,12 @@ macro_rules! fixture {
                 "/fixture.json"
             )))
             .unwrap(),
-            expected: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $arch, "/expected.safetensors")),
+            expected: include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/",
+                $arch,
+                "/expected.safetensors"
+            )),
         }
     };
 }
@@ -344,7 +349,12 @@ async fn training_steps_match_fixture(fx: WasmFixture, arch: &str) {
     let grads = t.read_grads().await.unwrap();
     let mut worst = 0f64;
     for (name, _, got) in &grads {
-        worst = worst.max(check(&format!("{arch} grad {name}"), got, &fx.expected(&format!("grad.per-example.{name}")), GRADS));
+        worst = worst.max(check(
+            &format!("{arch} grad {name}"),
+            got,
+            &fx.expected(&format!("grad.per-example.{name}")),
+            GRADS,
+        ));
     }
     console_log!("{arch}: {} gradients in the browser, worst relative error {worst:.2e}", grads.len());
     // Three AdamW steps: the loss before each.

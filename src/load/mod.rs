@@ -10,10 +10,7 @@ use crate::model::{Model, ModelConfig};
 /// Build a model from `config.json` text and one or more safetensors files (shards).
 pub fn model_from_hf_bytes(gpu: &Gpu, config_json: &str, shards: &[(&str, &[u8])]) -> Result<Model> {
     let cfg = ModelConfig::from_hf_json(config_json)?;
-    let files = shards
-        .iter()
-        .map(|(name, bytes)| safetensors::File::parse(name, bytes))
-        .collect::<Result<Vec<_>>>()?;
+    let files = shards.iter().map(|(name, bytes)| safetensors::File::parse(name, bytes)).collect::<Result<Vec<_>>>()?;
     Model::new(gpu, cfg, |spec| {
         for f in &files {
             if let Some(t) = f.find(&spec.name) {
@@ -44,8 +41,8 @@ pub fn model_from_hf_dir(gpu: &Gpu, dir: &std::path::Path) -> Result<Model> {
         names.push("model.safetensors".to_string());
     } else {
         let index = read("model.safetensors.index.json")?;
-        let v: serde_json::Value = serde_json::from_slice(&index)
-            .map_err(|e| Error::Weights(format!("model.safetensors.index.json: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&index).map_err(|e| Error::Weights(format!("model.safetensors.index.json: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())

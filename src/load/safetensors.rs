@@ -26,9 +26,10 @@ impl<'a> File<'a> {
     /// `transformer.h.0...`) that the original checkpoints use.
     pub fn find(&self, name: &str) -> Option<TensorRef<'_>> {
         let alt = name.strip_prefix("transformer.");
-        [Some(name), alt].into_iter().flatten().find_map(|n| {
-            self.st.tensor(n).ok().map(|view| TensorRef { file: &self.name, name: n.to_string(), view })
-        })
+        [Some(name), alt]
+            .into_iter()
+            .flatten()
+            .find_map(|n| self.st.tensor(n).ok().map(|view| TensorRef { file: &self.name, name: n.to_string(), view }))
     }
 }
 

@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ops::rope::default_inv_freq;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -65,9 +66,7 @@ fn opt_usize(v: &Value, name: &str) -> Result<Option<usize>> {
 fn f64_field(v: &Value, name: &str, default: f64) -> Result<f64> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => {
-            x.as_f64().ok_or_else(|| Error::Config(format!("config.json `{name}` must be a number, found {x}")))
-        }
+        Some(x) => x.as_f64().ok_or_else(|| Error::Config(format!("config.json `{name}` must be a number, found {x}"))),
     }
 }
 
@@ -88,7 +87,8 @@ fn token_ids(v: &Value, name: &str) -> Vec<u32> {
 
 impl ModelConfig {
     pub fn from_hf_json(text: &str) -> Result<ModelConfig> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json is not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json is not JSON: {e}")))?;
         let arch_name = v
             .get("architectures")
             .and_then(|a| a.get(0))
@@ -145,9 +145,15 @@ impl ModelConfig {
                 if qwen && bool_field(&v, "use_sliding_window", false)? {
                     return Err(Error::Config("config.json `use_sliding_window` = true is not supported".into()));
                 }
-                let theta = f64_field(&v, "rope_theta", 10000.0)? as f32;
+                // transformers 5 nests RoPE settings in `rope_parameters`; older configs
+                // keep `rope_theta` and `rope_scaling` at the top level.
+                let rope_params = v.get("rope_parameters").filter(|r| r.is_object());
+                let theta = match rope_params.and_then(|r| r.get("rope_theta")).filter(|t| !t.is_null()) {
+                    Some(_) => f64_field(rope_params.unwrap(), "rope_theta", 10000.0)?,
+                    None => f64_field(&v, "rope_theta", 10000.0)?,
+                } as f32;
                 let mut inv_freq = default_inv_freq(theta, head_dim);
-                if let Some(scaling) = v.get("rope_scaling").filter(|s| !s.is_null()) {
+                if let Some(scaling) = rope_params.or_else(|| v.get("rope_scaling").filter(|s| !s.is_null())) {
                     apply_rope_scaling(&mut inv_freq, scaling)?;
                 }
                 let attention_bias = bool_field(&v, "attention_bias", false)?;
@@ -177,17 +183,25 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::Config(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.heads, self.kv_heads
             )));
         }
-        if self.arch == Arch::Gpt2 && self.hidden % self.heads != 0 {
-            return Err(Error::Config(format!("n_embd ({}) must be a multiple of n_head ({})", self.hidden, self.heads)));
+        if self.arch == Arch::Gpt2 && !self.hidden.is_multiple_of(self.heads) {
+            return Err(Error::Config(format!(
+                "n_embd ({}) must be a multiple of n_head ({})",
+                self.hidden, self.heads
+            )));
         }
-        if self.head_dim % 2 != 0 || self.head_dim > 256 {
-            return Err(Error::Config(format!("head_dim {} must be even and at most 256", self.head_dim)));
+        // The attention kernel keeps a head's row in registers, 4 lanes at a time.
+        if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::ops::attention::MAX_HEAD_SIZE {
+            return Err(Error::Config(format!(
+                "head size {} is not supported (a multiple of 4, at most {})",
+                self.head_dim,
+                crate::ops::attention::MAX_HEAD_SIZE
+            )));
         }
         Ok(())
     }
@@ -199,11 +213,6 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
-}
-
-/// HF's default RoPE frequencies: 1 / theta^(2i/D), computed in f32 as torch does.
-pub fn default_inv_freq(theta: f32, d: usize) -> Vec<f32> {
-    (0..d / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32)).collect()
 }
 
 /// `rope_scaling` of Llama 3.x (`rope_type: llama3`), as transformers'

@@ -3,15 +3,15 @@
 
 pub mod arch;
 pub mod config;
-mod pass;
 pub mod params;
+mod pass;
 pub mod presets;
 mod workspace;
 
 pub use arch::ModelP;
-pub use pass::Head;
 pub use config::{Arch, ModelConfig};
 pub use params::{ParamSpec, ParamStore, Pid};
+pub use pass::Head;
 pub use workspace::{Inputs, Workspace};
 
 use crate::error::Result;
@@ -31,11 +31,7 @@ pub struct Model {
 impl Model {
     /// Build the model, taking each parameter's values from `tensor(spec)` (a loader
     /// checks names and shapes and converts dtypes).
-    pub fn new(
-        gpu: &Gpu,
-        cfg: ModelConfig,
-        tensor: impl FnMut(&ParamSpec) -> Result<Vec<f32>>,
-    ) -> Result<Model> {
+    pub fn new(gpu: &Gpu, cfg: ModelConfig, tensor: impl FnMut(&ParamSpec) -> Result<Vec<f32>>) -> Result<Model> {
         let (specs, tree) = arch::build(&cfg);
         let params = ParamStore::new(gpu, specs, tensor)?;
         let rope = if cfg.inv_freq.is_empty() {

@@ -6,8 +6,8 @@ use super::arch::{AttnP, LinearP, MlpP, NormP};
 use super::workspace::{Inputs, Workspace};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
-use crate::ops::{attention, copy2d, cross_entropy, embedding, gather, gelu, layernorm, rmsnorm, rope, swiglu};
 use crate::ops::matmul::Linear;
+use crate::ops::{attention, copy2d, cross_entropy, embedding, gather, gelu, layernorm, rmsnorm, rope, swiglu};
 
 /// What the forward pass ends with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,16 @@ impl Model {
         }
     }
 
-    fn norm_fwd(&self, enc: &mut Encoder, n: &NormP, rows: usize, x: &Tensor, y: &Tensor, mean: &Tensor, rstd: &Tensor) {
+    fn norm_fwd(
+        &self,
+        enc: &mut Encoder,
+        n: &NormP,
+        rows: usize,
+        x: &Tensor,
+        y: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+    ) {
         let (p, c, eps) = (&self.params, self.cfg.hidden, self.cfg.norm_eps);
         match n.b {
             Some(b) => layernorm::forward(enc, x, &p.weight(n.w), &p.weight(b), y, mean, rstd, rows, c, eps),
@@ -198,7 +207,9 @@ impl Model {
             self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true);
             // x_mid = x + o W_o
             self.linear_bwd(enc, &blk.o, rows, &g.dres, &a.o, Some((&g.d_o, false)));
-            attention::backward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv);
+            attention::backward(
+                enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv,
+            );
             if let Some(table) = &self.rope {
                 rope::backward(enc, &g.dq, &inp.pos, table, rows, cfg.heads, cfg.head_dim);
                 rope::backward(enc, &g.dk, &inp.pos, table, rows, cfg.kv_heads, cfg.head_dim);

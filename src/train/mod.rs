@@ -3,6 +3,6 @@
 pub mod batch;
 mod trainer;
 
-pub use batch::{Example, ExampleScore, LossMode, MicroBatch};
 pub use crate::ops::adamw::AdamW;
+pub use batch::{Example, ExampleScore, LossMode, MicroBatch};
 pub use trainer::{StepStats, TrainConfig, Trainer};

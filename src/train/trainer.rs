@@ -141,7 +141,12 @@ impl<'g> Trainer<'g> {
 
     /// Run every micro-batch forward (and backward when `grads`), zeroing the gradients
     /// first. Returns the plan and each micro-batch's per-row NLL.
-    async fn run(&mut self, examples: &[Example], mode: LossMode, grads: bool) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
+    async fn run(
+        &mut self,
+        examples: &[Example],
+        mode: LossMode,
+        grads: bool,
+    ) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
         self.check_lengths(examples)?;
         let batches = batch::plan(examples, mode, self.cfg.micro_batch)?;
         self.ensure_workspace(&batches)?;

@@ -12,7 +12,6 @@ pub const ARCHS: &[&str] = &["llama", "qwen2", "gpt2"];
 pub const MODES: &[LossMode] = &[LossMode::PerExample, LossMode::PerToken, LossMode::AllTokens];
 
 pub struct Fixture {
-    pub arch: String,
     pub dir: PathBuf,
     pub json: Value,
     pub examples: Vec<Example>,
@@ -44,7 +43,7 @@ impl Fixture {
                 (name, (v.shape().to_vec(), data))
             })
             .collect();
-        Fixture { arch: arch.to_string(), dir, json, examples, expected }
+        Fixture { dir, json, examples, expected }
     }
 
     pub fn model(&self, gpu: &Gpu) -> Model {

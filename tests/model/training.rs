@@ -26,7 +26,10 @@ fn accumulation_equals_one_big_batch_in_every_mode() {
             for micro in [1, 2, 4] {
                 let mut t = fx.trainer(g, mode, micro);
                 let l = block(t.accumulate(&ex)).unwrap();
-                assert!((l - l_whole).abs() <= 1e-6 * l_whole.abs(), "{arch} {mode} micro {micro}: loss {l} vs {l_whole}");
+                assert!(
+                    (l - l_whole).abs() <= 1e-6 * l_whole.abs(),
+                    "{arch} {mode} micro {micro}: loss {l} vs {l_whole}"
+                );
                 let gm = block(t.read_grads()).unwrap();
                 let mut worst = 0f64;
                 for ((name, _, a), (_, _, b)) in gm.iter().zip(&g_whole) {
@@ -116,8 +119,9 @@ fn a_batch_beyond_the_adapter_limits_is_refused_before_allocation() {
     let fx = Fixture::load("llama");
     let mut t = fx.trainer(&g, LossMode::AllTokens, 64);
     // 40 x 100 tokens: the (N, V) logits alone need 40*99*97*4 bytes > 1 MiB.
-    let ex: Vec<Example> =
-        (0..40).map(|i| Example::prompt_answer((0..100).map(|j| (i + j) % 97).collect(), 1, format!("big:{i}"))).collect();
+    let ex: Vec<Example> = (0..40)
+        .map(|i| Example::prompt_answer((0..100).map(|j| (i + j) % 97).collect(), 1, format!("big:{i}")))
+        .collect();
     let err = block(t.step(&ex)).unwrap_err();
     assert!(matches!(err, Error::Limit { limit: "maxStorageBufferBindingSize", .. }), "{err}");
     eprintln!("{err}");

@@ -71,7 +71,10 @@ async fn load_model(gpu: &Gpu, path: &Path) -> Result<Model> {
     if path.is_dir() {
         webtune::load::model_from_hf_dir(gpu, path)
     } else {
-        Err(Error::Usage(format!("{}: expected a Hugging Face model folder (config.json + *.safetensors)", path.display())))
+        Err(Error::Usage(format!(
+            "{}: expected a Hugging Face model folder (config.json + *.safetensors)",
+            path.display()
+        )))
     }
 }
 
@@ -123,8 +126,12 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) ->
     let views = tensors
         .iter()
         .map(|(n, shape, data)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
-                .map_err(|e| Error::Usage(format!("{n}: {e}")))?;
+            let v = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytemuck::cast_slice(data),
+            )
+            .map_err(|e| Error::Usage(format!("{n}: {e}")))?;
             Ok((n.clone(), v))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -178,7 +185,13 @@ async fn bench(
     }
     let dt = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     let tokens = batch * seq;
-    println!("step: {:.1} ms, {:.1} tokens/s ({} timed steps after {} warm-up)", dt * 1e3, tokens as f64 / dt, steps, warmup);
+    println!(
+        "step: {:.1} ms, {:.1} tokens/s ({} timed steps after {} warm-up)",
+        dt * 1e3,
+        tokens as f64 / dt,
+        steps,
+        warmup
+    );
     if profile {
         t.profile = Some(Profile::default());
         t.step(&examples).await?;
@@ -207,6 +220,11 @@ fn print_profile(p: &Profile) {
     }
     let mm = p.entries.get("matmul.matmul_forward");
     if let Some(e) = mm {
-        println!("\nmatmuls: {:.2} GFLOP in {:.1} ms = {:.2} GFLOP/s", e.flops as f64 / 1e9, e.seconds * 1e3, e.flops as f64 / e.seconds / 1e9);
+        println!(
+            "\nmatmuls: {:.2} GFLOP in {:.1} ms = {:.2} GFLOP/s",
+            e.flops as f64 / 1e9,
+            e.seconds * 1e3,
+            e.flops as f64 / e.seconds / 1e9
+        );
     }
 }
