@@ -211,6 +211,21 @@ async fn webgpu_adapter_comes_up() {
 
 /// Awkward shapes (1, primes, sizes straddling the 64-wide tile and the 16-deep K step),
 /// every transpose, plain and accumulating, against an f64 matmul.
+/// Tint (Chromium's WGSL compiler) is stricter than naga in places: every kernel file must
+/// compile here too, including the ones no other browser test reaches.
+#[wasm_bindgen_test]
+async fn every_kernel_compiles_under_tint() {
+    let g = gpu().await;
+    let mut errors = Vec::new();
+    for k in webtune::ops::KERNELS {
+        if let Some(e) = webtune::gpu::compile_error(&g, k).await {
+            errors.push(e);
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    console_log!("{} kernel files compile under Tint", webtune::ops::KERNELS.len());
+}
+
 #[wasm_bindgen_test]
 async fn matmul_all_transposes_match_reference() {
     let g = gpu().await;
@@ -360,7 +375,12 @@ async fn training_steps_match_fixture(fx: WasmFixture, arch: &str) {
     // Three AdamW steps: the loss before each.
     let want: Vec<f64> = fx.json["step_losses"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     for (s, w) in want.iter().take(3).enumerate() {
+        // A validation error on WebGPU drops the dispatch silently: surface it.
+        let scope = g.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let got = t.step(&ex).await.unwrap().loss;
+        if let Some(e) = scope.pop().await {
+            panic!("{arch} step {s}: WebGPU validation error: {e}");
+        }
         console_log!("{arch} step {s}: loss {got:.7} vs transformers {w:.7}");
         assert!((got - w).abs() <= 1e1 * LOSS * w.abs().max(1.0), "{arch} step {s}: {got} vs {w}");
     }

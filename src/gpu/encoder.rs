@@ -252,3 +252,11 @@ fn shader_module(gpu: &Gpu, k: &Kernel) -> wgpu::ShaderModule {
         source: wgpu::ShaderSource::Wgsl(k.source.into()),
     })
 }
+
+/// Compile `k` on this device and return the compiler's complaint, if any. Backends differ
+/// (naga natively, Tint in Chromium), so tests run this for every kernel on each.
+pub async fn compile_error(gpu: &Gpu, k: &Kernel) -> Option<String> {
+    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let _module = shader_module(gpu, k);
+    scope.pop().await.map(|e| format!("{}.wgsl: {e}", k.name))
+}

@@ -8,7 +8,7 @@ mod readback;
 mod tensor;
 
 pub use context::{Gpu, GpuInfo};
-pub use encoder::{Arg, Cost, Encoder, Kernel, Profile, ProfileEntry};
+pub use encoder::{compile_error, Arg, Cost, Encoder, Kernel, Profile, ProfileEntry};
 pub use tensor::Tensor;
 
 /// Threads per workgroup of the 1-D kernels. 256 is the WebGPU default maximum.

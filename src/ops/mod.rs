@@ -16,3 +16,23 @@ pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
+
+/// Every kernel file, so a test can compile each one on every backend (naga natively,
+/// Tint in the browser accept slightly different WGSL).
+pub const KERNELS: &[&crate::gpu::Kernel] = &[
+    &adamw::ADAMW,
+    &attention::ATTENTION,
+    &copy2d::COPY2D,
+    &cross_entropy::CROSS_ENTROPY,
+    &embedding::EMBEDDING,
+    &fill::FILL,
+    &gather::GATHER,
+    &gelu::GELU,
+    &grad_norm::GRAD_NORM,
+    &layernorm::LAYERNORM,
+    &matmul::MATMUL,
+    &residual::RESIDUAL,
+    &rmsnorm::RMSNORM,
+    &rope::ROPE,
+    &swiglu::SWIGLU,
+];

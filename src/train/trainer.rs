@@ -51,6 +51,8 @@ pub struct Trainer<'g> {
     stats: Tensor,
     /// When set, every dispatch is timed alone into this profile (benchmarks only).
     pub profile: Option<Profile>,
+    /// (tokens, loss rows) of the last batch run.
+    last_tokens: (usize, usize),
 }
 
 impl<'g> Trainer<'g> {
@@ -58,7 +60,7 @@ impl<'g> Trainer<'g> {
         let lens: Vec<usize> = model.params.arenas.iter().filter(|a| a.trainable).map(|a| a.len).collect();
         let partials = gpu.zeros("grad_norm_partials", grad_norm::partials_len(&lens).max(1))?;
         let stats = gpu.zeros("stats", 4)?;
-        Ok(Trainer { gpu, model, cfg, step: 0, ws: None, partials, stats, profile: None })
+        Ok(Trainer { gpu, model, cfg, step: 0, ws: None, partials, stats, profile: None, last_tokens: (0, 0) })
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -151,6 +153,7 @@ impl<'g> Trainer<'g> {
         let batches = batch::plan(examples, mode, self.cfg.micro_batch)?;
         self.ensure_workspace(&batches)?;
         let total_n: usize = batches.iter().map(|m| m.loss_rows.len()).sum();
+        self.last_tokens = (examples.iter().map(|e| e.ids.len()).sum(), total_n);
         let nll_all = self.gpu.zeros("nll_all", total_n)?;
         let gpu = self.gpu;
         let mut enc = Encoder::new(gpu);
@@ -205,6 +208,16 @@ impl<'g> Trainer<'g> {
     /// or gradient the update is skipped on the GPU, the parameters and moments stay as
     /// they were, and an error says so.
     pub async fn step(&mut self, examples: &[Example]) -> Result<StepStats> {
+        // WebGPU drops an invalid dispatch and only logs it: catch it and fail the step.
+        let scope = self.gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let stats = self.step_inner(examples).await;
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(format!("a kernel was rejected by the GPU ({e}); the step's result is invalid")));
+        }
+        stats
+    }
+
+    async fn step_inner(&mut self, examples: &[Example]) -> Result<StepStats> {
         let loss = self.accumulate(examples).await?;
         let gpu = self.gpu;
         let t = self.step + 1;
@@ -228,9 +241,7 @@ impl<'g> Trainer<'g> {
             return Err(Error::NonFinite { what, step: t });
         }
         self.step = t;
-        let tokens = examples.iter().map(|e| e.ids.len()).sum();
-        let targets = batch::plan(examples, self.cfg.loss, usize::MAX)?.iter().map(|m| m.loss_rows.len()).sum();
-        Ok(StepStats { loss, grad_norm: norm, tokens, targets })
+        Ok(StepStats { loss, grad_norm: norm, tokens: self.last_tokens.0, targets: self.last_tokens.1 })
     }
 
     /// Every trainable parameter's current gradient, by HF name (for `grads` and tests).

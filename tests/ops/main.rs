@@ -21,3 +21,12 @@ mod residual;
 mod rmsnorm;
 mod rope;
 mod swiglu;
+
+/// Every kernel file compiles under naga (the browser test does the same under Tint).
+#[test]
+fn every_kernel_compiles() {
+    let g = common::gpu();
+    for k in webtune::ops::KERNELS {
+        assert_eq!(common::block(webtune::gpu::compile_error(g, k)), None);
+    }
+}
