@@ -121,3 +121,55 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if ((p.flags & ACCUMULATE) != 0u) { s += dbias[n]; }
     dbias[n] = s;
 }
+
+// The same product without workgroup memory: each thread accumulates its 4x4 block
+// straight from global memory (through the cache). CPU-backed adapters (SwiftShader,
+// lavapipe) pay dearly for every workgroupBarrier, and their "shared memory" is ordinary
+// memory anyway, so this variant is several times faster there; real GPUs prefer the
+// tiled kernel above. Same Params, bindings and results (the same fma order over k).
+@compute @workgroup_size(16, 16)
+fn matmul_forward_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * TM;
+    let col0 = wid.x * TN;
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    // Clamp out-of-range rows/columns to a valid index: they compute garbage that is
+    // never stored, and the inner loop stays free of bounds checks.
+    var ao: array<u32, 4>;
+    var bo: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        ao[i] = min(row0 + lid.y + 16u * i, p.m - 1u) * p.a_rs;
+        bo[i] = min(col0 + lid.x + 16u * i, p.n - 1u) * p.b_cs;
+    }
+    for (var k = 0u; k < p.k; k++) {
+        let ak = k * p.a_cs;
+        let bk = k * p.b_rs;
+        var av: array<f32, 4>;
+        var bv: array<f32, 4>;
+        for (var i = 0u; i < 4u; i++) {
+            av[i] = a[ao[i] + ak];
+            bv[i] = b[bo[i] + bk];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            for (var j = 0u; j < 4u; j++) {
+                acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
+            }
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = row0 + lid.y + 16u * i;
+        if (m >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let n = col0 + lid.x + 16u * j;
+            if (n >= p.n) { continue; }
+            var v = acc[i * 4u + j];
+            if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
+            let o = m * p.n + n;
+            if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
+            if ((p.flags & ACCUMULATE) != 0u) { v += c[o]; }
+            c[o] = v;
+        }
+    }
+}

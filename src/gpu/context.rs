@@ -31,6 +31,9 @@ pub struct Gpu {
     pub no_reuse: bool,
     /// Bound in place of an optional argument a dispatch does not use.
     pub dummy: Tensor,
+    /// Matmuls without workgroup memory (faster on CPU-backed adapters, see matmul.wgsl).
+    /// Chosen from the adapter; `WEBTUNE_MATMUL=tiled|reg` overrides it.
+    pub matmul_reg: bool,
 }
 
 impl Gpu {
@@ -83,7 +86,14 @@ impl Gpu {
             }),
             4,
         );
+        let matmul_reg = match std::env::var("WEBTUNE_MATMUL").as_deref() {
+            Ok("tiled") => false,
+            Ok("reg") => true,
+            // SwiftShader (the browser's software WebGPU); lavapipe measured faster tiled.
+            _ => software && info.backend == wgpu::Backend::BrowserWebGpu,
+        };
         Gpu {
+            matmul_reg,
             dummy,
             info: GpuInfo {
                 name: info.name.clone(),

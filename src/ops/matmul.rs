@@ -30,11 +30,37 @@ pub enum Op {
     T,
 }
 
+/// Which matmul entry point: workgroup-memory tiles, or register blocks straight from
+/// global memory (see shaders/matmul.wgsl for when each wins).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Variant {
+    Tiled,
+    Reg,
+}
+
 /// C(M,N) = op(A)(M,K) . op(B)(K,N) [+ bias(N)] [+ resid(M,N)], added into C when
 /// `accumulate`. op(A) = A stored (M,K) for `Op::N`, or stored (K,M) for `Op::T`.
-#[allow(clippy::too_many_arguments)]
+/// Uses the variant the adapter prefers.
 pub fn matmul(
     enc: &mut Encoder,
+    mnk: (usize, usize, usize),
+    a: &Tensor,
+    a_op: Op,
+    b: &Tensor,
+    b_op: Op,
+    bias: Option<&Tensor>,
+    resid: Option<&Tensor>,
+    c: &Tensor,
+    accumulate: bool,
+) {
+    let v = if enc.gpu().matmul_reg { Variant::Reg } else { Variant::Tiled };
+    matmul_variant(enc, v, mnk, a, a_op, b, b_op, bias, resid, c, accumulate)
+}
+
+/// `matmul` with an explicit kernel variant.
+pub fn matmul_variant(
+    enc: &mut Encoder,
+    variant: Variant,
     (m, n, k): (usize, usize, usize),
     a: &Tensor,
     a_op: Op,
@@ -74,9 +100,13 @@ pub fn matmul(
         flops: 2 * m64 * n64 * k64,
         bytes: 4 * (m64 * k64 * n64.div_ceil(64) + k64 * n64 * m64.div_ceil(64) + m64 * n64 * (1 + accumulate as u64)),
     };
+    let entry = match variant {
+        Variant::Tiled => "matmul_forward",
+        Variant::Reg => "matmul_forward_reg",
+    };
     enc.dispatch(
         &MATMUL,
-        "matmul_forward",
+        entry,
         &p,
         &[Arg::R(a), Arg::R(b), Arg::R(bias.unwrap_or(dummy)), Arg::R(resid.unwrap_or(dummy)), Arg::W(c)],
         grid,

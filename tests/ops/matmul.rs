@@ -1,5 +1,5 @@
 use webtune::gpu::Encoder;
-use webtune::ops::matmul::{matmul, Linear, Op, WeightLayout};
+use webtune::ops::matmul::{matmul_variant, Linear, Op, Variant, WeightLayout};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
 use crate::reference::matmul::{linear, linear_backward, transpose};
@@ -33,15 +33,17 @@ fn matmul_all_transposes_match_reference() {
 
                 let ta = g.upload_f32("a", &a).unwrap();
                 let tb = g.upload_f32("b", &b).unwrap();
-                let tc = g.upload_f32("c", &c0).unwrap();
                 let tc2 = g.zeros("c2", m * n).unwrap();
-                let mut enc = Encoder::new(g);
-                matmul(&mut enc, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc, true);
-                matmul(&mut enc, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc2, false);
-                enc.submit();
-                let what = format!("matmul {m}x{n}x{k} {a_op:?}{b_op:?}");
-                check(&format!("{what} accumulate"), &block(g.read_f32(&tc)).unwrap(), &want_acc, MATMUL);
-                check(&what, &block(g.read_f32(&tc2)).unwrap(), &want, MATMUL);
+                for variant in [Variant::Tiled, Variant::Reg] {
+                    let tc = g.upload_f32("c", &c0).unwrap();
+                    let mut enc = Encoder::new(g);
+                    matmul_variant(&mut enc, variant, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc, true);
+                    matmul_variant(&mut enc, variant, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc2, false);
+                    enc.submit();
+                    let what = format!("matmul {variant:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
+                    check(&format!("{what} accumulate"), &block(g.read_f32(&tc)).unwrap(), &want_acc, MATMUL);
+                    check(&what, &block(g.read_f32(&tc2)).unwrap(), &want, MATMUL);
+                }
             }
         }
     }
