@@ -24,4 +24,13 @@ impl Rng {
         let u1 = self.uniform().max(1e-300);
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
     }
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// `n` values ~ N(0, scale^2) rounded to f32 (random init, and test inputs whose f64
+    /// references then see exactly what the GPU sees).
+    pub fn vec(&mut self, n: usize, scale: f64) -> Vec<f32> {
+        (0..n).map(|_| (self.normal() * scale) as f32).collect()
+    }
 }

@@ -35,33 +35,8 @@ async fn gpu() -> Gpu {
     }
 }
 
-/// SplitMix64 (the same generator as tests/common, so inputs match the native tests').
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-    /// `n` values ~ N(0, scale^2), rounded to f32 so the reference sees the GPU's inputs.
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f32> {
-        (0..n).map(|_| (self.normal() * scale) as f32).collect()
-    }
-}
+/// The library's SplitMix64, as in tests/common, so inputs match the native tests'.
+use webtune::rng::Rng;
 
 /// A named tolerance: |got - want| <= abs + rel * max|want| for every element.
 #[derive(Clone, Copy, Debug)]

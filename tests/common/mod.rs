@@ -17,39 +17,9 @@ pub fn block<F: std::future::Future>(f: F) -> F::Output {
     pollster::block_on(f)
 }
 
-/// SplitMix64: small, deterministic, and independent of any crate's version.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// `n` values ~ N(0, scale^2), rounded to f32 so the f64 reference sees the exact
-    /// inputs the GPU sees.
-    pub fn vec(&mut self, n: usize, scale: f64) -> Vec<f32> {
-        (0..n).map(|_| (self.normal() * scale) as f32).collect()
-    }
-}
+/// The library's SplitMix64: deterministic and identical natively and in wasm.
+#[allow(unused_imports)]
+pub use webtune::rng::Rng;
 
 pub fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
