@@ -17,7 +17,15 @@ pub struct ModelFiles {
 }
 
 /// W' = W + s B A in W's layout, B A accumulated in f64 and the sum rounded once.
-pub fn merge_weight(w: &[f32], a: &[f32], b: &[f32], scale: f32, fan_in: usize, fan_out: usize, layout: WeightLayout) -> Vec<f32> {
+pub fn merge_weight(
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    scale: f32,
+    fan_in: usize,
+    fan_out: usize,
+    layout: WeightLayout,
+) -> Vec<f32> {
     let r = a.len() / fan_in;
     let mut out = w.to_vec();
     for o in 0..fan_out {

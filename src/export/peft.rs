@@ -81,8 +81,9 @@ pub fn parse_adapter_config(json: &str) -> Result<LoraConfig> {
         }
     }
     let rank = field("r").and_then(|x| x.as_u64()).ok_or_else(|| bad("adapter_config.json: `r` is missing"))? as usize;
-    let alpha =
-        field("lora_alpha").and_then(|x| x.as_f64()).ok_or_else(|| bad("adapter_config.json: `lora_alpha` is missing"))?;
+    let alpha = field("lora_alpha")
+        .and_then(|x| x.as_f64())
+        .ok_or_else(|| bad("adapter_config.json: `lora_alpha` is missing"))?;
     let dropout = field("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0);
     let rslora = field("use_rslora").and_then(|x| x.as_bool()).unwrap_or(false);
     let targets = match field("target_modules") {
@@ -98,7 +99,8 @@ pub fn parse_adapter_config(json: &str) -> Result<LoraConfig> {
         _ => return Err(bad("adapter_config.json: `target_modules` is missing")),
     };
     // Features that would change the math if ignored.
-    let unsupported: &[(&str, fn(&Value) -> bool)] = &[
+    type Check = fn(&Value) -> bool;
+    let unsupported: &[(&str, Check)] = &[
         ("use_dora", |x| x.as_bool() == Some(true)),
         ("bias", |x| x.as_str() != Some("none")),
         ("lora_bias", |x| x.as_bool() == Some(true)),
@@ -158,7 +160,9 @@ pub fn import_adapter(gpu: &Gpu, model: &Model, files: &AdapterFiles) -> Result<
         }
     }
     if let Some(extra) = left.into_iter().next() {
-        return Err(bad(format!("adapter_model.safetensors has `{extra}`, which matches no adapted layer of the model")));
+        return Err(bad(format!(
+            "adapter_model.safetensors has `{extra}`, which matches no adapted layer of the model"
+        )));
     }
     for (p, v) in values {
         gpu.write_f32(&model.params.weight(p), &v);

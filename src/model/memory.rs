@@ -35,7 +35,12 @@ impl MemoryEstimate {
 /// What training `cfg` (with `lora`, or fully when None) needs for micro-batches of
 /// `micro_batch` sequences of `seq` tokens. Accumulated batches add nothing: the
 /// workspace is sized for one micro-batch and reused.
-pub fn estimate(cfg: &ModelConfig, lora: Option<&LoraConfig>, micro_batch: usize, seq: usize) -> Result<MemoryEstimate> {
+pub fn estimate(
+    cfg: &ModelConfig,
+    lora: Option<&LoraConfig>,
+    micro_batch: usize,
+    seq: usize,
+) -> Result<MemoryEstimate> {
     let (mut specs, mut tree) = arch::build(cfg);
     let shape = match lora {
         Some(l) => {

@@ -44,7 +44,7 @@ impl Model {
     fn lora_mask(&self, lp: &LoraP, salt: Option<u32>) -> Option<Mask> {
         let cfg = self.lora.as_ref()?;
         let salt = salt?;
-        (cfg.dropout > 0.0).then(|| Mask {
+        (cfg.dropout > 0.0).then_some(Mask {
             p: cfg.dropout,
             seed: (cfg.seed ^ (cfg.seed >> 32)) as u32,
             salt,
