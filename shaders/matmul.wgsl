@@ -1,4 +1,4 @@
-// Matrix multiply C(M,N) = A(M,K) . B(K,N) [+ bias(N)] [+ resid(M,N)] [+ C], any shape.
+// Matrix multiply C(M,N) = alpha * A(M,K) . B(K,N) [+ bias(N)] [+ resid(M,N)] [+ C], any shape.
 //
 // A and B are read through row and column strides, so the same kernel serves a Linear
 // layer's forward (x . W^T), its input gradient (dy . W) and its weight gradient (dy^T . x),
@@ -18,6 +18,10 @@ struct Params {
     a_cs: u32,
     b_rs: u32,        // B(k, n) = b[k * b_rs + n * b_cs]
     b_cs: u32,
+    alpha: f32,       // C = alpha * A . B [+ ...]; 1.0 leaves the product bit-identical
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const HAS_BIAS: u32 = 2u;
@@ -95,7 +99,7 @@ fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         for (var j = 0u; j < 4u; j++) {
             let n = col0 + lid.x + 16u * j;
             if (n >= p.n) { continue; }
-            var v = acc[i * 4u + j];
+            var v = acc[i * 4u + j] * p.alpha;
             if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
             let o = m * p.n + n;
             if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
@@ -164,7 +168,7 @@ fn matmul_forward_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         for (var j = 0u; j < 4u; j++) {
             let n = col0 + lid.x + 16u * j;
             if (n >= p.n) { continue; }
-            var v = acc[i * 4u + j];
+            var v = acc[i * 4u + j] * p.alpha;
             if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
             let o = m * p.n + n;
             if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }

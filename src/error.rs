@@ -21,6 +21,11 @@ pub enum Error {
     #[error("model weights: {0}")]
     Weights(String),
 
+    /// A LoRA adapter that cannot be applied as written: a missing or extra tensor, a
+    /// shape, or a configuration the engine does not implement, named.
+    #[error("LoRA adapter: {0}")]
+    Adapter(String),
+
     /// A data problem, named by file and line where there is one.
     #[error("data: {0}")]
     Data(String),

@@ -5,13 +5,23 @@ pub mod safetensors;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::model::{Model, ModelConfig};
+use crate::model::{LoraConfig, Model, ModelConfig};
 
 /// Build a model from `config.json` text and one or more safetensors files (shards).
 pub fn model_from_hf_bytes(gpu: &Gpu, config_json: &str, shards: &[(&str, &[u8])]) -> Result<Model> {
+    model_from_hf_bytes_lora(gpu, config_json, shards, None)
+}
+
+/// `model_from_hf_bytes` with LoRA adapters on a frozen base when `lora` is given.
+pub fn model_from_hf_bytes_lora(
+    gpu: &Gpu,
+    config_json: &str,
+    shards: &[(&str, &[u8])],
+    lora: Option<&LoraConfig>,
+) -> Result<Model> {
     let cfg = ModelConfig::from_hf_json(config_json)?;
     let files = shards.iter().map(|(name, bytes)| safetensors::File::parse(name, bytes)).collect::<Result<Vec<_>>>()?;
-    Model::new(gpu, cfg, |spec| {
+    Model::build(gpu, cfg, lora, |spec| {
         for f in &files {
             if let Some(t) = f.find(&spec.name) {
                 return t.to_f32(&spec.shape);
@@ -30,6 +40,12 @@ pub fn model_from_hf_bytes(gpu: &Gpu, config_json: &str, shards: &[(&str, &[u8])
 /// listed by `model.safetensors.index.json`.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn model_from_hf_dir(gpu: &Gpu, dir: &std::path::Path) -> Result<Model> {
+    model_from_hf_dir_lora(gpu, dir, None)
+}
+
+/// `model_from_hf_dir` with LoRA adapters on a frozen base when `lora` is given.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn model_from_hf_dir_lora(gpu: &Gpu, dir: &std::path::Path, lora: Option<&LoraConfig>) -> Result<Model> {
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).map_err(|e| Error::io(p.display().to_string(), e))
@@ -55,5 +71,5 @@ pub fn model_from_hf_dir(gpu: &Gpu, dir: &std::path::Path) -> Result<Model> {
     }
     let data = names.iter().map(|n| read(n)).collect::<Result<Vec<_>>>()?;
     let shards: Vec<(&str, &[u8])> = names.iter().map(|n| n.as_str()).zip(data.iter().map(|d| d.as_slice())).collect();
-    model_from_hf_bytes(gpu, &config, &shards)
+    model_from_hf_bytes_lora(gpu, &config, &shards, lora)
 }

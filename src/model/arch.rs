@@ -13,6 +13,8 @@ pub struct LinearP {
     pub fan_in: usize,
     pub fan_out: usize,
     pub layout: WeightLayout,
+    /// The LoRA adapter on this layer, if any.
+    pub lora: Option<super::lora::LoraP>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,7 +79,7 @@ impl Specs {
         };
         let w = self.add(format!("{prefix}.weight"), shape);
         let b = bias.then(|| self.add(format!("{prefix}.bias"), vec![fan_out]));
-        LinearP { w, b, fan_in, fan_out, layout }
+        LinearP { w, b, fan_in, fan_out, layout, lora: None }
     }
 
     fn norm(&mut self, prefix: &str, c: usize, bias: bool) -> NormP {

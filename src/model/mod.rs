@@ -3,6 +3,8 @@
 
 pub mod arch;
 pub mod config;
+pub mod lora;
+pub mod memory;
 pub mod params;
 mod pass;
 pub mod presets;
@@ -10,9 +12,10 @@ mod workspace;
 
 pub use arch::ModelP;
 pub use config::{Arch, ModelConfig};
+pub use lora::{LoraConfig, LoraShape};
 pub use params::{ParamSpec, ParamStore, Pid};
-pub use pass::Head;
-pub use workspace::{Inputs, Workspace};
+pub use pass::{Head, LoraIo};
+pub use workspace::{Inputs, LoraActs, Workspace};
 
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -26,24 +29,64 @@ pub struct Model {
     pub params: ParamStore,
     pub tree: ModelP,
     pub(crate) rope: Option<RopeTable>,
+    /// The LoRA configuration when the model carries adapters (its base is then frozen).
+    pub lora: Option<LoraConfig>,
 }
 
 impl Model {
     /// Build the model, taking each parameter's values from `tensor(spec)` (a loader
     /// checks names and shapes and converts dtypes).
     pub fn new(gpu: &Gpu, cfg: ModelConfig, tensor: impl FnMut(&ParamSpec) -> Result<Vec<f32>>) -> Result<Model> {
-        let (specs, tree) = arch::build(&cfg);
-        let params = ParamStore::new(gpu, specs, tensor)?;
+        Model::build(gpu, cfg, None, tensor)
+    }
+
+    /// Build the model with LoRA adapters (when `lora` is given): every base parameter
+    /// from `tensor` and frozen (no gradient or optimizer storage), the adapters trainable
+    /// and initialized as PEFT does (so the model starts as the base model).
+    pub fn build(
+        gpu: &Gpu,
+        cfg: ModelConfig,
+        lora: Option<&LoraConfig>,
+        mut tensor: impl FnMut(&ParamSpec) -> Result<Vec<f32>>,
+    ) -> Result<Model> {
+        let (mut specs, mut tree) = arch::build(&cfg);
+        let init = match lora {
+            Some(l) => lora::attach(l, &mut specs, &mut tree)?,
+            None => Default::default(),
+        };
+        let params = ParamStore::new(gpu, specs, |spec| match init.get(&spec.name) {
+            Some(v) => Ok(v.clone()),
+            None => tensor(spec),
+        })?;
         let rope = if cfg.inv_freq.is_empty() {
             None
         } else {
             Some(RopeTable::new(gpu, &cfg.inv_freq, cfg.max_pos.min(MAX_ROPE_POSITIONS))?)
         };
-        Ok(Model { cfg, params, tree, rope })
+        Ok(Model { cfg, params, tree, rope, lora: lora.cloned() })
     }
 
     /// The longest sequence the model can take (learned positions or the RoPE table).
     pub fn max_seq(&self) -> usize {
         self.cfg.max_pos.min(MAX_ROPE_POSITIONS)
+    }
+
+    /// What the workspace needs for this model's adapters; None without LoRA.
+    pub fn lora_shape(&self) -> Option<LoraShape> {
+        self.lora.as_ref().and_then(|l| lora::shape(l, &self.tree))
+    }
+
+    /// A workspace for micro-batches of up to `rows` tokens and `n` loss rows, with the
+    /// adapters' buffers when the model has any.
+    pub fn workspace(&self, gpu: &Gpu, rows: usize, n: usize) -> Result<Workspace> {
+        Workspace::with_lora(gpu, &self.cfg, self.lora_shape(), rows, n)
+    }
+
+    /// Every LoRA parameter (A, B of each adapted layer, forward order) with its module path.
+    pub fn lora_params(&self) -> Vec<(String, Pid, Pid)> {
+        lora::linears(&self.tree)
+            .into_iter()
+            .filter_map(|l| l.lora.as_ref().map(|a| (lora::module_name(&self.params.specs, l), a.a, a.b)))
+            .collect()
     }
 }

@@ -3,11 +3,28 @@
 //! accumulate and the caller zeroes the gradients once per optimizer step.
 
 use super::arch::{AttnP, LinearP, MlpP, NormP};
-use super::workspace::{Inputs, Workspace};
+use super::lora::LoraP;
+use super::workspace::{Inputs, LoraActs, Workspace};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
-use crate::ops::matmul::Linear;
+use crate::ops::dropout::{self, Mask};
+use crate::ops::matmul::{matmul, matmul_scaled, Linear, Op};
 use crate::ops::{attention, copy2d, cross_entropy, embedding, gather, gelu, layernorm, rmsnorm, rope, swiglu};
+
+/// What a layer with a LoRA adapter needs besides its input and output: the workspace's
+/// adapter buffers (`Workspace::lora`, made by `Model::workspace`) and the dropout salt
+/// (None: no dropout, as in scoring and generation).
+#[derive(Clone, Copy)]
+pub struct LoraIo<'a> {
+    pub acts: &'a LoraActs,
+    pub salt: Option<u32>,
+}
+
+impl<'a> LoraIo<'a> {
+    pub fn of(ws: &'a Workspace, inp: &Inputs) -> Option<LoraIo<'a>> {
+        ws.lora.as_ref().map(|acts| LoraIo { acts, salt: inp.dropout_salt })
+    }
+}
 
 /// What the forward pass ends with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,15 +40,59 @@ impl Model {
         Linear { rows, fan_in: l.fan_in, fan_out: l.fan_out, layout: l.layout }
     }
 
-    /// y = x W [+ b] [+ resid]
-    fn linear_fwd(&self, enc: &mut Encoder, l: &LinearP, rows: usize, x: &Tensor, resid: Option<&Tensor>, y: &Tensor) {
+    /// The dropout mask of adapter `lp` for this micro-batch, when dropout is on.
+    fn lora_mask(&self, lp: &LoraP, salt: Option<u32>) -> Option<Mask> {
+        let cfg = self.lora.as_ref()?;
+        let salt = salt?;
+        (cfg.dropout > 0.0).then_some(Mask {
+            p: cfg.dropout,
+            seed: (cfg.seed ^ (cfg.seed >> 32)) as u32,
+            salt,
+            site: lp.site as u32,
+        })
+    }
+
+    fn lora_io<'l, 'a>(l: &'l LinearP, lora: Option<LoraIo<'a>>) -> Option<(&'l LoraP, LoraIo<'a>)> {
+        let lp = l.lora.as_ref()?;
+        let io = lora.expect("a layer with a LoRA adapter needs the workspace's adapter buffers (Model::workspace)");
+        Some((lp, io))
+    }
+
+    /// y = x W [+ b] [+ resid] [+ s * (drop(x) A^T) B^T with a LoRA adapter, saving
+    /// u = drop(x) A^T (rows, R) for the backward].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear_fwd(
+        &self,
+        enc: &mut Encoder,
+        l: &LinearP,
+        rows: usize,
+        x: &Tensor,
+        resid: Option<&Tensor>,
+        y: &Tensor,
+        lora: Option<LoraIo>,
+    ) {
         let p = &self.params;
         let b = l.b.map(|b| p.weight(b));
         self.lin(l, rows).forward(enc, x, &p.weight(l.w), b.as_ref(), resid, y, false);
+        if let Some((lp, io)) = Self::lora_io(l, lora) {
+            let (r, u) = (lp.rank, &io.acts.u[lp.site]);
+            let xin = match (self.lora_mask(lp, io.salt), io.acts.xd.as_ref()) {
+                (Some(mask), Some(xd)) => {
+                    dropout::forward(enc, &mask, x, xd, rows * l.fan_in);
+                    xd
+                }
+                _ => x,
+            };
+            // u(rows, R) = drop(x)(rows, in) . A^T;  y(rows, out) += s * u . B^T
+            matmul(enc, (rows, r, l.fan_in), xin, Op::N, &p.weight(lp.a), Op::T, None, None, u, false);
+            matmul_scaled(enc, (rows, l.fan_out, r), lp.scale, u, Op::N, &p.weight(lp.b), Op::T, None, None, y, true);
+        }
     }
 
-    /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable.
-    fn linear_bwd(
+    /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable;
+    /// with a LoRA adapter also dA, dB and the adapter's share of dx.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear_bwd(
         &self,
         enc: &mut Encoder,
         l: &LinearP,
@@ -39,6 +100,7 @@ impl Model {
         dy: &Tensor,
         x: &Tensor,
         dx: Option<(&Tensor, bool)>,
+        lora: Option<LoraIo>,
     ) {
         let p = &self.params;
         let lin = self.lin(l, rows);
@@ -48,6 +110,38 @@ impl Model {
         if let Some(dw) = p.grad(l.w) {
             let db = l.b.and_then(|b| p.grad(b));
             lin.backward_weight(enc, dy, x, &dw, db.as_ref());
+        }
+        let Some((lp, io)) = Self::lora_io(l, lora) else { return };
+        let (r, s, (fi, fo)) = (lp.rank, lp.scale, (l.fan_in, l.fan_out));
+        let (u, g) = (&io.acts.u[lp.site], &io.acts.g);
+        let (a, b) = (p.weight(lp.a), p.weight(lp.b));
+        let mask = self.lora_mask(lp, io.salt).zip(io.acts.xd.as_ref());
+        // g(rows, R) = dy(rows, out) . B(out, R)
+        matmul(enc, (rows, r, fo), dy, Op::N, &b, Op::N, None, None, g, false);
+        // dB(out, R) += s * dy^T . u
+        if let Some(db) = p.grad(lp.b) {
+            matmul_scaled(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, None, None, &db, true);
+        }
+        if let Some(da) = p.grad(lp.a) {
+            // dA(R, in) += s * g^T . drop(x), the dropped input rebuilt from its mask.
+            let xin = match mask {
+                Some((m, xd)) => {
+                    dropout::forward(enc, &m, x, xd, rows * fi);
+                    xd
+                }
+                None => x,
+            };
+            matmul_scaled(enc, (r, fi, rows), s, g, Op::T, xin, Op::N, None, None, &da, true);
+        }
+        // dx(rows, in) += drop'(s * g . A)
+        if let Some((dx, _)) = dx {
+            match mask {
+                Some((m, xd)) => {
+                    matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, xd, false);
+                    dropout::backward(enc, &m, xd, dx, rows * fi, true);
+                }
+                None => matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, dx, true),
+            }
         }
     }
 
@@ -109,19 +203,20 @@ impl Model {
         let pos = wpe.as_ref().map(|w| (&inp.pos, w));
         embedding::forward(enc, &inp.ids, &p.weight(self.tree.wte), pos, &ws.xs[0], rows, c);
         let shape = self.attn_shape(inp);
+        let lio = LoraIo::of(ws, inp);
         for (l, blk) in self.tree.blocks.iter().enumerate() {
             let a = &ws.layers[l];
             let x = &ws.xs[l];
             self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
             match &blk.attn {
                 AttnP::Separate { q, k, v } => {
-                    self.linear_fwd(enc, q, rows, &a.ln1, None, &a.q);
-                    self.linear_fwd(enc, k, rows, &a.ln1, None, &a.k);
-                    self.linear_fwd(enc, v, rows, &a.ln1, None, &a.v);
+                    self.linear_fwd(enc, q, rows, &a.ln1, None, &a.q, lio);
+                    self.linear_fwd(enc, k, rows, &a.ln1, None, &a.k, lio);
+                    self.linear_fwd(enc, v, rows, &a.ln1, None, &a.v, lio);
                 }
                 AttnP::Fused { c_attn } => {
                     let qkv = a.qkv.as_ref().unwrap();
-                    self.linear_fwd(enc, c_attn, rows, &a.ln1, None, qkv);
+                    self.linear_fwd(enc, c_attn, rows, &a.ln1, None, qkv, lio);
                     for (i, dst) in [&a.q, &a.k, &a.v].into_iter().enumerate() {
                         copy2d::copy2d(enc, qkv, 3 * c, i * c, dst, c, 0, rows, c);
                     }
@@ -132,21 +227,21 @@ impl Model {
                 rope::forward(enc, &a.k, &inp.pos, table, rows, cfg.kv_heads, cfg.head_dim);
             }
             attention::forward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse);
-            self.linear_fwd(enc, &blk.o, rows, &a.o, Some(x), &a.x_mid);
+            self.linear_fwd(enc, &blk.o, rows, &a.o, Some(x), &a.x_mid, lio);
             self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
             let x_next = &ws.xs[l + 1];
             match &blk.mlp {
                 MlpP::Gated { gate, up, down } => {
                     let h2 = a.h2.as_ref().unwrap();
-                    self.linear_fwd(enc, gate, rows, &a.ln2, None, &a.h1);
-                    self.linear_fwd(enc, up, rows, &a.ln2, None, h2);
+                    self.linear_fwd(enc, gate, rows, &a.ln2, None, &a.h1, lio);
+                    self.linear_fwd(enc, up, rows, &a.ln2, None, h2, lio);
                     swiglu::forward(enc, &a.h1, h2, &a.act, rows * f);
-                    self.linear_fwd(enc, down, rows, &a.act, Some(&a.x_mid), x_next);
+                    self.linear_fwd(enc, down, rows, &a.act, Some(&a.x_mid), x_next, lio);
                 }
                 MlpP::Gelu { fc, proj } => {
-                    self.linear_fwd(enc, fc, rows, &a.ln2, None, &a.h1);
+                    self.linear_fwd(enc, fc, rows, &a.ln2, None, &a.h1, lio);
                     gelu::forward(enc, &a.h1, &a.act, rows * f);
-                    self.linear_fwd(enc, proj, rows, &a.act, Some(&a.x_mid), x_next);
+                    self.linear_fwd(enc, proj, rows, &a.act, Some(&a.x_mid), x_next, lio);
                 }
             }
         }
@@ -185,6 +280,7 @@ impl Model {
         gather::backward(enc, &ws.dhg, &inp.loss_rows, &g.dres, n, rows, c);
 
         let shape = self.attn_shape(inp);
+        let lio = LoraIo::of(ws, inp);
         for (l, blk) in self.tree.blocks.iter().enumerate().rev() {
             let a = &ws.layers[l];
             let x = &ws.xs[l];
@@ -192,21 +288,21 @@ impl Model {
             match &blk.mlp {
                 MlpP::Gated { gate, up, down } => {
                     let h2 = a.h2.as_ref().unwrap();
-                    self.linear_bwd(enc, down, rows, &g.dres, &a.act, Some((&g.dact, false)));
+                    self.linear_bwd(enc, down, rows, &g.dres, &a.act, Some((&g.dact, false)), lio);
                     swiglu::backward(enc, &a.h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
-                    self.linear_bwd(enc, gate, rows, &g.dh1, &a.ln2, Some((&g.dln, false)));
-                    self.linear_bwd(enc, up, rows, &g.dh2, &a.ln2, Some((&g.dln, true)));
+                    self.linear_bwd(enc, gate, rows, &g.dh1, &a.ln2, Some((&g.dln, false)), lio);
+                    self.linear_bwd(enc, up, rows, &g.dh2, &a.ln2, Some((&g.dln, true)), lio);
                 }
                 MlpP::Gelu { fc, proj } => {
-                    self.linear_bwd(enc, proj, rows, &g.dres, &a.act, Some((&g.dact, false)));
+                    self.linear_bwd(enc, proj, rows, &g.dres, &a.act, Some((&g.dact, false)), lio);
                     gelu::backward(enc, &a.h1, &g.dact, &g.dh1, rows * f);
-                    self.linear_bwd(enc, fc, rows, &g.dh1, &a.ln2, Some((&g.dln, false)));
+                    self.linear_bwd(enc, fc, rows, &g.dh1, &a.ln2, Some((&g.dln, false)), lio);
                 }
             }
             // d x_mid = d x_next (the residual) + the norm's input gradient.
             self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true);
             // x_mid = x + o W_o
-            self.linear_bwd(enc, &blk.o, rows, &g.dres, &a.o, Some((&g.d_o, false)));
+            self.linear_bwd(enc, &blk.o, rows, &g.dres, &a.o, Some((&g.d_o, false)), lio);
             attention::backward(
                 enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv,
             );
@@ -216,16 +312,16 @@ impl Model {
             }
             match &blk.attn {
                 AttnP::Separate { q, k, v } => {
-                    self.linear_bwd(enc, q, rows, &g.dq, &a.ln1, Some((&g.dln, false)));
-                    self.linear_bwd(enc, k, rows, &g.dk, &a.ln1, Some((&g.dln, true)));
-                    self.linear_bwd(enc, v, rows, &g.dv, &a.ln1, Some((&g.dln, true)));
+                    self.linear_bwd(enc, q, rows, &g.dq, &a.ln1, Some((&g.dln, false)), lio);
+                    self.linear_bwd(enc, k, rows, &g.dk, &a.ln1, Some((&g.dln, true)), lio);
+                    self.linear_bwd(enc, v, rows, &g.dv, &a.ln1, Some((&g.dln, true)), lio);
                 }
                 AttnP::Fused { c_attn } => {
                     let dqkv = g.dqkv.as_ref().unwrap();
                     for (i, src) in [&g.dq, &g.dk, &g.dv].into_iter().enumerate() {
                         copy2d::copy2d(enc, src, c, 0, dqkv, 3 * c, i * c, rows, c);
                     }
-                    self.linear_bwd(enc, c_attn, rows, dqkv, &a.ln1, Some((&g.dln, false)));
+                    self.linear_bwd(enc, c_attn, rows, dqkv, &a.ln1, Some((&g.dln, false)), lio);
                 }
             }
             self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true);

@@ -3,6 +3,7 @@
 //! bound with their capacity; every kernel takes its real sizes from its parameters).
 
 use super::config::{Arch, ModelConfig};
+use super::lora::LoraShape;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::embedding::GroupIndex;
@@ -65,6 +66,19 @@ pub struct Inputs {
     /// Rows grouped by token id and by position, for the embedding gradients.
     pub by_id: Option<GroupIndex>,
     pub by_pos: Option<GroupIndex>,
+    /// Training micro-batches set this to turn LoRA dropout on: the mask's salt (distinct
+    /// per optimizer step and micro-batch). None (scoring, generation): no dropout.
+    pub dropout_salt: Option<u32>,
+}
+
+/// LoRA's activations: u = drop(x) A^T of every adapted layer, and backward scratch.
+pub struct LoraActs {
+    /// (rows, R) per adapted layer, indexed by `LoraP::site`.
+    pub u: Vec<Tensor>,
+    /// (rows, R) the backward's dy B.
+    pub g: Tensor,
+    /// (rows, max_in) the dropped input (forward) and its gradient (backward), with dropout.
+    pub xd: Option<Tensor>,
 }
 
 pub struct Workspace {
@@ -86,6 +100,7 @@ pub struct Workspace {
     pub dhf: Tensor,
     pub dhg: Tensor,
     pub grads: Grads,
+    pub lora: Option<LoraActs>,
 }
 
 impl Workspace {
@@ -102,6 +117,21 @@ impl Workspace {
     }
 
     pub fn new(gpu: &Gpu, cfg: &ModelConfig, rows: usize, n: usize) -> Result<Workspace> {
+        Workspace::with_lora(gpu, cfg, None, rows, n)
+    }
+
+    /// Bytes of `with_lora`'s buffers (the activations of a micro-batch, adapters included).
+    pub fn bytes_with_lora(cfg: &ModelConfig, lora: Option<LoraShape>, rows: usize, n: usize) -> u64 {
+        Workspace::bytes_for(cfg, rows, n) + lora.map_or(0, |l| l.bytes(rows))
+    }
+
+    pub fn with_lora(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        lora: Option<LoraShape>,
+        rows: usize,
+        n: usize,
+    ) -> Result<Workspace> {
         let (c, f, q, kv) = (cfg.hidden, cfg.ffn, cfg.q_dim(), cfg.kv_dim());
         let bht = rows * cfg.heads;
         let gpt2 = cfg.arch == Arch::Gpt2;
@@ -142,6 +172,14 @@ impl Workspace {
             dact: z("dact", rows * f)?,
             delta: z("delta", bht)?,
         };
+        let lora = match lora {
+            Some(l) => Some(LoraActs {
+                u: (0..l.sites).map(|_| z("lora_u", rows * l.rank)).collect::<Result<Vec<_>>>()?,
+                g: z("lora_g", rows * l.rank)?,
+                xd: if l.dropout { Some(z("lora_xd", rows * l.max_in)?) } else { None },
+            }),
+            None => None,
+        };
         let n1 = n.max(1);
         Ok(Workspace {
             rows,
@@ -158,6 +196,7 @@ impl Workspace {
             dhf: z("dhf", n1 * c)?,
             dhg: z("dhg", n1 * c)?,
             grads,
+            lora,
         })
     }
 

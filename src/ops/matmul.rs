@@ -21,6 +21,9 @@ struct Params {
     a_cs: u32,
     b_rs: u32,
     b_cs: u32,
+    /// Scale of the product: C = alpha * op(A) op(B) [+ ...]. 1.0 is exact (x * 1 == x).
+    alpha: f32,
+    _pad: [u32; 3],
 }
 
 /// How an operand is stored: as the matrix itself (row-major) or as its transpose.
@@ -53,15 +56,34 @@ pub fn matmul(
     c: &Tensor,
     accumulate: bool,
 ) {
-    let v = if enc.gpu().matmul_reg { Variant::Reg } else { Variant::Tiled };
-    matmul_variant(enc, v, mnk, a, a_op, b, b_op, bias, resid, c, accumulate)
+    matmul_scaled(enc, mnk, 1.0, a, a_op, b, b_op, bias, resid, c, accumulate)
 }
 
-/// `matmul` with an explicit kernel variant.
+/// C(M,N) = alpha * op(A) . op(B) [+ bias] [+ resid] [+ C]: `matmul` with the product
+/// scaled (LoRA's s * u B^T and its gradients), in the same dispatch.
+pub fn matmul_scaled(
+    enc: &mut Encoder,
+    mnk: (usize, usize, usize),
+    alpha: f32,
+    a: &Tensor,
+    a_op: Op,
+    b: &Tensor,
+    b_op: Op,
+    bias: Option<&Tensor>,
+    resid: Option<&Tensor>,
+    c: &Tensor,
+    accumulate: bool,
+) {
+    let v = if enc.gpu().matmul_reg { Variant::Reg } else { Variant::Tiled };
+    matmul_variant(enc, v, mnk, alpha, a, a_op, b, b_op, bias, resid, c, accumulate)
+}
+
+/// `matmul_scaled` with an explicit kernel variant.
 pub fn matmul_variant(
     enc: &mut Encoder,
     variant: Variant,
     (m, n, k): (usize, usize, usize),
+    alpha: f32,
     a: &Tensor,
     a_op: Op,
     b: &Tensor,
@@ -92,6 +114,8 @@ pub fn matmul_variant(
         a_cs: a_cs as u32,
         b_rs: b_rs as u32,
         b_cs: b_cs as u32,
+        alpha,
+        _pad: [0; 3],
     };
     let dummy = &enc.gpu().dummy.clone();
     let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];

@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod attention;
 pub mod copy2d;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod embedding;
 pub mod fill;
 pub mod gather;
@@ -24,6 +25,7 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &attention::ATTENTION,
     &copy2d::COPY2D,
     &cross_entropy::CROSS_ENTROPY,
+    &dropout::DROPOUT,
     &embedding::EMBEDDING,
     &fill::FILL,
     &gather::GATHER,

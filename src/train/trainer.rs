@@ -116,7 +116,7 @@ impl<'g> Trainer<'g> {
         let biggest = [rows * cfg.ffn, rows * 3 * cfg.hidden, n * cfg.vocab].into_iter().max().unwrap() as u64 * 4;
         self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
         self.ws = None;
-        self.ws = Some(Workspace::new(self.gpu, cfg, rows, n)?);
+        self.ws = Some(self.model.workspace(self.gpu, rows, n)?);
         Ok(())
     }
 
@@ -138,6 +138,7 @@ impl<'g> Trainer<'g> {
             weights: g.upload_f32("weights", &mb.weights)?,
             by_id: if with_grads && wte_trainable { Some(GroupIndex::build(g, &mb.ids)?) } else { None },
             by_pos: if with_grads && wpe_trainable { Some(GroupIndex::build(g, &mb.pos)?) } else { None },
+            dropout_salt: None,
         })
     }
 
@@ -165,8 +166,12 @@ impl<'g> Trainer<'g> {
         }
         let ws = self.ws.as_ref().unwrap();
         let mut at = 0;
-        for mb in &batches {
-            let inp = self.upload(mb, grads)?;
+        for (i, mb) in batches.iter().enumerate() {
+            let mut inp = self.upload(mb, grads)?;
+            if grads {
+                // LoRA dropout: a fresh mask per optimizer step and micro-batch.
+                inp.dropout_salt = Some((self.step as u32).wrapping_mul(0x9E37_79B9) ^ i as u32);
+            }
             self.model.forward(&mut enc, ws, &inp, Head::Loss);
             if grads {
                 self.model.backward(&mut enc, ws, &inp);

@@ -37,8 +37,8 @@ fn matmul_all_transposes_match_reference() {
                 for variant in [Variant::Tiled, Variant::Reg] {
                     let tc = g.upload_f32("c", &c0).unwrap();
                     let mut enc = Encoder::new(g);
-                    matmul_variant(&mut enc, variant, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc, true);
-                    matmul_variant(&mut enc, variant, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc2, false);
+                    matmul_variant(&mut enc, variant, (m, n, k), 1.0, &ta, a_op, &tb, b_op, None, None, &tc, true);
+                    matmul_variant(&mut enc, variant, (m, n, k), 1.0, &ta, a_op, &tb, b_op, None, None, &tc2, false);
                     enc.submit();
                     let what = format!("matmul {variant:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
                     check(&format!("{what} accumulate"), &block(g.read_f32(&tc)).unwrap(), &want_acc, MATMUL);

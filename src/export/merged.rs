@@ -1,0 +1,63 @@
+//! The LoRA model merged into its base: W' = W + s * B A for every adapted layer
+//! (GPT-2's Conv1D keeps (in, out), so there W' = W + s * (B A)^T), written as a Hugging
+//! Face folder (`config.json` + `model.safetensors`, F32) with the base's tensor names.
+
+use super::safetensors_f32;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::model::lora::linears;
+use crate::model::Model;
+use crate::ops::matmul::WeightLayout;
+
+/// A model folder's two files.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    pub config_json: String,
+    pub safetensors: Vec<u8>,
+}
+
+/// W' = W + s B A in W's layout, B A accumulated in f64 and the sum rounded once.
+pub fn merge_weight(
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    scale: f32,
+    fan_in: usize,
+    fan_out: usize,
+    layout: WeightLayout,
+) -> Vec<f32> {
+    let r = a.len() / fan_in;
+    let mut out = w.to_vec();
+    for o in 0..fan_out {
+        for i in 0..fan_in {
+            let d: f64 = (0..r).map(|k| b[o * r + k] as f64 * a[k * fan_in + i] as f64).sum();
+            let at = match layout {
+                WeightLayout::OutIn => o * fan_in + i,
+                WeightLayout::InOut => i * fan_out + o,
+            };
+            out[at] = (w[at] as f64 + scale as f64 * d) as f32;
+        }
+    }
+    out
+}
+
+/// Every base tensor of `model` (adapted weights merged) under its HF name, with the
+/// base's `config.json` text passed through.
+pub async fn export_merged(gpu: &Gpu, model: &Model, config_json: &str) -> Result<ModelFiles> {
+    let p = &model.params;
+    let adapted: Vec<_> = linears(&model.tree).into_iter().filter(|l| l.lora.is_some()).collect();
+    let mut tensors = Vec::new();
+    for (i, spec) in p.specs.iter().enumerate() {
+        if model.lora_params().iter().any(|(_, a, b)| *a == i || *b == i) {
+            continue;
+        }
+        let mut v = p.read(gpu, i).await?;
+        if let Some(l) = adapted.iter().find(|l| l.w == i) {
+            let lp = l.lora.as_ref().unwrap();
+            let (a, b) = (p.read(gpu, lp.a).await?, p.read(gpu, lp.b).await?);
+            v = merge_weight(&v, &a, &b, lp.scale, l.fan_in, l.fan_out, l.layout);
+        }
+        tensors.push((spec.name.clone(), spec.shape.clone(), v));
+    }
+    Ok(ModelFiles { config_json: config_json.to_string(), safetensors: safetensors_f32(&tensors)? })
+}

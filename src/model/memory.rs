@@ -1,0 +1,69 @@
+//! GPU memory a training configuration needs, computed before anything is allocated,
+//! from the same parameter layout and workspace sizes the engine then allocates.
+
+use super::arch;
+use super::config::ModelConfig;
+use super::lora::{self, LoraConfig};
+use super::workspace::Workspace;
+use crate::error::Result;
+
+/// Bytes by kind. Parameters are counted as their arenas lay them out (each tensor padded
+/// to 256 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Weights that do not train (the whole base model under LoRA).
+    pub frozen_weights: u64,
+    /// Weights that train (the adapters under LoRA, everything in full fine-tuning).
+    pub trainable_weights: u64,
+    /// Their gradients and AdamW's two moments (3x the trainable weights).
+    pub grads_and_moments: u64,
+    /// Saved activations and backward scratch of one micro-batch (logits of every row
+    /// included: the all-tokens worst case), LoRA's u buffers included.
+    pub activations: u64,
+    /// Of `activations`, what the adapters add.
+    pub lora_activations: u64,
+    /// RoPE's cos/sin table.
+    pub tables: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.frozen_weights + self.trainable_weights + self.grads_and_moments + self.activations + self.tables
+    }
+}
+
+/// What training `cfg` (with `lora`, or fully when None) needs for micro-batches of
+/// `micro_batch` sequences of `seq` tokens. Accumulated batches add nothing: the
+/// workspace is sized for one micro-batch and reused.
+pub fn estimate(
+    cfg: &ModelConfig,
+    lora: Option<&LoraConfig>,
+    micro_batch: usize,
+    seq: usize,
+) -> Result<MemoryEstimate> {
+    let (mut specs, mut tree) = arch::build(cfg);
+    let shape = match lora {
+        Some(l) => {
+            lora::attach(l, &mut specs, &mut tree)?;
+            lora::shape(l, &tree)
+        }
+        None => None,
+    };
+    let mut e = MemoryEstimate::default();
+    for s in &specs {
+        let bytes = s.numel().next_multiple_of(64) as u64 * 4;
+        if s.trainable {
+            e.trainable_weights += bytes;
+            e.grads_and_moments += 3 * bytes;
+        } else {
+            e.frozen_weights += bytes;
+        }
+    }
+    let rows = micro_batch * seq;
+    e.activations = Workspace::bytes_with_lora(cfg, shape, rows, rows);
+    e.lora_activations = shape.map_or(0, |s| s.bytes(rows));
+    if !cfg.inv_freq.is_empty() {
+        e.tables = 4 * (2 * cfg.max_pos.min(super::MAX_ROPE_POSITIONS) * cfg.inv_freq.len()) as u64;
+    }
+    Ok(e)
+}
