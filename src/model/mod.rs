@@ -1,8 +1,10 @@
 //! A decoder-only transformer on the GPU: its configuration, its parameters (named as in
-//! the Hugging Face checkpoint), and one forward + backward pass over a micro-batch.
+//! the Hugging Face checkpoint), one forward + backward pass over a micro-batch, and
+//! incremental decoding with a KV cache for generation.
 
 pub mod arch;
 pub mod config;
+pub mod generate;
 pub mod params;
 mod pass;
 pub mod presets;
@@ -10,6 +12,7 @@ mod workspace;
 
 pub use arch::ModelP;
 pub use config::{Arch, ModelConfig};
+pub use generate::{generate, Decoder, GenerateConfig, Generation, Sampler, Sampling, StopReason};
 pub use params::{ParamSpec, ParamStore, Pid};
 pub use pass::Head;
 pub use workspace::{Inputs, Workspace};
