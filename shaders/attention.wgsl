@@ -297,3 +297,133 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
         }
     }
 }
+
+// ---- decoding with a KV cache -----------------------------------------------------------
+// Generation keeps, per layer, K and V caches of shape (B, S, Hk*D): sequence b's key at
+// position t lives at row b*S + t. A forward over new tokens (the prompt in chunks, then one
+// token at a time) writes the new rows' K/V into the cache at their positions, then each
+// new query attends to the cached keys 0..=pos (its own position): causal by construction.
+// The positions come from a storage buffer, so the uniform parameters do not change from
+// one decoded token to the next. New rows are laid out (B, T): row r is token r % T of
+// sequence r / T. No segments: one cache row per sequence.
+
+struct CacheParams {
+    b: u32,
+    t: u32,     // new tokens per sequence in this forward
+    h: u32,
+    hk: u32,
+    dv: u32,    // D / 4
+    group: u32, // H / Hk
+    cap: u32,   // S: cache positions per sequence
+    scale: f32, // 1 / sqrt(D)
+}
+
+@group(0) @binding(0) var<uniform> pc: CacheParams;
+
+// kv_append: bindings 1 k (rows, Hk*D) and 2 v, 3 pos (rows), 4 k cache, 5 v cache.
+@group(0) @binding(1) var<storage, read> k_new: array<vec4<f32>>;          // (rows, Hk*D)
+@group(0) @binding(2) var<storage, read> v_new: array<vec4<f32>>;          // (rows, Hk*D)
+@group(0) @binding(3) var<storage, read> pos_c: array<u32>;                 // (rows)
+@group(0) @binding(4) var<storage, read_write> k_cache: array<vec4<f32>>;  // (B*S, Hk*D)
+@group(0) @binding(5) var<storage, read_write> v_cache: array<vec4<f32>>;  // (B*S, Hk*D)
+
+// Grid: grid_1d(rows * Hk*D/4, 256). Thread = one vec4 of one new row's K and V.
+// FLOPs 0; bytes 4 * 4 * rows * Hk*D (K and V read and written) + 4 * rows.
+@compute @workgroup_size(256)
+fn attention_kv_append(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = flat_id(gid, nwg, 256u);
+    let kd = pc.hk * pc.dv;
+    if (n >= pc.b * pc.t * kd) { return; }
+    let r = n / kd;
+    let e = n % kd;
+    // A position past the cache would write another row's memory; the launcher's caller
+    // refuses such positions, this only keeps the write in bounds.
+    let dst = ((r / pc.t) * pc.cap + min(pos_c[r], pc.cap - 1u)) * kd + e;
+    k_cache[dst] = k_new[n];
+    v_cache[dst] = v_new[n];
+}
+
+// decode: bindings 1 q (rows, H*D), 2 k cache, 3 v cache, 4 pos (rows), 5 o (rows, H*D).
+@group(0) @binding(2) var<storage, read> kc: array<vec4<f32>>;  // (B*S, Hk*D)
+@group(0) @binding(3) var<storage, read> vc: array<vec4<f32>>;  // (B*S, Hk*D)
+@group(0) @binding(4) var<storage, read> pos_d: array<u32>;     // (rows)
+
+var<workgroup> sh_p: array<f32, BLOCK>;        // scores, then probabilities, of a key tile
+var<workgroup> sh_o: array<vec4<f32>, BLOCK>;  // partial outputs of the thread groups
+var<workgroup> sh_n: u32;                      // keys the query sees
+
+// Grid: (rows, H). Workgroup = one (new row, head). Keys go through in tiles of 64: thread
+// j scores key k0 + j against the query, the tile's max updates the running max, and for
+// the weighted sum of V the 64 threads split as (64 / dv) groups of dv threads, thread
+// (g, i) owning vec4 i of the output over keys j = g mod (64 / dv). The groups' partial
+// sums are added at the end. FLOPs 4D per (query, visible key), like the forward.
+@compute @workgroup_size(64)
+fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let r = wid.x;
+    let h = wid.y;
+    let b = r / pc.t;
+    let kvh = h / pc.group;
+    let kd = pc.hk * pc.dv;
+    let qbase = (r * pc.h + h) * pc.dv;
+    let cbase = b * pc.cap * kd + kvh * pc.dv; // key j of this sequence and kv head: cbase + j * kd
+    if (lid == 0u) {
+        sh_n = min(pos_d[r], pc.cap - 1u) + 1u;
+    }
+    let nk = workgroupUniformLoad(&sh_n);
+    var qr: array<vec4<f32>, MAXV>;
+    for (var i = 0u; i < pc.dv; i++) {
+        qr[i] = q[qbase + i] * pc.scale;
+    }
+    let ng = BLOCK / pc.dv;
+    let gi = lid / pc.dv;
+    let ci = lid % pc.dv;
+    var acc = vec4<f32>(0.0);
+    var m = NEG;
+    var l = 0.0;
+    for (var k0 = 0u; k0 < nk; k0 += BLOCK) {
+        let n = min(BLOCK, nk - k0);
+        var s = NEG;
+        if (lid < n) {
+            let kb = cbase + (k0 + lid) * kd;
+            var d4 = vec4<f32>(0.0);
+            for (var i = 0u; i < pc.dv; i++) {
+                d4 = dot4(qr[i], kc[kb + i], d4);
+            }
+            s = hsum(d4);
+        }
+        sh_p[lid] = s;
+        workgroupBarrier();
+        var mt = NEG;
+        for (var j = 0u; j < n; j++) {
+            mt = max(mt, sh_p[j]);
+        }
+        let mn = max(m, mt); // finite: key 0 is always visible
+        let alpha = exp(m - mn);
+        workgroupBarrier();
+        sh_p[lid] = exp(s - mn); // 0 past the tile's end
+        workgroupBarrier();
+        var lt = 0.0;
+        for (var j = 0u; j < n; j++) {
+            lt += sh_p[j];
+        }
+        l = l * alpha + lt;
+        acc *= alpha;
+        if (gi < ng) {
+            for (var j = gi; j < n; j += ng) {
+                acc = fma(vec4<f32>(sh_p[j]), vc[cbase + (k0 + j) * kd + ci], acc);
+            }
+        }
+        m = mn;
+        workgroupBarrier();
+    }
+    sh_o[lid] = acc;
+    workgroupBarrier();
+    if (lid < pc.dv) {
+        var sum = vec4<f32>(0.0);
+        for (var g = 0u; g < ng; g++) {
+            sum += sh_o[g * pc.dv + lid];
+        }
+        o[qbase + lid] = sum / l;
+    }
+}

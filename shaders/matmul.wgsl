@@ -109,6 +109,29 @@ fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
 }
 
+// A few rows (M <= 4: generation's one new token per sequence, where a 64x64 tile would
+// waste 63 of its 64 rows): one thread per element of C, looping over K. Same strides and
+// epilogue as the tiled kernel. FLOPs 2*M*N*K; bytes 4*(M*N*K + K*N + M*N) at most (each
+// thread reads its row of A, which the cache shares, and its column of B).
+@compute @workgroup_size(256)
+fn matmul_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg, 256u);
+    if (i >= p.m * p.n) { return; }
+    let m = i / p.n;
+    let n = i % p.n;
+    let a0 = m * p.a_rs;
+    let b0 = n * p.b_cs;
+    var v = 0.0;
+    for (var kk = 0u; kk < p.k; kk++) {
+        v = fma(a[a0 + kk * p.a_cs], b[kk * p.b_rs + b0], v);
+    }
+    v = v * p.alpha;
+    if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
+    if ((p.flags & HAS_RESID) != 0u) { v += resid[i]; }
+    if ((p.flags & ACCUMULATE) != 0u) { v += c[i]; }
+    c[i] = v;
+}
+
 // The bias gradient: db(N) [+]= sum over rows of dy(M, N). One thread per column, so the
 // loads of a row coalesce across the workgroup. Reuses Params: m, n, flags.
 @group(0) @binding(1) var<storage, read> dy: array<f32>;          // (M, N)

@@ -34,6 +34,10 @@ pub enum Error {
     #[error("non-finite {what} at step {step}: the step was not applied and the parameters are unchanged (lower the learning rate or check the data)")]
     NonFinite { what: String, step: u64 },
 
+    /// A sequence longer than the model's positions or a generation cache can hold.
+    #[error("{what}: {tokens} tokens exceed the maximum of {max} ({limit})")]
+    TooLong { what: String, tokens: usize, max: usize, limit: &'static str },
+
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 

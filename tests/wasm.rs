@@ -370,3 +370,69 @@ async fn llama_training_steps_match_transformers() {
 async fn gpt2_training_steps_match_transformers() {
     training_steps_match_fixture(fixture!("gpt2"), "gpt2").await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Generation: greedy decoding with the KV cache in the browser against the argmax chain of
+// full forwards computed in the same test (the native tests/generate.rs holds the same
+// chain against transformers' logits, so both engines meet one truth).
+// ---------------------------------------------------------------------------------------
+
+/// The logits (V) of the last position of `ids` from a full forward (Head::Logits).
+async fn last_logits(g: &Gpu, model: &webtune::model::Model, ids: &[u32]) -> Vec<f32> {
+    use webtune::model::{Head, Inputs, Workspace};
+    let (t, v) = (ids.len(), model.cfg.vocab);
+    let pos: Vec<u32> = (0..t as u32).collect();
+    let last = [t as u32 - 1];
+    let ws = Workspace::new(g, &model.cfg, t, 1).unwrap();
+    let inp = Inputs {
+        b: 1,
+        t,
+        n: 1,
+        ids: g.upload_u32("ids", ids).unwrap(),
+        pos: g.upload_u32("pos", &pos).unwrap(),
+        seg: g.zeros("seg", t).unwrap(),
+        loss_rows: g.upload_u32("rows", &last).unwrap(),
+        targets: g.zeros("targets", 1).unwrap(),
+        weights: g.zeros("weights", 1).unwrap(),
+        by_id: None,
+        by_pos: None,
+    };
+    let mut enc = Encoder::new(g);
+    model.forward(&mut enc, &ws, &inp, Head::Logits);
+    enc.submit();
+    drop(enc);
+    g.read_f32(&ws.logits.view(0, v)).await.unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn llama_greedy_generation_matches_full_forwards() {
+    use webtune::model::generate::argmax;
+    use webtune::model::{generate, GenerateConfig, StopReason};
+    let g = gpu().await;
+    let fx = fixture!("llama");
+    let model = webtune::load::model_from_hf_bytes(&g, fx.config, &[("model.safetensors", fx.model)]).unwrap();
+    let prompt = fx.examples()[0].ids.clone();
+    let n = 6;
+    let mut seq = prompt.clone();
+    for _ in 0..n {
+        let l = last_logits(&g, &model, &seq).await;
+        seq.push(argmax(&l));
+    }
+    let want = &seq[prompt.len()..];
+    let scope = g.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut streamed = Vec::new();
+    let cfg = GenerateConfig { max_new_tokens: n, ..Default::default() };
+    let out = generate(&g, &model, &prompt, &cfg, |t| {
+        streamed.push(t);
+        true
+    })
+    .await
+    .unwrap();
+    if let Some(e) = scope.pop().await {
+        panic!("generation: WebGPU validation error: {e}");
+    }
+    console_log!("llama greedy in the browser: {:?} (full forwards: {want:?})", out.tokens);
+    assert_eq!(out.tokens, want, "greedy tokens with the KV cache vs the argmax chain of full forwards");
+    assert_eq!(out.tokens, streamed);
+    assert_eq!(out.stop, StopReason::MaxTokens);
+}

@@ -9,6 +9,7 @@ mod tensor;
 
 pub use context::{Gpu, GpuInfo};
 pub use encoder::{compile_error, Arg, Cost, Encoder, Kernel, Profile, ProfileEntry};
+pub use readback::ReadBuffer;
 pub use tensor::Tensor;
 
 /// Threads per workgroup of the 1-D kernels. 256 is the WebGPU default maximum.

@@ -1,8 +1,10 @@
 //! A decoder-only transformer on the GPU: its configuration, its parameters (named as in
-//! the Hugging Face checkpoint), and one forward + backward pass over a micro-batch.
+//! the Hugging Face checkpoint), one forward + backward pass over a micro-batch, and
+//! incremental decoding with a KV cache for generation.
 
 pub mod arch;
 pub mod config;
+pub mod generate;
 pub mod lora;
 pub mod memory;
 pub mod params;
@@ -12,6 +14,7 @@ mod workspace;
 
 pub use arch::ModelP;
 pub use config::{Arch, ModelConfig};
+pub use generate::{generate, Decoder, GenerateConfig, Generation, Sampler, Sampling, StopReason};
 pub use lora::{LoraConfig, LoraShape};
 pub use params::{ParamSpec, ParamStore, Pid};
 pub use pass::{Head, LoraIo};

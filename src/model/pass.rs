@@ -2,7 +2,7 @@
 //! reverse; every parameter gradient is ADDED into its gradient buffer, so micro-batches
 //! accumulate and the caller zeroes the gradients once per optimizer step.
 
-use super::arch::{AttnP, LinearP, MlpP, NormP};
+use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
 use super::lora::LoraP;
 use super::workspace::{Inputs, LoraActs, Workspace};
 use super::Model;
@@ -145,7 +145,8 @@ impl Model {
         }
     }
 
-    fn norm_fwd(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn norm_fwd(
         &self,
         enc: &mut Encoder,
         n: &NormP,
@@ -191,6 +192,83 @@ impl Model {
         attention::AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim }
     }
 
+    /// Block `blk`'s q, k, v (rows, H*D / Hk*D) from its normed input `x` (rows, C), RoPE
+    /// applied at the positions `pos` (rows). GPT-2 projects into `qkv` (rows, 3C) first.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn qkv_fwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        qkv: Option<&Tensor>,
+        [q, k, v]: [&Tensor; 3],
+        pos: &Tensor,
+        lio: Option<LoraIo>,
+    ) {
+        let cfg = &self.cfg;
+        match &blk.attn {
+            AttnP::Separate { q: wq, k: wk, v: wv } => {
+                self.linear_fwd(enc, wq, rows, x, None, q, lio);
+                self.linear_fwd(enc, wk, rows, x, None, k, lio);
+                self.linear_fwd(enc, wv, rows, x, None, v, lio);
+            }
+            AttnP::Fused { c_attn } => {
+                let c = cfg.hidden;
+                let qkv = qkv.expect("GPT-2's fused projection needs a (rows, 3C) buffer");
+                self.linear_fwd(enc, c_attn, rows, x, None, qkv, lio);
+                for (i, dst) in [q, k, v].into_iter().enumerate() {
+                    copy2d::copy2d(enc, qkv, 3 * c, i * c, dst, c, 0, rows, c);
+                }
+            }
+        }
+        if let Some(table) = &self.rope {
+            rope::forward(enc, q, pos, table, rows, cfg.heads, cfg.head_dim);
+            rope::forward(enc, k, pos, table, rows, cfg.kv_heads, cfg.head_dim);
+        }
+    }
+
+    /// out = resid + mlp(x): x (rows, C) normed, h1/h2/act (rows, F) scratch (h2 for the
+    /// gated MLP only).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mlp_fwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        h1: &Tensor,
+        h2: Option<&Tensor>,
+        act: &Tensor,
+        resid: &Tensor,
+        out: &Tensor,
+        lio: Option<LoraIo>,
+    ) {
+        let f = self.cfg.ffn;
+        match &blk.mlp {
+            MlpP::Gated { gate, up, down } => {
+                let h2 = h2.expect("the gated MLP needs its up-projection buffer");
+                self.linear_fwd(enc, gate, rows, x, None, h1, lio);
+                self.linear_fwd(enc, up, rows, x, None, h2, lio);
+                swiglu::forward(enc, h1, h2, act, rows * f);
+                self.linear_fwd(enc, down, rows, act, Some(resid), out, lio);
+            }
+            MlpP::Gelu { fc, proj } => {
+                self.linear_fwd(enc, fc, rows, x, None, h1, lio);
+                gelu::forward(enc, h1, act, rows * f);
+                self.linear_fwd(enc, proj, rows, act, Some(resid), out, lio);
+            }
+        }
+    }
+
+    /// logits(rows, V) = x(rows, C) . lm_head^T (the final-normed hidden states).
+    pub(crate) fn lm_head_fwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, logits: &Tensor) {
+        let cfg = &self.cfg;
+        let head =
+            Linear { rows, fan_in: cfg.hidden, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
+        head.forward(enc, x, &self.params.weight(self.tree.lm_head), None, None, logits, false);
+    }
+
     /// Forward through the blocks, then the head over the N rows listed in `loss_rows`.
     /// With `Head::Loss`, `ws.nll` then holds each row's NLL and `ws.logits` the logits'
     /// gradient; with `Head::Logits`, `ws.logits` holds the logits.
@@ -198,7 +276,7 @@ impl Model {
         let cfg = &self.cfg;
         let p = &self.params;
         let rows = inp.b * inp.t;
-        let (c, f) = (cfg.hidden, cfg.ffn);
+        let c = cfg.hidden;
         let wpe = self.tree.wpe.map(|w| p.weight(w));
         let pos = wpe.as_ref().map(|w| (&inp.pos, w));
         embedding::forward(enc, &inp.ids, &p.weight(self.tree.wte), pos, &ws.xs[0], rows, c);
@@ -208,42 +286,11 @@ impl Model {
             let a = &ws.layers[l];
             let x = &ws.xs[l];
             self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
-            match &blk.attn {
-                AttnP::Separate { q, k, v } => {
-                    self.linear_fwd(enc, q, rows, &a.ln1, None, &a.q, lio);
-                    self.linear_fwd(enc, k, rows, &a.ln1, None, &a.k, lio);
-                    self.linear_fwd(enc, v, rows, &a.ln1, None, &a.v, lio);
-                }
-                AttnP::Fused { c_attn } => {
-                    let qkv = a.qkv.as_ref().unwrap();
-                    self.linear_fwd(enc, c_attn, rows, &a.ln1, None, qkv, lio);
-                    for (i, dst) in [&a.q, &a.k, &a.v].into_iter().enumerate() {
-                        copy2d::copy2d(enc, qkv, 3 * c, i * c, dst, c, 0, rows, c);
-                    }
-                }
-            }
-            if let Some(table) = &self.rope {
-                rope::forward(enc, &a.q, &inp.pos, table, rows, cfg.heads, cfg.head_dim);
-                rope::forward(enc, &a.k, &inp.pos, table, rows, cfg.kv_heads, cfg.head_dim);
-            }
+            self.qkv_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), [&a.q, &a.k, &a.v], &inp.pos, lio);
             attention::forward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse);
             self.linear_fwd(enc, &blk.o, rows, &a.o, Some(x), &a.x_mid, lio);
             self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
-            let x_next = &ws.xs[l + 1];
-            match &blk.mlp {
-                MlpP::Gated { gate, up, down } => {
-                    let h2 = a.h2.as_ref().unwrap();
-                    self.linear_fwd(enc, gate, rows, &a.ln2, None, &a.h1, lio);
-                    self.linear_fwd(enc, up, rows, &a.ln2, None, h2, lio);
-                    swiglu::forward(enc, &a.h1, h2, &a.act, rows * f);
-                    self.linear_fwd(enc, down, rows, &a.act, Some(&a.x_mid), x_next, lio);
-                }
-                MlpP::Gelu { fc, proj } => {
-                    self.linear_fwd(enc, fc, rows, &a.ln2, None, &a.h1, lio);
-                    gelu::forward(enc, &a.h1, &a.act, rows * f);
-                    self.linear_fwd(enc, proj, rows, &a.act, Some(&a.x_mid), x_next, lio);
-                }
-            }
+            self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &a.x_mid, &ws.xs[l + 1], lio);
         }
         // Only the rows that carry loss go through the final norm, the LM head and the loss.
         let n = inp.n;
@@ -252,8 +299,7 @@ impl Model {
         }
         gather::forward(enc, &ws.xs[cfg.layers], &inp.loss_rows, &ws.hg, n, c);
         self.norm_fwd(enc, &self.tree.ln_f, n, &ws.hg, &ws.hf, &ws.meanf, &ws.rstdf);
-        let head = Linear { rows: n, fan_in: c, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
-        head.forward(enc, &ws.hf, &p.weight(self.tree.lm_head), None, None, &ws.logits, false);
+        self.lm_head_fwd(enc, n, &ws.hf, &ws.logits);
         if head_kind == Head::Logits {
             return;
         }

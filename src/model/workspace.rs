@@ -81,6 +81,17 @@ pub struct LoraActs {
     pub xd: Option<Tensor>,
 }
 
+impl LoraActs {
+    /// Adapter buffers for micro-batches of up to `rows` tokens.
+    pub fn new(gpu: &Gpu, l: &LoraShape, rows: usize) -> Result<LoraActs> {
+        Ok(LoraActs {
+            u: (0..l.sites).map(|_| gpu.zeros("lora_u", rows * l.rank)).collect::<Result<Vec<_>>>()?,
+            g: gpu.zeros("lora_g", rows * l.rank)?,
+            xd: if l.dropout { Some(gpu.zeros("lora_xd", rows * l.max_in)?) } else { None },
+        })
+    }
+}
+
 pub struct Workspace {
     pub rows: usize,
     pub n: usize,
@@ -172,14 +183,7 @@ impl Workspace {
             dact: z("dact", rows * f)?,
             delta: z("delta", bht)?,
         };
-        let lora = match lora {
-            Some(l) => Some(LoraActs {
-                u: (0..l.sites).map(|_| z("lora_u", rows * l.rank)).collect::<Result<Vec<_>>>()?,
-                g: z("lora_g", rows * l.rank)?,
-                xd: if l.dropout { Some(z("lora_xd", rows * l.max_in)?) } else { None },
-            }),
-            None => None,
-        };
+        let lora = lora.map(|l| LoraActs::new(gpu, &l, rows)).transpose()?;
         let n1 = n.max(1);
         Ok(Workspace {
             rows,

@@ -179,3 +179,124 @@ pub fn backward(
         Cost { flops: 6 * s.pairs() * s.d as u64, bytes: s.streamed(s.h) + (4 * rows * 3 * hd) as u64 },
     );
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CacheParams {
+    b: u32,
+    t: u32,
+    h: u32,
+    hk: u32,
+    dv: u32,
+    group: u32,
+    cap: u32,
+    scale: f32,
+}
+
+/// Attention of new tokens against a KV cache (generation): B sequences, each with T new
+/// tokens (rows laid out (B, T)), H query heads sharing Hk key/value heads of size D, and
+/// caches of `cap` positions per sequence, (B, cap, Hk*D).
+#[derive(Clone, Copy, Debug)]
+pub struct CacheShape {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub hk: usize,
+    pub d: usize,
+    pub cap: usize,
+}
+
+impl CacheShape {
+    pub fn validate(&self) -> Result<()> {
+        AttnShape { b: self.b, t: self.t, h: self.h, hk: self.hk, d: self.d }.validate()?;
+        if self.cap == 0 || self.b * self.t > 65535 || self.h > 65535 {
+            return Err(Error::Config(format!(
+                "cached attention grid unsupported: B*T = {} rows (at most 65535), H {}, cache of {} positions",
+                self.b * self.t,
+                self.h,
+                self.cap
+            )));
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.b * self.t
+    }
+
+    fn params(&self) -> CacheParams {
+        CacheParams {
+            b: self.b as u32,
+            t: self.t as u32,
+            h: self.h as u32,
+            hk: self.hk as u32,
+            dv: (self.d / 4) as u32,
+            group: (self.h / self.hk) as u32,
+            cap: self.cap as u32,
+            scale: 1.0 / (self.d as f32).sqrt(),
+        }
+    }
+}
+
+/// Write the new rows' k and v (rows, Hk*D) into the caches k_cache, v_cache (B*cap, Hk*D)
+/// at row b*cap + pos[r]. pos u32 (rows), each < cap (the caller checks).
+pub fn kv_append(
+    enc: &mut Encoder,
+    s: &CacheShape,
+    k: &Tensor,
+    v: &Tensor,
+    pos: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+) {
+    if let Err(e) = s.validate() {
+        panic!("{e}");
+    }
+    let (rows, kd) = (s.rows(), s.hk * s.d);
+    debug_assert!(k.len >= rows * kd && v.len >= rows * kd && pos.len >= rows);
+    debug_assert!(k_cache.len >= s.b * s.cap * kd && v_cache.len >= s.b * s.cap * kd);
+    let cost = Cost { flops: 0, bytes: (4 * 4 * rows * kd + 4 * rows) as u64 };
+    enc.dispatch(
+        &ATTENTION,
+        "attention_kv_append",
+        &s.params(),
+        &[Arg::R(k), Arg::R(v), Arg::R(pos), Arg::W(k_cache), Arg::W(v_cache)],
+        grid_1d(rows * kd / 4, WG),
+        cost,
+    );
+}
+
+/// o(rows, H*D) = softmax(q k^T * scale) v over the cached keys 0..=pos[r] of each new
+/// row's sequence (its own key included: `kv_append` first). q (rows, H*D), caches
+/// (B*cap, Hk*D), pos u32 (rows). `visible` is the number of (row, key) pairs the rows see
+/// (the sum of pos[r] + 1), for the cost only: the kernel reads the positions on the GPU.
+#[allow(clippy::too_many_arguments)]
+pub fn decode(
+    enc: &mut Encoder,
+    s: &CacheShape,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos: &Tensor,
+    o: &Tensor,
+    visible: usize,
+) {
+    if let Err(e) = s.validate() {
+        panic!("{e}");
+    }
+    let (rows, hd, kd) = (s.rows(), s.h * s.d, s.hk * s.d);
+    debug_assert!(q.len >= rows * hd && o.len >= rows * hd && pos.len >= rows);
+    debug_assert!(k_cache.len >= s.b * s.cap * kd && v_cache.len >= s.b * s.cap * kd);
+    // Every (row, head) workgroup streams its visible K and V rows once.
+    let pairs = (visible * s.h) as u64;
+    let cost =
+        Cost { flops: 4 * pairs * s.d as u64, bytes: 8 * pairs * s.d as u64 + (4 * (2 * rows * hd + rows)) as u64 };
+    enc.dispatch(
+        &ATTENTION,
+        "attention_decode",
+        &s.params(),
+        &[Arg::R(q), Arg::R(k_cache), Arg::R(v_cache), Arg::R(pos), Arg::W(o)],
+        [rows as u32, s.h as u32, 1],
+        cost,
+    );
+}

@@ -2,13 +2,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{Arg, Cost, Encoder, Tensor};
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
 
 crate::kernel!(MATMUL, "matmul");
 
 const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
 const HAS_RESID: u32 = 4;
+/// At most this many rows go through `matmul_rows` (one thread per output) instead of the
+/// 64x64 tiles.
+pub const SMALL_M: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -118,16 +121,19 @@ pub fn matmul_variant(
         _pad: [0; 3],
     };
     let dummy = &enc.gpu().dummy.clone();
-    let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
     let (m64, n64, k64) = (m as u64, n as u64, k as u64);
-    let cost = Cost {
-        flops: 2 * m64 * n64 * k64,
-        bytes: 4 * (m64 * k64 * n64.div_ceil(64) + k64 * n64 * m64.div_ceil(64) + m64 * n64 * (1 + accumulate as u64)),
+    let out_bytes = m64 * n64 * (1 + accumulate as u64);
+    let (entry, grid, bytes) = if m <= SMALL_M {
+        ("matmul_rows", grid_1d(m * n, WG), 4 * (m64 * k64 + k64 * n64 + out_bytes))
+    } else {
+        let tiles = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+        let entry = match variant {
+            Variant::Tiled => "matmul_forward",
+            Variant::Reg => "matmul_forward_reg",
+        };
+        (entry, tiles, 4 * (m64 * k64 * n64.div_ceil(64) + k64 * n64 * m64.div_ceil(64) + out_bytes))
     };
-    let entry = match variant {
-        Variant::Tiled => "matmul_forward",
-        Variant::Reg => "matmul_forward_reg",
-    };
+    let cost = Cost { flops: 2 * m64 * n64 * k64, bytes };
     enc.dispatch(
         &MATMUL,
         entry,
