@@ -13,7 +13,7 @@ use fixture::{Fixture, ARCHS};
 use webtune::gpu::{Encoder, Gpu};
 use webtune::model::generate::argmax;
 use webtune::model::{
-    generate, Decoder, GenerateConfig, Generation, Head, Inputs, Model, Sampler, Sampling, StopReason, Workspace,
+    generate, Decoder, GenerateConfig, Generation, Head, Inputs, Model, Sampler, Sampling, StopReason,
 };
 use webtune::Error;
 
