@@ -22,7 +22,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
-use super::run::{Run, RunConfig, RunState};
+use super::run::{f32_json, Run, RunConfig, RunState};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Model;
@@ -82,24 +82,22 @@ fn model_json(model: &Model) -> Value {
     json!({
         "arch": format!("{:?}", c.arch), "vocab": c.vocab, "hidden": c.hidden, "layers": c.layers,
         "heads": c.heads, "kv_heads": c.kv_heads, "head_dim": c.head_dim, "ffn": c.ffn,
-        "max_pos": c.max_pos, "norm_eps": c.norm_eps, "tied": c.tied, "qkv_bias": c.qkv_bias,
-        "o_bias": c.o_bias, "mlp_bias": c.mlp_bias, "inv_freq": c.inv_freq,
+        "max_pos": c.max_pos, "norm_eps": f32_json(c.norm_eps), "tied": c.tied, "qkv_bias": c.qkv_bias,
+        "o_bias": c.o_bias, "mlp_bias": c.mlp_bias, "inv_freq": c.inv_freq.iter().map(|&x| f32_json(x)).collect::<Vec<_>>(),
     })
 }
 
 fn params_json(model: &Model) -> Value {
-    model
-        .params
-        .specs
-        .iter()
-        .map(|s| json!({"name": s.name, "shape": s.shape, "trainable": s.trainable}))
-        .collect()
+    model.params.specs.iter().map(|s| json!({"name": s.name, "shape": s.shape, "trainable": s.trainable})).collect()
 }
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 60 {
-        format!("{}...", &s[..s.char_indices().take_while(|(i, _)| *i < 57).last().map_or(0, |(i, c)| i + c.len_utf8())])
+        format!(
+            "{}...",
+            &s[..s.char_indices().take_while(|(i, _)| *i < 57).last().map_or(0, |(i, c)| i + c.len_utf8())]
+        )
     } else {
         s
     }
@@ -206,18 +204,18 @@ impl<'a> Checkpoint<'a> {
     fn state(&self) -> Result<(u64, RunState)> {
         let s = &self.meta["state"];
         let u = |k: &str| s[k].as_u64().ok_or_else(|| corrupt(format!("state.{k} is missing")));
-        let epoch_rng = s["epoch_rng"].as_str().and_then(|x| x.parse().ok()).ok_or_else(|| corrupt("state.epoch_rng"))?;
-        Ok((u("step")?, RunState { epoch: u("epoch")?, position: u("position")? as usize, epoch_rng, tokens: u("tokens")? }))
+        let epoch_rng =
+            s["epoch_rng"].as_str().and_then(|x| x.parse().ok()).ok_or_else(|| corrupt("state.epoch_rng"))?;
+        Ok((
+            u("step")?,
+            RunState { epoch: u("epoch")?, position: u("position")? as usize, epoch_rng, tokens: u("tokens")? },
+        ))
     }
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<&'a [u8]> {
         let t = self.st.tensor(name).map_err(|_| corrupt(format!("tensor `{name}` is missing")))?;
         if t.dtype() != Dtype::F32 || t.shape() != shape {
-            return Err(corrupt(format!(
-                "tensor `{name}` is {:?} {:?}, expected F32 {shape:?}",
-                t.dtype(),
-                t.shape()
-            )));
+            return Err(corrupt(format!("tensor `{name}` is {:?} {:?}, expected F32 {shape:?}", t.dtype(), t.shape())));
         }
         Ok(t.data())
     }

@@ -8,7 +8,7 @@ mod trainer;
 
 pub use crate::ops::adamw::AdamW;
 pub use batch::{Example, ExampleScore, LossMode, MicroBatch};
-pub use trainer::{StepStats, TrainConfig, Trainer};
 pub use checkpoint::{Checkpoint, CheckpointError, Difference};
 pub use run::{Length, Run, RunConfig, RunState, StepReport};
 pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{StepStats, TrainConfig, Trainer};

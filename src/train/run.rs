@@ -118,8 +118,8 @@ impl RunConfig {
         };
         let mut v = json!({
             "loss": self.loss.to_string(),
-            "lr": a.lr, "beta1": a.beta1, "beta2": a.beta2, "eps": a.eps,
-            "weight_decay": a.weight_decay, "max_grad_norm": a.max_grad_norm,
+            "lr": f32_json(a.lr), "beta1": f32_json(a.beta1), "beta2": f32_json(a.beta2), "eps": f32_json(a.eps),
+            "weight_decay": f32_json(a.weight_decay), "max_grad_norm": f32_json(a.max_grad_norm),
             "batch": self.batch, "grad_accum": self.grad_accum, "micro_batch": self.micro_batch,
             "schedule": self.schedule.to_string(), "warmup": self.warmup,
             "seed": self.seed.to_string(), "shuffle": self.shuffle, "eval_every": self.eval_every,
@@ -159,6 +159,12 @@ impl RunConfig {
             eval_every: u("eval_every")?,
         })
     }
+}
+
+/// An f32 as the JSON number of its shortest decimal form (`0.999`, not
+/// `0.9990000128746033`), which reads back to the same f32.
+pub(crate) fn f32_json(x: f32) -> Value {
+    x.to_string().parse::<f64>().map(Value::from).unwrap_or(Value::Null)
 }
 
 /// What one optimizer step did, handed to the `on_step` callback and returned by
