@@ -210,6 +210,9 @@ pub struct RunState {
 /// A clock in milliseconds: the run times steps with it (tokens/s).
 pub type Clock<'a> = Box<dyn FnMut() -> f64 + 'a>;
 
+/// A callback that receives every step's report.
+pub type OnStep<'a> = Box<dyn FnMut(&StepReport) + 'a>;
+
 /// The default clock: `Instant` natively, `Date.now()` in wasm (where `Instant` panics).
 pub fn default_clock() -> Clock<'static> {
     #[cfg(target_arch = "wasm32")]
@@ -234,7 +237,7 @@ pub struct Run<'g> {
     order: Vec<usize>,
     rng: Rng,
     clock: Clock<'g>,
-    on_step: Option<Box<dyn FnMut(&StepReport) + 'g>>,
+    on_step: Option<OnStep<'g>>,
 }
 
 impl<'g> Run<'g> {
@@ -355,7 +358,7 @@ impl<'g> Run<'g> {
         self.state.position = end;
         self.state.tokens += stats.tokens as u64;
         let step = self.trainer.step;
-        let due = (self.cfg.eval_every > 0 && step % self.cfg.eval_every == 0) || step >= sched.total;
+        let due = (self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every)) || step >= sched.total;
         let valid_loss = if due && !self.valid.is_empty() { Some(self.validate().await?) } else { None };
         let report = StepReport {
             step,
