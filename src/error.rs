@@ -43,6 +43,11 @@ pub enum Error {
 
     #[error("{0}")]
     Usage(String),
+
+    /// A training checkpoint that cannot be restored: damaged, foreign, or saved for
+    /// another model, configuration or training set (the variant names what differs).
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] crate::train::checkpoint::CheckpointError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,4 +9,5 @@ mod common;
 
 mod fixture;
 mod parity;
+mod run;
 mod training;

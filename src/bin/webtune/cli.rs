@@ -1,13 +1,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use webtune::error::{Error, Result};
 use webtune::gpu::{Gpu, Profile};
 use webtune::model::presets::{preset, random_init};
 use webtune::model::Model;
 use webtune::rng::Rng;
-use webtune::train::{Example, LossMode, TrainConfig, Trainer};
+use webtune::train::checkpoint::export_hf_safetensors;
+use webtune::train::run::{split_validation, truncate};
+use webtune::train::{
+    AdamW, Checkpoint, CheckpointError, Example, Length, LossMode, Run, RunConfig, ScheduleKind, StepReport,
+    TrainConfig, Trainer,
+};
 
 #[derive(Parser)]
 #[command(name = "webtune", version, about = "Fine-tune small language models on the GPU (wgpu + WGSL)")]
@@ -18,6 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Fine-tune: one line per step, validation at intervals, the training state in
+    /// OUT/state.safetensors and the trained model in OUT (for full fine-tuning: a Hugging
+    /// Face folder). With --resume, settings not given are taken from the checkpoint.
+    Train(Box<TrainArgs>),
     /// Print each example's loss (one JSON object per line), then the batch loss.
     Score {
         #[arg(long)]
@@ -65,6 +74,98 @@ enum Cmd {
         #[arg(long)]
         no_profile: bool,
     },
+}
+
+/// What is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Method {
+    /// Every parameter (full fine-tuning).
+    Full,
+    // Lora: adapters on a frozen base (colleague's work: add the variant here, build the
+    // model with adapters in `train`, and its export in `export`).
+}
+
+/// How the trained model is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// A Hugging Face folder: the input's config.json + model.safetensors (F32, HF names).
+    Hf,
+    // Peft (adapter_config.json + adapter_model.safetensors), Merged, Gguf: to come.
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// A Hugging Face model folder (the base model; also when resuming).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data, tokenized JSONL.
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data, tokenized JSONL.
+    #[arg(long, conflicts_with = "valid_fraction")]
+    valid: Option<PathBuf>,
+    /// Hold out this fraction of --data for validation (chosen by --seed).
+    #[arg(long)]
+    valid_fraction: Option<f64>,
+    #[arg(long, value_enum, default_value = "full")]
+    method: Method,
+    #[arg(long, value_enum, default_value = "hf")]
+    format: Format,
+    /// per-example (default), per-token or all-tokens.
+    #[arg(long)]
+    loss: Option<LossMode>,
+    /// Optimizer steps in the run.
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Passes over the training data (default 3).
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Examples per optimizer step (default 8).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Micro-batches each batch is accumulated over (default 1).
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Examples per forward/backward pass (default batch / grad-accum).
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Peak learning rate (default 5e-5).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Linear warm-up steps (default 0).
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// constant, linear (default) or cosine.
+    #[arg(long)]
+    schedule: Option<ScheduleKind>,
+    /// Cut examples to this many tokens (default: the model's maximum); examples left with
+    /// nothing to train on are dropped.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Seed of the data order and the validation split (default 42).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// AdamW weight decay on matrices (default 0).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Clip the global gradient norm to this; 0 turns clipping off (default 1).
+    #[arg(long)]
+    max_grad_norm: Option<f32>,
+    /// Validation loss every N steps (default: after the last step only).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from a checkpoint (OUT/state.safetensors of an earlier run).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Write OUT/state.safetensors every N steps (it is always written at the end).
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Stop once this many steps are done, saving the state (to continue with --resume).
+    #[arg(long)]
+    stop_after: Option<u64>,
 }
 
 async fn load_model(gpu: &Gpu, path: &Path) -> Result<Model> {
@@ -115,8 +216,178 @@ pub async fn run() -> Result<()> {
             write_safetensors(&out, &grads)?;
             eprintln!("loss {l:.6} ({loss}); wrote {} gradients to {}", grads.len(), out.display());
         }
+        Cmd::Train(args) => train(&gpu, *args).await?,
         Cmd::Bench { model, preset: name, batch, seq, steps, warmup, loss, no_profile } => {
             bench(&gpu, model, name, batch, seq, steps, warmup, loss, !no_profile).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The run's settings: the checkpoint's when resuming (else the defaults, transformers'
+/// where it has one), with the flags given on top.
+fn run_config(a: &TrainArgs, resumed: Option<&Checkpoint>) -> Result<RunConfig> {
+    let mut c = match resumed {
+        Some(ck) => ck.run_config()?,
+        None => RunConfig {
+            loss: LossMode::PerExample,
+            adamw: AdamW { lr: 5e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 },
+            batch: 8,
+            grad_accum: 1,
+            micro_batch: None,
+            length: Length::Epochs(3),
+            schedule: ScheduleKind::Linear,
+            warmup: 0,
+            seed: 42,
+            shuffle: true,
+            eval_every: 0,
+        },
+    };
+    if let Some(x) = a.loss {
+        c.loss = x;
+    }
+    if let Some(n) = a.steps {
+        c.length = Length::Steps(n);
+    }
+    if let Some(e) = a.epochs {
+        c.length = Length::Epochs(e);
+    }
+    if let Some(x) = a.batch {
+        c.batch = x;
+    }
+    if let Some(x) = a.grad_accum {
+        c.grad_accum = x;
+    }
+    if a.micro_batch.is_some() {
+        c.micro_batch = a.micro_batch;
+    }
+    if let Some(x) = a.lr {
+        c.adamw.lr = x;
+    }
+    if let Some(x) = a.warmup {
+        c.warmup = x;
+    }
+    if let Some(x) = a.schedule {
+        c.schedule = x;
+    }
+    if let Some(x) = a.seed {
+        c.seed = x;
+    }
+    if let Some(x) = a.weight_decay {
+        c.adamw.weight_decay = x;
+    }
+    if let Some(x) = a.max_grad_norm {
+        c.adamw.max_grad_norm = x;
+    }
+    if let Some(x) = a.eval_every {
+        c.eval_every = x;
+    }
+    c.check()?;
+    Ok(c)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Through a temporary file, so an interrupted write never leaves half a checkpoint.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display().to_string(), e))
+}
+
+fn print_step(r: &StepReport) {
+    println!(
+        "step {}/{} epoch {:.2} loss {:.6} lr {:.3e} grad_norm {:.4} tokens/s {:.1}",
+        r.step, r.total_steps, r.epoch, r.loss, r.lr, r.grad_norm, r.tokens_per_s
+    );
+    if let Some(v) = r.valid_loss {
+        println!("step {} valid_loss {v:.6}", r.step);
+    }
+}
+
+async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
+    let resume_bytes = match &a.resume {
+        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))?),
+        None => None,
+    };
+    let ck = resume_bytes.as_deref().map(Checkpoint::parse).transpose()?;
+    let cfg = run_config(&a, ck.as_ref())?;
+    let model = match a.method {
+        Method::Full => load_model(gpu, &a.model).await?,
+        // Method::Lora: the base model frozen, adapters added and trainable.
+    };
+    let max_len = a.max_len.unwrap_or(model.max_seq()).min(model.max_seq());
+    let prepare = |examples: Vec<Example>, what: &str| {
+        let (kept, dropped) = truncate(examples, max_len, cfg.loss);
+        if dropped > 0 {
+            eprintln!(
+                "{what}: dropped {dropped} example(s) with nothing to train on after cutting to {max_len} tokens"
+            );
+        }
+        kept
+    };
+    let data = prepare(read_data(&a.data)?, &a.data.display().to_string());
+    let (train, valid) = match (&a.valid, a.valid_fraction) {
+        (Some(v), _) => (data, prepare(read_data(v)?, &v.display().to_string())),
+        (None, Some(f)) => split_validation(data, f, cfg.seed)?,
+        (None, None) => (data, Vec::new()),
+    };
+    let trainer = Trainer::new(gpu, model, TrainConfig::default())?;
+    eprintln!(
+        "{}: {} parameters ({} trainable); {} training and {} validation examples; {} steps of batch {} \
+         (micro-batch {}), {} schedule from lr {:e}, {} warm-up steps",
+        a.model.display(),
+        trainer.model.params.num_params(),
+        trainer.model.params.num_trainable(),
+        train.len(),
+        valid.len(),
+        cfg.total_steps(train.len()),
+        cfg.batch,
+        cfg.micro(),
+        cfg.schedule,
+        cfg.adamw.lr,
+        cfg.warmup
+    );
+    let mut run = Run::new(trainer, cfg, train, valid)?;
+    if let Some(ck) = &ck {
+        run.restore(ck).map_err(|e| match e {
+            Error::Checkpoint(CheckpointError::Mismatch(d)) if d.iter().any(|x| x.what == "the training set") => {
+                Error::Usage(format!(
+                    "{}; resume with the same --data, --valid-fraction and --max-len as the original run",
+                    Error::Checkpoint(CheckpointError::Mismatch(d))
+                ))
+            }
+            e => e,
+        })?;
+        eprintln!("resumed from {} at step {}", a.resume.as_ref().unwrap().display(), run.step());
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(a.out.display().to_string(), e))?;
+    let state_path = a.out.join("state.safetensors");
+    loop {
+        if a.stop_after.is_some_and(|s| run.step() >= s) {
+            break;
+        }
+        let Some(r) = run.next_step().await? else { break };
+        print_step(&r);
+        if a.save_every.is_some_and(|n| n > 0 && r.step.is_multiple_of(n)) && !run.is_done() {
+            write_file(&state_path, &run.save().await?)?;
+        }
+    }
+    write_file(&state_path, &run.save().await?)?;
+    eprintln!("step {}: wrote {}", run.step(), state_path.display());
+    if run.is_done() {
+        export(gpu, &run, a.method, a.format, &a.model, &a.out).await?;
+    }
+    Ok(())
+}
+
+/// Write the trained model. Where `--method lora` and `--format peft|merged|gguf` go.
+async fn export(gpu: &Gpu, run: &Run<'_>, method: Method, format: Format, model_dir: &Path, out: &Path) -> Result<()> {
+    match (method, format) {
+        (Method::Full, Format::Hf) => {
+            let cfg = model_dir.join("config.json");
+            std::fs::copy(&cfg, out.join("config.json")).map_err(|e| Error::io(cfg.display().to_string(), e))?;
+            let bytes = export_hf_safetensors(gpu, &run.trainer.model).await?;
+            write_file(&out.join("model.safetensors"), &bytes)?;
+            eprintln!("wrote the trained model to {} (config.json, model.safetensors)", out.display());
         }
     }
     Ok(())
