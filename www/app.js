@@ -116,8 +116,11 @@ const handlers = {
     state.ready = true;
     state.caps = m.caps || {};
     const a = m.adapter;
-    setBadge('ok', `${a.name || 'GPU'} · ${a.backend}${a.software ? ' (software)' : ''}`);
-    $('#gpu-badge').title = `WebGPU adapter: ${a.name} (${a.device_type}), largest buffer ${fmtBytes(a.max_binding_bytes)}, matmul ${a.matmul}`;
+    const w = m.webgpu || {};
+    // Browsers hide the adapter's name; vendor and architecture are what they tell.
+    const name = a.name || [w.vendor, w.architecture].filter(Boolean).join(' ') || 'GPU';
+    setBadge('ok', `WebGPU · ${name}${a.software ? ' (software)' : ''}`);
+    $('#gpu-badge').title = `WebGPU adapter: ${name}${w.description ? ` (${w.description})` : ''}, ${a.device_type}; largest buffer ${fmtBytes(a.max_binding_bytes)}; matmul kernel ${a.matmul}`;
     $('#engine-version').textContent = `webtune ${state.caps.version || ''}`;
     applyCaps();
     refreshButtons();
@@ -140,7 +143,7 @@ const handlers = {
     state.modelLoaded = true;
     $('#model-progress').hidden = true;
     $('#model-error').hidden = true;
-    setStatus('#model-status', `Loaded in ${(m.ms / 1000).toFixed(1)} s`, 'ok');
+    setStatus('#model-status', `Loaded in ${fmtMs(m.ms)}`, 'ok');
     showModelInfo(m.info);
     resetRun();
     configure();
@@ -168,6 +171,7 @@ const handlers = {
   plan(m) {
     state.plan = m.plan;
     showPlan(m.plan, m.data);
+    if (m.data && m.data.examples) showDataInfo(m.data);
     if (m.info) showModelInfo(m.info);
     refreshButtons();
     if (state.autoStart && state.modelLoaded && state.dataLoaded) {
@@ -259,6 +263,7 @@ function showError(where, message) {
 
 function showNoWebGPU(detail) {
   $('#no-webgpu').hidden = false;
+  document.body.classList.add('no-gpu');
   $('#no-webgpu-detail').textContent = detail;
   setBadge('error', 'No WebGPU');
   for (const b of $$('button.primary')) b.disabled = true;
@@ -464,6 +469,15 @@ function configure() {
   }, 150);
 }
 
+const LOSS_HINTS = {
+  'per-example': 'Mean over examples of each answer\'s mean token loss: short and long answers weigh the same.',
+  'per-token': 'Mean over all answer tokens of the batch: long answers weigh more.',
+  'all-tokens': 'Every next-token prediction counts, prompt included (continued pre-training).',
+};
+function showLossHint() {
+  $('#loss-hint').textContent = LOSS_HINTS[form.elements.loss.value] || '';
+}
+
 function showPlan(p, data) {
   const acc = p.accumulation > 1 ? ` (${p.micro_batch} per pass × ${p.accumulation} accumulated)` : '';
   const ep = data && data.train ? `, ${p.epochs.toFixed(p.epochs < 10 ? 2 : 1)} epochs of ${data.train} examples` : '';
@@ -492,7 +506,7 @@ function startTraining() {
     return;
   }
   state.startedAt = performance.now();
-  setStatus('#train-status', 'Starting…');
+  setStatus('#train-status', done ? 'Continuing…' : 'Starting… (the first step compiles the GPU kernels)');
   send({ type: 'train' });
   state.training = 'training';
   refreshButtons();
@@ -513,8 +527,10 @@ function showStep(m) {
   $('#st-loss').textContent = fmtLoss(m.loss);
   $('#st-norm').textContent = m.grad_norm == null ? '–' : m.grad_norm.toPrecision(3);
   $('#st-lr').textContent = m.lr.toExponential(2);
-  // Throughput over the last few steps (the first one includes shader compilation).
-  const recent = state.steps.slice(-5);
+  // Throughput over the last few steps; the run's first step compiles the GPU kernels, so
+  // it is left out once there are others.
+  const timed = state.steps.length > 1 ? state.steps.slice(1) : state.steps;
+  const recent = timed.slice(-5);
   const ms = recent.reduce((s, x) => s + x.ms, 0);
   const toks = recent.reduce((s, x) => s + x.tokens, 0);
   $('#st-tps').textContent = ms > 0 ? fmtCount(Math.round((toks * 1000) / ms)) : '–';
@@ -751,6 +767,7 @@ dropZone($('#data-drop'), (files) => takeDataFile(files[0]));
 dropZone($('#model-panel'), (files) => takeModelFiles(files));
 dropZone($('#data-panel'), (files) => takeDataFile(files[0]));
 form.addEventListener('input', configure);
+form.elements.loss.addEventListener('change', showLossHint);
 form.addEventListener('change', configure);
 form.addEventListener('submit', (e) => e.preventDefault());
 $('#reset-settings').addEventListener('click', () => { writeForm(DEFAULTS); configure(); });
@@ -770,6 +787,7 @@ window.addEventListener('error', (e) => showError('page', e.message));
 window.addEventListener('unhandledrejection', (e) => showError('page', (e.reason && e.reason.message) || String(e.reason)));
 
 $(`input[name=model][value=${DEFAULT_MODEL}]`).checked = true;
+showLossHint();
 onModelChoice();
 onDataChoice();
 applyCaps();

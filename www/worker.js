@@ -51,19 +51,20 @@ async function checkWebGPU() {
   if (!adapter) {
     return { reason: 'no-adapter', detail: 'WebGPU is present but the browser offered no GPU adapter (blocklisted driver, or GPU disabled).' };
   }
-  return null;
+  const i = adapter.info || {};
+  return { ok: { vendor: i.vendor || '', architecture: i.architecture || '', description: i.description || '' } };
 }
 
 async function handleInit() {
-  const problem = await checkWebGPU();
-  if (problem) {
-    post({ type: 'no-webgpu', ...problem });
+  const check = await checkWebGPU();
+  if (!check.ok) {
+    post({ type: 'no-webgpu', ...check });
     return;
   }
   await init({ module_or_path: new URL('./pkg/webtune_bg.wasm', import.meta.url) });
   caps = capabilities();
   session = await Session.create();
-  post({ type: 'ready', adapter: session.adapter_info(), caps });
+  post({ type: 'ready', adapter: session.adapter_info(), webgpu: check.ok, caps });
 }
 
 // ---- Models -------------------------------------------------------------------------------
