@@ -489,6 +489,7 @@ function showPlan(p, data) {
 
 // ---- Training -------------------------------------------------------------------------------
 function resetRun() {
+  if (state.training === 'idle') setStatus('#train-status', '');
   state.steps = [];
   state.evals = [];
   chart.reset();
@@ -704,6 +705,10 @@ function fmtDuration(ms) {
 // ---- Buttons --------------------------------------------------------------------------------
 function refreshButtons() {
   const idle = state.training === 'idle';
+  const status = $('#train-status');
+  const ready = state.modelLoaded && state.dataLoaded && !state.busy;
+  const placeholder = ['', 'Ready to train.', 'Load a model and data to start.'].includes(status.textContent);
+  if (idle && placeholder) status.textContent = ready ? 'Ready to train.' : 'Load a model and data to start.';
   const v = selectedModel();
   const canLoad = state.ready && idle && !state.busy &&
     (v === 'local' ? !!state.localFiles : v === 'hub' ? !!$('#hub-id').value.trim() : modelAvailable(v));
