@@ -75,6 +75,14 @@ test('engine demo: load, train, the loss falls and the chart grows', { timeout: 
     await page.click('#train');
     await page.waitForFunction(() => Number(document.querySelector('#chart').dataset.points) >= 4, null, { timeout: 120_000 });
     await shot(page, 'during');
+    // Pause holds the loop between steps; resume carries on.
+    await page.click('#pause');
+    await page.waitForFunction(() => window.webtune.state.training === 'paused', null, { timeout: 60_000 });
+    const held = await page.evaluate(() => window.webtune.state.steps.length);
+    await page.waitForTimeout(3000);
+    assert.equal(await page.evaluate(() => window.webtune.state.steps.length), held, 'no steps while paused');
+    assert.equal(await page.locator('#pause').innerText(), 'Resume');
+    await page.click('#pause');
     await page.waitForFunction(() => /Done/.test(document.querySelector('#train-status').textContent), null, { timeout: 240_000 });
     await shot(page, 'after');
 
@@ -117,7 +125,14 @@ test('a browser without WebGPU gets the explanation', { timeout: 60_000 }, async
 
 test('an invalid JSONL shows the error inline with its line number', { timeout: 120_000 }, async () => {
   await withPage('bad-jsonl', [...WEBGPU, ...QUIET], async (page) => {
-    await page.waitForFunction(() => window.webtune.state.dataLoaded, null, { timeout: 60_000 });
+    await page.waitForFunction(() => window.webtune.state.modelLoaded && window.webtune.state.dataLoaded, null, { timeout: 60_000 });
+    // A model from local files (the file picker; drag and drop takes the same path).
+    await page.check('input[name=model][value=local]');
+    const fixture = path.join(ROOT, 'tests/fixtures/llama');
+    await page.setInputFiles('#model-files', [path.join(fixture, 'config.json'), path.join(fixture, 'model.safetensors')]);
+    await page.click('#load-model');
+    await page.waitForFunction(() => /Loaded/.test(document.querySelector('#model-status').textContent), null, { timeout: 60_000 });
+    assert.match(await page.locator('#model-info').innerText(), /model\.safetensors/);
     const bad = '{"input_ids": [1, 2, 3, 4], "prompt_len": 2}\n{"input_ids": [1, 2, 3], "prompt_len": 1}\n{"input_ids": [5, 6, oops]}\n';
     await page.check('input[name=data][value=upload]');
     await page.setInputFiles('#data-file', { name: 'mine.jsonl', mimeType: 'application/jsonl', buffer: Buffer.from(bad) });
