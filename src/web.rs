@@ -199,6 +199,9 @@ impl Session {
     /// one or more `*.safetensors` (shards; an index file is not needed). Folder prefixes
     /// in names are ignored. Replaces any model loaded before and restarts training.
     pub fn load_hf(&mut self, name: &str, files: &JsValue) -> std::result::Result<JsValue, JsError> {
+        if !files.is_object() {
+            return Err(usage("load_hf expects an object of file name -> Uint8Array"));
+        }
         let mut config = None;
         let mut shards: Vec<(String, Vec<u8>)> = Vec::new();
         for entry in Object::entries(&Object::from(files.clone())).iter() {

@@ -246,6 +246,7 @@ self.onmessage = (ev) => {
       if (wake) wake();
       break;
     case 'score':
+      if (training) return fail('score', new Error('the validation loss is reported during training; ask again when it stops'));
       enqueue('score', async () => post({ type: 'eval', step: session.step_count(), ...(await session.score()) }));
       break;
     case 'chat':
