@@ -3,13 +3,14 @@
 # phase. Needs: a Rust toolchain with rustfmt and clippy, the wasm32-unknown-unknown target,
 # wasm-bindgen-cli at Cargo.lock's wasm-bindgen version (it provides
 # wasm-bindgen-test-runner), a Vulkan driver (lavapipe: mesa-vulkan-drivers), chromium and
-# chromium-driver. `.ci/run` installs whatever of that is missing, then runs this script.
+# chromium-driver, nodejs + npm (tests/e2e). `.ci/run` installs whatever of that is missing, then runs this script.
 #
 # Environment (all optional):
 #   WGPU_BACKEND     native GPU backend (default vulkan)
 #   CHROMEDRIVER     chromedriver for the browser tests (default /usr/bin/chromedriver)
 #   TEST_THREADS     native test threads per binary (default 2; each binary shares one device)
 #   WASM_BINDGEN_TEST_TIMEOUT  seconds the browser tests may take (default 600)
+#   CHROMIUM         the browser the end-to-end tests drive (default /usr/bin/chromium)
 #   WEBTUNE_TIMINGS  a file to append "phase<TAB>seconds" lines to (.ci/run prints them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,18 +74,22 @@ cargo clippy --target "$WASM" --lib --test wasm -- -D warnings
 phase "native tests (WGPU_BACKEND=$WGPU_BACKEND cargo test)"
 cargo test --no-fail-fast -- --test-threads="$TEST_THREADS"
 
-# --- 4. Browser end-to-end tests (Playwright, tests/e2e/) -- not yet ---------------------
-# Hook for the page-level tests. When tests/e2e/ lands this phase will:
-#   - build the web bundle: cargo build --target $WASM --lib, then
-#     wasm-bindgen --target web --out-dir www/pkg target/$WASM/debug/webtune.wasm
-#   - install the pinned playwright-core: (cd tests/e2e && npm ci)  [.ci/run adds nodejs npm]
-#   - run it against the system Chromium (executablePath /usr/bin/chromium, the args from
-#     webdriver.json; `npx playwright install` cannot download browsers here).
-# It runs before the wasm-bindgen tests so this script still ends with cargo's summary.
-# if [ -d tests/e2e ]; then
-#     phase "browser end-to-end tests (Playwright)"
-#     ...
-# fi
+# --- 4. Browser end-to-end tests (Playwright, tests/e2e/) --------------------------------
+# The page in headless Chromium: the engine demo trains and its loss falls, the no-WebGPU
+# message, an invalid JSONL shown by line. Builds the web bundle (debug profile: it shares
+# the wasm build with phase 5), installs the pinned playwright-core, and drives the system
+# Chromium ($CHROMIUM, default /usr/bin/chromium; `npx playwright install` cannot download
+# browsers here). Screenshots land in artifacts/. Runs before the wasm-bindgen tests so
+# this script still ends with cargo's summary.
+if [ -d tests/e2e ]; then
+    phase "browser end-to-end tests (Playwright, tests/e2e)"
+    cargo build --target "$WASM" --lib
+    wasm-bindgen --target web --out-dir www/pkg "${CARGO_TARGET_DIR:-target}/$WASM/debug/webtune.wasm"
+    if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+        (cd tests/e2e && npm ci --no-audit --no-fund)
+    fi
+    (cd tests/e2e && node --test page.test.js)
+fi
 
 # --- 5. In-browser tests: wasm-bindgen-test in headless Chromium + WebGPU --------------
 # .cargo/config.toml makes wasm-bindgen-test-runner the runner; webdriver.json has the flags.

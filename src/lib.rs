@@ -14,5 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod rng;
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};
