@@ -379,11 +379,11 @@ async fn gpt2_training_steps_match_transformers() {
 
 /// The logits (V) of the last position of `ids` from a full forward (Head::Logits).
 async fn last_logits(g: &Gpu, model: &webtune::model::Model, ids: &[u32]) -> Vec<f32> {
-    use webtune::model::{Head, Inputs, Workspace};
+    use webtune::model::{Head, Inputs};
     let (t, v) = (ids.len(), model.cfg.vocab);
     let pos: Vec<u32> = (0..t as u32).collect();
     let last = [t as u32 - 1];
-    let ws = Workspace::new(g, &model.cfg, t, 1).unwrap();
+    let ws = model.workspace(g, t, 1).unwrap();
     let inp = Inputs {
         b: 1,
         t,
@@ -396,6 +396,7 @@ async fn last_logits(g: &Gpu, model: &webtune::model::Model, ids: &[u32]) -> Vec
         weights: g.zeros("weights", 1).unwrap(),
         by_id: None,
         by_pos: None,
+        dropout_salt: None,
     };
     let mut enc = Encoder::new(g);
     model.forward(&mut enc, &ws, &inp, Head::Logits);
