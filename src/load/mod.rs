@@ -1,7 +1,14 @@
-//! Model files in: Hugging Face folders (config.json + safetensors), from bytes, so the
+//! Model files in: Hugging Face folders (config.json + safetensors) and GGUF files, from bytes, so the
 //! same code serves files on disk, files the browser hands over, and fetched responses.
 
+pub mod dequant;
+pub mod gguf;
+pub mod gguf_model;
 pub mod safetensors;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use gguf_model::model_from_gguf_file;
+pub use gguf_model::{model_from_gguf_bytes, GgufInfo, GgufTokenizer};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
