@@ -22,6 +22,16 @@ impl<'a> File<'a> {
         Ok(File { name: name.to_string(), st })
     }
 
+    /// The file name given to [`File::parse`] (every error message starts with it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The names of the tensors in the file, in no particular order.
+    pub fn names(&self) -> Vec<&str> {
+        self.st.names()
+    }
+
     /// The tensor `name`, also under GPT-2's older unprefixed names (`h.0...` for
     /// `transformer.h.0...`) that the original checkpoints use.
     pub fn find(&self, name: &str) -> Option<TensorRef<'_>> {
@@ -34,6 +44,11 @@ impl<'a> File<'a> {
 }
 
 impl TensorRef<'_> {
+    /// The shape stored in the file.
+    pub fn shape(&self) -> &[usize] {
+        self.view.shape()
+    }
+
     /// The values as f32, after checking the shape.
     pub fn to_f32(&self, shape: &[usize]) -> Result<Vec<f32>> {
         if self.view.shape() != shape {
