@@ -28,7 +28,7 @@ pub fn model_from_hf_bytes(gpu: &Gpu, config_json: &str, shards: &[(&str, &[u8])
 }
 
 /// The shard file names a `model.safetensors.index.json` lists in its `weight_map`, each
-/// once, in order of first appearance.
+/// once (ordered by the first tensor name that maps to it).
 pub fn shard_names(index_name: &str, index_json: &[u8]) -> Result<Vec<String>> {
     let v: serde_json::Value =
         serde_json::from_slice(index_json).map_err(|e| Error::Weights(format!("{index_name}: {e}")))?;
