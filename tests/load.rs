@@ -166,7 +166,7 @@ fn prefixes_and_byte_flips() {
         if let Ok(f) = File::parse(NAME, &b) {
             for n in f.names() {
                 let t = f.find(n).unwrap();
-                let _ = t.to_f32(&t.shape().to_vec());
+                let _ = t.to_f32(t.shape());
             }
         }
     }
