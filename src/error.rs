@@ -38,6 +38,11 @@ pub enum Error {
     #[error("{what}: {tokens} tokens exceed the maximum of {max} ({limit})")]
     TooLong { what: String, tokens: usize, max: usize, limit: &'static str },
 
+    /// Fetching a model from the Hugging Face hub (or a mirror) failed: `kind` says how,
+    /// `url` which request, `message` the whole story in words.
+    #[error("{message}")]
+    Hub { kind: HubErrorKind, url: String, message: String },
+
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 
@@ -48,6 +53,21 @@ pub enum Error {
     /// another model, configuration or training set (the variant names what differs).
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] crate::train::checkpoint::CheckpointError),
+}
+
+/// How a hub request failed (see [`Error::Hub`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HubErrorKind {
+    /// The model id or revision is malformed; no request was made.
+    InvalidId,
+    /// HTTP 404 for a required file (or an unknown revision).
+    NotFound,
+    /// HTTP 401 or 403: a gated or private repository (or one that does not exist).
+    Unauthorized,
+    /// Any other HTTP status.
+    Http(u16),
+    /// No response at all: DNS, connection, TLS, timeout, or a body cut short.
+    Network,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

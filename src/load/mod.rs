@@ -4,6 +4,7 @@
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_model;
+pub mod hub;
 pub mod safetensors;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -43,6 +44,82 @@ pub fn model_from_hf_bytes_lora(
     })
 }
 
+/// The shard file names a `model.safetensors.index.json` lists in its `weight_map`, each
+/// once (ordered by the first tensor name that maps to it).
+pub fn shard_names(index_name: &str, index_json: &[u8]) -> Result<Vec<String>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(index_json).map_err(|e| Error::Weights(format!("{index_name}: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Weights(format!("{index_name} has no `weight_map` object")))?;
+    let mut names: Vec<String> = Vec::new();
+    for (tensor, f) in map {
+        let f = f
+            .as_str()
+            .ok_or_else(|| Error::Weights(format!("{index_name}: the file of tensor `{tensor}` is not a string")))?;
+        if !names.iter().any(|n| n == f) {
+            names.push(f.to_string());
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::Weights(format!("{index_name}: `weight_map` is empty")));
+    }
+    Ok(names)
+}
+
+/// What a `--model` argument names: a GGUF file, a Hugging Face folder, or a model on the
+/// hub (`namespace/name`, optionally `@revision`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    Gguf(std::path::PathBuf),
+    HfDir(std::path::PathBuf),
+    Hub(hub::HubRepo),
+}
+
+impl ModelSource {
+    /// Something on disk wins: a folder is a Hugging Face folder, a `.gguf` file is GGUF.
+    /// Otherwise an argument that looks like a path (a `.gguf` or `.safetensors` name,
+    /// `./`, `../`, `/`, `~`, a backslash, two or more `/`) is reported missing, and
+    /// anything else must be a valid hub model id.
+    pub fn parse(arg: &str) -> Result<ModelSource> {
+        use std::path::{Path, PathBuf};
+        let path = Path::new(arg);
+        let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if path.is_dir() {
+            return Ok(ModelSource::HfDir(PathBuf::from(arg)));
+        }
+        if path.is_file() {
+            if is_gguf {
+                return Ok(ModelSource::Gguf(PathBuf::from(arg)));
+            }
+            return Err(Error::Usage(format!(
+                "{arg}: expected a .gguf file, a Hugging Face model folder (config.json + *.safetensors) or a hub model id"
+            )));
+        }
+        let looks_like_path = is_gguf
+            || arg.ends_with(".safetensors")
+            || arg.ends_with(".json")
+            || arg.starts_with(['.', '/', '~'])
+            || arg.contains('\\')
+            || arg.split('@').next().unwrap_or("").matches('/').count() > 1;
+        if looks_like_path || arg.is_empty() {
+            return Err(Error::Usage(format!("{arg}: no such file or folder")));
+        }
+        hub::HubRepo::parse(arg).map(ModelSource::Hub)
+    }
+
+    /// Load the model: from disk, or fetched from `hub` (progress per file).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn load(&self, gpu: &Gpu, hub: &hub::Hub, progress: &mut dyn FnMut(hub::Progress)) -> Result<Model> {
+        match self {
+            ModelSource::Gguf(p) => gguf_model::model_from_gguf_file(gpu, p).map(|(m, _)| m),
+            ModelSource::HfDir(p) => model_from_hf_dir(gpu, p),
+            ModelSource::Hub(repo) => hub::model_from_hub(gpu, hub, repo, progress).await,
+        }
+    }
+}
+
 /// A Hugging Face folder on disk: `config.json` and `model.safetensors`, or the shards
 /// listed by `model.safetensors.index.json`.
 #[cfg(not(target_arch = "wasm32"))]
@@ -59,23 +136,11 @@ pub fn model_from_hf_dir_lora(gpu: &Gpu, dir: &std::path::Path, lora: Option<&Lo
     };
     let config = String::from_utf8(read("config.json")?)
         .map_err(|_| Error::Config(format!("{}/config.json is not UTF-8", dir.display())))?;
-    let mut names = Vec::new();
-    if dir.join("model.safetensors").exists() {
-        names.push("model.safetensors".to_string());
+    let names = if dir.join("model.safetensors").exists() {
+        vec!["model.safetensors".to_string()]
     } else {
-        let index = read("model.safetensors.index.json")?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&index).map_err(|e| Error::Weights(format!("model.safetensors.index.json: {e}")))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::Weights("model.safetensors.index.json has no `weight_map`".into()))?;
-        for f in map.values().filter_map(|f| f.as_str()) {
-            if !names.iter().any(|n| n == f) {
-                names.push(f.to_string());
-            }
-        }
-    }
+        shard_names("model.safetensors.index.json", &read("model.safetensors.index.json")?)?
+    };
     let data = names.iter().map(|n| read(n)).collect::<Result<Vec<_>>>()?;
     let shards: Vec<(&str, &[u8])> = names.iter().map(|n| n.as_str()).zip(data.iter().map(|d| d.as_slice())).collect();
     model_from_hf_bytes_lora(gpu, &config, &shards, lora)

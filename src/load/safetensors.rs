@@ -18,8 +18,19 @@ pub struct TensorRef<'a> {
 
 impl<'a> File<'a> {
     pub fn parse(name: &str, bytes: &'a [u8]) -> Result<File<'a>> {
+        check_offsets(name, bytes)?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Weights(format!("{name}: {e}")))?;
         Ok(File { name: name.to_string(), st })
+    }
+
+    /// The file name given to [`File::parse`] (every error message starts with it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The names of the tensors in the file, in no particular order.
+    pub fn names(&self) -> Vec<&str> {
+        self.st.names()
     }
 
     /// The tensor `name`, also under GPT-2's older unprefixed names (`h.0...` for
@@ -33,7 +44,40 @@ impl<'a> File<'a> {
     }
 }
 
+/// Refuse data offsets past the end of the data. The `safetensors` crate (0.7) checks that
+/// offsets are contiguous and agree with shape x dtype, but adds the last offset to the
+/// header length without a check: offsets summing to within 8 bytes of `usize::MAX` panic
+/// on overflow (and wrap without overflow checks). Anything else malformed is left to the
+/// crate, which reports it.
+fn check_offsets(name: &str, bytes: &[u8]) -> Result<()> {
+    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))) else {
+        return Ok(());
+    };
+    let Some(header) = usize::try_from(n).ok().and_then(|n| bytes.get(8..8usize.checked_add(n)?)) else {
+        return Ok(());
+    };
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return Ok(());
+    };
+    for (tensor, info) in map.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets = info.get("data_offsets").and_then(|o| o.as_array()).map(|o| o.as_slice()).unwrap_or(&[]);
+        if offsets.iter().filter_map(|o| o.as_u64()).any(|o| o > data_len) {
+            return Err(Error::Weights(format!(
+                "{name}: tensor `{tensor}` has data_offsets {} past the end of the data ({data_len} bytes)",
+                serde_json::Value::from(offsets.to_vec())
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl TensorRef<'_> {
+    /// The shape stored in the file.
+    pub fn shape(&self) -> &[usize] {
+        self.view.shape()
+    }
+
     /// The values as f32, after checking the shape.
     pub fn to_f32(&self, shape: &[usize]) -> Result<Vec<f32>> {
         if self.view.shape() != shape {

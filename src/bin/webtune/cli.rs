@@ -4,6 +4,8 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use webtune::error::{Error, Result};
 use webtune::gpu::{Gpu, Profile};
+use webtune::load::hub::{Hub, Progress};
+use webtune::load::ModelSource;
 use webtune::model::presets::{preset, random_init};
 use webtune::model::Model;
 use webtune::rng::Rng;
@@ -29,8 +31,10 @@ enum Cmd {
     Train(Box<TrainArgs>),
     /// Print each example's loss (one JSON object per line), then the batch loss.
     Score {
+        /// A .gguf file, a Hugging Face folder, or a hub model id (`namespace/name[@revision]`;
+        /// HF_ENDPOINT and HF_TOKEN are honoured).
         #[arg(long)]
-        model: PathBuf,
+        model: String,
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value = "per-example")]
@@ -41,8 +45,9 @@ enum Cmd {
     /// Write the gradient of the loss over the whole file (one accumulated batch) for every
     /// trainable parameter, under the Hugging Face names.
     Grads {
+        /// A .gguf file, a Hugging Face folder, or a hub model id (`namespace/name[@revision]`).
         #[arg(long)]
-        model: PathBuf,
+        model: String,
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value = "per-example")]
@@ -55,8 +60,9 @@ enum Cmd {
     /// Time full fine-tuning steps after warm-up: tokens/s, ms per step and per kernel,
     /// and the matmuls' GFLOP/s.
     Bench {
+        /// A .gguf file, a Hugging Face folder, or a hub model id (`namespace/name[@revision]`).
         #[arg(long, conflicts_with = "preset")]
-        model: Option<PathBuf>,
+        model: Option<String>,
         /// Random weights in a real model's shape: smollm2-135m, qwen2.5-0.5b, gpt2, tiny-llama.
         #[arg(long)]
         preset: Option<String>,
@@ -95,9 +101,9 @@ enum Format {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// A Hugging Face model folder (the base model; also when resuming).
+    /// The base model (also when resuming): a .gguf file, a Hugging Face folder or a hub id.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// Training data, tokenized JSONL.
     #[arg(long)]
     data: PathBuf,
@@ -168,15 +174,27 @@ struct TrainArgs {
     stop_after: Option<u64>,
 }
 
-async fn load_model(gpu: &Gpu, path: &Path) -> Result<Model> {
-    if path.is_dir() {
-        webtune::load::model_from_hf_dir(gpu, path)
-    } else {
-        Err(Error::Usage(format!(
-            "{}: expected a Hugging Face model folder (config.json + *.safetensors)",
-            path.display()
-        )))
-    }
+/// `--model`: a .gguf file, a Hugging Face folder, or a hub model id (fetched with
+/// progress on stderr).
+async fn load_model(gpu: &Gpu, arg: &str) -> Result<Model> {
+    let source = ModelSource::parse(arg)?;
+    let hub = Hub::from_env();
+    let mut last: Option<(String, u64)> = None;
+    let mut progress = |p: Progress| {
+        // One line per file and about every 10% (or 64 MiB when the size is unknown).
+        let step = p.total.map(|t| (t / 10).max(1)).unwrap_or(64 << 20);
+        let fresh = last.as_ref().is_none_or(|(f, _)| f != p.file);
+        let due = last.as_ref().is_some_and(|(_, d)| p.done / step > *d / step);
+        let done = p.total == Some(p.done);
+        if fresh || due || done {
+            match p.total {
+                Some(t) => eprintln!("fetch {}: {} / {} bytes", p.file, p.done, t),
+                None => eprintln!("fetch {}: {} bytes", p.file, p.done),
+            }
+        }
+        last = Some((p.file.to_string(), p.done));
+    };
+    source.load(gpu, &hub, &mut progress).await
 }
 
 fn read_data(path: &Path) -> Result<Vec<Example>> {
@@ -334,7 +352,7 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     eprintln!(
         "{}: {} parameters ({} trainable); {} training and {} validation examples; {} steps of batch {} \
          (micro-batch {}), {} schedule from lr {:e}, {} warm-up steps",
-        a.model.display(),
+        a.model,
         trainer.model.params.num_params(),
         trainer.model.params.num_trainable(),
         train.len(),
@@ -374,7 +392,7 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     write_file(&state_path, &run.save().await?)?;
     eprintln!("step {}: wrote {}", run.step(), state_path.display());
     if run.is_done() {
-        export(gpu, &run, a.method, a.format, &a.model, &a.out).await?;
+        export(gpu, &run, a.method, a.format, Path::new(&a.model), &a.out).await?;
     }
     Ok(())
 }
@@ -412,7 +430,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) ->
 #[allow(clippy::too_many_arguments)]
 async fn bench(
     gpu: &Gpu,
-    model: Option<PathBuf>,
+    model: Option<String>,
     name: Option<String>,
     batch: usize,
     seq: usize,
@@ -422,7 +440,7 @@ async fn bench(
     profile: bool,
 ) -> Result<()> {
     let (model, label) = match (model, name) {
-        (Some(p), _) => (load_model(gpu, &p).await?, p.display().to_string()),
+        (Some(m), _) => (load_model(gpu, &m).await?, m),
         (None, Some(n)) => (Model::new(gpu, preset(&n)?, random_init(0))?, format!("preset {n}")),
         (None, None) => (Model::new(gpu, preset("smollm2-135m")?, random_init(0))?, "preset smollm2-135m".into()),
     };
