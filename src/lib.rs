@@ -12,6 +12,7 @@ pub mod load;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod tokenize;
 pub mod train;
 
 pub use error::{Error, Result};
