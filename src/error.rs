@@ -30,6 +30,18 @@ pub enum Error {
     #[error("data: {0}")]
     Data(String),
 
+    /// A dataset line that cannot become an example: file, line and kind.
+    #[error("data: {0}")]
+    Dataset(#[from] crate::data::DataError),
+
+    /// A tokenizer file that cannot be read, or a failure to encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// A chat template that does not compile or that raised while rendering.
+    #[error("chat template: {0}")]
+    Template(String),
+
     /// A NaN or infinite loss or gradient: the step was not applied.
     #[error("non-finite {what} at step {step}: the step was not applied and the parameters are unchanged (lower the learning rate or check the data)")]
     NonFinite { what: String, step: u64 },

@@ -1,0 +1,428 @@
+//! Datasets: every JSONL format to ids + trained masks, on SmolLM2's tokenizer; masks
+//! checked against transformers' assistant masks (tests/fixtures/smollm2-tokenizer).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use webtune::data::{self, DataErrorKind, DataOptions, Record, Validation};
+use webtune::rng::Rng;
+use webtune::tokenize::{Message, Tokenizer};
+use webtune::train::Example;
+use webtune::Error;
+
+fn read(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-tokenizer").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn smollm2() -> Tokenizer {
+    let chat = String::from_utf8(read("chat_template.jinja")).unwrap();
+    Tokenizer::from_hf_bytes(&read("tokenizer.json"), Some(&read("tokenizer_config.json")))
+        .unwrap()
+        .with_chat_template(&chat)
+        .unwrap()
+}
+
+const IM_END: u32 = 2;
+
+fn load(tok: &Tokenizer, text: &str, opts: &DataOptions) -> Vec<Example> {
+    data::load_jsonl(tok, "t.jsonl", text, opts).unwrap_or_else(|e| panic!("{e}")).0
+}
+
+fn one(tok: &Tokenizer, line: &str) -> Example {
+    load(tok, line, &DataOptions::default()).remove(0)
+}
+
+/// The trained tokens' text, run by run.
+fn trained_runs(tok: &Tokenizer, ex: &Example) -> Vec<String> {
+    let mut runs: Vec<Vec<u32>> = Vec::new();
+    let mut prev = false;
+    for (i, (&id, &t)) in ex.ids.iter().zip(&ex.trained).enumerate() {
+        let t = t && i > 0;
+        if t && !prev {
+            runs.push(Vec::new());
+        }
+        if t {
+            runs.last_mut().unwrap().push(id);
+        }
+        prev = t;
+    }
+    runs.iter().map(|r| tok.decode(r).unwrap()).collect()
+}
+
+#[test]
+fn text_format_trains_everything_and_eos() {
+    let tok = smollm2();
+    let ex = one(&tok, r#"{"text": "Hello world, 日本!"}"#);
+    let mut want = tok.encode("Hello world, 日本!", true).unwrap();
+    want.push(tok.eos_id().unwrap());
+    assert_eq!(ex.ids, want);
+    assert!(ex.trained.iter().all(|&t| t));
+    assert_eq!(ex.origin, "t.jsonl:1");
+}
+
+#[test]
+fn plain_prompt_completion() {
+    let tok = smollm2();
+    let ex = one(&tok, r#"{"prompt": "Translate to French: cat ->", "completion": " chat"}"#);
+    let mut want = tok.encode("Translate to French: cat -> chat", true).unwrap();
+    want.push(IM_END);
+    assert_eq!(ex.ids, want);
+    assert_eq!(trained_runs(&tok, &ex), vec![" chat<|im_end|>"]);
+    let n_prompt = tok.encode("Translate to French: cat ->", true).unwrap().len();
+    assert!(ex.trained[..n_prompt].iter().all(|&t| !t));
+    assert_eq!(ex.trained.last(), Some(&true));
+}
+
+#[test]
+fn plain_prompt_completion_as_chat() {
+    let tok = smollm2();
+    let opts = DataOptions { plain_as_chat: true, ..Default::default() };
+    let ex = load(&tok, r#"{"prompt": "2+2?", "completion": "4"}"#, &opts).remove(0);
+    let text = tok
+        .chat_template()
+        .unwrap()
+        .render(&[Message::new("user", "2+2?"), Message::new("assistant", "4")], false)
+        .unwrap();
+    assert_eq!(ex.ids, tok.encode(&text, false).unwrap());
+    assert_eq!(trained_runs(&tok, &ex), vec!["4<|im_end|>"]);
+}
+
+/// The chat masks equal transformers' `return_assistant_tokens_mask` with the SmolLM2
+/// template wrapped in {% generation %} (answer content + <|im_end|>, not the newline).
+#[test]
+fn chat_masks_match_transformers() {
+    let tok = smollm2();
+    let fx: Value = serde_json::from_slice(&read("chat.json")).unwrap();
+    let mut n = 0;
+    for r in fx["renders"].as_array().unwrap() {
+        if r["template"] != "smollm2_generation"
+            || r["add_generation_prompt"] == true
+            || r.get("assistant_mask").is_none()
+        {
+            continue;
+        }
+        let line = serde_json::json!({"messages": r["messages"]}).to_string();
+        let ex = one(&tok, &line);
+        let ids: Vec<u32> = r["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let mask: Vec<bool> = r["assistant_mask"].as_array().unwrap().iter().map(|x| x.as_u64() == Some(1)).collect();
+        assert_eq!(ex.ids, ids, "{}", r["name"]);
+        if ex.trained != mask {
+            let i = ex.trained.iter().zip(&mask).position(|(a, b)| a != b).unwrap();
+            panic!("{}: mask differs first at token {i} ({:?})", r["name"], tok.token_text(ex.ids[i]));
+        }
+        n += 1;
+    }
+    assert!(n >= 4, "{n}");
+}
+
+#[test]
+fn chat_all_turns_and_last_turn_only() {
+    let tok = smollm2();
+    let line = r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]}"#;
+    let ex = one(&tok, line);
+    assert_eq!(trained_runs(&tok, &ex), vec!["Hello!<|im_end|>", "Goodbye.<|im_end|>"]);
+    let opts = DataOptions { last_turn_only: true, ..Default::default() };
+    let last = load(&tok, line, &opts).remove(0);
+    assert_eq!(last.ids, ex.ids);
+    assert_eq!(trained_runs(&tok, &last), vec!["Goodbye.<|im_end|>"]);
+    // The end-of-turn token is trained, the newline after it is not.
+    let k = ex.ids.len() - 2;
+    assert_eq!((ex.ids[k], ex.trained[k], ex.trained[k + 1]), (IM_END, true, false));
+    // A conversation that ends with a user turn trains the earlier answers.
+    let ex = one(
+        &tok,
+        r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}"#,
+    );
+    assert_eq!(trained_runs(&tok, &ex), vec!["b<|im_end|>"]);
+}
+
+#[test]
+fn conversational_prompt_completion() {
+    let tok = smollm2();
+    let line = r#"{"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name?"}], "completion": [{"role": "assistant", "content": "SmolLM."}]}"#;
+    let ex = one(&tok, line);
+    assert_eq!(trained_runs(&tok, &ex), vec!["SmolLM.<|im_end|>"]);
+    let msgs = [
+        Message::new("user", "Hi"),
+        Message::new("assistant", "Hello!"),
+        Message::new("user", "Name?"),
+        Message::new("assistant", "SmolLM."),
+    ];
+    let text = tok.chat_template().unwrap().render(&msgs, false).unwrap();
+    assert_eq!(ex.ids, tok.encode(&text, false).unwrap());
+}
+
+#[test]
+fn tokenized_format_kept() {
+    let ex = data::parse_tokenized_jsonl(
+        "t.jsonl",
+        "{\"input_ids\": [5, 6, 7, 8], \"prompt_len\": 2}\n\n{\"input_ids\": [1, 2, 3], \"trained\": [0, 1, true]}",
+    )
+    .unwrap();
+    assert_eq!(ex[0].trained, vec![false, false, true, true]);
+    assert_eq!(ex[1].trained, vec![false, true, true]);
+    assert_eq!(ex[1].origin, "t.jsonl:3");
+    let e = data::parse_tokenized_jsonl("t.jsonl", r#"{"text": "x"}"#).unwrap_err();
+    assert!(e.to_string().contains("t.jsonl:1: a text line needs a tokenizer"), "{e}");
+    // Through the tokenizer path too.
+    let tok = smollm2();
+    assert_eq!(one(&tok, r#"{"input_ids": [5, 6, 7], "prompt_len": 1}"#).trained, vec![false, true, true]);
+}
+
+#[test]
+fn truncation_prompt_left_then_answer_right() {
+    let tok = smollm2();
+    let prompt = "one two three four five six seven eight nine ten";
+    let line = format!(r#"{{"prompt": "{prompt}", "completion": " yes"}}"#);
+    let full = one(&tok, &line);
+    let n = full.ids.len();
+    let n_answer = full.trained.iter().filter(|&&t| t).count(); // " yes" + EOS
+    assert_eq!(n_answer, 2);
+    // Cut 3 prompt tokens from the left.
+    let (ex, rep) =
+        data::load_jsonl(&tok, "t.jsonl", &line, &DataOptions { max_len: Some(n - 3), ..Default::default() }).unwrap();
+    assert_eq!(ex[0].ids, full.ids[3..]);
+    assert_eq!(ex[0].trained, full.trained[3..]);
+    assert_eq!((rep.truncated_prompt, rep.truncated_answer), (1, 0));
+    assert!(rep.warning().unwrap().contains("t.jsonl:1"), "{:?}", rep.warning());
+    // Too long even with one prompt token left: the answer loses its end.
+    let (ex, rep) =
+        data::load_jsonl(&tok, "t.jsonl", &line, &DataOptions { max_len: Some(2), ..Default::default() }).unwrap();
+    assert_eq!(ex[0].ids, full.ids[n - 3..n - 1]);
+    assert_eq!(ex[0].trained, vec![false, true]);
+    assert_eq!((rep.truncated_prompt, rep.truncated_answer), (0, 1));
+    // Nothing to cut: no warning.
+    let (_, rep) =
+        data::load_jsonl(&tok, "t.jsonl", &line, &DataOptions { max_len: Some(n), ..Default::default() }).unwrap();
+    assert_eq!(rep.warning(), None);
+    assert!(data::load_jsonl(&tok, "t.jsonl", &line, &DataOptions { max_len: Some(1), ..Default::default() }).is_err());
+}
+
+#[test]
+fn validation_split() {
+    let tok = smollm2();
+    let text: String = (0..20).map(|i| format!("{{\"text\": \"example {i}\"}}\n")).collect();
+    let opts = DataOptions::default();
+    let a =
+        data::load_dataset(&tok, ("t.jsonl", &text), Validation::Fraction { fraction: 0.25, seed: 7 }, &opts).unwrap();
+    let b =
+        data::load_dataset(&tok, ("t.jsonl", &text), Validation::Fraction { fraction: 0.25, seed: 7 }, &opts).unwrap();
+    let c =
+        data::load_dataset(&tok, ("t.jsonl", &text), Validation::Fraction { fraction: 0.25, seed: 8 }, &opts).unwrap();
+    assert_eq!((a.train.len(), a.validation.len()), (15, 5));
+    assert_eq!(a.validation, b.validation);
+    assert_ne!(a.validation, c.validation);
+    let mut all: Vec<String> = a.train.iter().chain(&a.validation).map(|e| e.origin.clone()).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 20);
+    let v =
+        data::load_dataset(&tok, ("t.jsonl", &text), Validation::File("v.jsonl", "{\"text\": \"held out\"}"), &opts)
+            .unwrap();
+    assert_eq!((v.train.len(), v.validation.len()), (20, 1));
+    assert_eq!(v.validation[0].origin, "v.jsonl:1");
+    let e =
+        data::load_dataset(&tok, ("t.jsonl", &text), Validation::File("v.jsonl", "{\"text\": 3}"), &opts).unwrap_err();
+    assert!(e.to_string().contains("v.jsonl:1"), "{e}");
+    assert!(data::split(a.train.clone(), 1.0, 1).is_err());
+    assert!(data::split(a.train[..1].to_vec(), 0.5, 1).is_err());
+}
+
+#[test]
+fn mask_preview() {
+    let tok = smollm2();
+    let ex = one(
+        &tok,
+        r#"{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A b"}]}"#,
+    );
+    let p = data::preview(&tok, &ex);
+    assert_eq!(p.len(), ex.ids.len());
+    assert_eq!(p.iter().map(|t| t.text.as_str()).collect::<String>(), tok.decode(&ex.ids).unwrap());
+    assert_eq!(
+        data::preview_string(&tok, &ex),
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n[[A b<|im_end|>]]\n"
+    );
+}
+
+/// Every bad input: its kind and its message, named by file and line.
+#[test]
+fn bad_inputs_name_file_line_and_kind() {
+    use DataErrorKind::*;
+    let tok = smollm2();
+    let cases: &[(&str, DataErrorKind, &str)] = &[
+        ("{\"text\": ", InvalidJson, "invalid JSON"),
+        ("[1, 2]", InvalidJson, "expected a JSON object, found a list"),
+        ("\"text\"", InvalidJson, "found a string"),
+        ("{}", MissingField, "no known format"),
+        ("{\"txt\": \"a\"}", MissingField, "no known format"),
+        ("{\"text\": \"\"}", EmptyField, "`text` is empty"),
+        ("{\"text\": 5}", WrongType, "`text` must be a string, found a number"),
+        ("{\"text\": null}", MissingField, "missing field `text`"),
+        ("{\"prompt\": \"a\"}", MissingField, "missing field `completion`"),
+        ("{\"completion\": \"a\"}", MissingField, "missing field `prompt`"),
+        ("{\"prompt\": \"\", \"completion\": \"a\"}", EmptyField, "`prompt` is empty"),
+        ("{\"prompt\": \"a\", \"completion\": \"\"}", EmptyAnswer, "`completion` is empty"),
+        ("{\"prompt\": \"a\", \"completion\": 3}", WrongType, "`completion` must be a string or a list"),
+        ("{\"prompt\": {}, \"completion\": \"a\"}", WrongType, "`prompt` must be a string or a list"),
+        ("{\"prompt\": \"a\", \"completion\": [{\"role\": \"assistant\", \"content\": \"b\"}]}", WrongType, "both be strings or both be lists"),
+        ("{\"prompt\": [{\"role\": \"user\", \"content\": \"a\"}], \"completion\": [{\"role\": \"user\", \"content\": \"b\"}]}", WrongRole, "must be from the assistant"),
+        ("{\"prompt\": [{\"role\": \"system\", \"content\": \"a\"}], \"completion\": [{\"role\": \"assistant\", \"content\": \"b\"}]}", WrongRole, "`prompt` needs a user message"),
+        ("{\"messages\": \"hi\"}", WrongType, "`messages` must be a list of messages, found a string"),
+        ("{\"messages\": []}", EmptyField, "`messages` is empty"),
+        ("{\"messages\": [1]}", WrongType, "`messages[0]` must be an object"),
+        ("{\"messages\": [{\"content\": \"a\"}]}", MissingField, "`messages[0]` has no `role`"),
+        ("{\"messages\": [{\"role\": \"user\"}]}", MissingField, "`messages[0]` (user) has no `content`"),
+        ("{\"messages\": [{\"role\": 1, \"content\": \"a\"}]}", WrongType, "`messages[0].role` must be a string"),
+        ("{\"messages\": [{\"role\": \"user\", \"content\": [\"a\"]}]}", WrongType, "`messages[0].content` must be a string, found a list"),
+        ("{\"messages\": [{\"role\": \"tool\", \"content\": \"a\"}]}", WrongRole, "`messages[0].role` is \"tool\""),
+        ("{\"messages\": [{\"role\": \"assistant\", \"content\": \"a\"}]}", WrongRole, "must be from the user, found \"assistant\""),
+        ("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}", WrongRole, "a system message may only come first"),
+        ("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"\"}]}", EmptyAnswer, "`messages[1].content` (assistant) is empty"),
+        ("{\"messages\": [{\"role\": \"user\", \"content\": \"\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}", EmptyField, "`messages[0].content` (user) is empty"),
+        ("{\"messages\": [{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": \"a\"}]}", NoAssistant, "no assistant turn"),
+        ("{\"input_ids\": []}", EmptyField, "`input_ids` is empty"),
+        ("{\"input_ids\": [1, -2]}", WrongType, "non-negative integers"),
+        ("{\"input_ids\": [1, 2], \"prompt_len\": 2}", WrongType, "`prompt_len` must be an integer below"),
+        ("{\"input_ids\": [1, 2], \"trained\": [1]}", WrongType, "`trained` has 1 entries for 2 tokens"),
+    ];
+    for (line, kind, msg) in cases {
+        // The bad line is line 3, after a good line and a blank one.
+        let text = format!("{{\"text\": \"ok\"}}\n\n{line}\n{{\"text\": \"ok\"}}");
+        let err = data::load_jsonl(&tok, "bad.jsonl", &text, &DataOptions::default()).unwrap_err();
+        let Error::Dataset(d) = &err else { panic!("{line}: not a dataset error: {err}") };
+        assert_eq!((d.file.as_str(), d.line, d.kind), ("bad.jsonl", 3, *kind), "{line}: {err}");
+        assert!(d.message.contains(msg), "{line}: message {:?} lacks {msg:?}", d.message);
+        assert!(err.to_string().starts_with("data: bad.jsonl:3: "), "{err}");
+    }
+    // Whole-file problems.
+    let err = data::load_jsonl(&tok, "empty.jsonl", "\n  \n", &DataOptions::default()).unwrap_err();
+    let Error::Dataset(d) = &err else { panic!() };
+    assert_eq!((d.line, d.kind), (0, NoExamples));
+    assert_eq!(err.to_string(), "data: empty.jsonl: no examples");
+    // Chat data without a chat template.
+    let plain = webtune::tokenize::Tokenizer::from_hf_bytes(&read("tokenizer.json"), None).unwrap();
+    let err = data::load_jsonl(
+        &plain,
+        "c.jsonl",
+        r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#,
+        &DataOptions::default(),
+    )
+    .unwrap_err();
+    let Error::Dataset(d) = &err else { panic!() };
+    assert_eq!((d.line, d.kind), (1, Template));
+    // A template that raises: the message comes through.
+    let raising = webtune::tokenize::Tokenizer::from_hf_bytes(&read("tokenizer.json"), None)
+        .unwrap()
+        .with_chat_template("{{ raise_exception('roles must alternate') }}")
+        .unwrap();
+    let err = data::load_jsonl(
+        &raising,
+        "c.jsonl",
+        r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#,
+        &DataOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("roles must alternate"), "{err}");
+}
+
+/// A bounded fuzz on stable Rust: random and mutated JSONL lines through the parser and
+/// the tokenizer/template path; nothing may panic, and every accepted line must give a
+/// well-formed example.
+#[test]
+fn fuzz_jsonl_no_panic() {
+    let tok = smollm2();
+    let seeds = [
+        r#"{"text": "hello 😀 world"}"#,
+        r#"{"prompt": "a", "completion": "b"}"#,
+        r#"{"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "assistant", "content": "y"}]}"#,
+        r#"{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "日本"}, {"role": "assistant", "content": "<|im_end|>"}]}"#,
+        r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " \n "}], "tools": [1]}"#,
+        r#"{"input_ids": [1, 2, 3], "trained": [0, 1, 1]}"#,
+        r#"{"input_ids": [4294967295, 0], "prompt_len": 1}"#,
+    ];
+    let alphabet: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ":",
+        ",",
+        "\\",
+        "\\u0000",
+        "\\ud800",
+        "null",
+        "true",
+        "1e999",
+        "-0",
+        "role",
+        "content",
+        "messages",
+        "prompt",
+        "completion",
+        "text",
+        "input_ids",
+        "assistant",
+        "user",
+        "system",
+        "<|im_end|>",
+        "<|im_start|>",
+        "é",
+        "😀",
+        " ",
+        "\n",
+        "\t",
+        "{%",
+        "%}",
+        "{{",
+        "}}",
+    ];
+    let mut rng = Rng::new(12345);
+    let opts = [DataOptions::default(), DataOptions { max_len: Some(3), last_turn_only: true, plain_as_chat: true }];
+    let mut accepted = 0;
+    for iter in 0..4000 {
+        let line: String = if iter % 4 == 0 {
+            // pure random tokens from the alphabet
+            (0..rng.next_u64() % 24).map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize]).collect()
+        } else {
+            let mut s: Vec<char> = seeds[(rng.next_u64() % seeds.len() as u64) as usize].chars().collect();
+            for _ in 0..1 + rng.next_u64() % 4 {
+                let pos = (rng.next_u64() % (s.len() as u64 + 1)) as usize;
+                match rng.next_u64() % 4 {
+                    0 if pos < s.len() => {
+                        s.remove(pos);
+                    }
+                    1 => {
+                        let a = alphabet[(rng.next_u64() % alphabet.len() as u64) as usize];
+                        for (k, c) in a.chars().enumerate() {
+                            s.insert(pos + k, c);
+                        }
+                    }
+                    2 if pos < s.len() => s[pos] = char::from_u32((rng.next_u64() % 0x3000) as u32).unwrap_or('x'),
+                    _ => {
+                        let end = (pos + (rng.next_u64() % 8) as usize).min(s.len());
+                        let dup: Vec<char> = s[pos..end].to_vec();
+                        for (k, c) in dup.into_iter().enumerate() {
+                            s.insert(pos + k, c);
+                        }
+                    }
+                }
+            }
+            s.into_iter().collect()
+        };
+        let parsed = data::parse_line(&line);
+        if let Ok(Some(rec)) = &parsed {
+            let o = &opts[iter % 2];
+            if let Ok(ex) = data::build_example(&tok, rec, o) {
+                accepted += 1;
+                assert_eq!(ex.ids.len(), ex.trained.len(), "{line}");
+                assert!(ex.trained.iter().skip(1).any(|&t| t), "{line}");
+                let _ = data::preview(&tok, &ex);
+            }
+            let _ = data::load_jsonl(&tok, "f.jsonl", &line, o);
+            if let Record::Chat { .. } = rec {}
+        }
+    }
+    assert!(accepted > 100, "{accepted}");
+}
