@@ -1,0 +1,21 @@
+//! The JSONL dataset parser must never panic, whatever the bytes: every line either
+//! becomes a record or a typed error naming its line.
+//!
+//! Run: `cargo +nightly fuzz run jsonl -- -max_total_time=60` from the crate root
+//! (or `RUSTC_BOOTSTRAP=1 cargo fuzz run jsonl` on stable).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use webtune::data;
+
+fuzz_target!(|bytes: &[u8]| {
+    let text = String::from_utf8_lossy(bytes);
+    for line in text.lines() {
+        let _ = data::parse_line(line);
+    }
+    match data::parse_jsonl("fuzz.jsonl", &text) {
+        Ok(records) => assert!(!records.is_empty()),
+        Err(e) => assert!(e.to_string().starts_with("fuzz.jsonl")),
+    }
+    let _ = data::parse_tokenized_jsonl("fuzz.jsonl", &text);
+});
