@@ -1,8 +1,10 @@
 //! The JSONL dataset parser must never panic, whatever the bytes: every line either
 //! becomes a record or a typed error naming its line.
 //!
-//! Run: `cargo +nightly fuzz run jsonl -- -max_total_time=60` from the crate root
-//! (or `RUSTC_BOOTSTRAP=1 cargo fuzz run jsonl` on stable).
+//! Run (verified with the stable toolchain; `--dev --sanitizer none` keeps the build of
+//! the whole crate light):
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run --dev --sanitizer none jsonl -- -max_total_time=20`
+//! (`cargo +nightly fuzz run jsonl` with a nightly toolchain and AddressSanitizer).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
