@@ -209,13 +209,18 @@ pub fn rope_theta_and_factors(inv_freq: &[f32], head_dim: usize) -> (f32, Option
     // inv_freq[i] = theta^(-2i/D) / s: the ratio of the first and last cancels a linear s,
     // and the exponent (D-2)/D ~ 1 keeps the f32 error of the estimate near 1e-7.
     let est = (inv_freq[0] as f64 / inv_freq[n - 1] as f64).powf(head_dim as f64 / (2.0 * (n - 1) as f64));
-    let candidates = [est.round() as f32, est as f32];
+    let est = if est.is_finite() && est > 1.0 { est } else { 10000.0 };
+    // Bases are round numbers: try the estimate at 1 to 9 significant digits, then as is.
+    let mag = 10f64.powi(est.abs().log10().floor() as i32);
+    let mut candidates: Vec<f32> =
+        (0..9).map(|k| ((est / mag * 10f64.powi(k)).round() * mag / 10f64.powi(k)) as f32).collect();
+    candidates.push(est as f32);
     for &theta in &candidates {
         if default_inv_freq(theta, head_dim) == inv_freq {
             return (theta, None);
         }
     }
-    let theta = candidates[0];
+    let theta = est.round() as f32;
     let base = default_inv_freq(theta, head_dim);
     (theta, Some(base.iter().zip(inv_freq).map(|(b, f)| b / f).collect()))
 }
