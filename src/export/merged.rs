@@ -6,7 +6,7 @@ use super::safetensors_f32;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::lora::linears;
-use crate::model::Model;
+use crate::model::{Model, Pid};
 use crate::ops::matmul::WeightLayout;
 
 /// A model folder's two files.
@@ -41,23 +41,34 @@ pub fn merge_weight(
     out
 }
 
+/// The base parameters of `model` (every parameter but the LoRA A and B), in order.
+pub fn base_params(model: &Model) -> Vec<Pid> {
+    let lora = model.lora_params();
+    (0..model.params.specs.len()).filter(|&i| !lora.iter().any(|(_, a, b)| *a == i || *b == i)).collect()
+}
+
+/// The current values of base parameter `p`, its adapter merged in (W + s B A) when the
+/// layer has one.
+pub async fn merged_param(gpu: &Gpu, model: &Model, p: Pid) -> Result<Vec<f32>> {
+    let ps = &model.params;
+    let v = ps.read(gpu, p).await?;
+    match linears(&model.tree).into_iter().find(|l| l.w == p && l.lora.is_some()) {
+        Some(l) => {
+            let lp = l.lora.as_ref().unwrap();
+            let (a, b) = (ps.read(gpu, lp.a).await?, ps.read(gpu, lp.b).await?);
+            Ok(merge_weight(&v, &a, &b, lp.scale, l.fan_in, l.fan_out, l.layout))
+        }
+        None => Ok(v),
+    }
+}
+
 /// Every base tensor of `model` (adapted weights merged) under its HF name, with the
 /// base's `config.json` text passed through.
 pub async fn export_merged(gpu: &Gpu, model: &Model, config_json: &str) -> Result<ModelFiles> {
-    let p = &model.params;
-    let adapted: Vec<_> = linears(&model.tree).into_iter().filter(|l| l.lora.is_some()).collect();
     let mut tensors = Vec::new();
-    for (i, spec) in p.specs.iter().enumerate() {
-        if model.lora_params().iter().any(|(_, a, b)| *a == i || *b == i) {
-            continue;
-        }
-        let mut v = p.read(gpu, i).await?;
-        if let Some(l) = adapted.iter().find(|l| l.w == i) {
-            let lp = l.lora.as_ref().unwrap();
-            let (a, b) = (p.read(gpu, lp.a).await?, p.read(gpu, lp.b).await?);
-            v = merge_weight(&v, &a, &b, lp.scale, l.fan_in, l.fan_out, l.layout);
-        }
-        tensors.push((spec.name.clone(), spec.shape.clone(), v));
+    for p in base_params(model) {
+        let spec = &model.params.specs[p];
+        tensors.push((spec.name.clone(), spec.shape.clone(), merged_param(gpu, model, p).await?));
     }
     Ok(ModelFiles { config_json: config_json.to_string(), safetensors: safetensors_f32(&tensors)? })
 }

@@ -1,6 +1,7 @@
 //! Results out, as bytes (the browser hands them to a download; natively they go to files):
-//! a PEFT LoRA adapter, and the merged model as a Hugging Face folder.
+//! a PEFT LoRA adapter, and the merged model as a Hugging Face folder or a GGUF file.
 
+pub mod gguf;
 pub mod merged;
 pub mod peft;
 

@@ -285,9 +285,10 @@ fn rope_scaling(g: &Gguf, a: &str, inv_freq: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-/// How a GGUF tensor becomes an engine parameter.
+/// How a GGUF tensor becomes an engine parameter (and, inverted, how the GGUF export
+/// writes it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fix {
+pub(crate) enum Fix {
     None,
     /// Undo llama.cpp's RoPE row permutation for this many heads.
     Unpermute(usize),
@@ -296,7 +297,7 @@ enum Fix {
 }
 
 /// The GGUF tensor name for an engine (Hugging Face) parameter name, and how to fix it up.
-fn gguf_name(cfg: &ModelConfig, hf: &str) -> Option<(String, Fix)> {
+pub(crate) fn gguf_name(cfg: &ModelConfig, hf: &str) -> Option<(String, Fix)> {
     let (stem, suffix) = hf.rsplit_once('.')?; // suffix: weight | bias
     let llama_rope = cfg.arch == Arch::Llama;
     let top = match (cfg.arch, stem) {
@@ -360,7 +361,27 @@ pub fn unpermute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// `convert_hf_to_gguf.py`'s `LlamaModel.permute` (the inverse of [`unpermute_rope_rows`]):
+/// HF row `h*D + j*D/2 + i` is stored as row `h*D + 2*i + j`.
+pub fn permute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let dst = (h * d + 2 * i + j) * cols;
+                let src = (h * d + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// (rows, cols) row-major to (cols, rows).
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -97,6 +97,8 @@ enum Format {
     /// A Hugging Face folder: the input's config.json + model.safetensors (F32, HF names).
     Hf,
     // Peft (adapter_config.json + adapter_model.safetensors), Merged, Gguf: to come.
+    // Gguf: `webtune::export::gguf::export_gguf` is ready; it needs a GgufTokenizer (from a GGUF
+    // input, or tokenizer.json converted), which an HF-folder input does not give yet.
 }
 
 #[derive(Args)]
