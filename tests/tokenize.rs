@@ -221,3 +221,44 @@ fn tojson_like_python() {
         "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}"
     );
 }
+
+/// The tokenizer built from the default model's GGUF metadata (vocabulary, merges, token
+/// types, `tokenizer.ggml.pre = smollm`, special ids, chat template) tokenizes and renders
+/// exactly as transformers' tokenizer of the same model. (For this vocabulary llama.cpp's
+/// `smollm` digit split and plain byte-level give the same ids: the merges hold no
+/// space+digit pairs; checked with the Python `tokenizers` library when this was written.)
+#[test]
+fn the_gguf_tokenizer_matches_transformers() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert!(std::env::var_os("CI").is_none(), "{} is missing: run scripts/fetch-model.sh", path.display());
+        eprintln!("SKIPPED: {} is missing (scripts/fetch-model.sh fetches it)", path.display());
+        return;
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let g = webtune::load::gguf::Gguf::parse("smollm2.gguf", &bytes).unwrap();
+    let info = webtune::load::GgufInfo::from_gguf(&g).unwrap();
+    let t = Tokenizer::from_gguf(&info.tokenizer, info.chat_template.as_deref()).unwrap();
+    let hf = smollm2();
+    assert_eq!(t.eos_ids().first(), hf.eos_ids().first());
+    assert_eq!(t.bos_id(), hf.bos_id());
+    for (i, c) in json("encode.json").as_array().unwrap().iter().enumerate() {
+        let text = c["text"].as_str().unwrap();
+        let add = c["add_special"].as_bool().unwrap();
+        let got = t.encode(text, add).unwrap();
+        assert_same_ids(&format!("GGUF tokenizer case {i} encode({text:?}, {add})"), &got, &ids(&c["ids"]));
+        if let Some(d) = c.get("decoded") {
+            assert_same_text(&format!("GGUF tokenizer case {i} decode"), &t.decode(&got).unwrap(), d.as_str().unwrap());
+        }
+    }
+    let fx = json("chat.json");
+    let mut n = 0;
+    for r in fx["renders"].as_array().unwrap().iter().filter(|r| r["template"] == "smollm2") {
+        let agp = r["add_generation_prompt"].as_bool().unwrap();
+        let got = t.require_chat_template().unwrap().render_json(&r["messages"], agp, r.get("tools")).unwrap();
+        assert_same_text(&format!("GGUF chat template {}", r["name"]), &got, r["text"].as_str().unwrap());
+        assert_same_ids(&format!("GGUF chat ids {}", r["name"]), &t.encode(&got, false).unwrap(), &ids(&r["ids"]));
+        n += 1;
+    }
+    assert!(n >= 8, "{n} renders");
+}

@@ -5,6 +5,8 @@
 //! command line share it: the caller reads the files (or fetches them) and hands the
 //! bytes over.
 
+mod gguf;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
