@@ -144,3 +144,85 @@ fn train_writes_a_model_that_loads_and_resume_continues_exactly() {
     assert!(!ok && err.contains("the training set") && err.contains("--max-len"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `train --method lora` writes a PEFT adapter folder that imports onto the base and
+/// changes its outputs, and the base weights in the run stay frozen.
+#[test]
+fn lora_training_writes_a_peft_adapter() {
+    let dir = tempdir("lora");
+    std::fs::write(dir.join("train.jsonl"), jsonl(0, 24)).unwrap();
+    std::fs::write(dir.join("valid.jsonl"), jsonl(40, 6)).unwrap();
+    let (ok, stdout, stderr) = train(
+        &dir,
+        "out",
+        &["--method", "lora", "--lora-rank", "4", "--steps", "8", "--batch", "4", "--lr", "0.02", "--eval-every", "4"],
+    );
+    assert!(ok, "{stderr}");
+    let s = steps(&stdout);
+    assert_eq!(s.len(), 8);
+    assert!(s[7].2 < s[0].2, "the LoRA loss falls: {} -> {}", s[0].2, s[7].2);
+    let out = dir.join("out");
+    let files = webtune::export::peft::AdapterFiles {
+        config_json: std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        safetensors: std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+    };
+    let cfg = webtune::export::peft::parse_adapter_config(&files.config_json).unwrap();
+    assert_eq!(cfg.rank, 4);
+    let g = gpu();
+    let m = webtune::load::model_from_hf_dir_lora(g, &fixture(), Some(&cfg)).unwrap();
+    webtune::export::peft::import_adapter(g, &m, &files).unwrap();
+    let (_, _, b) = m.lora_params()[0];
+    let trained_b = block(m.params.read(g, b)).unwrap();
+    assert!(trained_b.iter().any(|&x| x != 0.0), "B starts at zero and must have trained");
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("webtune-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn smollm2() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !p.exists() {
+        assert!(std::env::var_os("CI").is_none(), "{} is missing: run scripts/fetch-model.sh", p.display());
+        eprintln!("SKIPPED: {} is missing", p.display());
+        return None;
+    }
+    Some(p)
+}
+
+fn webtune(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_webtune")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "webtune {}: {stderr}", args.join(" "));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `tokenize` on the default GGUF gives transformers' ids (tests/fixtures/smollm2-tokenizer).
+#[test]
+fn tokenize_gives_transformers_ids() {
+    let Some(m) = smollm2() else { return };
+    let out = webtune(&["tokenize", "--model", m.to_str().unwrap(), "--text", "Hello, world!"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ids"], serde_json::json!([19556, 28, 905, 17]), "{out}");
+}
+
+/// `generate` with the chat template on the real default model answers a question it
+/// knows (greedy, so deterministic).
+#[test]
+fn generate_answers_with_the_default_model() {
+    let Some(m) = smollm2() else { return };
+    let out = webtune(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--max-new-tokens",
+        "12",
+    ]);
+    assert!(out.contains("Paris"), "{out}");
+}

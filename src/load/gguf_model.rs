@@ -511,6 +511,16 @@ impl GgufInfo {
 
 /// Build a model from the bytes of a GGUF file (`name` names it in errors).
 pub fn model_from_gguf_bytes(gpu: &Gpu, name: &str, bytes: &[u8]) -> Result<(Model, GgufInfo)> {
+    model_from_gguf_bytes_lora(gpu, name, bytes, None)
+}
+
+/// `model_from_gguf_bytes` with LoRA adapters on a frozen base when `lora` is given.
+pub fn model_from_gguf_bytes_lora(
+    gpu: &Gpu,
+    name: &str,
+    bytes: &[u8],
+    lora: Option<&crate::model::LoraConfig>,
+) -> Result<(Model, GgufInfo)> {
     let g = Gguf::parse(name, bytes)?;
     let info = GgufInfo::from_gguf(&g)?;
     let cfg = config_from_gguf(&g)?;
@@ -526,7 +536,7 @@ pub fn model_from_gguf_bytes(gpu: &Gpu, name: &str, bytes: &[u8]) -> Result<(Mod
         }
     }
     let model_cfg = cfg.clone();
-    let model = Model::new(gpu, cfg, |spec| tensor_for(&g, &model_cfg, spec))?;
+    let model = Model::build(gpu, cfg, lora, |spec| tensor_for(&g, &model_cfg, spec))?;
     Ok((model, info))
 }
 

@@ -9,11 +9,12 @@ pub mod safetensors;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use gguf_model::model_from_gguf_file;
-pub use gguf_model::{model_from_gguf_bytes, GgufInfo, GgufTokenizer};
+pub use gguf_model::{model_from_gguf_bytes, model_from_gguf_bytes_lora, GgufInfo, GgufTokenizer};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::{LoraConfig, Model, ModelConfig};
+use crate::tokenize::Tokenizer;
 
 /// Build a model from `config.json` text and one or more safetensors files (shards).
 pub fn model_from_hf_bytes(gpu: &Gpu, config_json: &str, shards: &[(&str, &[u8])]) -> Result<Model> {
@@ -109,6 +110,43 @@ impl ModelSource {
         hub::HubRepo::parse(arg).map(ModelSource::Hub)
     }
 
+    /// The model (with LoRA adapters on a frozen base when `lora` is given) and what came
+    /// with it: its tokenizer, and what the exporters need.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn load_with(
+        &self,
+        gpu: &Gpu,
+        hub: &hub::Hub,
+        lora: Option<&LoraConfig>,
+        progress: &mut dyn FnMut(hub::Progress),
+    ) -> Result<Loaded> {
+        match self {
+            ModelSource::Gguf(p) => {
+                let bytes = std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))?;
+                let (model, info) = model_from_gguf_bytes_lora(gpu, &p.display().to_string(), &bytes, lora)?;
+                let tokenizer = Some(Tokenizer::from_gguf(&info.tokenizer, info.chat_template.as_deref())?);
+                Ok(Loaded { model, tokenizer, config_json: None, gguf: Some(info) })
+            }
+            ModelSource::HfDir(dir) => {
+                let model = model_from_hf_dir_lora(gpu, dir, lora)?;
+                let read = |n: &str| std::fs::read(dir.join(n)).ok();
+                let config_json = read("config.json").and_then(|b| String::from_utf8(b).ok());
+                let tokenizer =
+                    hf_tokenizer(read("tokenizer.json"), read("tokenizer_config.json"), read("chat_template.jinja"))?;
+                Ok(Loaded { model, tokenizer, config_json, gguf: None })
+            }
+            ModelSource::Hub(repo) => {
+                let files = hub::fetch_model(hub, repo, progress).await?;
+                let config = files.config_json()?.to_string();
+                let model = model_from_hf_bytes_lora(gpu, &config, &files.shards(), lora)?;
+                let get = |n: &str| files.get(n).map(|b| b.to_vec());
+                let tokenizer =
+                    hf_tokenizer(get("tokenizer.json"), get("tokenizer_config.json"), get("chat_template.jinja"))?;
+                Ok(Loaded { model, tokenizer, config_json: Some(config), gguf: None })
+            }
+        }
+    }
+
     /// Load the model: from disk, or fetched from `hub` (progress per file).
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn load(&self, gpu: &Gpu, hub: &hub::Hub, progress: &mut dyn FnMut(hub::Progress)) -> Result<Model> {
@@ -118,6 +156,31 @@ impl ModelSource {
             ModelSource::Hub(repo) => hub::model_from_hub(gpu, hub, repo, progress).await,
         }
     }
+}
+
+/// A loaded model and what its source provided besides the weights.
+pub struct Loaded {
+    pub model: Model,
+    /// From tokenizer.json (+ tokenizer_config.json, chat_template.jinja) or the GGUF.
+    pub tokenizer: Option<Tokenizer>,
+    /// The Hugging Face config.json text (folders and hub repositories).
+    pub config_json: Option<String>,
+    /// The GGUF metadata (GGUF files).
+    pub gguf: Option<GgufInfo>,
+}
+
+/// A Hugging Face tokenizer from its files, when tokenizer.json is there.
+pub fn hf_tokenizer(
+    tokenizer_json: Option<Vec<u8>>,
+    tokenizer_config: Option<Vec<u8>>,
+    chat_template: Option<Vec<u8>>,
+) -> Result<Option<Tokenizer>> {
+    let Some(json) = tokenizer_json else { return Ok(None) };
+    let mut t = Tokenizer::from_hf_bytes(&json, tokenizer_config.as_deref())?;
+    if let Some(src) = chat_template.and_then(|b| String::from_utf8(b).ok()) {
+        t = t.with_chat_template(&src)?;
+    }
+    Ok(Some(t))
 }
 
 /// A Hugging Face folder on disk: `config.json` and `model.safetensors`, or the shards

@@ -13,6 +13,9 @@ use crate::rng::Rng;
 /// PEFT's prefix of every adapter tensor name (PeftModel -> LoraModel -> the HF model).
 pub const PEFT_PREFIX: &str = "base_model.model.";
 
+/// The target that stands for every linear layer but the LM head, as in PEFT.
+pub const ALL_LINEAR: &str = "all-linear";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraConfig {
     /// R

@@ -2,14 +2,22 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use webtune::data::DataOptions;
 use webtune::error::{Error, Result};
+use webtune::export::gguf::{export_gguf, GgufDtype, GgufExport};
+use webtune::export::merged::export_merged;
+use webtune::export::peft::export_adapter;
+use webtune::export::peft::{import_adapter, parse_adapter_config, AdapterFiles};
 use webtune::gpu::{Gpu, Profile};
 use webtune::load::hub::{Hub, Progress};
-use webtune::load::ModelSource;
+use webtune::load::GgufInfo;
+use webtune::load::{Loaded, ModelSource};
 use webtune::model::presets::{preset, random_init};
+use webtune::model::LoraConfig;
 use webtune::model::Model;
+use webtune::model::{generate, GenerateConfig, Sampling};
 use webtune::rng::Rng;
-use webtune::train::checkpoint::export_hf_safetensors;
+use webtune::tokenize::{Message, Tokenizer};
 use webtune::train::run::{split_validation, truncate};
 use webtune::train::{
     AdamW, Checkpoint, CheckpointError, Example, Length, LossMode, Run, RunConfig, ScheduleKind, StepReport,
@@ -29,6 +37,46 @@ enum Cmd {
     /// OUT/state.safetensors and the trained model in OUT (for full fine-tuning: a Hugging
     /// Face folder). With --resume, settings not given are taken from the checkpoint.
     Train(Box<TrainArgs>),
+    /// Print the token ids of --text (with the chat template under --chat), or the
+    /// trained / not-trained mask of a JSONL example (--data FILE [--line N]).
+    Tokenize {
+        #[arg(long)]
+        model: String,
+        #[arg(long, conflicts_with = "data")]
+        text: Option<String>,
+        /// Render --text as a user turn through the chat template, with the generation prompt.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Which example of --data (1-based, counting examples).
+        #[arg(long, default_value_t = 1)]
+        line: usize,
+    },
+    /// Generate text from --prompt (streamed), optionally with a PEFT adapter.
+    Generate {
+        #[arg(long)]
+        model: String,
+        /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        prompt: String,
+        /// Put the prompt through the chat template as a user turn.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Print each example's loss (one JSON object per line), then the batch loss.
     Score {
         /// A .gguf file, a Hugging Face folder, or a hub model id (`namespace/name[@revision]`;
@@ -87,18 +135,22 @@ enum Cmd {
 enum Method {
     /// Every parameter (full fine-tuning).
     Full,
-    // Lora: adapters on a frozen base (colleague's work: add the variant here, build the
-    // model with adapters in `train`, and its export in `export`).
+    /// Low-rank adapters on a frozen base (see --lora-*).
+    Lora,
 }
 
 /// How the trained model is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// A Hugging Face folder: the input's config.json + model.safetensors (F32, HF names).
-    Hf,
-    // Peft (adapter_config.json + adapter_model.safetensors), Merged, Gguf: to come.
-    // Gguf: `webtune::export::gguf::export_gguf` is ready; it needs a GgufTokenizer (from a GGUF
-    // input, or tokenizer.json converted), which an HF-folder input does not give yet.
+    /// The default: `peft` for LoRA, `merged` for full fine-tuning.
+    Auto,
+    /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors); LoRA only.
+    Peft,
+    /// A Hugging Face folder (config.json + model.safetensors, F32) with adapters merged in;
+    /// needs a Hugging Face base (folder or hub id).
+    Merged,
+    /// One GGUF file (F16 matrices, F32 norms) with the tokenizer metadata, adapters merged in.
+    Gguf,
 }
 
 #[derive(Args)]
@@ -106,10 +158,10 @@ struct TrainArgs {
     /// The base model (also when resuming): a .gguf file, a Hugging Face folder or a hub id.
     #[arg(long)]
     model: String,
-    /// Training data, tokenized JSONL.
+    /// Training data, JSONL: {"prompt","completion"}, {"messages"}, {"text"} or pre-tokenized.
     #[arg(long)]
     data: PathBuf,
-    /// Validation data, tokenized JSONL.
+    /// Validation data, JSONL.
     #[arg(long, conflicts_with = "valid_fraction")]
     valid: Option<PathBuf>,
     /// Hold out this fraction of --data for validation (chosen by --seed).
@@ -117,8 +169,26 @@ struct TrainArgs {
     valid_fraction: Option<f64>,
     #[arg(long, value_enum, default_value = "full")]
     method: Method,
-    #[arg(long, value_enum, default_value = "hf")]
+    #[arg(long, value_enum, default_value = "auto")]
     format: Format,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// LoRA alpha (the adapter's output is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f32,
+    /// LoRA dropout on the adapter's input.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f32,
+    /// Scale by alpha / sqrt(rank) (rsLoRA).
+    #[arg(long)]
+    rslora: bool,
+    /// Comma-separated module names (default `all-linear`: every linear layer but the head).
+    #[arg(long)]
+    lora_targets: Option<String>,
+    /// For chat data: train only the last assistant turn.
+    #[arg(long)]
+    last_turn_only: bool,
     /// per-example (default), per-token or all-tokens.
     #[arg(long)]
     loss: Option<LossMode>,
@@ -177,8 +247,8 @@ struct TrainArgs {
 }
 
 /// `--model`: a .gguf file, a Hugging Face folder, or a hub model id (fetched with
-/// progress on stderr).
-async fn load_model(gpu: &Gpu, arg: &str) -> Result<Model> {
+/// progress on stderr), with LoRA adapters when `lora` is given.
+async fn load(gpu: &Gpu, arg: &str, lora: Option<&LoraConfig>) -> Result<Loaded> {
     let source = ModelSource::parse(arg)?;
     let hub = Hub::from_env();
     let mut last: Option<(String, u64)> = None;
@@ -196,22 +266,128 @@ async fn load_model(gpu: &Gpu, arg: &str) -> Result<Model> {
         }
         last = Some((p.file.to_string(), p.done));
     };
-    source.load(gpu, &hub, &mut progress).await
+    source.load_with(gpu, &hub, lora, &mut progress).await
 }
 
-fn read_data(path: &Path) -> Result<Vec<Example>> {
+async fn load_model(gpu: &Gpu, arg: &str) -> Result<Model> {
+    Ok(load(gpu, arg, None).await?.model)
+}
+
+/// A JSONL file to examples: text formats through the model's tokenizer (and chat
+/// template), pre-tokenized lines without one. Truncation is reported on stderr.
+fn read_examples(
+    path: &Path,
+    tok: Option<&Tokenizer>,
+    max_len: Option<usize>,
+    last_turn_only: bool,
+) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), e))?;
-    webtune::data::parse_tokenized_jsonl(&path.display().to_string(), &text)
+    let file = path.display().to_string();
+    match tok {
+        Some(tok) => {
+            let opts = DataOptions { max_len, last_turn_only, ..Default::default() };
+            let (examples, report) = webtune::data::load_jsonl(tok, &file, &text, &opts)?;
+            if let Some(w) = report.warning() {
+                eprintln!("{file}: {w}");
+            }
+            Ok(examples)
+        }
+        None => webtune::data::parse_tokenized_jsonl(&file, &text),
+    }
 }
 
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     let gpu = Gpu::new().await?;
     match cli.cmd {
+        Cmd::Tokenize { model, text, chat, data, line } => {
+            let l = load(&gpu, &model, None).await?;
+            let tok = l.tokenizer.as_ref().ok_or_else(|| Error::Usage(format!("{model} has no tokenizer")))?;
+            match (text, data) {
+                (Some(text), _) => {
+                    let text = if chat {
+                        tok.require_chat_template()?.render(&[Message::new("user", text)], true)?
+                    } else {
+                        text
+                    };
+                    let ids = tok.encode(&text, !chat)?;
+                    let tokens: Vec<String> = ids.iter().map(|&i| tok.token_text(i)).collect();
+                    println!("{}", serde_json::json!({"ids": ids, "tokens": tokens, "count": ids.len()}));
+                }
+                (None, Some(data)) => {
+                    let examples = read_examples(&data, Some(tok), None, false)?;
+                    let ex = examples
+                        .get(line.max(1) - 1)
+                        .ok_or_else(|| Error::Usage(format!("{} has {} examples", data.display(), examples.len())))?;
+                    println!(
+                        "{} ({} tokens, {} trained; trained runs in [[...]])",
+                        ex.origin,
+                        ex.ids.len(),
+                        ex.trained.iter().filter(|&&t| t).count()
+                    );
+                    println!("{}", webtune::data::preview_string(tok, ex));
+                }
+                (None, None) => return Err(Error::Usage("tokenize needs --text or --data".into())),
+            }
+        }
+        Cmd::Generate { model, adapter, prompt, chat, max_new_tokens, temperature, top_p, top_k, seed } => {
+            let files = match &adapter {
+                Some(dir) => {
+                    let read = |n: &str| {
+                        std::fs::read(dir.join(n)).map_err(|e| Error::io(dir.join(n).display().to_string(), e))
+                    };
+                    Some(AdapterFiles {
+                        config_json: String::from_utf8_lossy(&read("adapter_config.json")?).into_owned(),
+                        safetensors: read("adapter_model.safetensors")?,
+                    })
+                }
+                None => None,
+            };
+            let lora = files.as_ref().map(|f| parse_adapter_config(&f.config_json)).transpose()?;
+            let l = load(&gpu, &model, lora.as_ref()).await?;
+            if let Some(f) = &files {
+                import_adapter(&gpu, &l.model, f)?;
+            }
+            let tok = l.tokenizer.as_ref().ok_or_else(|| Error::Usage(format!("{model} has no tokenizer")))?;
+            let text =
+                if chat { tok.require_chat_template()?.render(&[Message::new("user", prompt)], true)? } else { prompt };
+            let ids = tok.encode(&text, !chat)?;
+            let cfg = GenerateConfig {
+                max_new_tokens,
+                sampling: Sampling { temperature, top_k, top_p, seed },
+                stop_ids: tok.eos_ids(),
+                capacity: None,
+            };
+            let mut out: Vec<u32> = Vec::new();
+            let mut shown = 0usize;
+            let t0 = Instant::now();
+            let g = generate(&gpu, &l.model, &ids, &cfg, |id| {
+                out.push(id);
+                // Print what decodes cleanly so far (a character may span tokens).
+                if let Ok(s) = tok.decode_skip_special(&out) {
+                    if s.len() > shown && !s.ends_with('\u{fffd}') {
+                        print!("{}", &s[shown..]);
+                        let _ = std::io::Write::flush(&mut std::io::stdout());
+                        shown = s.len();
+                    }
+                }
+                true
+            })
+            .await?;
+            println!();
+            let dt = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "{} tokens in {:.2} s ({:.1} tokens/s), stop: {:?}",
+                g.tokens.len(),
+                dt,
+                g.tokens.len() as f64 / dt,
+                g.stop
+            );
+        }
         Cmd::Score { model, data, loss, micro_batch } => {
-            let model = load_model(&gpu, &model).await?;
-            let examples = read_data(&data)?;
-            let mut t = Trainer::new(&gpu, model, TrainConfig { micro_batch, ..Default::default() })?;
+            let l = load(&gpu, &model, None).await?;
+            let examples = read_examples(&data, l.tokenizer.as_ref(), None, false)?;
+            let mut t = Trainer::new(&gpu, l.model, TrainConfig { micro_batch, ..Default::default() })?;
             let (scores, total) = t.score(&examples, loss).await?;
             for (i, (s, e)) in scores.iter().zip(&examples).enumerate() {
                 println!(
@@ -227,10 +403,10 @@ pub async fn run() -> Result<()> {
             );
         }
         Cmd::Grads { model, data, loss, micro_batch, out } => {
-            let model = load_model(&gpu, &model).await?;
-            let examples = read_data(&data)?;
+            let l = load(&gpu, &model, None).await?;
+            let examples = read_examples(&data, l.tokenizer.as_ref(), None, false)?;
             let cfg = TrainConfig { loss, micro_batch, ..Default::default() };
-            let mut t = Trainer::new(&gpu, model, cfg)?;
+            let mut t = Trainer::new(&gpu, l.model, cfg)?;
             let l = t.accumulate(&examples).await?;
             let grads = t.read_grads().await?;
             write_safetensors(&out, &grads)?;
@@ -330,10 +506,22 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     };
     let ck = resume_bytes.as_deref().map(Checkpoint::parse).transpose()?;
     let cfg = run_config(&a, ck.as_ref())?;
-    let model = match a.method {
-        Method::Full => load_model(gpu, &a.model).await?,
-        // Method::Lora: the base model frozen, adapters added and trainable.
+    let lora = match a.method {
+        Method::Full => None,
+        Method::Lora => Some(LoraConfig {
+            rank: a.lora_rank,
+            alpha: a.lora_alpha,
+            dropout: a.lora_dropout,
+            rslora: a.rslora,
+            targets: match &a.lora_targets {
+                Some(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                None => vec![webtune::model::lora::ALL_LINEAR.to_string()],
+            },
+            seed: cfg.seed,
+        }),
     };
+    let loaded = load(gpu, &a.model, lora.as_ref()).await?;
+    let Loaded { model, tokenizer, config_json, gguf } = loaded;
     let max_len = a.max_len.unwrap_or(model.max_seq()).min(model.max_seq());
     let prepare = |examples: Vec<Example>, what: &str| {
         let (kept, dropped) = truncate(examples, max_len, cfg.loss);
@@ -344,9 +532,11 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
         }
         kept
     };
-    let data = prepare(read_data(&a.data)?, &a.data.display().to_string());
+    let tok = tokenizer.as_ref();
+    let read = |p: &Path| read_examples(p, tok, Some(max_len), a.last_turn_only);
+    let data = prepare(read(&a.data)?, &a.data.display().to_string());
     let (train, valid) = match (&a.valid, a.valid_fraction) {
-        (Some(v), _) => (data, prepare(read_data(v)?, &v.display().to_string())),
+        (Some(v), _) => (data, prepare(read(v)?, &v.display().to_string())),
         (None, Some(f)) => split_validation(data, f, cfg.seed)?,
         (None, None) => (data, Vec::new()),
     };
@@ -394,21 +584,61 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     write_file(&state_path, &run.save().await?)?;
     eprintln!("step {}: wrote {}", run.step(), state_path.display());
     if run.is_done() {
-        export(gpu, &run, a.method, a.format, Path::new(&a.model), &a.out).await?;
+        export(gpu, &run, &a, config_json.as_deref(), gguf.as_ref()).await?;
     }
     Ok(())
 }
 
-/// Write the trained model. Where `--method lora` and `--format peft|merged|gguf` go.
-async fn export(gpu: &Gpu, run: &Run<'_>, method: Method, format: Format, model_dir: &Path, out: &Path) -> Result<()> {
-    match (method, format) {
-        (Method::Full, Format::Hf) => {
-            let cfg = model_dir.join("config.json");
-            std::fs::copy(&cfg, out.join("config.json")).map_err(|e| Error::io(cfg.display().to_string(), e))?;
-            let bytes = export_hf_safetensors(gpu, &run.trainer.model).await?;
-            write_file(&out.join("model.safetensors"), &bytes)?;
+/// Write the trained model in the chosen format.
+async fn export(
+    gpu: &Gpu,
+    run: &Run<'_>,
+    a: &TrainArgs,
+    config_json: Option<&str>,
+    gguf: Option<&GgufInfo>,
+) -> Result<()> {
+    let model = &run.trainer.model;
+    let out = &a.out;
+    let format = match (a.format, a.method) {
+        (Format::Auto, Method::Lora) => Format::Peft,
+        (Format::Auto, Method::Full) => Format::Merged,
+        (f, _) => f,
+    };
+    match format {
+        Format::Peft => {
+            if a.method != Method::Lora {
+                return Err(Error::Usage("--format peft needs --method lora".into()));
+            }
+            let files = export_adapter(gpu, model, &a.model).await?;
+            write_file(&out.join("adapter_config.json"), files.config_json.as_bytes())?;
+            write_file(&out.join("adapter_model.safetensors"), &files.safetensors)?;
+            eprintln!("wrote the PEFT adapter to {} (adapter_config.json, adapter_model.safetensors)", out.display());
+        }
+        Format::Merged => {
+            let config = config_json.ok_or_else(|| {
+                Error::Usage("--format merged writes a Hugging Face folder and needs a Hugging Face base (folder or hub id); use --format gguf for a GGUF base".into())
+            })?;
+            let files = export_merged(gpu, model, config).await?;
+            write_file(&out.join("config.json"), files.config_json.as_bytes())?;
+            write_file(&out.join("model.safetensors"), &files.safetensors)?;
             eprintln!("wrote the trained model to {} (config.json, model.safetensors)", out.display());
         }
+        Format::Gguf => {
+            let opts = GgufExport {
+                dtype: GgufDtype::F16,
+                name: "webtune",
+                tokenizer: gguf.map(|g| &g.tokenizer),
+                chat_template: gguf.and_then(|g| g.chat_template.as_deref()),
+            };
+            if opts.tokenizer.is_none() {
+                eprintln!("note: the base has no GGUF tokenizer metadata; the file loads here but llama.cpp needs a tokenizer");
+            }
+            let bytes = export_gguf(gpu, model, &opts).await?;
+            let path = out.join("model.gguf");
+            write_file(&path, &bytes)?;
+            eprintln!("wrote the trained model to {}", path.display());
+        }
+        Format::Auto => unreachable!(),
     }
     Ok(())
 }
