@@ -498,6 +498,7 @@ impl Session {
                 weight_decay: s.weight_decay,
                 max_grad_norm: s.max_grad_norm,
             },
+            pack: 0,
         }
     }
 

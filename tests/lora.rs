@@ -87,7 +87,7 @@ fn trainer<'g>(g: &'g Gpu, fx: &Fixture, model: Model, loss: LossMode, micro_bat
         weight_decay: f("weight_decay"),
         max_grad_norm: f("max_grad_norm"),
     };
-    Trainer::new(g, model, TrainConfig { loss, micro_batch, adamw }).unwrap()
+    Trainer::new(g, model, TrainConfig { loss, micro_batch, adamw, ..Default::default() }).unwrap()
 }
 
 /// Every position's logits of example `e`.

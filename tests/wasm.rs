@@ -320,7 +320,8 @@ impl WasmFixture {
             weight_decay: f("weight_decay"),
             max_grad_norm: f("max_grad_norm"),
         };
-        Trainer::new(g, model, TrainConfig { loss: LossMode::PerExample, micro_batch: 2, adamw }).unwrap()
+        Trainer::new(g, model, TrainConfig { loss: LossMode::PerExample, micro_batch: 2, adamw, ..Default::default() })
+            .unwrap()
     }
 
     fn expected(&self, name: &str) -> Vec<f64> {

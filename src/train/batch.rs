@@ -96,6 +96,14 @@ pub const PAD_SEGMENT: u32 = u32::MAX;
 /// Split `examples` (one accumulated batch) into micro-batches of at most `micro` examples,
 /// with loss weights normalized over the whole batch.
 pub fn plan(examples: &[Example], mode: LossMode, micro: usize) -> Result<Vec<MicroBatch>> {
+    plan_packed(examples, mode, micro, 0)
+}
+
+/// `plan`, packing each micro-batch's examples into rows of up to `pack` tokens (0: one
+/// example per row, padded). Packed examples keep their own positions (from 0) and
+/// attention segment, so no token sees another example: the loss and its gradient are
+/// those of the padded batch, with less padding to compute.
+pub fn plan_packed(examples: &[Example], mode: LossMode, micro: usize, pack: usize) -> Result<Vec<MicroBatch>> {
     if examples.is_empty() {
         return Err(Error::Data("the batch is empty".into()));
     }
@@ -118,8 +126,22 @@ pub fn plan(examples: &[Example], mode: LossMode, micro: usize) -> Result<Vec<Mi
     let mut out = Vec::new();
     for (chunk_i, chunk) in examples.chunks(micro.max(1)).enumerate() {
         let base = chunk_i * micro.max(1);
-        let t = chunk.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
-        let b = chunk.len();
+        // Rows of (example index in chunk, offset in row): first fit, in order.
+        let mut rows: Vec<(Vec<(usize, usize)>, usize)> = Vec::new();
+        for (j, e) in chunk.iter().enumerate() {
+            let len = e.ids.len();
+            let fit = if pack > 0 { rows.iter().position(|(_, used)| used + len <= pack) } else { None };
+            match fit {
+                Some(r) => {
+                    let at = rows[r].1;
+                    rows[r].0.push((j, at));
+                    rows[r].1 += len;
+                }
+                None => rows.push((vec![(j, 0)], len)),
+            }
+        }
+        let t = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1);
+        let b = rows.len();
         let mut mb = MicroBatch {
             b,
             t,
@@ -128,7 +150,12 @@ pub fn plan(examples: &[Example], mode: LossMode, micro: usize) -> Result<Vec<Mi
             seg: vec![PAD_SEGMENT; b * t],
             ..Default::default()
         };
-        for (j, e) in chunk.iter().enumerate() {
+        // Loss rows in example order (so per-row results line up with `examples`).
+        let mut placed: Vec<(usize, usize, usize)> =
+            rows.iter().enumerate().flat_map(|(r, (m, _))| m.iter().map(move |&(j, at)| (j, r, at))).collect();
+        placed.sort();
+        for (j, row, at) in placed {
+            let e = &chunk[j];
             let n = base + j;
             let tg = &targets[n];
             let count = tg.iter().filter(|&&x| x).count() as f64;
@@ -137,11 +164,12 @@ pub fn plan(examples: &[Example], mode: LossMode, micro: usize) -> Result<Vec<Mi
                 LossMode::PerToken | LossMode::AllTokens => 1.0 / total as f64,
             };
             for (i, &id) in e.ids.iter().enumerate() {
-                let r = j * t + i;
+                let r = row * t + at + i;
                 mb.ids[r] = id;
                 mb.pos[r] = i as u32;
-                mb.seg[r] = 0;
-                // Row i predicts token i + 1.
+                // The segment is the example's slot in its row: packed neighbours differ.
+                mb.seg[r] = at as u32;
+                // Row i predicts token i + 1 of the same example.
                 if i + 1 < e.ids.len() && tg[i + 1] {
                     mb.loss_rows.push(r as u32);
                     mb.targets.push(e.ids[i + 1]);

@@ -16,6 +16,9 @@ pub struct TrainConfig {
     /// Examples per micro-batch; the batch handed to `step` is accumulated over them.
     pub micro_batch: usize,
     pub adamw: AdamW,
+    /// Pack each micro-batch's examples into rows of up to this many tokens (0: one
+    /// example per row, padded to the longest).
+    pub pack: usize,
 }
 
 impl Default for TrainConfig {
@@ -24,6 +27,7 @@ impl Default for TrainConfig {
             loss: LossMode::PerExample,
             micro_batch: 8,
             adamw: AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 },
+            pack: 0,
         }
     }
 }
@@ -151,7 +155,7 @@ impl<'g> Trainer<'g> {
         grads: bool,
     ) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
         self.check_lengths(examples)?;
-        let batches = batch::plan(examples, mode, self.cfg.micro_batch)?;
+        let batches = batch::plan_packed(examples, mode, self.cfg.micro_batch, self.cfg.pack)?;
         self.ensure_workspace(&batches)?;
         let total_n: usize = batches.iter().map(|m| m.loss_rows.len()).sum();
         self.last_tokens = (examples.iter().map(|e| e.ids.len()).sum(), total_n);

@@ -61,7 +61,7 @@ impl Fixture {
             weight_decay: f("weight_decay"),
             max_grad_norm: f("max_grad_norm"),
         };
-        Trainer::new(gpu, self.model(gpu), TrainConfig { loss, micro_batch, adamw }).unwrap()
+        Trainer::new(gpu, self.model(gpu), TrainConfig { loss, micro_batch, adamw, ..Default::default() }).unwrap()
     }
 
     pub fn loss(&self, mode: LossMode) -> f64 {

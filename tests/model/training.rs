@@ -129,3 +129,36 @@ fn a_batch_beyond_the_adapter_limits_is_refused_before_allocation() {
     t.cfg.micro_batch = 4;
     block(t.step(&ex)).unwrap();
 }
+
+/// Packing several examples into one row (own positions, own attention segment) gives the
+/// loss and gradients of the padded batch in every mode: no token sees another example.
+#[test]
+fn packed_rows_give_the_padded_batch_s_loss_and_gradients() {
+    let g = gpu();
+    for arch in ARCHS {
+        let fx = Fixture::load(arch);
+        let mut ex = fx.examples.clone();
+        ex.extend(fx.examples.iter().rev().cloned());
+        for &mode in MODES {
+            let mut padded = fx.trainer(g, mode, 6);
+            let l_pad = block(padded.accumulate(&ex)).unwrap();
+            let g_pad = block(padded.read_grads()).unwrap();
+            let mut packed = fx.trainer(g, mode, 6);
+            // Rows of up to 20 tokens: the 9-, 5- and 14-token examples share rows.
+            packed.cfg.pack = 20;
+            let plan = webtune::train::batch::plan_packed(&ex, mode, 6, 20).unwrap();
+            assert!(plan[0].b < ex.len(), "{arch}: packing must put several examples in a row");
+            let l = block(packed.accumulate(&ex)).unwrap();
+            assert!((l - l_pad).abs() <= 1e-6 * l_pad.abs(), "{arch} {mode}: packed loss {l} vs padded {l_pad}");
+            let mut worst = 0f64;
+            for ((name, _, a), (_, _, b)) in block(packed.read_grads()).unwrap().iter().zip(&g_pad) {
+                worst = worst.max(check(&format!("{arch} {mode} packed {name}"), a, &f64s(b), ACCUM));
+            }
+            eprintln!(
+                "{arch} {mode}: {} rows instead of {}, worst gradient difference {worst:.2e}",
+                plan[0].b,
+                ex.len()
+            );
+        }
+    }
+}

@@ -189,6 +189,10 @@ struct TrainArgs {
     /// For chat data: train only the last assistant turn.
     #[arg(long)]
     last_turn_only: bool,
+    /// Pack short examples into rows of up to N tokens (no attention across examples);
+    /// 0 pads each example to the longest of its micro-batch.
+    #[arg(long, default_value_t = 0)]
+    pack: usize,
     /// per-example (default), per-token or all-tokens.
     #[arg(long)]
     loss: Option<LossMode>,
@@ -540,7 +544,7 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
         (None, Some(f)) => split_validation(data, f, cfg.seed)?,
         (None, None) => (data, Vec::new()),
     };
-    let trainer = Trainer::new(gpu, model, TrainConfig::default())?;
+    let trainer = Trainer::new(gpu, model, TrainConfig { pack: a.pack, ..Default::default() })?;
     eprintln!(
         "{}: {} parameters ({} trainable); {} training and {} validation examples; {} steps of batch {} \
          (micro-batch {}), {} schedule from lr {:e}, {} warm-up steps",
