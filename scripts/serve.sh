@@ -24,9 +24,10 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     want="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)"
     have="$(wasm-bindgen --version 2>/dev/null || true)"
     if [ "$have" != "wasm-bindgen $want" ]; then
-        echo "serve: wasm-bindgen-cli $want is needed (found: ${have:-none})." >&2
-        echo "       install it with: cargo install wasm-bindgen-cli --version $want   (about 3 minutes)" >&2
-        exit 1
+        # Exactly Cargo.lock's version (the JS glue must match the crate); not --locked:
+        # one of its locked dependencies is missing from the registry.
+        echo "serve: installing wasm-bindgen-cli $want (found: ${have:-none}; about 3 minutes)"
+        cargo install wasm-bindgen-cli --version "$want" --force
     fi
     echo "serve: building the engine (cargo build --release --target $WASM --lib)"
     cargo build --release --target "$WASM" --lib
