@@ -41,6 +41,17 @@ const TK: u32 = 16u;
 var<workgroup> tile_a: array<f32, 1024>; // [TK][TM]
 var<workgroup> tile_b: array<f32, 1024>; // [TK][TN]
 
+// The one epilogue of every product entry point: C(m, n) = alpha * prod [+ bias(n)]
+// [+ resid(m, n)] [+ C(m, n)], in this order (so the variants agree bit for bit).
+fn store(m: u32, n: u32, prod: f32) {
+    var v = prod * p.alpha;
+    if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
+    let o = m * p.n + n;
+    if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
+    if ((p.flags & ACCUMULATE) != 0u) { v += c[o]; }
+    c[o] = v;
+}
+
 @compute @workgroup_size(16, 16)
 fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row0 = wid.y * TM;
@@ -95,16 +106,9 @@ fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
     for (var i = 0u; i < 4u; i++) {
         let m = row0 + lid.y + 16u * i;
-        if (m >= p.m) { continue; }
         for (var j = 0u; j < 4u; j++) {
             let n = col0 + lid.x + 16u * j;
-            if (n >= p.n) { continue; }
-            var v = acc[i * 4u + j] * p.alpha;
-            if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
-            let o = m * p.n + n;
-            if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
-            if ((p.flags & ACCUMULATE) != 0u) { v += c[o]; }
-            c[o] = v;
+            if (m < p.m && n < p.n) { store(m, n, acc[i * 4u + j]); }
         }
     }
 }
@@ -125,11 +129,7 @@ fn matmul_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     for (var kk = 0u; kk < p.k; kk++) {
         v = fma(a[a0 + kk * p.a_cs], b[kk * p.b_rs + b0], v);
     }
-    v = v * p.alpha;
-    if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
-    if ((p.flags & HAS_RESID) != 0u) { v += resid[i]; }
-    if ((p.flags & ACCUMULATE) != 0u) { v += c[i]; }
-    c[i] = v;
+    store(m, n, v);
 }
 
 // The bias gradient: db(N) [+]= sum over rows of dy(M, N). One thread per column, so the
@@ -187,16 +187,9 @@ fn matmul_forward_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     }
     for (var i = 0u; i < 4u; i++) {
         let m = row0 + lid.y + 16u * i;
-        if (m >= p.m) { continue; }
         for (var j = 0u; j < 4u; j++) {
             let n = col0 + lid.x + 16u * j;
-            if (n >= p.n) { continue; }
-            var v = acc[i * 4u + j] * p.alpha;
-            if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
-            let o = m * p.n + n;
-            if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
-            if ((p.flags & ACCUMULATE) != 0u) { v += c[o]; }
-            c[o] = v;
+            if (m < p.m && n < p.n) { store(m, n, acc[i * 4u + j]); }
         }
     }
 }
