@@ -1,29 +1,45 @@
 //! The wasm-bindgen facade, and nothing else: what `www/worker.js` calls. One `Session`
-//! per worker owns the GPU device, the model under training, the dataset and the run's
-//! settings. Every call returns `Result<_, JsError>` with the engine's own message (file,
-//! line, tensor, limit), so the page can show it as it is; nothing here panics on bad
-//! input (a panic hook still logs to the console, should the engine ever panic).
+//! per worker owns the GPU device, the model (with its tokenizer), the dataset, the run's
+//! settings and the run itself, which is `train::Run`, the same loop the command line
+//! drives: schedule, data order, accumulation, validation and checkpoints are one code.
 //!
-//! Hooks for the pieces landing on other branches are marked `HOOK(...)`:
-//! `HOOK(gguf)` loading .gguf bytes, `HOOK(tokenizer)` text JSONL and chat templates,
-//! `HOOK(run)` the learning-rate schedule and checkpoints of `train::run`,
-//! `HOOK(lora)` LoRA, `HOOK(generate)` sampling, `HOOK(export)` downloads.
+//! Every call returns `Result<_, JsError>` with the engine's own message (file, line,
+//! tensor, limit) so the page can show it as it is; nothing here panics on bad input (a
+//! panic hook still logs to the console, should the engine ever panic).
+//!
+//! The life of a session: `load_model` (GGUF or a Hugging Face folder, with LoRA adapters
+//! when asked), `set_data` (+ `set_eval`), `configure`, then `step` until `plan().done`,
+//! with `validate`, `evaluate`, `sample` and `generate` in between, and `export_*` /
+//! `save_state` / `restore_state` at any step boundary.
 
 use std::cell::RefCell;
 
-use js_sys::{Object, Reflect, Uint8Array};
+use js_sys::{Array, Function, Object, Reflect, Uint8Array};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 
+use crate::data::{self, DataOptions};
 use crate::error::Error;
+use crate::export::gguf::{export_gguf, GgufDtype, GgufExport};
+use crate::export::merged::export_merged;
+use crate::export::peft::export_adapter;
 use crate::gpu::Gpu;
-use crate::model::{Model, Workspace};
-use crate::rng::Rng;
-use crate::train::{AdamW, Example, LossMode, TrainConfig, Trainer};
+use crate::load::gguf_model::{model_from_gguf_bytes_lora, GgufInfo};
+use crate::load::{hf_tokenizer, model_from_hf_bytes_lora, shard_names};
+use crate::model::generate::{Decoder, GenerateConfig, Sampling};
+use crate::model::lora::{LoraConfig, ALL_LINEAR};
+use crate::model::{memory, Model};
+use crate::ops::adamw::AdamW;
+use crate::tokenize::{Message, Tokenizer};
+use crate::train::checkpoint::Checkpoint;
+use crate::train::run::{split_validation, truncate, Length, Run, RunConfig, StepReport};
+use crate::train::schedule::ScheduleKind;
+use crate::train::{Example, LossMode, TrainConfig, Trainer};
 
 thread_local! {
-    /// One device per worker, for the worker's lifetime: the trainer borrows it, and a
-    /// second `Session` reuses it instead of leaking another.
+    /// One device per worker while it lives: the trainer borrows it for `'static`. After
+    /// a device loss `Session.create()` requests a fresh one (the lost one is leaked; it
+    /// holds no GPU memory any more).
     static GPU: RefCell<Option<&'static Gpu>> = const { RefCell::new(None) };
 }
 
@@ -36,6 +52,8 @@ fn install_panic_hook() {
         }))
     });
 }
+
+type JsResult<T> = std::result::Result<T, JsError>;
 
 fn js_err(e: Error) -> JsError {
     JsError::new(&e.to_string())
@@ -54,87 +72,14 @@ fn now_ms() -> f64 {
     js_sys::Date::now()
 }
 
-/// The learning rate at optimizer step `t` (1-based) of `total`: linear warm-up, then
-/// constant, linear or cosine decay to zero.
-/// HOOK(run): replace with `train::run`'s schedule when it lands, so the page and the
-/// command line share one definition.
-fn lr_at(s: &Settings, t: u64) -> f64 {
-    let (t, total, warm) = (t as f64, s.total_steps.max(1) as f64, s.warmup as f64);
-    if warm > 0.0 && t <= warm {
-        return s.lr * t / warm;
-    }
-    let p = ((t - warm) / (total - warm).max(1.0)).clamp(0.0, 1.0);
-    match s.schedule.as_str() {
-        "linear" => s.lr * (1.0 - p),
-        "cosine" => s.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
-        _ => s.lr,
-    }
-}
-
-/// The run's settings, as the page sends them (`configure`).
-#[derive(Clone, Debug)]
-struct Settings {
-    loss: LossMode,
-    lr: f64,
-    schedule: String,
-    warmup: u64,
-    /// Examples per optimizer step, and per GPU pass (gradient accumulation = batch / micro).
-    batch: usize,
-    micro_batch: usize,
-    /// Optimizer steps of the run; from `epochs` when given.
-    total_steps: u64,
-    epochs: Option<f64>,
-    max_len: usize,
-    max_grad_norm: f32,
-    weight_decay: f32,
-    seed: u64,
-    val_share: f64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            loss: LossMode::PerExample,
-            lr: 1e-4,
-            schedule: "constant".into(),
-            warmup: 0,
-            batch: 8,
-            micro_batch: 8,
-            total_steps: 100,
-            epochs: None,
-            max_len: 512,
-            max_grad_norm: 1.0,
-            weight_decay: 0.0,
-            seed: 0,
-            val_share: 0.0,
-        }
-    }
-}
-
-/// The worker's handle on the engine. Create with `await Session.create()`.
-#[wasm_bindgen]
-pub struct Session {
-    gpu: &'static Gpu,
-    trainer: Option<Trainer<'static>>,
-    model_name: String,
-    /// Every example of the dataset, then the split.
-    all: Vec<Example>,
-    train: Vec<Example>,
-    val: Vec<Example>,
-    data_name: String,
-    settings: Settings,
-    /// Shuffled order of `train` for the current epoch, and the next position in it.
-    order: Vec<usize>,
-    cursor: usize,
-    epoch: u64,
-    rng: Rng,
-}
-
 fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
+    if !obj.is_object() {
+        return None;
+    }
     Reflect::get(obj, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
 }
 
-fn num(obj: &JsValue, key: &str) -> std::result::Result<Option<f64>, JsError> {
+fn num(obj: &JsValue, key: &str) -> JsResult<Option<f64>> {
     match get(obj, key) {
         None => Ok(None),
         Some(v) => match v.as_f64().or_else(|| v.as_string().and_then(|s| s.trim().parse().ok())) {
@@ -144,21 +89,98 @@ fn num(obj: &JsValue, key: &str) -> std::result::Result<Option<f64>, JsError> {
     }
 }
 
-fn count(obj: &JsValue, key: &str, min: f64) -> std::result::Result<Option<usize>, JsError> {
+fn whole(obj: &JsValue, key: &str, min: f64) -> JsResult<Option<u64>> {
     match num(obj, key)? {
-        Some(x) if x.fract() != 0.0 || x < min => {
+        Some(x) if x.fract() != 0.0 || x < min || x > 1e15 => {
             Err(usage(format!("setting `{key}` must be a whole number of at least {min}, got {x}")))
         }
-        other => Ok(other.map(|x| x as usize)),
+        other => Ok(other.map(|x| x as u64)),
+    }
+}
+
+fn text(obj: &JsValue, key: &str) -> Option<String> {
+    get(obj, key).and_then(|v| v.as_string())
+}
+
+fn flag(obj: &JsValue, key: &str) -> Option<bool> {
+    get(obj, key).and_then(|v| v.as_bool())
+}
+
+fn bytes_of(v: &JsValue) -> Option<Vec<u8>> {
+    v.is_instance_of::<Uint8Array>().then(|| Uint8Array::from(v.clone()).to_vec())
+}
+
+/// `{name: Uint8Array}` for the page's downloads.
+fn files_object(files: &[(&str, &[u8])]) -> JsValue {
+    let o = Object::new();
+    for (name, bytes) in files {
+        let _ = Reflect::set(&o, &JsValue::from_str(name), &Uint8Array::from(*bytes));
+    }
+    o.into()
+}
+
+/// What came with the weights: the exporters and the tokenizer need it.
+struct ModelMeta {
+    name: String,
+    tokenizer: Option<Tokenizer>,
+    /// The HF config.json (folders) for the merged export.
+    config_json: Option<String>,
+    /// HF tokenizer files, copied into the merged export as they came.
+    tokenizer_files: Vec<(String, Vec<u8>)>,
+    gguf: Option<GgufInfo>,
+    lora: Option<LoraConfig>,
+}
+
+/// The page's settings beyond `RunConfig`: how examples are cut and split.
+#[derive(Clone, Debug)]
+struct DataSettings {
+    max_len: usize,
+    /// Share of the training file held out for the validation loss when no separate
+    /// evaluation file is given.
+    val_share: f64,
+}
+
+/// The worker's handle on the engine. Create with `await Session.create()`.
+#[wasm_bindgen]
+pub struct Session {
+    gpu: &'static Gpu,
+    meta: Option<ModelMeta>,
+    /// The model while no run holds it (then it is `run.trainer.model`).
+    model: Option<Model>,
+    run: Option<Run<'static>>,
+    /// The dataset as parsed (untruncated), its name, and the held-out evaluation file.
+    examples: Vec<Example>,
+    data_name: String,
+    data_warning: Option<String>,
+    eval: Vec<Example>,
+    eval_name: String,
+    cfg: RunConfig,
+    ds: DataSettings,
+}
+
+fn default_run_config() -> RunConfig {
+    RunConfig {
+        loss: LossMode::PerExample,
+        adamw: AdamW { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 },
+        batch: 4,
+        grad_accum: 1,
+        micro_batch: None,
+        length: Length::Steps(30),
+        schedule: ScheduleKind::Cosine,
+        warmup: 3,
+        seed: 0,
+        shuffle: true,
+        eval_every: 10,
     }
 }
 
 #[wasm_bindgen]
 impl Session {
-    /// Request the GPU (once per worker) and make an empty session.
-    pub async fn create() -> std::result::Result<Session, JsError> {
+    /// Request the GPU (once per worker, or again after the device was lost) and make an
+    /// empty session.
+    pub async fn create() -> JsResult<Session> {
         install_panic_hook();
-        let existing = GPU.with(|g| *g.borrow());
+        let existing = GPU.with(|g| *g.borrow()).filter(|g| !g.is_lost());
         let gpu = match existing {
             Some(g) => g,
             None => {
@@ -169,22 +191,21 @@ impl Session {
         };
         Ok(Session {
             gpu,
-            trainer: None,
-            model_name: String::new(),
-            all: Vec::new(),
-            train: Vec::new(),
-            val: Vec::new(),
+            meta: None,
+            model: None,
+            run: None,
+            examples: Vec::new(),
             data_name: String::new(),
-            settings: Settings::default(),
-            order: Vec::new(),
-            cursor: 0,
-            epoch: 0,
-            rng: Rng::new(0),
+            data_warning: None,
+            eval: Vec::new(),
+            eval_name: String::new(),
+            cfg: default_run_config(),
+            ds: DataSettings { max_len: 256, val_share: 0.1 },
         })
     }
 
-    /// The adapter: name, backend, type, whether it is a software rasterizer, and the
-    /// largest buffer one binding can see.
+    /// The adapter: name, backend, type, whether it is a software rasterizer, the
+    /// largest buffer one binding can see, and whether the device is lost.
     pub fn adapter_info(&self) -> JsValue {
         let i = &self.gpu.info;
         to_js(json!({
@@ -192,396 +213,692 @@ impl Session {
             "max_binding_bytes": self.gpu.max_binding(),
             "max_buffer_bytes": self.gpu.limits.max_buffer_size,
             "matmul": if self.gpu.matmul_reg { "register-blocked" } else { "tiled" },
+            "lost": self.gpu.is_lost(),
         }))
     }
 
-    /// Load a Hugging Face folder handed over as `{ name: Uint8Array }`: `config.json` and
-    /// one or more `*.safetensors` (shards; an index file is not needed). Folder prefixes
-    /// in names are ignored. Replaces any model loaded before and restarts training.
-    pub fn load_hf(&mut self, name: &str, files: &JsValue) -> std::result::Result<JsValue, JsError> {
+    /// Whether the GPU device was lost (the page then starts a new session and resumes
+    /// from its last checkpoint).
+    pub fn device_lost(&self) -> bool {
+        self.gpu.is_lost()
+    }
+
+    /// Destroy the device, as a driver reset would: the test of the page's recovery.
+    pub fn simulate_device_loss(&self) {
+        self.gpu.device.destroy();
+    }
+
+    /// Load a model from its files, `{name: Uint8Array}`: one `.gguf`, or a Hugging Face
+    /// folder (`config.json`, `model.safetensors` or the shards of
+    /// `model.safetensors.index.json`, `tokenizer.json`, `tokenizer_config.json`,
+    /// `chat_template.jinja`). Folder prefixes in names are ignored. `lora`, when given,
+    /// is `{rank, alpha, dropout, rslora, targets: "all-linear" | [names] | "a,b"}`: the
+    /// base is frozen and adapters are attached. Replaces the model and run before.
+    pub fn load_model(&mut self, name: &str, files: &JsValue, lora: &JsValue) -> JsResult<JsValue> {
         if !files.is_object() {
-            return Err(usage("load_hf expects an object of file name -> Uint8Array"));
+            return Err(usage("load_model expects an object of file name -> Uint8Array"));
         }
-        let mut config = None;
-        let mut shards: Vec<(String, Vec<u8>)> = Vec::new();
+        let lora = lora_config(lora, self.cfg.seed)?;
+        let mut all: Vec<(String, Vec<u8>)> = Vec::new();
         for entry in Object::entries(&Object::from(files.clone())).iter() {
-            let pair = js_sys::Array::from(&entry);
+            let pair = Array::from(&entry);
             let path = pair.get(0).as_string().unwrap_or_default();
             let base = path.rsplit(['/', '\\']).next().unwrap_or(&path).to_string();
-            let bytes = pair.get(1);
-            if !bytes.is_instance_of::<Uint8Array>() {
-                return Err(usage(format!("{path}: expected the file's bytes (a Uint8Array)")));
+            let bytes = bytes_of(&pair.get(1))
+                .ok_or_else(|| usage(format!("{path}: expected the file's bytes (a Uint8Array)")))?;
+            all.push((base, bytes));
+        }
+        // Free the GPU memory of the model before first.
+        self.run = None;
+        self.model = None;
+        self.meta = None;
+        let find = |n: &str| all.iter().find(|(b, _)| b == n).map(|(_, d)| d.as_slice());
+        let (model, meta) = if let Some((file, bytes)) = all.iter().find(|(b, _)| b.to_lowercase().ends_with(".gguf")) {
+            let (model, info) = model_from_gguf_bytes_lora(self.gpu, file, bytes, lora.as_ref()).map_err(js_err)?;
+            let tok = Tokenizer::from_gguf(&info.tokenizer, info.chat_template.as_deref()).map_err(js_err)?;
+            let meta = ModelMeta {
+                name: name.to_string(),
+                tokenizer: Some(tok),
+                config_json: None,
+                tokenizer_files: Vec::new(),
+                gguf: Some(info),
+                lora,
+            };
+            (model, meta)
+        } else {
+            let config = find("config.json").ok_or_else(|| {
+                usage("the model files need a config.json (a Hugging Face model folder) or a .gguf file")
+            })?;
+            let config = String::from_utf8(config.to_vec())
+                .map_err(|_| js_err(Error::Config("config.json is not UTF-8 text".into())))?;
+            let names = match find("model.safetensors.index.json") {
+                Some(index) if find("model.safetensors").is_none() => {
+                    shard_names("model.safetensors.index.json", index).map_err(js_err)?
+                }
+                _ => all.iter().filter(|(b, _)| b.ends_with(".safetensors")).map(|(b, _)| b.clone()).collect(),
+            };
+            if names.is_empty() {
+                return Err(usage("the model files need a .safetensors file next to config.json"));
             }
-            let bytes = Uint8Array::from(bytes).to_vec();
-            if base == "config.json" {
-                config = Some(
-                    String::from_utf8(bytes).map_err(|_| js_err(Error::Config(format!("{path} is not UTF-8 text"))))?,
-                );
-            } else if base.ends_with(".safetensors") {
-                shards.push((base, bytes));
+            let mut shards = Vec::new();
+            for n in &names {
+                let d = find(n).ok_or_else(|| usage(format!("{n} (listed in the index) is missing")))?;
+                shards.push((n.as_str(), d));
+            }
+            let model = model_from_hf_bytes_lora(self.gpu, &config, &shards, lora.as_ref()).map_err(js_err)?;
+            let own = |n: &str| find(n).map(|d| d.to_vec());
+            let tok = hf_tokenizer(own("tokenizer.json"), own("tokenizer_config.json"), own("chat_template.jinja"))
+                .map_err(js_err)?;
+            let keep = [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "chat_template.jinja",
+                "special_tokens_map.json",
+                "generation_config.json",
+            ];
+            let tokenizer_files =
+                all.iter().filter(|(b, _)| keep.contains(&b.as_str())).map(|(b, d)| (b.clone(), d.clone())).collect();
+            let meta = ModelMeta {
+                name: name.to_string(),
+                tokenizer: tok,
+                config_json: Some(config),
+                tokenizer_files,
+                gguf: None,
+                lora,
+            };
+            (model, meta)
+        };
+        drop(all);
+        if let Some(tok) = &meta.tokenizer {
+            if tok.vocab_size() > model.cfg.vocab {
+                web_sys::console::warn_1(&JsValue::from_str(&format!(
+                    "{name}: the tokenizer has {} tokens, the model's embedding {}",
+                    tok.vocab_size(),
+                    model.cfg.vocab
+                )));
             }
         }
-        let config = config.ok_or_else(|| usage("the model files need a config.json (a Hugging Face model folder)"))?;
-        if shards.is_empty() {
-            return Err(usage("the model files need at least one .safetensors file next to config.json"));
-        }
-        shards.sort_by(|a, b| a.0.cmp(&b.0));
-        self.trainer = None;
-        let refs: Vec<(&str, &[u8])> = shards.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
-        let model = crate::load::model_from_hf_bytes(self.gpu, &config, &refs).map_err(js_err)?;
-        drop(refs);
-        drop(shards);
-        self.install(name, model)
-    }
-
-    /// Load a `.gguf` file (quantized weights are dequantized to f32 on load).
-    pub fn load_gguf(&mut self, name: &str, bytes: &[u8]) -> std::result::Result<JsValue, JsError> {
-        // HOOK(gguf): when `load::gguf` lands this becomes
-        //     let model = crate::load::gguf::model_from_gguf_bytes(self.gpu, bytes).map_err(js_err)?;
-        //     self.trainer = None;
-        //     self.install(name, model)
-        // (and the tokenizer in its metadata goes to HOOK(tokenizer)).
-        let _ = bytes;
-        Err(usage(format!(
-            "{name}: GGUF loading is not in this build yet (it lands with the GGUF loader); \
-             use a Hugging Face folder (config.json + .safetensors) or the engine demo model"
-        )))
-    }
-
-    fn install(&mut self, name: &str, model: Model) -> std::result::Result<JsValue, JsError> {
-        let trainer = Trainer::new(self.gpu, model, self.train_config()).map_err(js_err)?;
-        self.trainer = Some(trainer);
-        self.model_name = name.to_string();
-        self.restart();
+        self.model = Some(model);
+        self.meta = Some(meta);
+        // A dataset read before applies to the new model when its tokens fit.
+        self.examples.clear();
+        self.eval.clear();
         Ok(self.model_info())
     }
 
-    /// What is loaded: architecture, sizes, parameter counts, and the GPU memory the
-    /// weights, gradients and AdamW moments take plus one micro-batch's activations at the
-    /// current settings (`null` when no model is loaded).
+    /// What is loaded (`null` when nothing is): architecture, sizes, parameter counts,
+    /// LoRA, the tokenizer and chat template, and the GPU memory at the current settings.
     pub fn model_info(&self) -> JsValue {
-        let Some(t) = &self.trainer else { return JsValue::NULL };
-        let c = &t.model.cfg;
-        let p = &t.model.params;
-        let s = &self.settings;
-        let len = s.max_len.min(t.model.max_seq());
-        let rows = s.micro_batch.max(1) * len;
-        let params_bytes = p.gpu_bytes();
-        let act_bytes = Workspace::bytes_for(c, rows, rows);
+        let (Some(m), Some(meta)) = (self.model_ref(), &self.meta) else { return JsValue::NULL };
+        let c = &m.cfg;
+        let p = &m.params;
         to_js(json!({
-            "name": self.model_name,
+            "name": meta.name,
             "arch": format!("{:?}", c.arch),
             "vocab": c.vocab, "hidden": c.hidden, "layers": c.layers, "heads": c.heads,
-            "kv_heads": c.kv_heads, "head_dim": c.head_dim, "ffn": c.ffn, "max_seq": t.model.max_seq(),
+            "kv_heads": c.kv_heads, "head_dim": c.head_dim, "ffn": c.ffn, "max_seq": m.max_seq(),
             "tied_embeddings": c.tied,
             "params": p.num_params(), "trainable": p.num_trainable(),
-            "param_bytes": params_bytes, "activation_bytes": act_bytes,
-            "gpu_bytes": params_bytes + act_bytes,
+            "method": if meta.lora.is_some() { "lora" } else { "full" },
+            "lora": meta.lora.as_ref().map(|l| json!({"rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "rslora": l.rslora, "targets": l.targets})),
+            "tokenizer": meta.tokenizer.is_some(),
+            "chat_template": meta.tokenizer.as_ref().is_some_and(|t| t.chat_template().is_some()),
+            "source": if meta.gguf.is_some() { "gguf" } else { "hf" },
+            "memory": self.memory_json(),
             "eos_token_ids": c.eos_token_ids,
         }))
     }
 
-    /// Set the dataset from tokenized JSONL text: `{"input_ids": [...], "prompt_len": k}` or
-    /// `{"input_ids": [...], "trained": [0/1, ...]}` per line. Errors name `name:line`.
-    /// HOOK(tokenizer): text formats (`prompt`/`completion`, `messages`, `text`) go through
-    /// `tokenize` + `data` here once they land, producing the same `Example`s.
-    pub fn set_data_tokenized(&mut self, name: &str, text: &str) -> std::result::Result<JsValue, JsError> {
-        let examples = crate::data::parse_tokenized_jsonl(name, text).map_err(js_err)?;
-        if let Some(t) = &self.trainer {
-            let vocab = t.model.cfg.vocab;
-            for e in &examples {
-                if let Some(&bad) = e.ids.iter().find(|&&id| id as usize >= vocab) {
-                    return Err(js_err(Error::Data(format!(
-                        "{}: token id {bad} is outside the model's vocabulary of {vocab}",
-                        e.origin
-                    ))));
-                }
-            }
+    /// Set the training data from a JSONL text in any of the loader's formats
+    /// (`prompt`/`completion`, `messages`, `text`, or pre-tokenized `input_ids`).
+    /// Errors name `name:line` and the field. Returns `data_info()`.
+    pub fn set_data(&mut self, name: &str, text: &str) -> JsResult<JsValue> {
+        let examples = self.read_examples(name, text)?;
+        if examples.is_empty() {
+            return Err(usage(format!("{name}: no examples (the file is empty)")));
         }
-        self.all = examples;
+        self.examples = examples;
         self.data_name = name.to_string();
-        self.split();
-        self.restart();
+        self.drop_run();
         Ok(self.data_info())
     }
 
-    /// Counts of the dataset: examples, train/validation split, tokens, trained tokens.
+    /// Set the held-out evaluation examples (scored by `evaluate` and used for the
+    /// validation loss instead of a share of the training data). An empty text clears it.
+    pub fn set_eval(&mut self, name: &str, text: &str) -> JsResult<JsValue> {
+        self.eval = if text.trim().is_empty() { Vec::new() } else { self.read_examples(name, text)? };
+        self.eval_name = if self.eval.is_empty() { String::new() } else { name.to_string() };
+        self.drop_run();
+        Ok(self.data_info())
+    }
+
+    /// Counts of the dataset as it will train: examples, train/validation split, tokens,
+    /// trained tokens, truncation.
     pub fn data_info(&self) -> JsValue {
+        let (train, valid) = self.split().unwrap_or_default();
         let toks = |v: &[Example]| v.iter().map(|e| e.ids.len()).sum::<usize>();
         let trained = |v: &[Example]| v.iter().map(|e| e.trained.iter().skip(1).filter(|&&t| t).count()).sum::<usize>();
-        let longest = self.all.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let longest = self.examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         to_js(json!({
-            "name": self.data_name, "examples": self.all.len(), "train": self.train.len(), "val": self.val.len(),
-            "tokens": toks(&self.all), "trained_tokens": trained(&self.all), "longest": longest,
-            "truncated": self.all.iter().filter(|e| e.ids.len() > self.settings.max_len).count(),
+            "name": self.data_name, "examples": self.examples.len(), "train": train.len(), "val": valid.len(),
+            "eval_name": self.eval_name, "eval": self.eval.len(),
+            "tokens": toks(&self.examples), "trained_tokens": trained(&self.examples), "longest": longest,
+            "truncated": self.examples.iter().filter(|e| e.ids.len() > self.ds.max_len).count(),
+            "max_len": self.ds.max_len,
+            "warning": self.data_warning,
         }))
     }
 
-    /// The first `n` examples with each token's id and whether it carries loss under the
-    /// current loss mode (for the mask preview).
-    /// HOOK(tokenizer): add each token's text once a tokenizer is loaded.
-    pub fn preview(&self, n: usize) -> JsValue {
-        let all_tokens = self.settings.loss == LossMode::AllTokens;
-        let items: Vec<Value> = self
-            .all
+    /// Example `index` of the dataset, token by token: `{origin, tokens: [{id, text,
+    /// trained}]}` (the mask preview), under the current loss mode.
+    pub fn preview(&self, index: usize) -> JsResult<JsValue> {
+        let e = self.examples.get(index).ok_or_else(|| usage(format!("there is no example {}", index + 1)))?;
+        let all = self.cfg.loss == LossMode::AllTokens;
+        let tokens: Vec<Value> = e
+            .ids
             .iter()
-            .take(n)
-            .map(|e| {
-                let trained: Vec<bool> =
-                    e.trained.iter().enumerate().map(|(i, &t)| i > 0 && (t || all_tokens)).collect();
-                json!({ "origin": e.origin, "ids": e.ids, "trained": trained })
+            .zip(&e.trained)
+            .enumerate()
+            .map(|(i, (&id, &t))| {
+                let text = self.meta.as_ref().and_then(|m| m.tokenizer.as_ref()).map(|t| t.token_text(id));
+                json!({"id": id, "text": text, "trained": i > 0 && (t || all), "cut": i >= self.ds.max_len})
             })
             .collect();
-        to_js(Value::Array(items))
+        Ok(to_js(json!({"origin": e.origin, "index": index, "count": self.examples.len(), "tokens": tokens})))
     }
 
     /// Set the run's settings from a plain object; missing keys keep their value. Keys:
     /// loss ("per-example" | "per-token" | "all-tokens"), lr, schedule ("constant" |
-    /// "linear" | "cosine"), warmup, batch, micro_batch, steps, epochs, max_len,
-    /// max_grad_norm (0 = off), weight_decay, seed, val_share (0..0.5). Returns the plan.
-    pub fn configure(&mut self, opts: &JsValue) -> std::result::Result<JsValue, JsError> {
-        let mut s = self.settings.clone();
-        if let Some(v) = get(opts, "loss") {
-            let name = v.as_string().unwrap_or_default();
-            s.loss = name.parse().map_err(js_err)?;
+    /// "linear" | "cosine"), warmup, batch, grad_accum, steps | epochs, max_len,
+    /// max_grad_norm (0 = off), weight_decay, seed, val_share (0..0.5), eval_every.
+    /// A run in progress is dropped (the model keeps its weights). Returns `plan()`.
+    pub fn configure(&mut self, opts: &JsValue) -> JsResult<JsValue> {
+        let mut c = self.cfg.clone();
+        let mut ds = self.ds.clone();
+        if let Some(name) = text(opts, "loss") {
+            c.loss = name.parse().map_err(js_err)?;
         }
-        if let Some(v) = get(opts, "schedule") {
-            let name = v.as_string().unwrap_or_default();
-            if !["constant", "linear", "cosine"].contains(&name.as_str()) {
-                return Err(usage(format!("unknown schedule `{name}` (constant, linear or cosine)")));
-            }
-            s.schedule = name;
+        if let Some(name) = text(opts, "schedule") {
+            c.schedule = name.parse().map_err(js_err)?;
         }
         if let Some(x) = num(opts, "lr")? {
             if !(x > 0.0 && x < 1.0) {
-                return Err(usage(format!("learning rate must be between 0 and 1, got {x}")));
+                return Err(usage(format!("the learning rate must be between 0 and 1, got {x}")));
             }
-            s.lr = x;
+            c.adamw.lr = x as f32;
         }
-        if let Some(x) = count(opts, "warmup", 0.0)? {
-            s.warmup = x as u64;
+        if let Some(x) = whole(opts, "warmup", 0.0)? {
+            c.warmup = x;
         }
-        if let Some(x) = count(opts, "batch", 1.0)? {
-            s.batch = x;
+        if let Some(x) = whole(opts, "batch", 1.0)? {
+            c.batch = x as usize;
         }
-        if let Some(x) = count(opts, "micro_batch", 1.0)? {
-            s.micro_batch = x;
+        if let Some(x) = whole(opts, "grad_accum", 1.0)? {
+            c.grad_accum = x as usize;
         }
-        if let Some(x) = count(opts, "steps", 1.0)? {
-            s.total_steps = x as u64;
-            s.epochs = None;
+        match (whole(opts, "steps", 1.0)?, whole(opts, "epochs", 1.0)?) {
+            (Some(_), Some(_)) => return Err(usage("give steps or epochs, not both")),
+            (Some(n), None) => c.length = Length::Steps(n),
+            (None, Some(e)) => c.length = Length::Epochs(e),
+            (None, None) => {}
         }
-        if let Some(x) = num(opts, "epochs")? {
-            if x <= 0.0 {
-                return Err(usage(format!("epochs must be positive, got {x}")));
-            }
-            s.epochs = Some(x);
-        }
-        if let Some(x) = count(opts, "max_len", 2.0)? {
-            s.max_len = x;
+        if let Some(x) = whole(opts, "max_len", 2.0)? {
+            ds.max_len = x as usize;
         }
         if let Some(x) = num(opts, "max_grad_norm")? {
             if x < 0.0 {
-                return Err(usage("gradient clipping norm must be 0 (off) or positive"));
+                return Err(usage("the clipping norm must be 0 (off) or positive"));
             }
-            s.max_grad_norm = if x == 0.0 { f32::INFINITY } else { x as f32 };
+            c.adamw.max_grad_norm = if x == 0.0 { f32::INFINITY } else { x as f32 };
         }
         if let Some(x) = num(opts, "weight_decay")? {
             if !(0.0..1.0).contains(&x) {
                 return Err(usage(format!("weight decay must be in [0, 1), got {x}")));
             }
-            s.weight_decay = x as f32;
+            c.adamw.weight_decay = x as f32;
         }
-        if let Some(x) = count(opts, "seed", 0.0)? {
-            s.seed = x as u64;
+        if let Some(x) = whole(opts, "seed", 0.0)? {
+            c.seed = x;
         }
         if let Some(x) = num(opts, "val_share")? {
             if !(0.0..=0.5).contains(&x) {
-                return Err(usage(format!("validation share must be between 0 and 0.5, got {x}")));
+                return Err(usage(format!("the validation share must be between 0 and 0.5, got {x}")));
             }
-            s.val_share = x;
+            ds.val_share = x;
         }
-        if s.micro_batch > s.batch {
-            s.micro_batch = s.batch;
+        if let Some(x) = whole(opts, "eval_every", 0.0)? {
+            c.eval_every = x;
         }
-        let resplit = s.seed != self.settings.seed || s.val_share != self.settings.val_share;
-        self.settings = s;
-        if resplit {
-            self.split();
-            self.restart();
+        if c.grad_accum > c.batch {
+            c.grad_accum = c.batch;
         }
-        self.update_total();
-        let cfg = self.train_config();
-        if let Some(t) = &mut self.trainer {
-            t.cfg = cfg;
-        }
+        c.check().map_err(js_err)?;
+        self.cfg = c;
+        self.ds = ds;
+        self.drop_run();
         Ok(self.plan())
     }
 
-    /// The run as configured: total steps, examples per step, accumulation, epochs.
+    /// The run as configured and where it stands: steps, batch, accumulation, schedule,
+    /// the memory estimate, and whether it fits the adapter.
     pub fn plan(&self) -> JsValue {
-        let s = &self.settings;
-        let per_epoch = self.train.len().div_ceil(s.batch.max(1)).max(1);
+        let c = self.run.as_ref().map(|r| r.config()).unwrap_or(&self.cfg);
+        let n_train = self.split().map(|(t, _)| t.len()).unwrap_or(0);
+        let per_epoch = n_train.div_ceil(c.batch.max(1)).max(1);
+        let total = c.total_steps(n_train.max(1));
         to_js(json!({
-            "total_steps": s.total_steps, "steps_per_epoch": per_epoch,
-            "epochs": s.total_steps as f64 / per_epoch as f64,
-            "batch": s.batch, "micro_batch": s.micro_batch, "accumulation": s.batch.div_ceil(s.micro_batch.max(1)),
-            "loss": s.loss.to_string(), "lr": s.lr, "schedule": s.schedule, "warmup": s.warmup,
-            "max_len": s.max_len, "done": self.step_count(),
+            "total_steps": total, "steps_per_epoch": per_epoch,
+            "epochs": total as f64 / per_epoch as f64,
+            "batch": c.batch, "micro_batch": c.micro(), "grad_accum": c.batch.div_ceil(c.micro()),
+            "loss": c.loss.to_string(), "lr": c.adamw.lr, "schedule": c.schedule.to_string(), "warmup": c.warmup,
+            "max_len": self.ds.max_len, "eval_every": c.eval_every, "seed": c.seed.to_string(),
+            "done": self.step_count(),
+            "finished": self.run.as_ref().is_some_and(|r| r.is_done()),
+            "memory": self.memory_json(),
         }))
     }
 
-    /// Optimizer steps applied so far.
+    /// Optimizer steps applied so far in this run.
     pub fn step_count(&self) -> u64 {
-        self.trainer.as_ref().map(|t| t.step).unwrap_or(0)
+        self.run.as_ref().map(|r| r.step()).unwrap_or(0)
     }
 
-    /// One optimizer step on the next `batch` examples. Returns
-    /// `{step, total_steps, epoch, loss, grad_norm, lr, tokens, targets, ms}`; `loss` is
-    /// the batch's loss before the update.
-    pub async fn step(&mut self) -> std::result::Result<JsValue, JsError> {
-        if self.trainer.is_none() {
-            return Err(usage("load a model first"));
+    /// One optimizer step of the run (started on first call from the current model,
+    /// data and settings). Returns `{step, total_steps, epoch, loss, lr, grad_norm,
+    /// examples, tokens, targets, ms, tokens_per_s, valid_loss}`, or `null` when the run
+    /// is complete. On an error nothing advances.
+    pub async fn step(&mut self) -> JsResult<JsValue> {
+        self.ensure_run()?;
+        let run = self.run.as_mut().ok_or_else(|| usage("no run"))?;
+        match run.next_step().await.map_err(js_err)? {
+            Some(r) => Ok(report_json(&r)),
+            None => Ok(JsValue::NULL),
         }
-        if self.train.is_empty() {
-            return Err(usage("load a dataset first (no training examples)"));
-        }
-        let batch = self.next_batch();
+    }
+
+    /// The validation loss (held-out evaluation file, else the validation share, else
+    /// the training set), in the configured loss mode. `{loss, examples, split, ms}`.
+    pub async fn validate(&mut self) -> JsResult<JsValue> {
+        let (train, valid) = self.split()?;
+        let (set, split) = match (valid.is_empty(), train.is_empty()) {
+            (false, _) => (valid, "validation"),
+            (true, false) => (train, "train"),
+            (true, true) => return Err(usage("load a dataset first")),
+        };
+        let mode = self.cfg.loss;
         let t0 = now_ms();
-        let Some(trainer) = self.trainer.as_mut() else { return Err(usage("load a model first")) };
-        let lr = lr_at(&self.settings, trainer.step + 1);
-        trainer.cfg.adamw.lr = lr as f32;
-        let st = trainer.step(&batch).await.map_err(js_err)?;
-        let ms = now_ms() - t0;
+        let n = set.len();
+        let loss = match self.run.as_mut() {
+            Some(run) => run.trainer.score(&set, mode).await.map_err(js_err)?.1,
+            None => {
+                let model = self.model.take().ok_or_else(|| usage("load a model first"))?;
+                let micro = self.cfg.micro();
+                let mut t = Trainer::new(self.gpu, model, TrainConfig { micro_batch: micro, ..Default::default() })
+                    .map_err(js_err)?;
+                let r = t.score(&set, mode).await;
+                self.model = Some(t.into_model());
+                r.map_err(js_err)?.1
+            }
+        };
+        Ok(to_js(json!({"loss": loss, "examples": n, "split": split, "ms": now_ms() - t0, "step": self.step_count()})))
+    }
+
+    /// Exact match on up to `limit` held-out examples (the evaluation file, else the
+    /// validation share): the model is given each example's prompt (the tokens before its
+    /// first trained token), generates greedily, and its answer (special tokens removed,
+    /// trimmed) must equal the example's. `{score, correct, total, items: [{prompt,
+    /// expected, got, ok}], ms}`.
+    pub async fn evaluate(&mut self, limit: usize) -> JsResult<JsValue> {
+        let tok = self.tokenizer()?;
+        let set: Vec<Example> = if self.eval.is_empty() { self.split()?.1 } else { self.eval.clone() };
+        let items: Vec<(Vec<u32>, Vec<u32>)> = set
+            .iter()
+            .filter_map(|e| {
+                let first = e.trained.iter().enumerate().skip(1).find(|(_, &t)| t)?.0;
+                Some((e.ids[..first].to_vec(), e.ids[first..].to_vec()))
+            })
+            .take(limit.max(1))
+            .collect();
+        if items.is_empty() {
+            return Err(usage(
+                "exact match needs held-out examples with a prompt and an answer (an evaluation file or a validation share)",
+            ));
+        }
+        let t0 = now_ms();
+        let model = self.model_ref().ok_or_else(|| usage("load a model first"))?;
+        let longest = items.iter().map(|(p, a)| p.len() + a.len() + 8).max().unwrap_or(1).min(model.max_seq());
+        let mut dec = Decoder::new(self.gpu, model, 1, longest).map_err(js_err)?;
+        let mut out = Vec::new();
+        let mut correct = 0;
+        for (prompt, answer) in &items {
+            let cfg = GenerateConfig {
+                max_new_tokens: (answer.len() + 8).min(longest.saturating_sub(prompt.len()).max(1)),
+                sampling: Sampling::greedy(),
+                stop_ids: tok.eos_ids(),
+                capacity: None,
+            };
+            let g = dec.generate(prompt, &cfg, |_| true).await.map_err(js_err)?;
+            let want = tok.decode_skip_special(answer).map_err(js_err)?.trim().to_string();
+            let got = tok.decode_skip_special(&g.tokens).map_err(js_err)?.trim().to_string();
+            let ok = got == want;
+            correct += ok as usize;
+            let prompt_text = tok.decode_skip_special(prompt).map_err(js_err)?;
+            out.push(json!({"prompt": prompt_text, "expected": want, "got": got, "ok": ok}));
+        }
         Ok(to_js(json!({
-            "step": trainer.step, "total_steps": self.settings.total_steps, "epoch": self.epoch,
-            "loss": st.loss, "grad_norm": st.grad_norm, "lr": lr,
-            "tokens": st.tokens, "targets": st.targets, "ms": ms,
+            "score": correct as f64 / items.len() as f64, "correct": correct, "total": items.len(),
+            "items": out, "ms": now_ms() - t0, "step": self.step_count(),
         })))
     }
 
-    /// The loss over the validation examples (or the training set when there is no
-    /// validation split), in the configured loss mode, without changing anything.
-    /// Returns `{loss, examples, split, ms}`.
-    pub async fn score(&mut self) -> std::result::Result<JsValue, JsError> {
-        let (set, split) = if self.val.is_empty() { (&self.train, "train") } else { (&self.val, "validation") };
-        if set.is_empty() {
-            return Err(usage("load a dataset first"));
-        }
-        let set: Vec<Example> = set.iter().map(|e| truncate(e, self.settings.max_len)).collect();
-        let mode = self.settings.loss;
+    /// Generate a reply and stream it: `input` is a prompt string, or an array of chat
+    /// messages `[{role, content}]` put through the model's chat template. `opts`:
+    /// `{max_new_tokens, temperature, top_k, top_p, seed, chat}` (`chat` applies the
+    /// template to a string prompt). `on_text(piece)` receives the text as it decodes;
+    /// returning `false` stops. Returns `{text, tokens, stop, ms, tokens_per_s}`.
+    pub async fn generate(&mut self, input: &JsValue, opts: &JsValue, on_text: &Function) -> JsResult<JsValue> {
+        let tok = self.tokenizer()?;
+        let chat = flag(opts, "chat").unwrap_or(false);
+        let (prompt_text, special) = if Array::is_array(input) {
+            let messages: Vec<Message> = Array::from(input)
+                .iter()
+                .map(|m| {
+                    let role = text(&m, "role").ok_or_else(|| usage("each chat message needs a `role`"))?;
+                    let content = text(&m, "content").ok_or_else(|| usage("each chat message needs a `content`"))?;
+                    Ok(Message::new(role, content))
+                })
+                .collect::<JsResult<_>>()?;
+            (tok.require_chat_template().map_err(js_err)?.render(&messages, true).map_err(js_err)?, false)
+        } else {
+            let s = input.as_string().ok_or_else(|| usage("generate expects a prompt string or chat messages"))?;
+            if chat {
+                (
+                    tok.require_chat_template()
+                        .map_err(js_err)?
+                        .render(&[Message::new("user", s)], true)
+                        .map_err(js_err)?,
+                    false,
+                )
+            } else {
+                (s, true)
+            }
+        };
+        let ids = tok.encode(&prompt_text, special).map_err(js_err)?;
+        let max_new = whole(opts, "max_new_tokens", 1.0)?.unwrap_or(128) as usize;
+        let sampling = Sampling {
+            temperature: num(opts, "temperature")?.unwrap_or(0.0) as f32,
+            top_k: whole(opts, "top_k", 0.0)?.unwrap_or(0) as usize,
+            top_p: num(opts, "top_p")?.unwrap_or(1.0) as f32,
+            seed: whole(opts, "seed", 0.0)?.unwrap_or(0),
+        };
+        let cfg = GenerateConfig { max_new_tokens: max_new, sampling, stop_ids: tok.eos_ids(), capacity: None };
+        let model = self.model_ref().ok_or_else(|| usage("load a model first"))?;
         let t0 = now_ms();
-        let trainer = self.trainer.as_mut().ok_or_else(|| usage("load a model first"))?;
-        let (_, loss) = trainer.score(&set, mode).await.map_err(js_err)?;
-        Ok(to_js(json!({ "loss": loss, "examples": set.len(), "split": split, "ms": now_ms() - t0 })))
+        let mut out: Vec<u32> = Vec::new();
+        let mut shown = 0usize;
+        let g = crate::model::generate::generate(self.gpu, model, &ids, &cfg, |id| {
+            out.push(id);
+            // Stream what decodes cleanly so far (a character may span tokens).
+            match tok.decode_skip_special(&out) {
+                Ok(s) if s.len() > shown && !s.ends_with('\u{fffd}') => {
+                    let piece = s[shown..].to_string();
+                    shown = s.len();
+                    on_text
+                        .call1(&JsValue::NULL, &JsValue::from_str(&piece))
+                        .map(|r| r.as_bool() != Some(false))
+                        .unwrap_or(true)
+                }
+                _ => true,
+            }
+        })
+        .await
+        .map_err(js_err)?;
+        let ms = now_ms() - t0;
+        let text = tok.decode_skip_special(&g.tokens).map_err(js_err)?;
+        Ok(to_js(json!({
+            "text": text, "tokens": g.tokens.len(), "prompt_tokens": ids.len(), "stop": format!("{:?}", g.stop),
+            "ms": ms, "tokens_per_s": g.tokens.len() as f64 / (ms / 1e3).max(1e-9),
+        })))
     }
 
-    /// LoRA is not in the engine yet. HOOK(lora): `{rank, alpha, targets}` configures the
-    /// adapter; `model_info().trainable` then reports the adapter's parameters.
-    pub fn set_lora(&mut self, _opts: &JsValue) -> std::result::Result<(), JsError> {
-        Err(usage("LoRA is coming: this build trains all parameters (full fine-tuning)"))
+    /// The LoRA adapter as PEFT saves it: `{"adapter_config.json", "adapter_model.safetensors"}`.
+    pub async fn export_peft(&self) -> JsResult<JsValue> {
+        let meta = self.meta.as_ref().ok_or_else(|| usage("load a model first"))?;
+        let model = self.model_ref().ok_or_else(|| usage("load a model first"))?;
+        if meta.lora.is_none() {
+            return Err(usage("a PEFT adapter needs LoRA training; this model trains all its weights (download the merged model instead)"));
+        }
+        let base = base_model_id(&meta.name);
+        let f = export_adapter(self.gpu, model, &base).await.map_err(js_err)?;
+        Ok(files_object(&[
+            ("adapter_config.json", f.config_json.as_bytes()),
+            ("adapter_model.safetensors", &f.safetensors),
+        ]))
+    }
+
+    /// The trained model with adapters merged, as a Hugging Face folder
+    /// `{config.json, model.safetensors, tokenizer files}` (Hugging Face bases only).
+    pub async fn export_merged(&self) -> JsResult<JsValue> {
+        let meta = self.meta.as_ref().ok_or_else(|| usage("load a model first"))?;
+        let model = self.model_ref().ok_or_else(|| usage("load a model first"))?;
+        let config = meta.config_json.as_deref().ok_or_else(|| {
+            usage("a Hugging Face folder needs a Hugging Face base (config.json); this model came from a GGUF, so download the merged GGUF instead")
+        })?;
+        let f = export_merged(self.gpu, model, config).await.map_err(js_err)?;
+        let mut files: Vec<(&str, &[u8])> =
+            vec![("config.json", f.config_json.as_bytes()), ("model.safetensors", &f.safetensors)];
+        for (n, d) in &meta.tokenizer_files {
+            files.push((n.as_str(), d.as_slice()));
+        }
+        Ok(files_object(&files))
+    }
+
+    /// The trained model with adapters merged, as one GGUF file (F16, or F32 when
+    /// `f32`), with the tokenizer metadata of a GGUF base.
+    pub async fn export_gguf(&self, f32: bool) -> JsResult<Uint8Array> {
+        let meta = self.meta.as_ref().ok_or_else(|| usage("load a model first"))?;
+        let model = self.model_ref().ok_or_else(|| usage("load a model first"))?;
+        let opts = GgufExport {
+            dtype: if f32 { GgufDtype::F32 } else { GgufDtype::F16 },
+            name: "webtune",
+            tokenizer: meta.gguf.as_ref().map(|g| &g.tokenizer),
+            chat_template: meta.gguf.as_ref().and_then(|g| g.chat_template.as_deref()),
+        };
+        let bytes = export_gguf(self.gpu, model, &opts).await.map_err(js_err)?;
+        Ok(Uint8Array::from(bytes.as_slice()))
+    }
+
+    /// The training state (trainable weights, AdamW moments, step, schedule, data order,
+    /// RNG) as bytes; restore with `restore_state` on the same model, data and settings.
+    pub async fn save_state(&mut self) -> JsResult<Uint8Array> {
+        self.ensure_run()?;
+        let run = self.run.as_ref().ok_or_else(|| usage("no run"))?;
+        let bytes = run.save().await.map_err(js_err)?;
+        Ok(Uint8Array::from(bytes.as_slice()))
+    }
+
+    /// Continue from a state saved by `save_state`: its run settings replace the
+    /// current ones (returned as `plan()`); the model and training data must be those of
+    /// the saved run, and anything that differs is named.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> JsResult<JsValue> {
+        let ck = Checkpoint::parse(bytes).map_err(js_err)?;
+        let cfg = ck.run_config().map_err(js_err)?;
+        self.cfg = cfg;
+        self.drop_run();
+        self.ensure_run()?;
+        let run = self.run.as_mut().ok_or_else(|| usage("no run"))?;
+        run.restore(&ck).map_err(js_err)?;
+        Ok(self.plan())
     }
 }
 
 /// Private helpers (not exported).
 impl Session {
-    fn train_config(&self) -> TrainConfig {
-        let s = &self.settings;
-        TrainConfig {
-            loss: s.loss,
-            micro_batch: s.micro_batch.max(1),
-            adamw: AdamW {
-                lr: s.lr as f32,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: s.weight_decay,
-                max_grad_norm: s.max_grad_norm,
-            },
-            pack: 0,
+    fn model_ref(&self) -> Option<&Model> {
+        self.run.as_ref().map(|r| &r.trainer.model).or(self.model.as_ref())
+    }
+
+    fn tokenizer(&self) -> JsResult<&Tokenizer> {
+        let meta = self.meta.as_ref().ok_or_else(|| usage("load a model first"))?;
+        meta.tokenizer.as_ref().ok_or_else(|| usage(format!("{} came without a tokenizer (tokenizer.json)", meta.name)))
+    }
+
+    /// End the run, keeping the model with its current weights.
+    fn drop_run(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.model = Some(run.into_trainer().into_model());
         }
     }
 
-    /// Split `all` into train and validation by a seeded shuffle.
-    fn split(&mut self) {
-        let mut idx: Vec<usize> = (0..self.all.len()).collect();
-        shuffle(&mut idx, &mut Rng::new(self.settings.seed ^ 0x5eed_5917));
-        let n_val = if self.all.len() >= 2 {
-            ((self.all.len() as f64 * self.settings.val_share).round() as usize).min(self.all.len() - 1)
-        } else {
-            0
-        };
-        let (val, train) = idx.split_at(n_val);
-        let mut train = train.to_vec();
-        let mut val = val.to_vec();
-        train.sort_unstable();
-        val.sort_unstable();
-        self.train = train.iter().map(|&i| self.all[i].clone()).collect();
-        self.val = val.iter().map(|&i| self.all[i].clone()).collect();
-        self.update_total();
-    }
-
-    fn update_total(&mut self) {
-        if let Some(e) = self.settings.epochs {
-            let per_epoch = self.train.len().div_ceil(self.settings.batch.max(1)).max(1);
-            self.settings.total_steps = ((e * per_epoch as f64).ceil() as u64).max(1);
-        }
-    }
-
-    /// Back to the start of the data order (a new model or dataset).
-    fn restart(&mut self) {
-        self.rng = Rng::new(self.settings.seed);
-        self.order.clear();
-        self.cursor = 0;
-        self.epoch = 0;
-    }
-
-    /// The next `batch` training examples of the shuffled epoch order (wrapping into a new
-    /// epoch), truncated to `max_len` tokens.
-    fn next_batch(&mut self) -> Vec<Example> {
-        let want = self.settings.batch.max(1).min(self.train.len());
-        let mut out = Vec::with_capacity(want);
-        while out.len() < want {
-            if self.cursor >= self.order.len() {
-                self.order = (0..self.train.len()).collect();
-                shuffle(&mut self.order, &mut self.rng);
-                self.cursor = 0;
-                self.epoch += 1;
+    /// JSONL to examples: text formats through the tokenizer (and chat template);
+    /// pre-tokenized lines checked against the vocabulary.
+    fn read_examples(&self, name: &str, text: &str) -> JsResult<Vec<Example>> {
+        let model =
+            self.model_ref().ok_or_else(|| usage("load a model first: the data is tokenized with its tokenizer"))?;
+        let examples = match self.meta.as_ref().and_then(|m| m.tokenizer.as_ref()) {
+            Some(tok) => {
+                let (ex, report) = data::load_jsonl(tok, name, text, &DataOptions::default()).map_err(js_err)?;
+                let _ = report;
+                ex
             }
-            out.push(truncate(&self.train[self.order[self.cursor]], self.settings.max_len));
-            self.cursor += 1;
+            None => data::parse_tokenized_jsonl(name, text).map_err(js_err)?,
+        };
+        let vocab = model.cfg.vocab;
+        for e in &examples {
+            if let Some(&bad) = e.ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(js_err(Error::Data(format!(
+                    "{}: token id {bad} is outside the model's vocabulary of {vocab}",
+                    e.origin
+                ))));
+            }
         }
-        out
+        Ok(examples)
+    }
+
+    /// Training and validation examples at the current settings: cut to `max_len`, the
+    /// evaluation file (else a seeded share of the data) held out.
+    fn split(&self) -> JsResult<(Vec<Example>, Vec<Example>)> {
+        let mode = self.cfg.loss;
+        let (data, _) = truncate(self.examples.clone(), self.ds.max_len, mode);
+        if !self.eval.is_empty() {
+            return Ok((data, truncate(self.eval.clone(), self.ds.max_len, mode).0));
+        }
+        if self.ds.val_share > 0.0 && data.len() >= 2 {
+            return split_validation(data, self.ds.val_share, self.cfg.seed).map_err(js_err);
+        }
+        Ok((data, Vec::new()))
+    }
+
+    fn ensure_run(&mut self) -> JsResult<()> {
+        if self.run.is_some() {
+            return Ok(());
+        }
+        if self.examples.is_empty() {
+            return Err(usage("load a dataset first"));
+        }
+        let (train, valid) = self.split()?;
+        if train.is_empty() {
+            return Err(usage(format!(
+                "no training example keeps a trained token within {} tokens: raise the maximum length",
+                self.ds.max_len
+            )));
+        }
+        self.check_fits()?;
+        let model = self.model.take().ok_or_else(|| usage("load a model first"))?;
+        let trainer = match Trainer::new(self.gpu, model, TrainConfig::default()) {
+            Ok(t) => t,
+            Err(e) => return Err(js_err(e)),
+        };
+        match Run::new(trainer, self.cfg.clone(), train, valid) {
+            Ok(run) => {
+                self.run = Some(run.with_clock(now_ms));
+                Ok(())
+            }
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
+    /// Refuse a configuration whose largest buffer the adapter cannot bind, naming the
+    /// limit, before anything is allocated.
+    fn check_fits(&self) -> JsResult<()> {
+        let Some(m) = self.model_ref() else { return Ok(()) };
+        let rows = self.cfg.micro() * self.ds.max_len.min(m.max_seq());
+        // The largest single buffer of a step: the logits of every row (all-tokens).
+        let logits = rows as u64 * m.cfg.vocab as u64 * 4;
+        if logits > self.gpu.max_binding() {
+            return Err(js_err(Error::Limit {
+                what: format!(
+                    "the logits of a micro-batch ({} sequences x {} tokens x {} vocabulary)",
+                    self.cfg.micro(),
+                    self.ds.max_len,
+                    m.cfg.vocab
+                ),
+                need: logits,
+                have: self.gpu.max_binding(),
+                limit: "maxStorageBufferBindingSize",
+            }));
+        }
+        Ok(())
+    }
+
+    fn memory_json(&self) -> Value {
+        let (Some(m), Some(meta)) = (self.model_ref(), &self.meta) else { return Value::Null };
+        let seq = self.ds.max_len.min(m.max_seq());
+        match memory::estimate(&m.cfg, meta.lora.as_ref(), self.cfg.micro(), seq) {
+            Ok(e) => json!({
+                "frozen_weights": e.frozen_weights, "trainable_weights": e.trainable_weights,
+                "grads_and_moments": e.grads_and_moments, "activations": e.activations,
+                "tables": e.tables, "total": e.total(),
+                "fits": self.check_fits().is_ok(),
+                "max_binding_bytes": self.gpu.max_binding(),
+            }),
+            Err(e) => json!({"error": e.to_string()}),
+        }
     }
 }
 
-fn truncate(e: &Example, max_len: usize) -> Example {
-    if e.ids.len() <= max_len {
-        return e.clone();
-    }
-    Example { ids: e.ids[..max_len].to_vec(), trained: e.trained[..max_len].to_vec(), origin: e.origin.clone() }
-}
-
-/// Fisher-Yates with the engine's RNG (the same order natively and in wasm).
-fn shuffle(v: &mut [usize], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
+/// The `base_model_name_or_path` of an exported adapter: a hub id when the model came
+/// from the hub, else the file name the page gave.
+fn base_model_id(name: &str) -> String {
+    match name {
+        n if n.to_lowercase().contains("smollm2-135m-instruct") => "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+        n => n.to_string(),
     }
 }
 
-/// What this build can do, so the page enables its controls from the engine rather than
-/// guessing. Each flag flips when its piece lands (see the `HOOK(...)` notes above).
+/// `{rank, alpha, dropout, rslora, targets}` to a LoRA configuration (null: none).
+fn lora_config(v: &JsValue, seed: u64) -> JsResult<Option<LoraConfig>> {
+    if v.is_null() || v.is_undefined() || v.as_bool() == Some(false) {
+        return Ok(None);
+    }
+    let rank = whole(v, "rank", 1.0)?.unwrap_or(8) as usize;
+    let alpha = num(v, "alpha")?.unwrap_or(2.0 * rank as f64) as f32;
+    let dropout = num(v, "dropout")?.unwrap_or(0.0) as f32;
+    let targets: Vec<String> = match get(v, "targets") {
+        None => vec![ALL_LINEAR.to_string()],
+        Some(t) if Array::is_array(&t) => Array::from(&t).iter().filter_map(|x| x.as_string()).collect(),
+        Some(t) => t.as_string().unwrap_or_default().split(',').map(|s| s.trim().to_string()).collect(),
+    };
+    let targets: Vec<String> = targets.into_iter().filter(|s| !s.is_empty()).collect();
+    let l = LoraConfig { rank, alpha, dropout, rslora: flag(v, "rslora").unwrap_or(false), targets, seed };
+    l.validate().map_err(js_err)?;
+    Ok(Some(l))
+}
+
+fn report_json(r: &StepReport) -> JsValue {
+    to_js(json!({
+        "step": r.step, "total_steps": r.total_steps, "epoch": r.epoch, "loss": r.loss, "lr": r.lr,
+        "grad_norm": r.grad_norm, "examples": r.examples, "tokens": r.tokens, "targets": r.targets,
+        "ms": r.ms, "tokens_per_s": r.tokens_per_s, "valid_loss": r.valid_loss,
+    }))
+}
+
+/// What this build can do, so the page enables its controls from the engine.
 #[wasm_bindgen]
 pub fn capabilities() -> JsValue {
     to_js(json!({
-        "hf_safetensors": true,
-        "tokenized_jsonl": true,
-        "gguf": false,      // HOOK(gguf)
-        "tokenizer": false, // HOOK(tokenizer): text JSONL, chat templates, token text in previews
-        "lora": false,      // HOOK(lora)
-        "generate": false,  // HOOK(generate): the chat box
-        "export": false,    // HOOK(export): PEFT adapter, merged safetensors, GGUF downloads
+        "hf_safetensors": true, "gguf": true, "tokenizer": true, "lora": true,
+        "generate": true, "export": ["peft", "merged", "gguf"], "checkpoint": true,
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

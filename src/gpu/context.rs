@@ -34,6 +34,10 @@ pub struct Gpu {
     /// Matmuls without workgroup memory (faster on CPU-backed adapters, see matmul.wgsl).
     /// Chosen from the adapter; `WEBTUNE_MATMUL=tiled|reg` overrides it.
     pub matmul_reg: bool,
+    /// Set by the device-lost callback (a driver reset, a browser reclaiming the GPU of a
+    /// background tab, `device.destroy()`), so a caller can tell a lost device from a
+    /// failing step and start over from a checkpoint.
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Gpu {
@@ -92,7 +96,11 @@ impl Gpu {
             // SwiftShader (the browser's software WebGPU); lavapipe measured faster tiled.
             _ => software && info.backend == wgpu::Backend::BrowserWebGpu,
         };
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |_reason, _msg| flag.store(true, std::sync::atomic::Ordering::Relaxed));
         Gpu {
+            lost,
             matmul_reg,
             dummy,
             info: GpuInfo {
@@ -108,6 +116,11 @@ impl Gpu {
             uniforms: Mutex::new(HashMap::new()),
             no_reuse: std::env::var("WEBTUNE_NO_REUSE").map(|v| v == "1").unwrap_or(false),
         }
+    }
+
+    /// Whether the device was lost; every later call on it fails.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The largest tensor (in bytes) one binding can see.

@@ -279,6 +279,11 @@ impl<'g> Run<'g> {
         self
     }
 
+    /// End the run, handing back the trainer (and with it the model as trained so far).
+    pub fn into_trainer(self) -> Trainer<'g> {
+        self.trainer
+    }
+
     pub fn config(&self) -> &RunConfig {
         &self.cfg
     }

@@ -67,6 +67,11 @@ impl<'g> Trainer<'g> {
         Ok(Trainer { gpu, model, cfg, step: 0, ws: None, partials, stats, profile: None, last_tokens: (0, 0) })
     }
 
+    /// The model, its gradient buffers and workspace released.
+    pub fn into_model(self) -> Model {
+        self.model
+    }
+
     pub fn gpu(&self) -> &'g Gpu {
         self.gpu
     }
