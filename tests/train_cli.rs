@@ -174,6 +174,27 @@ fn lora_training_writes_a_peft_adapter() {
     let (_, _, b) = m.lora_params()[0];
     let trained_b = block(m.params.read(g, b)).unwrap();
     assert!(trained_b.iter().any(|&x| x != 0.0), "B starts at zero and must have trained");
+
+    // Continue that adapter: with a learning rate of 0 the adapter comes out bit for bit
+    // as it went in (so it was imported, not re-initialized), and its first loss is the
+    // trained one, not the base model's.
+    let out_s = out.display().to_string();
+    let (ok, stdout2, stderr) = train(
+        &dir,
+        "again",
+        &["--method", "lora", "--adapter", &out_s, "--steps", "1", "--batch", "4", "--lr", "0", "--weight-decay", "0"],
+    );
+    assert!(ok, "{stderr}");
+    let again = dir.join("again");
+    assert_eq!(tensors(&again.join("adapter_model.safetensors")), tensors(&out.join("adapter_model.safetensors")));
+    let s2 = steps(&stdout2);
+    assert!(s2[0].2 < s[0].2 * 0.9, "the continued run starts from the trained adapter: {} vs base {}", s2[0].2, s[0].2);
+    // A broken adapter is refused by name.
+    std::fs::write(again.join("adapter_model.safetensors"), b"not a safetensors file").unwrap();
+    let again_s = again.display().to_string();
+    let (ok, _, stderr) = train(&dir, "third", &["--method", "lora", "--adapter", &again_s, "--steps", "1"]);
+    assert!(!ok);
+    assert!(stderr.contains("adapter_model.safetensors"), "{stderr}");
 }
 
 fn tempdir(tag: &str) -> PathBuf {

@@ -169,6 +169,10 @@ struct TrainArgs {
     valid_fraction: Option<f64>,
     #[arg(long, value_enum, default_value = "full")]
     method: Method,
+    /// Continue training a PEFT adapter folder (adapter_config.json +
+    /// adapter_model.safetensors): its rank, alpha and targets replace the --lora-* flags.
+    #[arg(long, conflicts_with = "resume")]
+    adapter: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     format: Format,
     /// LoRA rank.
@@ -335,18 +339,7 @@ pub async fn run() -> Result<()> {
             }
         }
         Cmd::Generate { model, adapter, prompt, chat, max_new_tokens, temperature, top_p, top_k, seed } => {
-            let files = match &adapter {
-                Some(dir) => {
-                    let read = |n: &str| {
-                        std::fs::read(dir.join(n)).map_err(|e| Error::io(dir.join(n).display().to_string(), e))
-                    };
-                    Some(AdapterFiles {
-                        config_json: String::from_utf8_lossy(&read("adapter_config.json")?).into_owned(),
-                        safetensors: read("adapter_model.safetensors")?,
-                    })
-                }
-                None => None,
-            };
+            let files = adapter.as_deref().map(read_adapter).transpose()?;
             let lora = files.as_ref().map(|f| parse_adapter_config(&f.config_json)).transpose()?;
             let l = load(&gpu, &model, lora.as_ref()).await?;
             if let Some(f) = &files {
@@ -486,6 +479,16 @@ fn run_config(a: &TrainArgs, resumed: Option<&Checkpoint>) -> Result<RunConfig> 
     Ok(c)
 }
 
+/// A PEFT adapter folder's two files.
+fn read_adapter(dir: &Path) -> Result<AdapterFiles> {
+    let read = |n: &str| std::fs::read(dir.join(n)).map_err(|e| Error::io(dir.join(n).display().to_string(), e));
+    Ok(AdapterFiles {
+        config_json: String::from_utf8(read("adapter_config.json")?)
+            .map_err(|_| Error::Config(format!("{}/adapter_config.json is not UTF-8", dir.display())))?,
+        safetensors: read("adapter_model.safetensors")?,
+    })
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     // Through a temporary file, so an interrupted write never leaves half a checkpoint.
     let tmp = path.with_extension("tmp");
@@ -510,9 +513,14 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     };
     let ck = resume_bytes.as_deref().map(Checkpoint::parse).transpose()?;
     let cfg = run_config(&a, ck.as_ref())?;
-    let lora = match a.method {
-        Method::Full => None,
-        Method::Lora => Some(LoraConfig {
+    let adapter = a.adapter.as_deref().map(read_adapter).transpose()?;
+    if adapter.is_some() && a.method != Method::Lora {
+        return Err(Error::Usage("--adapter continues a LoRA adapter: add --method lora".into()));
+    }
+    let lora = match (a.method, &adapter) {
+        (Method::Full, _) => None,
+        (Method::Lora, Some(files)) => Some(LoraConfig { seed: cfg.seed, ..parse_adapter_config(&files.config_json)? }),
+        (Method::Lora, None) => Some(LoraConfig {
             rank: a.lora_rank,
             alpha: a.lora_alpha,
             dropout: a.lora_dropout,
@@ -526,6 +534,11 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     };
     let loaded = load(gpu, &a.model, lora.as_ref()).await?;
     let Loaded { model, tokenizer, config_json, gguf } = loaded;
+    if let Some(files) = &adapter {
+        // A wrong or missing key is an error here, never a silently fresh adapter.
+        import_adapter(gpu, &model, files)?;
+        eprintln!("continuing the adapter in {}", a.adapter.as_ref().unwrap().display());
+    }
     let max_len = a.max_len.unwrap_or(model.max_seq()).min(model.max_seq());
     let prepare = |examples: Vec<Example>, what: &str| {
         let (kept, dropped) = truncate(examples, max_len, cfg.loss);
