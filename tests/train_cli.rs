@@ -188,7 +188,12 @@ fn lora_training_writes_a_peft_adapter() {
     let again = dir.join("again");
     assert_eq!(tensors(&again.join("adapter_model.safetensors")), tensors(&out.join("adapter_model.safetensors")));
     let s2 = steps(&stdout2);
-    assert!(s2[0].2 < s[0].2 * 0.9, "the continued run starts from the trained adapter: {} vs base {}", s2[0].2, s[0].2);
+    assert!(
+        s2[0].2 < s[0].2 * 0.9,
+        "the continued run starts from the trained adapter: {} vs base {}",
+        s2[0].2,
+        s[0].2
+    );
     // A broken adapter is refused by name.
     std::fs::write(again.join("adapter_model.safetensors"), b"not a safetensors file").unwrap();
     let again_s = again.display().to_string();
