@@ -37,8 +37,8 @@ pub async fn export_adapter(gpu: &Gpu, model: &Model, base_model: &str) -> Resul
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
         "r": cfg.rank,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
+        "lora_alpha": alpha_json(cfg.alpha),
+        "lora_dropout": decimal(cfg.dropout),
         "target_modules": targets,
         "use_rslora": cfg.rslora,
         "fan_in_fan_out": model.cfg.arch == Arch::Gpt2,
@@ -59,6 +59,21 @@ pub async fn export_adapter(gpu: &Gpu, model: &Model, base_model: &str) -> Resul
         config_json: serde_json::to_string_pretty(&config).expect("JSON of plain values"),
         safetensors: safetensors_f32(&tensors)?,
     })
+}
+
+/// An f32 setting as the decimal a user typed: the shortest text that reads back as the
+/// same f32 (`0.1`, not the f64 widening `0.10000000149011612`).
+fn decimal(x: f32) -> Value {
+    json!(x.to_string().parse::<f64>().expect("an f32's Display reads back"))
+}
+
+/// `lora_alpha` as PEFT writes it: an integer when whole (`8`), else as `decimal`.
+fn alpha_json(x: f32) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        decimal(x)
+    }
 }
 
 fn bad(what: impl Into<String>) -> Error {
