@@ -156,40 +156,45 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // tiled kernel above. Same Params, bindings and results (the same fma order over k).
 @compute @workgroup_size(16, 16)
 fn matmul_forward_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wid.y * TM;
-    let col0 = wid.x * TN;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    let m0 = wid.y * TM + lid.y;
+    let n0 = wid.x * TN + lid.x;
     // Clamp out-of-range rows/columns to a valid index: they compute garbage that is
-    // never stored, and the inner loop stays free of bounds checks.
-    var ao: array<u32, 4>;
-    var bo: array<u32, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        ao[i] = min(row0 + lid.y + 16u * i, p.m - 1u) * p.a_rs;
-        bo[i] = min(col0 + lid.x + 16u * i, p.n - 1u) * p.b_cs;
-    }
+    // never stored, and the inner loop stays free of bounds checks. Named scalars and
+    // vec4 accumulators, not arrays: a software rasterizer's JIT keeps those in registers,
+    // where dynamically indexed arrays become stack memory (a load and a store per fma).
+    let a0 = min(m0, p.m - 1u) * p.a_rs;
+    let a1 = min(m0 + 16u, p.m - 1u) * p.a_rs;
+    let a2 = min(m0 + 32u, p.m - 1u) * p.a_rs;
+    let a3 = min(m0 + 48u, p.m - 1u) * p.a_rs;
+    let b0 = min(n0, p.n - 1u) * p.b_cs;
+    let b1 = min(n0 + 16u, p.n - 1u) * p.b_cs;
+    let b2 = min(n0 + 32u, p.n - 1u) * p.b_cs;
+    let b3 = min(n0 + 48u, p.n - 1u) * p.b_cs;
+    // acc_i[j] = sum_k A(m0 + 16i, k) B(k, n0 + 16j), one fma per k in k order.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k = 0u; k < p.k; k++) {
         let ak = k * p.a_cs;
         let bk = k * p.b_rs;
-        var av: array<f32, 4>;
-        var bv: array<f32, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            av[i] = a[ao[i] + ak];
-            bv[i] = b[bo[i] + bk];
-        }
-        for (var i = 0u; i < 4u; i++) {
-            for (var j = 0u; j < 4u; j++) {
-                acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
-            }
-        }
+        let bv = vec4<f32>(b[b0 + bk], b[b1 + bk], b[b2 + bk], b[b3 + bk]);
+        acc0 = fma(vec4<f32>(a[a0 + ak]), bv, acc0);
+        acc1 = fma(vec4<f32>(a[a1 + ak]), bv, acc1);
+        acc2 = fma(vec4<f32>(a[a2 + ak]), bv, acc2);
+        acc3 = fma(vec4<f32>(a[a3 + ak]), bv, acc3);
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = row0 + lid.y + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let n = col0 + lid.x + 16u * j;
-            if (m < p.m && n < p.n) { store(m, n, acc[i * 4u + j]); }
-        }
-    }
+    store_row4(m0, n0, acc0);
+    store_row4(m0 + 16u, n0, acc1);
+    store_row4(m0 + 32u, n0, acc2);
+    store_row4(m0 + 48u, n0, acc3);
+}
+
+// C(m, n0 + 16j) for j = 0..3, where in range.
+fn store_row4(m: u32, n0: u32, v: vec4<f32>) {
+    if (m >= p.m) { return; }
+    if (n0 < p.n) { store(m, n0, v.x); }
+    if (n0 + 16u < p.n) { store(m, n0 + 16u, v.y); }
+    if (n0 + 32u < p.n) { store(m, n0 + 32u, v.z); }
+    if (n0 + 48u < p.n) { store(m, n0 + 48u, v.w); }
 }
