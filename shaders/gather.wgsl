@@ -22,7 +22,8 @@ fn gather_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     out[e] = x[rows[i] * p.c + e % p.c];
 }
 
-// dx must already be zero (gather::backward clears it in the same pass): rows are distinct,
+// dx must already be zero where no row lands (gather::backward clears it in the same pass;
+// gather::scatter writes chunks of rows into a dx cleared once): rows are distinct,
 // so every element is written by at most one thread and the result is deterministic.
 @group(0) @binding(1) var<storage, read> dout: array<f32>;        // (N, C)
 @group(0) @binding(2) var<storage, read> rows_b: array<u32>;      // (N)

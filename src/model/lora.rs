@@ -104,9 +104,12 @@ pub struct LoraShape {
 
 impl LoraShape {
     /// Activation bytes for a micro-batch of `rows` tokens: u (rows, R) per site, the
-    /// backward's (rows, R) scratch, and with dropout the dropped input (rows, max_in).
+    /// backward's (rows, R) scratch, and with dropout the dropped input (rows, max_in), each
+    /// buffer as the GPU allocates it.
     pub fn bytes(&self, rows: usize) -> u64 {
-        4 * (rows * self.rank * (self.sites + 1) + if self.dropout { rows * self.max_in } else { 0 }) as u64
+        use super::workspace::buffer_bytes;
+        let u = buffer_bytes(rows * self.rank);
+        u * (self.sites as u64 + 1) + if self.dropout { buffer_bytes(rows * self.max_in) } else { 0 }
     }
 }
 

@@ -4,7 +4,7 @@
 use super::arch;
 use super::config::ModelConfig;
 use super::lora::{self, LoraConfig};
-use super::workspace::Workspace;
+use super::workspace::{Workspace, WorkspaceOpts};
 use crate::error::Result;
 
 /// Bytes by kind. Parameters are counted as their arenas lay them out (each tensor padded
@@ -17,8 +17,10 @@ pub struct MemoryEstimate {
     pub trainable_weights: u64,
     /// Their gradients and AdamW's two moments (3x the trainable weights).
     pub grads_and_moments: u64,
-    /// Saved activations and backward scratch of one micro-batch (logits of every row
-    /// included: the all-tokens worst case), LoRA's u buffers included.
+    /// The workspace of one micro-batch in training's layout (`WorkspaceOpts::default()`:
+    /// each block's input, one block's activations recomputed in the backward, one head
+    /// chunk's logits) with every row carrying loss (the all-tokens worst case), LoRA's u
+    /// buffers included: exactly the bytes `Workspace::with_lora` allocates.
     pub activations: u64,
     /// Of `activations`, what the adapters add.
     pub lora_activations: u64,
@@ -41,6 +43,17 @@ pub fn estimate(
     micro_batch: usize,
     seq: usize,
 ) -> Result<MemoryEstimate> {
+    estimate_with(cfg, lora, micro_batch, seq, WorkspaceOpts::default())
+}
+
+/// `estimate` for a workspace in the layout `opts` (e.g. without recompute).
+pub fn estimate_with(
+    cfg: &ModelConfig,
+    lora: Option<&LoraConfig>,
+    micro_batch: usize,
+    seq: usize,
+    opts: WorkspaceOpts,
+) -> Result<MemoryEstimate> {
     let (mut specs, mut tree) = arch::build(cfg);
     let shape = match lora {
         Some(l) => {
@@ -60,7 +73,7 @@ pub fn estimate(
         }
     }
     let rows = micro_batch * seq;
-    e.activations = Workspace::bytes_with_lora(cfg, shape, rows, rows);
+    e.activations = Workspace::bytes(cfg, shape, rows, rows, opts);
     e.lora_activations = shape.map_or(0, |s| s.bytes(rows));
     if !cfg.inv_freq.is_empty() {
         e.tables = 4 * (2 * cfg.max_pos.min(super::MAX_ROPE_POSITIONS) * cfg.inv_freq.len()) as u64;

@@ -18,7 +18,7 @@ pub use generate::{generate, Decoder, GenerateConfig, Generation, Sampler, Sampl
 pub use lora::{LoraConfig, LoraShape};
 pub use params::{ParamSpec, ParamStore, Pid};
 pub use pass::{Head, LoraIo};
-pub use workspace::{Inputs, LoraActs, Workspace};
+pub use workspace::{Inputs, LayerActs, LoraActs, Workspace, WorkspaceOpts, HEAD_CHUNK};
 
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -89,9 +89,15 @@ impl Model {
     }
 
     /// A workspace for micro-batches of up to `rows` tokens and `n` loss rows, with the
-    /// adapters' buffers when the model has any.
+    /// adapters' buffers when the model has any, that holds the logits of every loss row
+    /// (`Head::Logits`); see `workspace_with` for training's smaller layout.
     pub fn workspace(&self, gpu: &Gpu, rows: usize, n: usize) -> Result<Workspace> {
-        Workspace::with_lora(gpu, &self.cfg, self.lora_shape(), rows, n)
+        self.workspace_with(gpu, rows, n, WorkspaceOpts::logits())
+    }
+
+    /// `workspace` with the layout `opts` (`WorkspaceOpts::default()`: training's).
+    pub fn workspace_with(&self, gpu: &Gpu, rows: usize, n: usize, opts: WorkspaceOpts) -> Result<Workspace> {
+        Workspace::with_opts(gpu, &self.cfg, self.lora_shape(), rows, n, opts)
     }
 
     /// Every LoRA parameter (A, B of each adapted layer, forward order) with its module path.

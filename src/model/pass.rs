@@ -4,12 +4,12 @@
 
 use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
 use super::lora::LoraP;
-use super::workspace::{Inputs, LoraActs, Workspace};
+use super::workspace::{Inputs, LayerActs, LoraActs, Workspace};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::dropout::{self, Mask};
 use crate::ops::matmul::{matmul, matmul_scaled, Linear, Op};
-use crate::ops::{attention, copy2d, cross_entropy, embedding, gather, gelu, layernorm, rmsnorm, rope, swiglu};
+use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu};
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
 /// adapter buffers (`Workspace::lora`, made by `Model::workspace`) and the dropout salt
@@ -26,13 +26,21 @@ impl<'a> LoraIo<'a> {
     }
 }
 
-/// What the forward pass ends with.
+/// What the forward pass ends with. The head runs over the N loss rows in chunks of
+/// `ws.head_chunk()` rows (gather, final norm, logits, loss), so the (N, V) logits are held
+/// whole only when asked for (`WorkspaceOpts::all_logits`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
-    /// Fused softmax + cross-entropy: per-row NLL and the logits' gradient.
+    /// Fused softmax + cross-entropy: per-row NLL in `ws.nll` (scoring, no gradients).
     Loss,
-    /// Just the logits (scoring, generation, parity tests).
+    /// Just the logits (scoring, generation, parity tests): `ws.logits` holds the (N, V)
+    /// logits of every loss row; the workspace needs `WorkspaceOpts::all_logits`.
     Logits,
+    /// Training: the loss as with `Loss`, and each chunk's head backward right after its
+    /// loss (the logits' gradient never outlives its chunk): the LM head's and the final
+    /// norm's gradients are added, and `ws.grads.dres` receives the gradient of the last
+    /// block's output. `Model::backward` continues from there.
+    Train,
 }
 
 impl Model {
@@ -269,9 +277,33 @@ impl Model {
         head.forward(enc, x, &self.params.weight(self.tree.lm_head), None, None, logits, false);
     }
 
-    /// Forward through the blocks, then the head over the N rows listed in `loss_rows`.
-    /// With `Head::Loss`, `ws.nll` then holds each row's NLL and `ws.logits` the logits'
-    /// gradient; with `Head::Logits`, `ws.logits` holds the logits.
+    /// One block's forward: `out` = block(`x`), its activations saved into `a` (and the
+    /// LoRA u of its adapters). Deterministic, so the backward can re-run it from `x`
+    /// (activation checkpointing) and get the same bits.
+    #[allow(clippy::too_many_arguments)]
+    fn block_fwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        a: &LayerActs,
+        x: &Tensor,
+        out: &Tensor,
+        inp: &Inputs,
+        lio: Option<LoraIo>,
+    ) {
+        let rows = inp.b * inp.t;
+        let shape = self.attn_shape(inp);
+        self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
+        self.qkv_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), [&a.q, &a.k, &a.v], &inp.pos, lio);
+        attention::forward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse);
+        self.linear_fwd(enc, &blk.o, rows, &a.o, Some(x), &a.x_mid, lio);
+        self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
+        self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &a.x_mid, out, lio);
+    }
+
+    /// Forward through the blocks, then the head over the N rows listed in `loss_rows`, in
+    /// chunks (see `Head`). With `Head::Loss` or `Head::Train`, `ws.nll` then holds each
+    /// row's NLL; with `Head::Logits`, `ws.logits` holds the logits.
     pub fn forward(&self, enc: &mut Encoder, ws: &Workspace, inp: &Inputs, head_kind: Head) {
         let cfg = &self.cfg;
         let p = &self.params;
@@ -280,33 +312,63 @@ impl Model {
         let wpe = self.tree.wpe.map(|w| p.weight(w));
         let pos = wpe.as_ref().map(|w| (&inp.pos, w));
         embedding::forward(enc, &inp.ids, &p.weight(self.tree.wte), pos, &ws.xs[0], rows, c);
-        let shape = self.attn_shape(inp);
         let lio = LoraIo::of(ws, inp);
         for (l, blk) in self.tree.blocks.iter().enumerate() {
-            let a = &ws.layers[l];
-            let x = &ws.xs[l];
-            self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
-            self.qkv_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), [&a.q, &a.k, &a.v], &inp.pos, lio);
-            attention::forward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse);
-            self.linear_fwd(enc, &blk.o, rows, &a.o, Some(x), &a.x_mid, lio);
-            self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
-            self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &a.x_mid, &ws.xs[l + 1], lio);
+            self.block_fwd(enc, blk, ws.acts(l), &ws.xs[l], &ws.xs[l + 1], inp, lio);
         }
         // Only the rows that carry loss go through the final norm, the LM head and the loss.
         let n = inp.n;
         if n == 0 {
             return;
         }
-        gather::forward(enc, &ws.xs[cfg.layers], &inp.loss_rows, &ws.hg, n, c);
-        self.norm_fwd(enc, &self.tree.ln_f, n, &ws.hg, &ws.hf, &ws.meanf, &ws.rstdf);
-        self.lm_head_fwd(enc, n, &ws.hf, &ws.logits);
-        if head_kind == Head::Logits {
-            return;
+        assert!(
+            head_kind != Head::Logits || ws.opts.all_logits,
+            "Head::Logits needs a workspace that holds every row's logits (WorkspaceOpts::all_logits)"
+        );
+        let v = cfg.vocab;
+        if head_kind == Head::Train {
+            // The scatter of each chunk's gradient writes only its rows.
+            fill::fill(enc, &ws.grads.dres, 0.0, rows * c);
         }
-        cross_entropy::forward_backward(enc, &ws.logits, &inp.targets, &inp.weights, &ws.nll, n, cfg.vocab);
+        let chunk = ws.head_chunk();
+        for at in (0..n).step_by(chunk) {
+            let k = chunk.min(n - at);
+            // Views at a chunk's start: `at` is a multiple of 64, so every binding offset is a
+            // multiple of 256 bytes.
+            let loss_rows = inp.loss_rows.view(at, k);
+            let logits = if ws.opts.all_logits { ws.logits.view(at * v, k * v) } else { ws.logits.view(0, k * v) };
+            gather::forward(enc, &ws.xs[cfg.layers], &loss_rows, &ws.hg, k, c);
+            self.norm_fwd(enc, &self.tree.ln_f, k, &ws.hg, &ws.hf, &ws.meanf, &ws.rstdf);
+            self.lm_head_fwd(enc, k, &ws.hf, &logits);
+            if head_kind == Head::Logits {
+                continue;
+            }
+            let (targets, weights, nll) = (inp.targets.view(at, k), inp.weights.view(at, k), ws.nll.view(at, k));
+            cross_entropy::forward_backward(enc, &logits, &targets, &weights, &nll, k, v);
+            if head_kind == Head::Train {
+                self.head_bwd(enc, ws, k, &logits, &loss_rows);
+            }
+        }
     }
 
-    /// Backward after `forward`: adds every trainable parameter's gradient.
+    /// One head chunk's backward, from its logits' gradient (k, V): the LM head, the final
+    /// norm, and the scatter of its rows into the residual stream's gradient.
+    fn head_bwd(&self, enc: &mut Encoder, ws: &Workspace, k: usize, dlogits: &Tensor, loss_rows: &Tensor) {
+        let (cfg, p) = (&self.cfg, &self.params);
+        let head =
+            Linear { rows: k, fan_in: cfg.hidden, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
+        head.backward_input(enc, dlogits, &p.weight(self.tree.lm_head), &ws.dhf, false);
+        if let Some(dw) = p.grad(self.tree.lm_head) {
+            head.backward_weight(enc, dlogits, &ws.hf, &dw, None);
+        }
+        self.norm_bwd(enc, &self.tree.ln_f, k, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false);
+        gather::scatter(enc, &ws.dhg, loss_rows, &ws.grads.dres, k, cfg.hidden);
+    }
+
+    /// Backward after `forward` with `Head::Train` (same workspace and inputs): adds every
+    /// trainable parameter's gradient. With `WorkspaceOpts::recompute`, each block's forward
+    /// is re-run from its saved input before its backward (the last block's activations are
+    /// still there from the forward).
     pub fn backward(&self, enc: &mut Encoder, ws: &Workspace, inp: &Inputs) {
         let cfg = &self.cfg;
         let p = &self.params;
@@ -316,20 +378,15 @@ impl Model {
         if n == 0 {
             return;
         }
-        // Loss head, in reverse.
-        let head = Linear { rows: n, fan_in: c, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
-        head.backward_input(enc, &ws.logits, &p.weight(self.tree.lm_head), &ws.dhf, false);
-        if let Some(dw) = p.grad(self.tree.lm_head) {
-            head.backward_weight(enc, &ws.logits, &ws.hf, &dw, None);
-        }
-        self.norm_bwd(enc, &self.tree.ln_f, n, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false);
-        gather::backward(enc, &ws.dhg, &inp.loss_rows, &g.dres, n, rows, c);
-
         let shape = self.attn_shape(inp);
         let lio = LoraIo::of(ws, inp);
         for (l, blk) in self.tree.blocks.iter().enumerate().rev() {
-            let a = &ws.layers[l];
+            let a = ws.acts(l);
             let x = &ws.xs[l];
+            if ws.opts.recompute && l + 1 < cfg.layers {
+                // Rewrites xs[l + 1] with the bits it already holds (no later block reads it).
+                self.block_fwd(enc, blk, a, x, &ws.xs[l + 1], inp, lio);
+            }
             // x_next = x_mid + mlp(ln2(x_mid)); g.dres holds d x_next.
             match &blk.mlp {
                 MlpP::Gated { gate, up, down } => {

@@ -71,6 +71,45 @@ pub struct Inputs {
     pub dropout_salt: Option<u32>,
 }
 
+/// Bytes a buffer of `len` 32-bit elements takes on the GPU: `Gpu::zeros` allocates at
+/// least one element, rounded up to 16 bytes.
+pub fn buffer_bytes(len: usize) -> u64 {
+    (len.max(1) as u64 * 4).next_multiple_of(16)
+}
+
+/// Loss rows per chunk of the LM head (gather, final norm, logits, loss and the head's
+/// backward), so the (N, V) logits are never held whole in training. A multiple of 64, so
+/// per-row views at a chunk's start keep the 256-byte binding alignment.
+pub const HEAD_CHUNK: usize = 256;
+
+/// How a workspace trades memory for compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkspaceOpts {
+    /// Keep only the residual stream entering each block and ONE block's activations,
+    /// re-running each block's forward in the backward (activation checkpointing). Off:
+    /// every block's activations are saved (more memory, no recompute). Same results.
+    pub recompute: bool,
+    /// Hold the logits of every loss row (`Head::Logits`: scoring, parity tests) instead of
+    /// one chunk's.
+    pub all_logits: bool,
+    /// Loss rows per head chunk (a positive multiple of 64).
+    pub head_chunk: usize,
+}
+
+impl Default for WorkspaceOpts {
+    /// Training's layout: recompute on, one chunk of logits.
+    fn default() -> Self {
+        WorkspaceOpts { recompute: true, all_logits: false, head_chunk: HEAD_CHUNK }
+    }
+}
+
+impl WorkspaceOpts {
+    /// For forward callers that read the logits of every loss row.
+    pub fn logits() -> Self {
+        WorkspaceOpts { all_logits: true, ..Default::default() }
+    }
+}
+
 /// LoRA's activations: u = drop(x) A^T of every adapted layer, and backward scratch.
 pub struct LoraActs {
     /// (rows, R) per adapted layer, indexed by `LoraP::site`.
@@ -90,21 +129,99 @@ impl LoraActs {
             xd: if l.dropout { Some(gpu.zeros("lora_xd", rows * l.max_in)?) } else { None },
         })
     }
+
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.u.iter().chain([&self.g]).chain(&self.xd)
+    }
+}
+
+/// The length (in 32-bit elements) of every buffer of a workspace, in allocation order:
+/// what `Workspace::with_opts` allocates and `Workspace::bytes` counts.
+struct Lens {
+    xs: usize,
+    layer: Vec<(&'static str, usize)>,
+    grads: Vec<(&'static str, usize)>,
+    head: Vec<(&'static str, usize)>,
+    layers: usize,
+}
+
+impl Lens {
+    fn new(cfg: &ModelConfig, rows: usize, n: usize, opts: WorkspaceOpts) -> Lens {
+        assert!(opts.head_chunk > 0 && opts.head_chunk.is_multiple_of(64), "head chunk {}", opts.head_chunk);
+        let (c, f, q, kv) = (cfg.hidden, cfg.ffn, cfg.q_dim(), cfg.kv_dim());
+        let bht = rows * cfg.heads;
+        let gpt2 = cfg.arch == Arch::Gpt2;
+        let stat = if gpt2 { rows } else { 1 };
+        let mut layer = vec![("ln1", rows * c), ("mean1", stat), ("rstd1", rows)];
+        if gpt2 {
+            layer.push(("qkv", rows * 3 * c));
+        }
+        layer.extend([
+            ("q", rows * q),
+            ("k", rows * kv),
+            ("v", rows * kv),
+            ("o", rows * q),
+            ("lse", bht),
+            ("x_mid", rows * c),
+            ("ln2", rows * c),
+            ("mean2", stat),
+            ("rstd2", rows),
+            ("h1", rows * f),
+        ]);
+        if !gpt2 {
+            layer.push(("h2", rows * f));
+        }
+        layer.push(("act", rows * f));
+        let mut grads =
+            vec![("dres", rows * c), ("dln", rows * c), ("dq", rows * q), ("dk", rows * kv), ("dv", rows * kv)];
+        if gpt2 {
+            grads.push(("dqkv", rows * 3 * c));
+        }
+        grads.extend([("d_o", rows * q), ("dh1", rows * f), ("dh2", rows * f), ("dact", rows * f), ("delta", bht)]);
+        let n1 = n.max(1);
+        let hr = n1.min(opts.head_chunk);
+        let logit_rows = if opts.all_logits { n1 } else { hr };
+        let head = vec![
+            ("hg", hr * c),
+            ("hf", hr * c),
+            ("meanf", hr),
+            ("rstdf", hr),
+            ("logits", logit_rows * cfg.vocab),
+            ("nll", n1),
+            ("dhf", hr * c),
+            ("dhg", hr * c),
+        ];
+        let layers = if opts.recompute { cfg.layers.min(1) } else { cfg.layers };
+        Lens { xs: rows * c, layer, grads, head, layers }
+    }
+
+    fn bytes(&self, cfg: &ModelConfig) -> u64 {
+        let sum = |v: &[(&str, usize)]| v.iter().map(|&(_, n)| buffer_bytes(n)).sum::<u64>();
+        (cfg.layers as u64 + 1) * buffer_bytes(self.xs)
+            + self.layers as u64 * sum(&self.layer)
+            + sum(&self.grads)
+            + sum(&self.head)
+    }
 }
 
 pub struct Workspace {
     pub rows: usize,
     pub n: usize,
     pub bht: usize,
+    pub opts: WorkspaceOpts,
     /// xs[l] is the residual stream entering block l; xs[L] leaves the last block. (rows, C)
     pub xs: Vec<Tensor>,
+    /// One block's activations per block, or (with `opts.recompute`) one set shared by all
+    /// blocks, refilled by re-running a block's forward in the backward. See `acts`.
     pub layers: Vec<LayerActs>,
-    /// (N, C) gathered final hidden states, their normalized form, and norm statistics.
+    /// (chunk, C) gathered final hidden states, their normalized form, and norm statistics,
+    /// of one head chunk (`opts.head_chunk` loss rows at most).
     pub hg: Tensor,
     pub hf: Tensor,
     pub meanf: Tensor,
     pub rstdf: Tensor,
-    /// (N, V) logits, overwritten by their gradient.
+    /// (chunk, V) one head chunk's logits, overwritten by their gradient in training; (N, V)
+    /// the logits of every loss row with `opts.all_logits` (`Head::Logits`).
     pub logits: Tensor,
     /// (N) per-row negative log-likelihood.
     pub nll: Tensor,
@@ -115,27 +232,28 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Bytes a micro-batch of `rows` tokens with `n` loss rows needs, to refuse before
-    /// allocating.
+    /// Bytes a training micro-batch of `rows` tokens with `n` loss rows needs (the default
+    /// layout, no adapters), to refuse before allocating.
     pub fn bytes_for(cfg: &ModelConfig, rows: usize, n: usize) -> u64 {
-        let (c, f, q, kv) = (cfg.hidden, cfg.ffn, cfg.q_dim(), cfg.kv_dim());
-        let bht = rows * cfg.heads;
-        let gpt2 = cfg.arch == Arch::Gpt2;
-        let per_layer = rows * (4 * c + q + 2 * kv + q + 4 + if gpt2 { 3 * c + 2 * f } else { 3 * f }) + bht;
-        let scratch = rows * (2 * c + 2 * q + 2 * kv + 3 * f + if gpt2 { 3 * c } else { 0 }) + bht;
-        let head = n * (5 * c + cfg.vocab + 4);
-        4 * ((cfg.layers * per_layer + (cfg.layers + 1) * rows * c + scratch + head) as u64)
+        Workspace::bytes(cfg, None, rows, n, WorkspaceOpts::default())
     }
 
+    /// Exactly the bytes `with_opts` allocates (every buffer as `Gpu::zeros` sizes it).
+    pub fn bytes(cfg: &ModelConfig, lora: Option<LoraShape>, rows: usize, n: usize, opts: WorkspaceOpts) -> u64 {
+        Lens::new(cfg, rows, n, opts).bytes(cfg) + lora.map_or(0, |l| l.bytes(rows))
+    }
+
+    /// A training workspace without adapters (the default layout).
     pub fn new(gpu: &Gpu, cfg: &ModelConfig, rows: usize, n: usize) -> Result<Workspace> {
         Workspace::with_lora(gpu, cfg, None, rows, n)
     }
 
     /// Bytes of `with_lora`'s buffers (the activations of a micro-batch, adapters included).
     pub fn bytes_with_lora(cfg: &ModelConfig, lora: Option<LoraShape>, rows: usize, n: usize) -> u64 {
-        Workspace::bytes_for(cfg, rows, n) + lora.map_or(0, |l| l.bytes(rows))
+        Workspace::bytes(cfg, lora, rows, n, WorkspaceOpts::default())
     }
 
+    /// A training workspace (the default layout) with the adapters' buffers.
     pub fn with_lora(
         gpu: &Gpu,
         cfg: &ModelConfig,
@@ -143,69 +261,121 @@ impl Workspace {
         rows: usize,
         n: usize,
     ) -> Result<Workspace> {
-        let (c, f, q, kv) = (cfg.hidden, cfg.ffn, cfg.q_dim(), cfg.kv_dim());
-        let bht = rows * cfg.heads;
+        Workspace::with_opts(gpu, cfg, lora, rows, n, WorkspaceOpts::default())
+    }
+
+    pub fn with_opts(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        lora: Option<LoraShape>,
+        rows: usize,
+        n: usize,
+        opts: WorkspaceOpts,
+    ) -> Result<Workspace> {
+        let lens = Lens::new(cfg, rows, n, opts);
         let gpt2 = cfg.arch == Arch::Gpt2;
-        let z = |label: &str, len: usize| gpu.zeros(label, len);
-        let xs = (0..=cfg.layers).map(|_| z("x", rows * c)).collect::<Result<Vec<_>>>()?;
-        let layers = (0..cfg.layers)
+        let z = |list: &[(&'static str, usize)], name: &str| {
+            let &(label, len) = list.iter().find(|(l, _)| *l == name).expect("a listed buffer");
+            gpu.zeros(label, len)
+        };
+        let xs = (0..=cfg.layers).map(|_| gpu.zeros("x", lens.xs)).collect::<Result<Vec<_>>>()?;
+        let l = &lens.layer;
+        let layers = (0..lens.layers)
             .map(|_| {
                 Ok(LayerActs {
-                    ln1: z("ln1", rows * c)?,
-                    mean1: z("mean1", if gpt2 { rows } else { 1 })?,
-                    rstd1: z("rstd1", rows)?,
-                    qkv: if gpt2 { Some(z("qkv", rows * 3 * c)?) } else { None },
-                    q: z("q", rows * q)?,
-                    k: z("k", rows * kv)?,
-                    v: z("v", rows * kv)?,
-                    o: z("o", rows * q)?,
-                    lse: z("lse", bht)?,
-                    x_mid: z("x_mid", rows * c)?,
-                    ln2: z("ln2", rows * c)?,
-                    mean2: z("mean2", if gpt2 { rows } else { 1 })?,
-                    rstd2: z("rstd2", rows)?,
-                    h1: z("h1", rows * f)?,
-                    h2: if gpt2 { None } else { Some(z("h2", rows * f)?) },
-                    act: z("act", rows * f)?,
+                    ln1: z(l, "ln1")?,
+                    mean1: z(l, "mean1")?,
+                    rstd1: z(l, "rstd1")?,
+                    qkv: if gpt2 { Some(z(l, "qkv")?) } else { None },
+                    q: z(l, "q")?,
+                    k: z(l, "k")?,
+                    v: z(l, "v")?,
+                    o: z(l, "o")?,
+                    lse: z(l, "lse")?,
+                    x_mid: z(l, "x_mid")?,
+                    ln2: z(l, "ln2")?,
+                    mean2: z(l, "mean2")?,
+                    rstd2: z(l, "rstd2")?,
+                    h1: z(l, "h1")?,
+                    h2: if gpt2 { None } else { Some(z(l, "h2")?) },
+                    act: z(l, "act")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let gl = &lens.grads;
         let grads = Grads {
-            dres: z("dres", rows * c)?,
-            dln: z("dln", rows * c)?,
-            dq: z("dq", rows * q)?,
-            dk: z("dk", rows * kv)?,
-            dv: z("dv", rows * kv)?,
-            dqkv: if gpt2 { Some(z("dqkv", rows * 3 * c)?) } else { None },
-            d_o: z("d_o", rows * q)?,
-            dh1: z("dh1", rows * f)?,
-            dh2: z("dh2", rows * f)?,
-            dact: z("dact", rows * f)?,
-            delta: z("delta", bht)?,
+            dres: z(gl, "dres")?,
+            dln: z(gl, "dln")?,
+            dq: z(gl, "dq")?,
+            dk: z(gl, "dk")?,
+            dv: z(gl, "dv")?,
+            dqkv: if gpt2 { Some(z(gl, "dqkv")?) } else { None },
+            d_o: z(gl, "d_o")?,
+            dh1: z(gl, "dh1")?,
+            dh2: z(gl, "dh2")?,
+            dact: z(gl, "dact")?,
+            delta: z(gl, "delta")?,
         };
         let lora = lora.map(|l| LoraActs::new(gpu, &l, rows)).transpose()?;
-        let n1 = n.max(1);
+        let h = &lens.head;
         Ok(Workspace {
             rows,
-            n: n1,
-            bht,
+            n: n.max(1),
+            bht: rows * cfg.heads,
+            opts,
             xs,
             layers,
-            hg: z("hg", n1 * c)?,
-            hf: z("hf", n1 * c)?,
-            meanf: z("meanf", n1)?,
-            rstdf: z("rstdf", n1)?,
-            logits: z("logits", n1 * cfg.vocab)?,
-            nll: z("nll", n1)?,
-            dhf: z("dhf", n1 * c)?,
-            dhg: z("dhg", n1 * c)?,
+            hg: z(h, "hg")?,
+            hf: z(h, "hf")?,
+            meanf: z(h, "meanf")?,
+            rstdf: z(h, "rstdf")?,
+            logits: z(h, "logits")?,
+            nll: z(h, "nll")?,
+            dhf: z(h, "dhf")?,
+            dhg: z(h, "dhg")?,
             grads,
             lora,
         })
     }
 
+    /// Block `l`'s activation buffers (the shared set under `opts.recompute`).
+    pub fn acts(&self, l: usize) -> &LayerActs {
+        &self.layers[if self.opts.recompute { 0 } else { l }]
+    }
+
     /// Whether this workspace can hold a micro-batch of `rows` tokens and `n` loss rows.
     pub fn fits(&self, rows: usize, n: usize) -> bool {
         rows <= self.rows && n <= self.n
+    }
+
+    /// Loss rows of one head chunk.
+    pub fn head_chunk(&self) -> usize {
+        self.opts.head_chunk
+    }
+
+    /// Every buffer this workspace holds.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut out: Vec<&Tensor> = self.xs.iter().collect();
+        for a in &self.layers {
+            out.extend([&a.ln1, &a.mean1, &a.rstd1]);
+            out.extend(&a.qkv);
+            out.extend([&a.q, &a.k, &a.v, &a.o, &a.lse, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2, &a.h1]);
+            out.extend(&a.h2);
+            out.push(&a.act);
+        }
+        let g = &self.grads;
+        out.extend([&g.dres, &g.dln, &g.dq, &g.dk, &g.dv]);
+        out.extend(&g.dqkv);
+        out.extend([&g.d_o, &g.dh1, &g.dh2, &g.dact, &g.delta]);
+        out.extend([&self.hg, &self.hf, &self.meanf, &self.rstdf, &self.logits, &self.nll, &self.dhf, &self.dhg]);
+        if let Some(l) = &self.lora {
+            out.extend(l.tensors());
+        }
+        out
+    }
+
+    /// The bytes of GPU memory this workspace's buffers take (their allocated sizes).
+    pub fn gpu_bytes(&self) -> u64 {
+        self.tensors().iter().map(|t| t.buf.size()).sum()
     }
 }

@@ -31,6 +31,14 @@ pub fn forward(enc: &mut Encoder, x: &Tensor, rows: &Tensor, out: &Tensor, n: us
 pub fn backward(enc: &mut Encoder, dout: &Tensor, rows: &Tensor, dx: &Tensor, n: usize, r: usize, c: usize) {
     debug_assert!(dout.len >= n * c && rows.len >= n && dx.len >= r * c && n <= r);
     fill(enc, dx, 0.0, r * c);
+    scatter(enc, dout, rows, dx, n, c);
+}
+
+/// dx[rows[i]] = dout(N, C)[i], every other row of dx left as it is: `backward` without
+/// the clearing, so the rows of a gather can be scattered back in chunks (a chunk's
+/// `rows` and `dout` are views at the chunk's start). `rows` must be distinct.
+pub fn scatter(enc: &mut Encoder, dout: &Tensor, rows: &Tensor, dx: &Tensor, n: usize, c: usize) {
+    debug_assert!(dout.len >= n * c && rows.len >= n);
     let p = Params { n: n as u32, c: c as u32 };
     let cost = Cost { flops: 0, bytes: 4 * (2 * n * c + n) as u64 };
     if n * c > 0 {

@@ -5,7 +5,7 @@
 use super::batch::{self, Example, ExampleScore, LossMode, MicroBatch};
 use crate::error::{Error, Result};
 use crate::gpu::{Encoder, Gpu, Profile, Tensor};
-use crate::model::{Head, Inputs, Model, Workspace};
+use crate::model::{Head, Inputs, Model, Workspace, WorkspaceOpts, HEAD_CHUNK};
 use crate::ops::adamw::{self, AdamW};
 use crate::ops::embedding::GroupIndex;
 use crate::ops::grad_norm;
@@ -19,6 +19,12 @@ pub struct TrainConfig {
     /// Pack each micro-batch's examples into rows of up to this many tokens (0: one
     /// example per row, padded to the longest).
     pub pack: usize,
+    /// Activation checkpointing: save each block's input only and re-run the block's
+    /// forward in the backward (`WorkspaceOpts::recompute`); off saves every activation.
+    /// The results are the same bits either way.
+    pub recompute: bool,
+    /// Loss rows per chunk of the LM head (a positive multiple of 64; `HEAD_CHUNK`).
+    pub head_chunk: usize,
 }
 
 impl Default for TrainConfig {
@@ -28,6 +34,8 @@ impl Default for TrainConfig {
             micro_batch: 8,
             adamw: AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 },
             pack: 0,
+            recompute: true,
+            head_chunk: HEAD_CHUNK,
         }
     }
 }
@@ -82,7 +90,7 @@ impl<'g> Trainer<'g> {
 
     /// The logits (N, V) of the rows `mb.loss_rows` (N rows in row order).
     pub async fn logits(&mut self, mb: &MicroBatch) -> Result<Vec<f32>> {
-        self.ensure_workspace(std::slice::from_ref(mb))?;
+        self.ensure_workspace_for(std::slice::from_ref(mb), true)?;
         let inp = self.upload(mb, false)?;
         let ws = self.ws.as_ref().unwrap();
         {
@@ -113,19 +121,37 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
+    /// The layout of the workspaces this trainer allocates (`all_logits` for `logits`).
+    pub fn workspace_opts(&self, all_logits: bool) -> WorkspaceOpts {
+        WorkspaceOpts { recompute: self.cfg.recompute, all_logits, head_chunk: self.cfg.head_chunk }
+    }
+
     /// Make sure a workspace fits the largest micro-batch, refusing before allocation when
     /// one activation buffer would exceed the adapter's binding limit.
     pub fn ensure_workspace(&mut self, batches: &[MicroBatch]) -> Result<()> {
+        self.ensure_workspace_for(batches, false)
+    }
+
+    /// `ensure_workspace`, with the logits of every loss row held when `all_logits`.
+    fn ensure_workspace_for(&mut self, batches: &[MicroBatch], all_logits: bool) -> Result<()> {
         let rows = batches.iter().map(|m| m.b * m.t).max().unwrap_or(1);
         let n = batches.iter().map(|m| m.loss_rows.len()).max().unwrap_or(1);
-        if self.ws.as_ref().is_some_and(|w| w.fits(rows, n)) && !self.gpu.no_reuse {
+        let opts = self.workspace_opts(all_logits);
+        let layout_ok = |w: &Workspace| {
+            w.opts.recompute == opts.recompute
+                && w.opts.head_chunk == opts.head_chunk
+                && (w.opts.all_logits || !all_logits)
+        };
+        if self.ws.as_ref().is_some_and(|w| w.fits(rows, n) && layout_ok(w)) && !self.gpu.no_reuse {
             return Ok(());
         }
         let cfg = &self.model.cfg;
-        let biggest = [rows * cfg.ffn, rows * 3 * cfg.hidden, n * cfg.vocab].into_iter().max().unwrap() as u64 * 4;
+        let logit_rows = if all_logits { n } else { n.min(opts.head_chunk) };
+        let biggest =
+            [rows * cfg.ffn, rows * 3 * cfg.hidden, logit_rows * cfg.vocab].into_iter().max().unwrap() as u64 * 4;
         self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
         self.ws = None;
-        self.ws = Some(self.model.workspace(self.gpu, rows, n)?);
+        self.ws = Some(self.model.workspace_with(self.gpu, rows, n, opts)?);
         Ok(())
     }
 
@@ -181,9 +207,11 @@ impl<'g> Trainer<'g> {
                 // LoRA dropout: a fresh mask per optimizer step and micro-batch.
                 inp.dropout_salt = Some((self.step as u32).wrapping_mul(0x9E37_79B9) ^ i as u32);
             }
-            self.model.forward(&mut enc, ws, &inp, Head::Loss);
             if grads {
+                self.model.forward(&mut enc, ws, &inp, Head::Train);
                 self.model.backward(&mut enc, ws, &inp);
+            } else {
+                self.model.forward(&mut enc, ws, &inp, Head::Loss);
             }
             enc.copy_at(&ws.nll.view(0, inp.n), &nll_all, at);
             at += inp.n;

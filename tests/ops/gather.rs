@@ -42,3 +42,29 @@ fn gather_forward_backward_match_reference() {
         check(&format!("{what} dx"), &block(g.read_f32(&tdx)).unwrap(), &want, GATHER);
     }
 }
+
+/// The loss head's chunked backward: dx cleared once, then each chunk of rows scattered
+/// through views at the chunk's start (chunk starts are multiples of 64 rows, so the views
+/// keep the 256-byte binding alignment). Must equal the one-shot adjoint bit for bit.
+#[test]
+fn gather_scatter_in_chunks_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(11);
+    for &(r, n, c, chunk) in &[(300, 200, 7, 64), (1000, 999, 3, 256), (129, 129, 5, 64), (70, 65, 1, 64)] {
+        let dout = rng.vec(n * c, 1.0);
+        let rows = distinct_rows(&mut rng, r, n);
+        let trows = g.upload_u32("rows", &rows).unwrap();
+        let tdout = g.upload_f32("dout", &dout).unwrap();
+        let tdx = g.upload_f32("dx", &vec![f32::NAN; r * c]).unwrap();
+        let mut enc = Encoder::new(g);
+        webtune::ops::fill::fill(&mut enc, &tdx, 0.0, r * c);
+        for at in (0..n).step_by(chunk) {
+            let k = chunk.min(n - at);
+            gather::scatter(&mut enc, &tdout.view(at * c, k * c), &trows.view(at, k), &tdx, k, c);
+        }
+        enc.submit();
+        let want = gather_backward(&f64s(&dout), &rows, r, c);
+        let what = format!("gather scatter R={r} N={n} C={c} chunk {chunk}");
+        check(&what, &block(g.read_f32(&tdx)).unwrap(), &want, GATHER);
+    }
+}

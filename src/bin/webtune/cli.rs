@@ -12,6 +12,7 @@ use webtune::gpu::{Gpu, Profile};
 use webtune::load::hub::{Hub, Progress};
 use webtune::load::GgufInfo;
 use webtune::load::{Loaded, ModelSource};
+use webtune::model::memory;
 use webtune::model::presets::{preset, random_init};
 use webtune::model::LoraConfig;
 use webtune::model::Model;
@@ -197,6 +198,11 @@ struct TrainArgs {
     /// 0 pads each example to the longest of its micro-batch.
     #[arg(long, default_value_t = 0)]
     pack: usize,
+    /// Save every block's activations instead of re-running each block's forward in the
+    /// backward (activation checkpointing, the default): faster, much more memory, the
+    /// same results.
+    #[arg(long)]
+    no_recompute: bool,
     /// per-example (default), per-token or all-tokens.
     #[arg(long)]
     loss: Option<LossMode>,
@@ -557,7 +563,8 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
         (None, Some(f)) => split_validation(data, f, cfg.seed)?,
         (None, None) => (data, Vec::new()),
     };
-    let trainer = Trainer::new(gpu, model, TrainConfig { pack: a.pack, ..Default::default() })?;
+    let trainer =
+        Trainer::new(gpu, model, TrainConfig { pack: a.pack, recompute: !a.no_recompute, ..Default::default() })?;
     eprintln!(
         "{}: {} parameters ({} trainable); {} training and {} validation examples; {} steps of batch {} \
          (micro-batch {}), {} schedule from lr {:e}, {} warm-up steps",
@@ -573,6 +580,11 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
         cfg.adamw.lr,
         cfg.warmup
     );
+    print_memory(
+        &trainer,
+        cfg.micro(),
+        train.iter().chain(&valid).map(|e| e.ids.len()).max().unwrap_or(1).max(a.pack),
+    )?;
     let mut run = Run::new(trainer, cfg, train, valid)?;
     if let Some(ck) = &ck {
         run.restore(ck).map_err(|e| match e {
@@ -603,6 +615,26 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     if run.is_done() {
         export(gpu, &run, &a, config_json.as_deref(), gguf.as_ref()).await?;
     }
+    Ok(())
+}
+
+/// The GPU memory training needs, by kind, for micro-batches of `micro` sequences of `seq`
+/// tokens (the workspace's worst case: every token carries loss).
+fn print_memory(t: &Trainer, micro: usize, seq: usize) -> Result<()> {
+    let m = &t.model;
+    let e = memory::estimate_with(&m.cfg, m.lora.as_ref(), micro, seq, t.workspace_opts(false))?;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "GPU memory for micro-batches of {micro} x {seq} tokens: {:.0} MiB (frozen weights {:.0}, trainable weights \
+         {:.1}, their gradients and AdamW moments {:.1}, activations {:.0} of which LoRA {:.1}, tables {:.1})",
+        mib(e.total()),
+        mib(e.frozen_weights),
+        mib(e.trainable_weights),
+        mib(e.grads_and_moments),
+        mib(e.activations),
+        mib(e.lora_activations),
+        mib(e.tables)
+    );
     Ok(())
 }
 
