@@ -132,7 +132,7 @@ struct ModelMeta {
 }
 
 /// The page's settings beyond `RunConfig`: how examples are cut and split.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct DataSettings {
     max_len: usize,
     /// Share of the training file held out for the validation loss when no separate
@@ -415,7 +415,8 @@ impl Session {
     /// "linear" | "cosine"), warmup, batch, grad_accum, steps | epochs, max_len,
     /// max_grad_norm (0 = off), weight_decay, seed, val_share (0..0.5), val_limit (the
     /// validation loss over at most this many held-out examples; 0 = all), eval_every.
-    /// A run in progress is dropped (the model keeps its weights). Returns `plan()`.
+    /// A run in progress is dropped (the model keeps its weights) unless nothing changed.
+    /// Returns `plan()`.
     pub fn configure(&mut self, opts: &JsValue) -> JsResult<JsValue> {
         let mut c = self.cfg.clone();
         let mut ds = self.ds.clone();
@@ -480,9 +481,14 @@ impl Session {
             c.grad_accum = c.batch;
         }
         c.check().map_err(js_err)?;
+        // The same settings again (a page re-sending its form after a restored state)
+        // keep the run and its step.
+        let unchanged = c.to_json() == self.cfg.to_json() && ds == self.ds;
         self.cfg = c;
         self.ds = ds;
-        self.drop_run();
+        if !unchanged {
+            self.drop_run();
+        }
         Ok(self.plan())
     }
 

@@ -287,6 +287,7 @@ const handlers = {
     setStatus('#train-status', `Recovered from a lost GPU device at step ${m.step}; training goes on.`, 'ok');
   },
   restored(m) {
+    clearTimeout(configureTimer); // a pending form update must not replace the restored run
     resetRun();
     state.restoredAt = m.step;
     onPlan(m.plan);
