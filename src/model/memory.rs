@@ -34,6 +34,25 @@ impl MemoryEstimate {
     }
 }
 
+/// "738 MiB (frozen weights 513, trainable weights 9.3, ...)": the total and each kind, in MiB.
+impl std::fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        write!(
+            f,
+            "{:.0} MiB (frozen weights {:.0}, trainable weights {:.1}, their gradients and AdamW moments {:.1}, \
+             activations {:.0} of which LoRA {:.1}, tables {:.1})",
+            mib(self.total()),
+            mib(self.frozen_weights),
+            mib(self.trainable_weights),
+            mib(self.grads_and_moments),
+            mib(self.activations),
+            mib(self.lora_activations),
+            mib(self.tables)
+        )
+    }
+}
+
 /// What training `cfg` (with `lora`, or fully when None) needs for micro-batches of
 /// `micro_batch` sequences of `seq` tokens. Accumulated batches add nothing: the
 /// workspace is sized for one micro-batch and reused.

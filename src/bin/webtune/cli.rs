@@ -623,18 +623,7 @@ async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
 fn print_memory(t: &Trainer, micro: usize, seq: usize) -> Result<()> {
     let m = &t.model;
     let e = memory::estimate_with(&m.cfg, m.lora.as_ref(), micro, seq, t.workspace_opts(false))?;
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    eprintln!(
-        "GPU memory for micro-batches of {micro} x {seq} tokens: {:.0} MiB (frozen weights {:.0}, trainable weights \
-         {:.1}, their gradients and AdamW moments {:.1}, activations {:.0} of which LoRA {:.1}, tables {:.1})",
-        mib(e.total()),
-        mib(e.frozen_weights),
-        mib(e.trainable_weights),
-        mib(e.grads_and_moments),
-        mib(e.activations),
-        mib(e.lora_activations),
-        mib(e.tables)
-    );
+    eprintln!("GPU memory for micro-batches of {micro} x {seq} tokens: {e}");
     Ok(())
 }
 
