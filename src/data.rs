@@ -423,18 +423,6 @@ impl DataReport {
         ))
     }
 
-    fn merge(&mut self, o: &DataReport) {
-        self.examples += o.examples;
-        self.truncated_prompt += o.truncated_prompt;
-        self.truncated_answer += o.truncated_answer;
-        self.tokens += o.tokens;
-        self.trained_tokens += o.trained_tokens;
-        for t in &o.truncated_at {
-            if self.truncated_at.len() < 5 {
-                self.truncated_at.push(t.clone());
-            }
-        }
-    }
 }
 
 /// Which tokens of a text's tokenization overlap one of the byte spans (as transformers'
@@ -579,7 +567,7 @@ fn answer_span(
 
 /// Truncate to `max_len`: prompt tokens (before the first trained token) from the left
 /// first, then tokens from the right. Returns (prompt cut, answer cut).
-fn truncate(ex: &mut Example, max_len: usize) -> (bool, bool) {
+pub fn truncate(ex: &mut Example, max_len: usize) -> (bool, bool) {
     let n = ex.ids.len();
     if n <= max_len {
         return (false, false);
@@ -644,53 +632,9 @@ pub fn load_jsonl(tok: &Tokenizer, file: &str, text: &str, opts: &DataOptions) -
     build_examples(tok, file, &records, opts)
 }
 
-/// Where the validation examples come from.
-#[derive(Clone, Debug)]
-pub enum Validation<'a> {
-    None,
-    /// A second JSONL file: (name, text).
-    File(&'a str, &'a str),
-    /// A held-out fraction of the training file, chosen with a seeded shuffle.
-    Fraction {
-        fraction: f64,
-        seed: u64,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct Dataset {
-    pub train: Vec<Example>,
-    pub validation: Vec<Example>,
-    pub report: DataReport,
-}
-
-/// Load a training file and its validation set.
-pub fn load_dataset(
-    tok: &Tokenizer,
-    train: (&str, &str),
-    validation: Validation,
-    opts: &DataOptions,
-) -> Result<Dataset> {
-    let (mut examples, mut report) = load_jsonl(tok, train.0, train.1, opts)?;
-    let validation = match validation {
-        Validation::None => Vec::new(),
-        Validation::File(name, text) => {
-            let (v, r) = load_jsonl(tok, name, text, opts)?;
-            report.merge(&r);
-            v
-        }
-        Validation::Fraction { fraction, seed } => {
-            let (t, v) = split(std::mem::take(&mut examples), fraction, seed)?;
-            examples = t;
-            v
-        }
-    };
-    Ok(Dataset { train: examples, validation, report })
-}
-
 /// Hold out `fraction` of the examples (rounded, at least one, never all) for validation,
 /// chosen by a seeded shuffle; both parts keep file order.
-pub fn split(examples: Vec<Example>, fraction: f64, seed: u64) -> Result<(Vec<Example>, Vec<Example>)> {
+pub fn split<T>(examples: Vec<T>, fraction: f64, seed: u64) -> Result<(Vec<T>, Vec<T>)> {
     if !(fraction > 0.0 && fraction < 1.0) {
         return Err(Error::Usage(format!("validation fraction {fraction} must be between 0 and 1")));
     }

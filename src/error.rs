@@ -61,6 +61,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A setting that cannot work (alone, or with this model or data), named by its key.
+    #[error("setting `{field}`: {message}")]
+    Setting { field: String, message: String },
+
     /// A training checkpoint that cannot be restored: damaged, foreign, or saved for
     /// another model, configuration or training set (the variant names what differs).
     #[error("checkpoint: {0}")]

@@ -13,6 +13,7 @@ pub mod load;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod session;
 pub mod tokenize;
 pub mod train;
 #[cfg(target_arch = "wasm32")]

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use webtune::data::{self, DataErrorKind, DataOptions, Record, Validation};
+use webtune::data::{self, DataErrorKind, DataOptions, Record};
+use webtune::session::{dataset, Settings};
 use webtune::rng::Rng;
 use webtune::tokenize::{Message, Tokenizer};
 use webtune::train::Example;
@@ -199,34 +200,38 @@ fn truncation_prompt_left_then_answer_right() {
     assert!(data::load_jsonl(&tok, "t.jsonl", &line, &DataOptions { max_len: Some(1), ..Default::default() }).is_err());
 }
 
+/// The one data preparation (`session::dataset`, what the CLI and the page both run):
+/// the seeded split, the evaluation file, `val_limit`, errors naming the file and line.
 #[test]
 fn validation_split() {
     let tok = smollm2();
     let text: String = (0..20).map(|i| format!("{{\"text\": \"example {i}\"}}\n")).collect();
-    let opts = DataOptions::default();
-    let a =
-        data::load_dataset(&tok, ("t.jsonl", &text), Validation::Fraction { fraction: 0.25, seed: 7 }, &opts).unwrap();
-    let b =
-        data::load_dataset(&tok, ("t.jsonl", &text), Validation::Fraction { fraction: 0.25, seed: 7 }, &opts).unwrap();
-    let c =
-        data::load_dataset(&tok, ("t.jsonl", &text), Validation::Fraction { fraction: 0.25, seed: 8 }, &opts).unwrap();
-    assert_eq!((a.train.len(), a.validation.len()), (15, 5));
-    assert_eq!(a.validation, b.validation);
-    assert_ne!(a.validation, c.validation);
-    let mut all: Vec<String> = a.train.iter().chain(&a.validation).map(|e| e.origin.clone()).collect();
+    let s = |share: f64, seed: u64| Settings { val_share: share, seed, ..Default::default() };
+    let read = |name: &str, text: &str, st: &Settings| dataset::read(Some(&tok), name, text, st, 1024, 49152);
+    let file = read("t.jsonl", &text, &s(0.25, 7)).unwrap();
+    assert_eq!(file.format, "text");
+    let a = dataset::split(&file, None, &s(0.25, 7)).unwrap();
+    let b = dataset::split(&file, None, &s(0.25, 7)).unwrap();
+    let c = dataset::split(&file, None, &s(0.25, 8)).unwrap();
+    assert_eq!((a.train.len(), a.valid.len()), (15, 5));
+    assert_eq!(a.valid, b.valid);
+    assert_ne!(a.valid, c.valid);
+    let mut all: Vec<String> = a.train.iter().chain(&a.valid).map(|e| e.example.origin.clone()).collect();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 20);
-    let v =
-        data::load_dataset(&tok, ("t.jsonl", &text), Validation::File("v.jsonl", "{\"text\": \"held out\"}"), &opts)
-            .unwrap();
-    assert_eq!((v.train.len(), v.validation.len()), (20, 1));
-    assert_eq!(v.validation[0].origin, "v.jsonl:1");
-    let e =
-        data::load_dataset(&tok, ("t.jsonl", &text), Validation::File("v.jsonl", "{\"text\": 3}"), &opts).unwrap_err();
+    let limited = dataset::split(&file, None, &Settings { val_limit: 2, ..s(0.25, 7) }).unwrap();
+    assert_eq!(limited.valid, a.valid[..2].to_vec());
+    let eval = read("v.jsonl", "{\"text\": \"held out\"}", &s(0.0, 7)).unwrap();
+    let v = dataset::split(&file, Some(&eval), &s(0.25, 7)).unwrap();
+    assert_eq!((v.train.len(), v.valid.len()), (20, 1), "an evaluation file wins over the share");
+    assert_eq!(v.valid[0].example.origin, "v.jsonl:1");
+    let e = read("v.jsonl", "{\"text\": 3}", &s(0.0, 7)).unwrap_err();
     assert!(e.to_string().contains("v.jsonl:1"), "{e}");
-    assert!(data::split(a.train.clone(), 1.0, 1).is_err());
-    assert!(data::split(a.train[..1].to_vec(), 0.5, 1).is_err());
+    let e = read("v.jsonl", "{\"input_ids\": [1, 2, 99999], \"prompt_len\": 1}", &s(0.0, 7)).unwrap_err();
+    assert!(e.to_string().contains("v.jsonl:1") && e.to_string().contains("99999"), "{e}");
+    assert!(data::split(file.items.clone(), 1.0, 1).is_err());
+    assert!(data::split(file.items[..1].to_vec(), 0.5, 1).is_err());
 }
 
 #[test]

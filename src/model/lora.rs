@@ -52,6 +52,15 @@ impl LoraConfig {
         }
     }
 
+    /// This configuration with `all-linear` replaced by the linear layers of `arch`.
+    pub fn expanded(&self, arch: Arch) -> LoraConfig {
+        let mut l = self.clone();
+        if l.targets.iter().any(|t| t == ALL_LINEAR) {
+            l.targets = LoraConfig::all_linear(arch).iter().map(|s| s.to_string()).collect();
+        }
+        l
+    }
+
     pub fn scale(&self) -> f32 {
         let r = self.rank as f64;
         (self.alpha as f64 / if self.rslora { r.sqrt() } else { r }) as f32

@@ -74,7 +74,9 @@ pub fn estimate_with(
     opts: WorkspaceOpts,
 ) -> Result<MemoryEstimate> {
     let (mut specs, mut tree) = arch::build(cfg);
-    let shape = match lora {
+    // `all-linear` expanded as `Model::build` does.
+    let lora = lora.map(|l| l.expanded(cfg.arch));
+    let shape = match &lora {
         Some(l) => {
             lora::attach(l, &mut specs, &mut tree)?;
             lora::shape(l, &tree)
@@ -98,4 +100,10 @@ pub fn estimate_with(
         e.tables = 4 * (2 * cfg.max_pos.min(super::MAX_ROPE_POSITIONS) * cfg.inv_freq.len()) as u64;
     }
     Ok(e)
+}
+
+/// The largest single activation buffer of a micro-batch of `rows` tokens with
+/// `logit_rows` rows through the LM head at once: what must fit one storage binding.
+pub fn largest_buffer(cfg: &ModelConfig, rows: usize, logit_rows: usize) -> u64 {
+    [rows * cfg.ffn, rows * 3 * cfg.hidden, logit_rows * cfg.vocab].into_iter().max().unwrap_or(0) as u64 * 4
 }

@@ -54,13 +54,7 @@ impl Model {
     ) -> Result<Model> {
         let (mut specs, mut tree) = arch::build(&cfg);
         // PEFT's `all-linear`: every linear layer of this architecture but the head.
-        let resolved = lora.map(|l| {
-            let mut l = l.clone();
-            if l.targets.iter().any(|t| t == lora::ALL_LINEAR) {
-                l.targets = LoraConfig::all_linear(cfg.arch).iter().map(|s| s.to_string()).collect();
-            }
-            l
-        });
+        let resolved = lora.map(|l| l.expanded(cfg.arch));
         let lora = resolved.as_ref();
         let init = match lora {
             Some(l) => lora::attach(l, &mut specs, &mut tree)?,

@@ -265,6 +265,10 @@ impl Run<'_> {
                 "next_lr": self.schedule().lr(self.trainer.step),
             },
         });
+        let mut meta = meta;
+        for (k, v) in &self.extra_meta {
+            meta[k.as_str()] = v.clone();
+        }
         let info = HashMap::from([(META_KEY.to_string(), meta.to_string())]);
         safetensors::serialize(names.into_iter().zip(views), Some(info))
             .map_err(|e| Error::Usage(format!("writing the checkpoint: {e}")))

@@ -119,7 +119,9 @@ impl RunConfig {
         let mut v = json!({
             "loss": self.loss.to_string(),
             "lr": f32_json(a.lr), "beta1": f32_json(a.beta1), "beta2": f32_json(a.beta2), "eps": f32_json(a.eps),
-            "weight_decay": f32_json(a.weight_decay), "max_grad_norm": f32_json(a.max_grad_norm),
+            "weight_decay": f32_json(a.weight_decay),
+            // 0 is off (the kernel's convention); infinity has no JSON form.
+            "max_grad_norm": f32_json(if a.max_grad_norm.is_finite() { a.max_grad_norm } else { 0.0 }),
             "batch": self.batch, "grad_accum": self.grad_accum, "micro_batch": self.micro_batch,
             "schedule": self.schedule.to_string(), "warmup": self.warmup,
             "seed": self.seed.to_string(), "shuffle": self.shuffle, "eval_every": self.eval_every,
@@ -146,7 +148,11 @@ impl RunConfig {
                 beta2: f("beta2")?,
                 eps: f("eps")?,
                 weight_decay: f("weight_decay")?,
-                max_grad_norm: f("max_grad_norm")?,
+                // null: clipping off, as states written before 0 meant off wrote infinity.
+                max_grad_norm: match v.get("max_grad_norm") {
+                    Some(Value::Null) => 0.0,
+                    _ => f("max_grad_norm")?,
+                },
             },
             batch: u("batch")? as usize,
             grad_accum: u("grad_accum")? as usize,
@@ -169,7 +175,7 @@ pub(crate) fn f32_json(x: f32) -> Value {
 
 /// What one optimizer step did, handed to the `on_step` callback and returned by
 /// [`Run::next_step`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StepReport {
     /// Optimizer steps done, this one included (1 after the first step).
     pub step: u64,
@@ -238,6 +244,8 @@ pub struct Run<'g> {
     rng: Rng,
     clock: Clock<'g>,
     on_step: Option<OnStep<'g>>,
+    /// Entries a checkpoint carries beside the run's own (the session's `settings`).
+    pub(super) extra_meta: Vec<(String, Value)>,
 }
 
 impl<'g> Run<'g> {
@@ -262,6 +270,7 @@ impl<'g> Run<'g> {
             rng: Rng::new(0),
             clock: default_clock(),
             on_step: None,
+            extra_meta: Vec::new(),
         };
         run.draw_order();
         Ok(run)
@@ -270,6 +279,12 @@ impl<'g> Run<'g> {
     /// Time steps with `now_ms` (milliseconds from any origin) instead of the default clock.
     pub fn with_clock(mut self, now_ms: impl FnMut() -> f64 + 'g) -> Self {
         self.clock = Box::new(now_ms);
+        self
+    }
+
+    /// Save `value` under `key` in every checkpoint's metadata (beside `run`, `state`).
+    pub fn with_meta(mut self, key: &str, value: Value) -> Self {
+        self.extra_meta.push((key.to_string(), value));
         self
     }
 
@@ -429,58 +444,6 @@ pub fn fingerprint(examples: &[Example]) -> u64 {
     h
 }
 
-/// Split off a validation set: `fraction` of the examples (at least one, at most all
-/// but one) chosen by a shuffle from `seed`; both parts keep file order.
-pub fn split_validation(examples: Vec<Example>, fraction: f64, seed: u64) -> Result<(Vec<Example>, Vec<Example>)> {
-    if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(Error::Usage(format!("the validation fraction must lie strictly between 0 and 1, not {fraction}")));
-    }
-    let n = examples.len();
-    if n < 2 {
-        return Err(Error::Data(format!("{n} example(s): too few to split off a validation set")));
-    }
-    let k = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
-    let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = Rng::new(seed ^ 0x76616c6964617465); // "validate"
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        idx.swap(i, j);
-    }
-    let mut is_valid = vec![false; n];
-    for &i in &idx[..k] {
-        is_valid[i] = true;
-    }
-    let (mut train, mut valid) = (Vec::new(), Vec::new());
-    for (e, v) in examples.into_iter().zip(is_valid) {
-        if v {
-            valid.push(e)
-        } else {
-            train.push(e)
-        }
-    }
-    Ok((train, valid))
-}
-
-/// Cut examples to at most `max_len` tokens (keeping the start), dropping those left with
-/// nothing to train on under `mode`. Returns the kept examples and how many were dropped.
-pub fn truncate(examples: Vec<Example>, max_len: usize, mode: LossMode) -> (Vec<Example>, usize) {
-    let n = examples.len();
-    let kept: Vec<Example> = examples
-        .into_iter()
-        .map(|mut e| {
-            e.ids.truncate(max_len);
-            e.trained.truncate(max_len);
-            e
-        })
-        .filter(|e| match mode {
-            LossMode::AllTokens => e.ids.len() >= 2,
-            _ => e.trained.iter().skip(1).any(|&t| t),
-        })
-        .collect();
-    let dropped = n - kept.len();
-    (kept, dropped)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,21 +475,6 @@ mod tests {
         assert_eq!(RunConfig { micro_batch: Some(2), ..c.clone() }.micro(), 2);
         assert!(RunConfig { grad_accum: 11, ..c.clone() }.check().is_err());
         assert!(RunConfig { length: Length::Steps(0), ..c }.check().is_err());
-    }
-
-    #[test]
-    fn split_and_truncate() {
-        let all: Vec<Example> = (0..10).map(ex).collect();
-        let (t, v) = split_validation(all.clone(), 0.2, 7).unwrap();
-        assert_eq!((t.len(), v.len()), (8, 2));
-        let (t2, v2) = split_validation(all.clone(), 0.2, 7).unwrap();
-        assert_eq!((t, v), (t2, v2), "deterministic from the seed");
-        assert!(split_validation(all.clone(), 1.0, 7).is_err());
-        let (kept, dropped) = truncate(all.clone(), 2, LossMode::PerExample);
-        assert_eq!((kept.len(), dropped), (10, 0));
-        assert!(kept.iter().all(|e| e.ids.len() == 2 && e.trained.len() == 2));
-        let (kept, dropped) = truncate(all, 1, LossMode::PerExample);
-        assert_eq!((kept.len(), dropped), (0, 10));
     }
 
     #[test]

@@ -147,8 +147,7 @@ impl<'g> Trainer<'g> {
         }
         let cfg = &self.model.cfg;
         let logit_rows = if all_logits { n } else { n.min(opts.head_chunk) };
-        let biggest =
-            [rows * cfg.ffn, rows * 3 * cfg.hidden, logit_rows * cfg.vocab].into_iter().max().unwrap() as u64 * 4;
+        let biggest = crate::model::memory::largest_buffer(cfg, rows, logit_rows);
         self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
         self.ws = None;
         self.ws = Some(self.model.workspace_with(self.gpu, rows, n, opts)?);

@@ -1,29 +1,21 @@
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+//! The command line: clap flags translated into [`Settings`] and calls of the engine's
+//! [`Session`], the same core the page drives. Defaults are `Settings::default()`'s; a
+//! flag that is not given keeps the default (or, with `--resume`, the checkpoint's value).
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use webtune::data::DataOptions;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
 use webtune::error::{Error, Result};
-use webtune::export::gguf::{export_gguf, GgufDtype, GgufExport};
-use webtune::export::merged::export_merged;
-use webtune::export::peft::export_adapter;
-use webtune::export::peft::{import_adapter, parse_adapter_config, AdapterFiles};
-use webtune::gpu::{Gpu, Profile};
+use webtune::gpu::Gpu;
 use webtune::load::hub::{Hub, Progress};
-use webtune::load::GgufInfo;
-use webtune::load::{Loaded, ModelSource};
-use webtune::model::memory;
-use webtune::model::presets::{preset, random_init};
-use webtune::model::LoraConfig;
+use webtune::load::ModelSource;
 use webtune::model::Model;
-use webtune::model::{generate, GenerateConfig, Sampling};
-use webtune::rng::Rng;
-use webtune::tokenize::{Message, Tokenizer};
-use webtune::train::run::{split_validation, truncate};
-use webtune::train::{
-    AdamW, Checkpoint, CheckpointError, Example, Length, LossMode, Run, RunConfig, ScheduleKind, StepReport,
-    TrainConfig, Trainer,
-};
+use webtune::session::model_files::read_source;
+use webtune::session::{Format, GenOptions, Method, Prompt, Session, Settings};
+use webtune::tokenize::Message;
+use webtune::train::{LossMode, ScheduleKind};
+
+use crate::train;
 
 #[derive(Parser)]
 #[command(name = "webtune", version, about = "Fine-tune small language models on the GPU (wgpu + WGSL)")]
@@ -35,11 +27,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Fine-tune: one line per step, validation at intervals, the training state in
-    /// OUT/state.safetensors and the trained model in OUT (for full fine-tuning: a Hugging
-    /// Face folder). With --resume, settings not given are taken from the checkpoint.
+    /// OUT/state.safetensors and the trained model in OUT. With --resume, settings not
+    /// given are taken from the checkpoint.
     Train(Box<TrainArgs>),
     /// Print the token ids of --text (with the chat template under --chat), or the
-    /// trained / not-trained mask of a JSONL example (--data FILE [--line N]).
+    /// trained / not-trained mask of a JSONL example (--data FILE [--line N]) as training
+    /// prepares it (--max-len, --last-turn-only and --loss apply).
     Tokenize {
         #[arg(long)]
         model: String,
@@ -53,6 +46,8 @@ enum Cmd {
         /// Which example of --data (1-based, counting examples).
         #[arg(long, default_value_t = 1)]
         line: usize,
+        #[command(flatten)]
+        s: SettingsArgs,
     },
     /// Generate text from --prompt (streamed), optionally with a PEFT adapter.
     Generate {
@@ -66,17 +61,17 @@ enum Cmd {
         /// Put the prompt through the chat template as a user turn.
         #[arg(long)]
         chat: bool,
-        #[arg(long, default_value_t = 128)]
-        max_new_tokens: usize,
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
         /// 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long)]
+        top_p: Option<f32>,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Print each example's loss (one JSON object per line), then the batch loss.
     Score {
@@ -86,25 +81,20 @@ enum Cmd {
         model: String,
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value = "per-example")]
-        loss: LossMode,
-        #[arg(long, default_value_t = 8)]
-        micro_batch: usize,
+        #[command(flatten)]
+        s: SettingsArgs,
     },
     /// Write the gradient of the loss over the whole file (one accumulated batch) for every
     /// trainable parameter, under the Hugging Face names.
     Grads {
-        /// A .gguf file, a Hugging Face folder, or a hub model id (`namespace/name[@revision]`).
         #[arg(long)]
         model: String,
         #[arg(long)]
         data: PathBuf,
-        #[arg(long, default_value = "per-example")]
-        loss: LossMode,
-        #[arg(long, default_value_t = 8)]
-        micro_batch: usize,
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        s: SettingsArgs,
     },
     /// Time full fine-tuning steps after warm-up: tokens/s, ms per step and per kernel,
     /// and the matmuls' GFLOP/s.
@@ -131,78 +121,27 @@ enum Cmd {
     },
 }
 
-/// What is trained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Method {
-    /// Every parameter (full fine-tuning).
-    Full,
-    /// Low-rank adapters on a frozen base (see --lora-*).
-    Lora,
-}
-
-/// How the trained model is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// The default: `peft` for LoRA, `merged` for full fine-tuning.
-    Auto,
-    /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors); LoRA only.
-    Peft,
-    /// A Hugging Face folder (config.json + model.safetensors, F32) with adapters merged in;
-    /// needs a Hugging Face base (folder or hub id).
-    Merged,
-    /// One GGUF file (F16 matrices, F32 norms) with the tokenizer metadata, adapters merged in.
-    Gguf,
-}
-
-#[derive(Args)]
-struct TrainArgs {
-    /// The base model (also when resuming): a .gguf file, a Hugging Face folder or a hub id.
+/// The settings as flags; each one not given keeps its value (see `Settings`).
+#[derive(Args, Default)]
+pub struct SettingsArgs {
+    /// lora (default: low-rank adapters on a frozen base) or full.
     #[arg(long)]
-    model: String,
-    /// Training data, JSONL: {"prompt","completion"}, {"messages"}, {"text"} or pre-tokenized.
+    pub method: Option<Method>,
+    /// LoRA rank (default 8).
     #[arg(long)]
-    data: PathBuf,
-    /// Validation data, JSONL.
-    #[arg(long, conflicts_with = "valid_fraction")]
-    valid: Option<PathBuf>,
-    /// Hold out this fraction of --data for validation (chosen by --seed).
+    lora_rank: Option<usize>,
+    /// LoRA alpha: the adapter's output is scaled by alpha / rank (default 16).
     #[arg(long)]
-    valid_fraction: Option<f64>,
-    #[arg(long, value_enum, default_value = "full")]
-    method: Method,
-    /// Continue training a PEFT adapter folder (adapter_config.json +
-    /// adapter_model.safetensors): its rank, alpha and targets replace the --lora-* flags.
-    #[arg(long, conflicts_with = "resume")]
-    adapter: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "auto")]
-    format: Format,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
-    lora_rank: usize,
-    /// LoRA alpha (the adapter's output is scaled by alpha / rank).
-    #[arg(long, default_value_t = 16.0)]
-    lora_alpha: f32,
-    /// LoRA dropout on the adapter's input.
-    #[arg(long, default_value_t = 0.0)]
-    lora_dropout: f32,
+    lora_alpha: Option<f32>,
+    /// LoRA dropout on the adapter's input (default 0).
+    #[arg(long)]
+    lora_dropout: Option<f32>,
     /// Scale by alpha / sqrt(rank) (rsLoRA).
     #[arg(long)]
     rslora: bool,
     /// Comma-separated module names (default `all-linear`: every linear layer but the head).
     #[arg(long)]
     lora_targets: Option<String>,
-    /// For chat data: train only the last assistant turn.
-    #[arg(long)]
-    last_turn_only: bool,
-    /// Pack short examples into rows of up to N tokens (no attention across examples);
-    /// 0 pads each example to the longest of its micro-batch.
-    #[arg(long, default_value_t = 0)]
-    pack: usize,
-    /// Save every block's activations instead of re-running each block's forward in the
-    /// backward (activation checkpointing, the default): faster, much more memory, the
-    /// same results.
-    #[arg(long)]
-    no_recompute: bool,
     /// per-example (default), per-token or all-tokens.
     #[arg(long)]
     loss: Option<LossMode>,
@@ -221,7 +160,7 @@ struct TrainArgs {
     /// Examples per forward/backward pass (default batch / grad-accum).
     #[arg(long)]
     micro_batch: Option<usize>,
-    /// Peak learning rate (default 5e-5).
+    /// Peak learning rate (default 2e-4).
     #[arg(long)]
     lr: Option<f32>,
     /// Linear warm-up steps (default 0).
@@ -230,11 +169,18 @@ struct TrainArgs {
     /// constant, linear (default) or cosine.
     #[arg(long)]
     schedule: Option<ScheduleKind>,
-    /// Cut examples to this many tokens (default: the model's maximum); examples left with
-    /// nothing to train on are dropped.
+    /// Cut examples to this many tokens, prompt tokens from the left first (default 1024,
+    /// capped by the model); examples left with nothing to train on are dropped.
     #[arg(long)]
     max_len: Option<usize>,
-    /// Seed of the data order and the validation split (default 42).
+    /// Pack short examples into rows of up to N tokens (no attention across examples);
+    /// 0 (default) pads each example to the longest of its micro-batch.
+    #[arg(long)]
+    pack: Option<usize>,
+    /// For chat data: train only the last assistant turn.
+    #[arg(long)]
+    last_turn_only: bool,
+    /// Seed of the data order, the validation split and LoRA's init (default 42).
     #[arg(long)]
     seed: Option<u64>,
     /// AdamW weight decay on matrices (default 0).
@@ -243,80 +189,150 @@ struct TrainArgs {
     /// Clip the global gradient norm to this; 0 turns clipping off (default 1).
     #[arg(long)]
     max_grad_norm: Option<f32>,
+    /// Hold out this share of --data for validation when no --valid is given (default 0).
+    #[arg(long, alias = "valid-fraction")]
+    val_share: Option<f64>,
+    /// Validate on at most this many held-out examples (default 0: all).
+    #[arg(long)]
+    val_limit: Option<usize>,
     /// Validation loss every N steps (default: after the last step only).
     #[arg(long)]
     eval_every: Option<u64>,
-    /// Output folder.
+    /// Save every block's activations instead of re-running each block's forward in the
+    /// backward (activation checkpointing, the default): faster, much more memory, the
+    /// same results.
     #[arg(long)]
-    out: PathBuf,
-    /// Continue from a checkpoint (OUT/state.safetensors of an earlier run).
+    no_recompute: bool,
+    /// How the trained model is written: auto (default: peft for LoRA, merged for full),
+    /// peft, merged (a Hugging Face folder; needs a Hugging Face base) or gguf (F16).
     #[arg(long)]
-    resume: Option<PathBuf>,
-    /// Write OUT/state.safetensors every N steps (it is always written at the end).
-    #[arg(long)]
-    save_every: Option<u64>,
-    /// Stop once this many steps are done, saving the state (to continue with --resume).
-    #[arg(long)]
-    stop_after: Option<u64>,
+    format: Option<Format>,
 }
 
-/// `--model`: a .gguf file, a Hugging Face folder, or a hub model id (fetched with
-/// progress on stderr), with LoRA adapters when `lora` is given.
-async fn load(gpu: &Gpu, arg: &str, lora: Option<&LoraConfig>) -> Result<Loaded> {
-    let source = ModelSource::parse(arg)?;
-    let hub = Hub::from_env();
+impl SettingsArgs {
+    /// `base` with the flags that were given on top, checked.
+    pub fn apply(&self, base: &Settings) -> Result<Settings> {
+        let mut s = base.clone();
+        macro_rules! set {
+            ($($f:ident),+) => { $(if let Some(x) = self.$f.clone() { s.$f = x; })+ };
+        }
+        set!(method, lora_rank, lora_alpha, lora_dropout, loss, batch, grad_accum, lr, warmup, schedule);
+        set!(max_len, pack, seed, weight_decay, max_grad_norm, val_share, val_limit, eval_every, format);
+        if self.micro_batch.is_some() {
+            s.micro_batch = self.micro_batch;
+        }
+        if let Some(n) = self.steps {
+            s.steps = Some(n);
+        }
+        if let Some(e) = self.epochs {
+            s.steps = None;
+            s.epochs = e;
+        }
+        if let Some(t) = &self.lora_targets {
+            s.lora_targets = t.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+        }
+        s.rslora |= self.rslora;
+        s.last_turn_only |= self.last_turn_only;
+        s.recompute &= !self.no_recompute;
+        s.check()?;
+        Ok(s)
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The base model (also when resuming): a .gguf file, a Hugging Face folder or a hub id.
+    #[arg(long)]
+    pub model: String,
+    /// Training data, JSONL: {"prompt","completion"}, {"messages"}, {"text"} or pre-tokenized.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Validation data, JSONL (instead of --val-share).
+    #[arg(long, conflicts_with = "val_share")]
+    pub valid: Option<PathBuf>,
+    /// Continue training a PEFT adapter folder (adapter_config.json +
+    /// adapter_model.safetensors): its rank, alpha and targets replace the --lora-* flags.
+    #[arg(long, conflicts_with = "resume")]
+    pub adapter: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from a checkpoint (OUT/state.safetensors of an earlier run).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write OUT/state.safetensors every N steps (it is always written at the end).
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Stop once this many steps are done, saving the state (to continue with --resume).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    #[command(flatten)]
+    pub s: SettingsArgs,
+}
+
+/// Hub download progress on stderr: one line per file and about every 10% (or 64 MiB
+/// when the size is unknown).
+fn progress_printer() -> impl FnMut(Progress) {
     let mut last: Option<(String, u64)> = None;
-    let mut progress = |p: Progress| {
-        // One line per file and about every 10% (or 64 MiB when the size is unknown).
+    move |p: Progress| {
         let step = p.total.map(|t| (t / 10).max(1)).unwrap_or(64 << 20);
         let fresh = last.as_ref().is_none_or(|(f, _)| f != p.file);
         let due = last.as_ref().is_some_and(|(_, d)| p.done / step > *d / step);
-        let done = p.total == Some(p.done);
-        if fresh || due || done {
+        if fresh || due || p.total == Some(p.done) {
             match p.total {
                 Some(t) => eprintln!("fetch {}: {} / {} bytes", p.file, p.done, t),
                 None => eprintln!("fetch {}: {} bytes", p.file, p.done),
             }
         }
         last = Some((p.file.to_string(), p.done));
-    };
-    source.load_with(gpu, &hub, lora, &mut progress).await
-}
-
-async fn load_model(gpu: &Gpu, arg: &str) -> Result<Model> {
-    Ok(load(gpu, arg, None).await?.model)
-}
-
-/// A JSONL file to examples: text formats through the model's tokenizer (and chat
-/// template), pre-tokenized lines without one. Truncation is reported on stderr.
-fn read_examples(
-    path: &Path,
-    tok: Option<&Tokenizer>,
-    max_len: Option<usize>,
-    last_turn_only: bool,
-) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), e))?;
-    let file = path.display().to_string();
-    match tok {
-        Some(tok) => {
-            let opts = DataOptions { max_len, last_turn_only, ..Default::default() };
-            let (examples, report) = webtune::data::load_jsonl(tok, &file, &text, &opts)?;
-            if let Some(w) = report.warning() {
-                eprintln!("{file}: {w}");
-            }
-            Ok(examples)
-        }
-        None => webtune::data::parse_tokenized_jsonl(&file, &text),
     }
+}
+
+/// Load `--model` (a .gguf file, a Hugging Face folder, or a hub id) into the session,
+/// with the LoRA of its settings.
+pub async fn load(session: &mut Session<'_>, arg: &str) -> Result<()> {
+    let source = ModelSource::parse(arg)?;
+    let files = read_source(&source, &Hub::from_env(), &mut progress_printer()).await?;
+    session.load_files(arg, &files)?;
+    Ok(())
+}
+
+/// The model alone (bench).
+pub async fn load_model(gpu: &Gpu, arg: &str) -> Result<Model> {
+    let mut s = Session::new(gpu, Settings { method: Method::Full, ..Default::default() })?;
+    load(&mut s, arg).await?;
+    s.drop_run();
+    s.into_model().ok_or_else(|| Error::Usage(format!("{arg}: no model")))
+}
+
+pub fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path.display().to_string(), e))
+}
+
+/// Read a JSONL file into the session's training data, warnings on stderr.
+pub fn set_data(session: &mut Session<'_>, path: &Path) -> Result<()> {
+    let name = path.display().to_string();
+    let summary = session.set_data(&name, &read_text(path)?)?;
+    if let Some(w) = &summary.warning {
+        eprintln!("{name}: {w}");
+    }
+    Ok(())
+}
+
+/// Settings for commands that read data as it is (no cut): the model's own maximum.
+fn whole_examples(s: &SettingsArgs) -> Result<Settings> {
+    let base = Settings { method: Method::Full, max_len: usize::MAX, ..Default::default() };
+    s.apply(&base)
 }
 
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
     let gpu = Gpu::new().await?;
     match cli.cmd {
-        Cmd::Tokenize { model, text, chat, data, line } => {
-            let l = load(&gpu, &model, None).await?;
-            let tok = l.tokenizer.as_ref().ok_or_else(|| Error::Usage(format!("{model} has no tokenizer")))?;
+        Cmd::Tokenize { model, text, chat, data, line, s } => {
+            let mut session = Session::new(&gpu, s.apply(&Settings { method: Method::Full, ..Default::default() })?)?;
+            load(&mut session, &model).await?;
+            let tok = session.tokenizer()?;
             match (text, data) {
                 (Some(text), _) => {
                     let text = if chat {
@@ -329,461 +345,89 @@ pub async fn run() -> Result<()> {
                     println!("{}", serde_json::json!({"ids": ids, "tokens": tokens, "count": ids.len()}));
                 }
                 (None, Some(data)) => {
-                    let examples = read_examples(&data, Some(tok), None, false)?;
-                    let ex = examples
-                        .get(line.max(1) - 1)
-                        .ok_or_else(|| Error::Usage(format!("{} has {} examples", data.display(), examples.len())))?;
-                    println!(
-                        "{} ({} tokens, {} trained; trained runs in [[...]])",
-                        ex.origin,
-                        ex.ids.len(),
-                        ex.trained.iter().filter(|&&t| t).count()
-                    );
-                    println!("{}", webtune::data::preview_string(tok, ex));
+                    set_data(&mut session, &data)?;
+                    let p = session.preview(line.max(1) - 1)?;
+                    let trained = p.tokens.iter().filter(|t| t.trained).count();
+                    println!("{} ({} tokens, {trained} trained; trained runs in [[...]])", p.origin, p.tokens.len());
+                    let mut out = String::new();
+                    let mut open = false;
+                    for t in &p.tokens {
+                        if t.trained != open {
+                            out.push_str(if t.trained { "[[" } else { "]]" });
+                            open = t.trained;
+                        }
+                        out.push_str(t.text.as_deref().unwrap_or(""));
+                    }
+                    if open {
+                        out.push_str("]]");
+                    }
+                    println!("{out}");
                 }
                 (None, None) => return Err(Error::Usage("tokenize needs --text or --data".into())),
             }
         }
         Cmd::Generate { model, adapter, prompt, chat, max_new_tokens, temperature, top_p, top_k, seed } => {
-            let files = adapter.as_deref().map(read_adapter).transpose()?;
-            let lora = files.as_ref().map(|f| parse_adapter_config(&f.config_json)).transpose()?;
-            let l = load(&gpu, &model, lora.as_ref()).await?;
+            let files = adapter.as_deref().map(train::read_adapter).transpose()?;
+            let mut session = Session::new(&gpu, Settings { method: Method::Full, ..Default::default() })?;
             if let Some(f) = &files {
-                import_adapter(&gpu, &l.model, f)?;
+                session.adopt_adapter_config(f)?;
             }
-            let tok = l.tokenizer.as_ref().ok_or_else(|| Error::Usage(format!("{model} has no tokenizer")))?;
-            let text =
-                if chat { tok.require_chat_template()?.render(&[Message::new("user", prompt)], true)? } else { prompt };
-            let ids = tok.encode(&text, !chat)?;
-            let cfg = GenerateConfig {
-                max_new_tokens,
-                sampling: Sampling { temperature, top_k, top_p, seed },
-                stop_ids: tok.eos_ids(),
-                capacity: None,
+            load(&mut session, &model).await?;
+            if let Some(f) = &files {
+                session.import_adapter(f)?;
+            }
+            let d = GenOptions::default();
+            let opts = GenOptions {
+                max_new_tokens: max_new_tokens.unwrap_or(d.max_new_tokens),
+                temperature: temperature.unwrap_or(d.temperature),
+                top_p: top_p.unwrap_or(d.top_p),
+                top_k: top_k.unwrap_or(d.top_k),
+                seed: seed.unwrap_or(d.seed),
+                chat,
             };
-            let mut out: Vec<u32> = Vec::new();
-            let mut shown = 0usize;
-            let t0 = Instant::now();
-            let g = generate(&gpu, &l.model, &ids, &cfg, |id| {
-                out.push(id);
-                // Print what decodes cleanly so far (a character may span tokens).
-                if let Ok(s) = tok.decode_skip_special(&out) {
-                    if s.len() > shown && !s.ends_with('\u{fffd}') {
-                        print!("{}", &s[shown..]);
-                        let _ = std::io::Write::flush(&mut std::io::stdout());
-                        shown = s.len();
-                    }
-                }
-                true
-            })
-            .await?;
+            let t0 = std::time::Instant::now();
+            let g = session
+                .generate(Prompt::Text(prompt), &opts, |piece| {
+                    print!("{piece}");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    true
+                })
+                .await?;
             println!();
             let dt = t0.elapsed().as_secs_f64();
-            eprintln!(
-                "{} tokens in {:.2} s ({:.1} tokens/s), stop: {:?}",
-                g.tokens.len(),
-                dt,
-                g.tokens.len() as f64 / dt,
-                g.stop
-            );
+            eprintln!("{} tokens in {dt:.2} s ({:.1} tokens/s), stop: {}", g.tokens, g.tokens as f64 / dt, g.stop);
         }
-        Cmd::Score { model, data, loss, micro_batch } => {
-            let l = load(&gpu, &model, None).await?;
-            let examples = read_examples(&data, l.tokenizer.as_ref(), None, false)?;
-            let mut t = Trainer::new(&gpu, l.model, TrainConfig { micro_batch, ..Default::default() })?;
-            let (scores, total) = t.score(&examples, loss).await?;
-            for (i, (s, e)) in scores.iter().zip(&examples).enumerate() {
+        Cmd::Score { model, data, s } => {
+            let mut session = Session::new(&gpu, whole_examples(&s)?)?;
+            load(&mut session, &model).await?;
+            set_data(&mut session, &data)?;
+            let items = session.data().map(|d| d.items.clone()).unwrap_or_default();
+            let examples: Vec<_> = items.iter().map(|i| i.example.clone()).collect();
+            let (scores, total) = session.score_examples(&examples).await?;
+            for (i, (sc, e)) in scores.iter().zip(&examples).enumerate() {
                 println!(
                     "{}",
-                    serde_json::json!({"example": i, "origin": e.origin, "tokens": s.tokens, "targets": s.targets,
-                        "nll_sum": s.sum_nll, "loss": s.mean_nll})
+                    serde_json::json!({"example": i, "origin": e.origin, "tokens": sc.tokens, "targets": sc.targets,
+                        "nll_sum": sc.sum_nll, "loss": sc.mean_nll})
                 );
             }
             let targets: usize = scores.iter().map(|s| s.targets).sum();
-            println!(
-                "{}",
-                serde_json::json!({"loss": total, "mode": loss.to_string(), "examples": examples.len(), "targets": targets})
-            );
+            let mode = session.settings().loss.to_string();
+            println!("{}", serde_json::json!({"loss": total, "mode": mode, "examples": examples.len(), "targets": targets}));
         }
-        Cmd::Grads { model, data, loss, micro_batch, out } => {
-            let l = load(&gpu, &model, None).await?;
-            let examples = read_examples(&data, l.tokenizer.as_ref(), None, false)?;
-            let cfg = TrainConfig { loss, micro_batch, ..Default::default() };
-            let mut t = Trainer::new(&gpu, l.model, cfg)?;
-            let l = t.accumulate(&examples).await?;
-            let grads = t.read_grads().await?;
-            write_safetensors(&out, &grads)?;
-            eprintln!("loss {l:.6} ({loss}); wrote {} gradients to {}", grads.len(), out.display());
+        Cmd::Grads { model, data, out, s } => {
+            let mut session = Session::new(&gpu, whole_examples(&s)?)?;
+            load(&mut session, &model).await?;
+            set_data(&mut session, &data)?;
+            let (loss, grads) = train::gradients(&mut session).await?;
+            train::write_safetensors(&out, &grads)?;
+            let mode = session.settings().loss;
+            eprintln!("loss {loss:.6} ({mode}); wrote {} gradients to {}", grads.len(), out.display());
         }
-        Cmd::Train(args) => train(&gpu, *args).await?,
-        Cmd::Bench { model, preset: name, batch, seq, steps, warmup, loss, no_profile } => {
-            bench(&gpu, model, name, batch, seq, steps, warmup, loss, !no_profile).await?;
+        Cmd::Train(args) => train::train(&gpu, *args).await?,
+        Cmd::Bench { model, preset, batch, seq, steps, warmup, loss, no_profile } => {
+            crate::bench::bench(&gpu, model, preset, batch, seq, steps, warmup, loss, !no_profile).await?;
         }
     }
     Ok(())
-}
-
-/// The run's settings: the checkpoint's when resuming (else the defaults, transformers'
-/// where it has one), with the flags given on top.
-fn run_config(a: &TrainArgs, resumed: Option<&Checkpoint>) -> Result<RunConfig> {
-    let mut c = match resumed {
-        Some(ck) => ck.run_config()?,
-        None => RunConfig {
-            loss: LossMode::PerExample,
-            adamw: AdamW { lr: 5e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 },
-            batch: 8,
-            grad_accum: 1,
-            micro_batch: None,
-            length: Length::Epochs(3),
-            schedule: ScheduleKind::Linear,
-            warmup: 0,
-            seed: 42,
-            shuffle: true,
-            eval_every: 0,
-        },
-    };
-    if let Some(x) = a.loss {
-        c.loss = x;
-    }
-    if let Some(n) = a.steps {
-        c.length = Length::Steps(n);
-    }
-    if let Some(e) = a.epochs {
-        c.length = Length::Epochs(e);
-    }
-    if let Some(x) = a.batch {
-        c.batch = x;
-    }
-    if let Some(x) = a.grad_accum {
-        c.grad_accum = x;
-    }
-    if a.micro_batch.is_some() {
-        c.micro_batch = a.micro_batch;
-    }
-    if let Some(x) = a.lr {
-        c.adamw.lr = x;
-    }
-    if let Some(x) = a.warmup {
-        c.warmup = x;
-    }
-    if let Some(x) = a.schedule {
-        c.schedule = x;
-    }
-    if let Some(x) = a.seed {
-        c.seed = x;
-    }
-    if let Some(x) = a.weight_decay {
-        c.adamw.weight_decay = x;
-    }
-    if let Some(x) = a.max_grad_norm {
-        c.adamw.max_grad_norm = x;
-    }
-    if let Some(x) = a.eval_every {
-        c.eval_every = x;
-    }
-    c.check()?;
-    Ok(c)
-}
-
-/// A PEFT adapter folder's two files.
-fn read_adapter(dir: &Path) -> Result<AdapterFiles> {
-    let read = |n: &str| std::fs::read(dir.join(n)).map_err(|e| Error::io(dir.join(n).display().to_string(), e));
-    Ok(AdapterFiles {
-        config_json: String::from_utf8(read("adapter_config.json")?)
-            .map_err(|_| Error::Config(format!("{}/adapter_config.json is not UTF-8", dir.display())))?,
-        safetensors: read("adapter_model.safetensors")?,
-    })
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    // Through a temporary file, so an interrupted write never leaves half a checkpoint.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display().to_string(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display().to_string(), e))
-}
-
-fn print_step(r: &StepReport) {
-    println!(
-        "step {}/{} epoch {:.2} loss {:.6} lr {:.3e} grad_norm {:.4} tokens/s {:.1}",
-        r.step, r.total_steps, r.epoch, r.loss, r.lr, r.grad_norm, r.tokens_per_s
-    );
-    if let Some(v) = r.valid_loss {
-        println!("step {} valid_loss {v:.6}", r.step);
-    }
-}
-
-async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
-    let resume_bytes = match &a.resume {
-        Some(p) => Some(std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))?),
-        None => None,
-    };
-    let ck = resume_bytes.as_deref().map(Checkpoint::parse).transpose()?;
-    let cfg = run_config(&a, ck.as_ref())?;
-    let adapter = a.adapter.as_deref().map(read_adapter).transpose()?;
-    if adapter.is_some() && a.method != Method::Lora {
-        return Err(Error::Usage("--adapter continues a LoRA adapter: add --method lora".into()));
-    }
-    let lora = match (a.method, &adapter) {
-        (Method::Full, _) => None,
-        (Method::Lora, Some(files)) => Some(LoraConfig { seed: cfg.seed, ..parse_adapter_config(&files.config_json)? }),
-        (Method::Lora, None) => Some(LoraConfig {
-            rank: a.lora_rank,
-            alpha: a.lora_alpha,
-            dropout: a.lora_dropout,
-            rslora: a.rslora,
-            targets: match &a.lora_targets {
-                Some(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-                None => vec![webtune::model::lora::ALL_LINEAR.to_string()],
-            },
-            seed: cfg.seed,
-        }),
-    };
-    let loaded = load(gpu, &a.model, lora.as_ref()).await?;
-    let Loaded { model, tokenizer, config_json, gguf } = loaded;
-    if let Some(files) = &adapter {
-        // A wrong or missing key is an error here, never a silently fresh adapter.
-        import_adapter(gpu, &model, files)?;
-        eprintln!("continuing the adapter in {}", a.adapter.as_ref().unwrap().display());
-    }
-    let max_len = a.max_len.unwrap_or(model.max_seq()).min(model.max_seq());
-    let prepare = |examples: Vec<Example>, what: &str| {
-        let (kept, dropped) = truncate(examples, max_len, cfg.loss);
-        if dropped > 0 {
-            eprintln!(
-                "{what}: dropped {dropped} example(s) with nothing to train on after cutting to {max_len} tokens"
-            );
-        }
-        kept
-    };
-    let tok = tokenizer.as_ref();
-    let read = |p: &Path| read_examples(p, tok, Some(max_len), a.last_turn_only);
-    let data = prepare(read(&a.data)?, &a.data.display().to_string());
-    let (train, valid) = match (&a.valid, a.valid_fraction) {
-        (Some(v), _) => (data, prepare(read(v)?, &v.display().to_string())),
-        (None, Some(f)) => split_validation(data, f, cfg.seed)?,
-        (None, None) => (data, Vec::new()),
-    };
-    let trainer =
-        Trainer::new(gpu, model, TrainConfig { pack: a.pack, recompute: !a.no_recompute, ..Default::default() })?;
-    eprintln!(
-        "{}: {} parameters ({} trainable); {} training and {} validation examples; {} steps of batch {} \
-         (micro-batch {}), {} schedule from lr {:e}, {} warm-up steps",
-        a.model,
-        trainer.model.params.num_params(),
-        trainer.model.params.num_trainable(),
-        train.len(),
-        valid.len(),
-        cfg.total_steps(train.len()),
-        cfg.batch,
-        cfg.micro(),
-        cfg.schedule,
-        cfg.adamw.lr,
-        cfg.warmup
-    );
-    print_memory(
-        &trainer,
-        cfg.micro(),
-        train.iter().chain(&valid).map(|e| e.ids.len()).max().unwrap_or(1).max(a.pack),
-    )?;
-    let mut run = Run::new(trainer, cfg, train, valid)?;
-    if let Some(ck) = &ck {
-        run.restore(ck).map_err(|e| match e {
-            Error::Checkpoint(CheckpointError::Mismatch(d)) if d.iter().any(|x| x.what == "the training set") => {
-                Error::Usage(format!(
-                    "{}; resume with the same --data, --valid-fraction and --max-len as the original run",
-                    Error::Checkpoint(CheckpointError::Mismatch(d))
-                ))
-            }
-            e => e,
-        })?;
-        eprintln!("resumed from {} at step {}", a.resume.as_ref().unwrap().display(), run.step());
-    }
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(a.out.display().to_string(), e))?;
-    let state_path = a.out.join("state.safetensors");
-    loop {
-        if a.stop_after.is_some_and(|s| run.step() >= s) {
-            break;
-        }
-        let Some(r) = run.next_step().await? else { break };
-        print_step(&r);
-        if a.save_every.is_some_and(|n| n > 0 && r.step.is_multiple_of(n)) && !run.is_done() {
-            write_file(&state_path, &run.save().await?)?;
-        }
-    }
-    write_file(&state_path, &run.save().await?)?;
-    eprintln!("step {}: wrote {}", run.step(), state_path.display());
-    if run.is_done() {
-        export(gpu, &run, &a, config_json.as_deref(), gguf.as_ref()).await?;
-    }
-    Ok(())
-}
-
-/// The GPU memory training needs, by kind, for micro-batches of `micro` sequences of `seq`
-/// tokens (the workspace's worst case: every token carries loss).
-fn print_memory(t: &Trainer, micro: usize, seq: usize) -> Result<()> {
-    let m = &t.model;
-    let e = memory::estimate_with(&m.cfg, m.lora.as_ref(), micro, seq, t.workspace_opts(false))?;
-    eprintln!("GPU memory for micro-batches of {micro} x {seq} tokens: {e}");
-    Ok(())
-}
-
-/// Write the trained model in the chosen format.
-async fn export(
-    gpu: &Gpu,
-    run: &Run<'_>,
-    a: &TrainArgs,
-    config_json: Option<&str>,
-    gguf: Option<&GgufInfo>,
-) -> Result<()> {
-    let model = &run.trainer.model;
-    let out = &a.out;
-    let format = match (a.format, a.method) {
-        (Format::Auto, Method::Lora) => Format::Peft,
-        (Format::Auto, Method::Full) => Format::Merged,
-        (f, _) => f,
-    };
-    match format {
-        Format::Peft => {
-            if a.method != Method::Lora {
-                return Err(Error::Usage("--format peft needs --method lora".into()));
-            }
-            let files = export_adapter(gpu, model, &a.model).await?;
-            write_file(&out.join("adapter_config.json"), files.config_json.as_bytes())?;
-            write_file(&out.join("adapter_model.safetensors"), &files.safetensors)?;
-            eprintln!("wrote the PEFT adapter to {} (adapter_config.json, adapter_model.safetensors)", out.display());
-        }
-        Format::Merged => {
-            let config = config_json.ok_or_else(|| {
-                Error::Usage("--format merged writes a Hugging Face folder and needs a Hugging Face base (folder or hub id); use --format gguf for a GGUF base".into())
-            })?;
-            let files = export_merged(gpu, model, config).await?;
-            write_file(&out.join("config.json"), files.config_json.as_bytes())?;
-            write_file(&out.join("model.safetensors"), &files.safetensors)?;
-            eprintln!("wrote the trained model to {} (config.json, model.safetensors)", out.display());
-        }
-        Format::Gguf => {
-            let opts = GgufExport {
-                dtype: GgufDtype::F16,
-                name: "webtune",
-                tokenizer: gguf.map(|g| &g.tokenizer),
-                chat_template: gguf.and_then(|g| g.chat_template.as_deref()),
-            };
-            if opts.tokenizer.is_none() {
-                eprintln!("note: the base has no GGUF tokenizer metadata; the file loads here but llama.cpp needs a tokenizer");
-            }
-            let bytes = export_gguf(gpu, model, &opts).await?;
-            let path = out.join("model.gguf");
-            write_file(&path, &bytes)?;
-            eprintln!("wrote the trained model to {}", path.display());
-        }
-        Format::Auto => unreachable!(),
-    }
-    Ok(())
-}
-
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    let views = tensors
-        .iter()
-        .map(|(n, shape, data)| {
-            let v = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                shape.clone(),
-                bytemuck::cast_slice(data),
-            )
-            .map_err(|e| Error::Usage(format!("{n}: {e}")))?;
-            Ok((n.clone(), v))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn bench(
-    gpu: &Gpu,
-    model: Option<String>,
-    name: Option<String>,
-    batch: usize,
-    seq: usize,
-    steps: usize,
-    warmup: usize,
-    loss: LossMode,
-    profile: bool,
-) -> Result<()> {
-    let (model, label) = match (model, name) {
-        (Some(m), _) => (load_model(gpu, &m).await?, m),
-        (None, Some(n)) => (Model::new(gpu, preset(&n)?, random_init(0))?, format!("preset {n}")),
-        (None, None) => (Model::new(gpu, preset("smollm2-135m")?, random_init(0))?, "preset smollm2-135m".into()),
-    };
-    if seq < 2 || seq > model.max_seq() {
-        return Err(Error::Usage(format!("--seq must be between 2 and {}", model.max_seq())));
-    }
-    let vocab = model.cfg.vocab as u64;
-    let mut rng = Rng::new(1);
-    // Random tokens; the second half of each sequence is the answer (SFT-like).
-    let examples: Vec<Example> = (0..batch)
-        .map(|i| {
-            let ids = (0..seq).map(|_| (rng.next_u64() % vocab) as u32).collect();
-            Example::prompt_answer(ids, seq / 2, format!("bench:{i}"))
-        })
-        .collect();
-    println!(
-        "model: {label} ({} parameters, {:.1} MiB for weights, grads and AdamW)",
-        model.params.num_params(),
-        model.params.gpu_bytes() as f64 / 1048576.0
-    );
-    println!("adapter: {} ({}, {})", gpu.info.name, gpu.info.backend, gpu.info.device_type);
-    println!("batch {batch} x seq {seq}, loss {loss}, full fine-tuning, AdamW");
-    let cfg = TrainConfig { loss, micro_batch: batch, ..Default::default() };
-    let mut t = Trainer::new(gpu, model, cfg)?;
-    for _ in 0..warmup {
-        t.step(&examples).await?;
-    }
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        t.step(&examples).await?;
-    }
-    let dt = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
-    let tokens = batch * seq;
-    println!(
-        "step: {:.1} ms, {:.1} tokens/s ({} timed steps after {} warm-up)",
-        dt * 1e3,
-        tokens as f64 / dt,
-        steps,
-        warmup
-    );
-    if profile {
-        t.profile = Some(Profile::default());
-        t.step(&examples).await?;
-        let p = t.profile.take().unwrap();
-        print_profile(&p);
-    }
-    Ok(())
-}
-
-fn print_profile(p: &Profile) {
-    let total: f64 = p.entries.values().map(|e| e.seconds).sum();
-    let mut rows: Vec<_> = p.entries.iter().collect();
-    rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
-    println!("\nper kernel (one step, each dispatch submitted and waited for alone: {:.1} ms in all)", total * 1e3);
-    println!("{:<36} {:>6} {:>10} {:>6} {:>10} {:>9}", "kernel", "calls", "ms", "%", "GFLOP/s", "GB/s");
-    for (name, e) in rows {
-        println!(
-            "{:<36} {:>6} {:>10.2} {:>6.1} {:>10.2} {:>9.2}",
-            name,
-            e.calls,
-            e.seconds * 1e3,
-            100.0 * e.seconds / total,
-            e.flops as f64 / e.seconds / 1e9,
-            e.bytes as f64 / e.seconds / 1e9
-        );
-    }
-    let mm = p.entries.get("matmul.matmul_forward");
-    if let Some(e) = mm {
-        println!(
-            "\nmatmuls: {:.2} GFLOP in {:.1} ms = {:.2} GFLOP/s",
-            e.flops as f64 / 1e9,
-            e.seconds * 1e3,
-            e.flops as f64 / e.seconds / 1e9
-        );
-    }
 }

@@ -1,0 +1,102 @@
+//! `webtune bench`: full fine-tuning steps on a preset or a model, timed after warm-up,
+//! with a per-kernel profile.
+
+use std::time::Instant;
+
+use webtune::error::{Error, Result};
+use webtune::gpu::{Gpu, Profile};
+use webtune::model::presets::{preset, random_init};
+use webtune::model::Model;
+use webtune::rng::Rng;
+use webtune::train::{Example, LossMode, TrainConfig, Trainer};
+
+#[allow(clippy::too_many_arguments)]
+pub async fn bench(
+    gpu: &Gpu,
+    model: Option<String>,
+    name: Option<String>,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    warmup: usize,
+    loss: LossMode,
+    profile: bool,
+) -> Result<()> {
+    let (model, label) = match (model, name) {
+        (Some(m), _) => (crate::cli::load_model(gpu, &m).await?, m),
+        (None, Some(n)) => (Model::new(gpu, preset(&n)?, random_init(0))?, format!("preset {n}")),
+        (None, None) => (Model::new(gpu, preset("smollm2-135m")?, random_init(0))?, "preset smollm2-135m".into()),
+    };
+    if seq < 2 || seq > model.max_seq() {
+        return Err(Error::Usage(format!("--seq must be between 2 and {}", model.max_seq())));
+    }
+    let vocab = model.cfg.vocab as u64;
+    let mut rng = Rng::new(1);
+    // Random tokens; the second half of each sequence is the answer (SFT-like).
+    let examples: Vec<Example> = (0..batch)
+        .map(|i| {
+            let ids = (0..seq).map(|_| (rng.next_u64() % vocab) as u32).collect();
+            Example::prompt_answer(ids, seq / 2, format!("bench:{i}"))
+        })
+        .collect();
+    println!(
+        "model: {label} ({} parameters, {:.1} MiB for weights, grads and AdamW)",
+        model.params.num_params(),
+        model.params.gpu_bytes() as f64 / 1048576.0
+    );
+    println!("adapter: {} ({}, {})", gpu.info.name, gpu.info.backend, gpu.info.device_type);
+    println!("batch {batch} x seq {seq}, loss {loss}, full fine-tuning, AdamW");
+    let cfg = TrainConfig { loss, micro_batch: batch, ..Default::default() };
+    let mut t = Trainer::new(gpu, model, cfg)?;
+    for _ in 0..warmup {
+        t.step(&examples).await?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        t.step(&examples).await?;
+    }
+    let dt = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let tokens = batch * seq;
+    println!(
+        "step: {:.1} ms, {:.1} tokens/s ({} timed steps after {} warm-up)",
+        dt * 1e3,
+        tokens as f64 / dt,
+        steps,
+        warmup
+    );
+    if profile {
+        t.profile = Some(Profile::default());
+        t.step(&examples).await?;
+        let p = t.profile.take().unwrap();
+        print_profile(&p);
+    }
+    Ok(())
+}
+
+fn print_profile(p: &Profile) {
+    let total: f64 = p.entries.values().map(|e| e.seconds).sum();
+    let mut rows: Vec<_> = p.entries.iter().collect();
+    rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
+    println!("\nper kernel (one step, each dispatch submitted and waited for alone: {:.1} ms in all)", total * 1e3);
+    println!("{:<36} {:>6} {:>10} {:>6} {:>10} {:>9}", "kernel", "calls", "ms", "%", "GFLOP/s", "GB/s");
+    for (name, e) in rows {
+        println!(
+            "{:<36} {:>6} {:>10.2} {:>6.1} {:>10.2} {:>9.2}",
+            name,
+            e.calls,
+            e.seconds * 1e3,
+            100.0 * e.seconds / total,
+            e.flops as f64 / e.seconds / 1e9,
+            e.bytes as f64 / e.seconds / 1e9
+        );
+    }
+    let mm = p.entries.get("matmul.matmul_forward");
+    if let Some(e) = mm {
+        println!(
+            "\nmatmuls: {:.2} GFLOP in {:.1} ms = {:.2} GFLOP/s",
+            e.flops as f64 / 1e9,
+            e.seconds * 1e3,
+            e.flops as f64 / e.seconds / 1e9
+        );
+    }
+}
