@@ -73,6 +73,8 @@ fn train_writes_a_model_that_loads_and_resume_continues_exactly() {
     std::fs::write(dir.join("train.jsonl"), jsonl(0, 12)).unwrap();
     std::fs::write(dir.join("valid.jsonl"), jsonl(40, 3)).unwrap();
     let flags = [
+        "--method",
+        "full",
         "--steps",
         "8",
         "--batch",

@@ -297,6 +297,11 @@ impl<'g> Session<'g> {
         self.meta = None;
         self.train = None;
         self.eval = None;
+        let gguf = files.iter().any(|(n, _)| n.to_lowercase().ends_with(".gguf"));
+        if gguf {
+            // Known from the file names: refuse before the (slow) load.
+            self.check_format(name, false)?;
+        }
         let lora = self.settings.lora();
         let (model, meta) = model_files::load(self.gpu, name, files, lora.as_ref())?;
         self.install(model, meta)
@@ -473,21 +478,7 @@ impl<'g> Session<'g> {
                 message: "the model was loaded with other LoRA settings (method, rank, alpha, dropout or targets): load it again to apply them".into(),
             });
         }
-        match s.format() {
-            Format::Merged if meta.config_json.is_none() => {
-                return Err(Error::Setting {
-                    field: "format".into(),
-                    message: format!(
-                        "merged writes a Hugging Face folder and needs a Hugging Face base (folder or hub id); {} is a GGUF file: use format gguf (or peft with LoRA)",
-                        meta.name
-                    ),
-                })
-            }
-            Format::Peft if s.method != Method::Lora => {
-                return Err(Error::Setting { field: "format".into(), message: "a PEFT adapter needs method lora".into() })
-            }
-            _ => {}
-        }
+        self.check_format(&meta.name, meta.config_json.is_some())?;
         let split = self.split()?;
         if split.train.is_empty() {
             return Err(Error::Data("the training set is empty".into()));
@@ -512,6 +503,22 @@ impl<'g> Session<'g> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the output format suits the base (`hf`: a Hugging Face config is there).
+    fn check_format(&self, name: &str, hf: bool) -> Result<()> {
+        match self.settings.format() {
+            Format::Merged if !hf => Err(Error::Setting {
+                field: "format".into(),
+                message: format!(
+                    "merged writes a Hugging Face folder and needs a Hugging Face base (folder or hub id); {name} is a GGUF file: use format gguf (or peft with LoRA)"
+                ),
+            }),
+            Format::Peft if self.settings.method != Method::Lora => {
+                Err(Error::Setting { field: "format".into(), message: "a PEFT adapter needs method lora".into() })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether the settings' LoRA (method, rank, alpha, dropout, rsLoRA, targets) differs
