@@ -233,6 +233,8 @@ impl Session {
         let e = self.core.eval_data();
         v["eval_name"] = json!(e.map(|e| e.name.clone()).unwrap_or_default());
         v["eval"] = json!(e.map_or(0, |e| e.items.len()));
+        let from = e.unwrap_or(d);
+        v["samples"] = Core::json(&from.items.iter().filter_map(|i| i.sample.clone()).take(8).collect::<Vec<_>>());
         to_js(&v)
     }
 

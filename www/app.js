@@ -15,14 +15,15 @@ const DATASETS = {
   contacts: { train: { name: 'contacts-train.jsonl', url: 'demo/contacts-train.jsonl' }, eval: { name: 'contacts-eval.jsonl', url: 'demo/contacts-eval.jsonl' } },
   count: { train: { name: 'count.jsonl', url: 'demo/count.jsonl' }, eval: null },
 };
-const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 
 // ---- Settings (persisted) -------------------------------------------------------------------
 const SETTINGS_KEY = 'webtune.settings.v2';
 const PAGE_KEY = 'webtune.page.v2'; // model/data choices, hub id, chat options
 const form = $('#settings');
 const fieldValue = (e) => (e.type === 'radio' ? (e.checked ? e.value : undefined) : e.type === 'checkbox' ? e.checked : e.value);
-const DEFAULTS = Object.fromEntries(
+// The page's own fields' defaults (from the HTML); the engine's settings come with
+// `ready` (`default_settings()`), the one set of defaults there is.
+let DEFAULTS = Object.fromEntries(
   Array.from(form.elements).filter((e) => e.name).map((e) => [e.name, fieldValue(e)]).filter(([, v]) => v !== undefined),
 );
 
@@ -74,13 +75,44 @@ function loadPage() {
 }
 
 // The LoRA part of the form as load_model's `lora` argument (null: full fine-tuning).
+// The target boxes are the loaded architecture's linear layers (the engine's
+// `lora_targets`); all ticked is PEFT's "all-linear", which the engine expands for
+// whatever architecture it loads.
 function loraSettings() {
   const f = readForm();
   if (f.method !== 'lora') return null;
-  const targets = LORA_TARGETS.filter((t) => f[`t_${t}`]);
-  // The names, even when all are ticked: the engine's memory estimate does not expand
-  // "all-linear" (it says no layer matches), and PEFT reads either form the same.
+  const boxes = $$('#lora-targets input[type=checkbox]');
+  const ticked = boxes.filter((b) => b.checked).map((b) => b.dataset.target);
+  const targets = ticked.length === boxes.length || ticked.includes('all-linear') ? 'all-linear' : ticked;
   return { rank: Math.round(Number(f.lora_rank)), alpha: Number(f.lora_alpha), targets };
+}
+
+// One box per linear layer the loaded model's architecture has, ticked as it was loaded.
+function showTargets(info) {
+  const names = info.lora_targets || [];
+  const on = info.lora ? info.lora.targets : names;
+  $('#lora-targets').replaceChildren(...names.map((t) => {
+    const label = document.createElement('label');
+    const box = document.createElement('input');
+    box.type = 'checkbox';
+    box.dataset.target = t;
+    box.checked = on.includes(t);
+    box.addEventListener('change', () => configure());
+    label.append(box, ` ${t.replace(/_proj$/, '')}`);
+    return label;
+  }));
+}
+
+// The engine's settings (`default_settings()`, a plan's `settings`) as form values.
+function settingsToForm(s) {
+  const str = (x) => String(typeof x === 'number' ? Number(x.toPrecision(6)) : x);
+  return {
+    method: s.method, lora_rank: str(s.lora_rank), lora_alpha: str(s.lora_alpha), loss: s.loss, lr: str(s.lr),
+    schedule: s.schedule, warmup: str(s.warmup), batch: str(s.batch), accum: str(s.grad_accum),
+    length: str(s.steps != null ? s.steps : s.epochs), length_unit: s.steps != null ? 'steps' : 'epochs',
+    max_len: str(s.max_len), max_grad_norm: str(s.max_grad_norm), weight_decay: str(s.weight_decay), seed: str(s.seed),
+    val_share: str(s.val_share), val_limit: str(s.val_limit), eval_every: str(s.eval_every),
+  };
 }
 
 // The form's values as the engine's `configure` keys.
@@ -173,6 +205,8 @@ const handlers = {
   ready(m) {
     state.ready = true;
     state.caps = m.caps || {};
+    DEFAULTS = { ...DEFAULTS, ...settingsToForm(m.defaults) };
+    if (!loadJSON(SETTINGS_KEY)) { writeForm(DEFAULTS); showLossHint(); }
     state.savedCheckpoint = m.checkpoint || null;
     const a = m.adapter;
     const w = m.webgpu || {};
@@ -200,6 +234,7 @@ const handlers = {
     state.busy = false;
     state.modelLoaded = true;
     state.modelInfo = m.info;
+    showTargets(m.info);
     state.loadedLora = loraSettings();
     $('#model-progress').hidden = true;
     $('#model-error').hidden = true;
@@ -222,6 +257,11 @@ const handlers = {
     showDataInfo(m.info);
     state.previewIndex = 0;
     showPreview(m.preview);
+    // The fixed prompts the samples follow: the engine's (the first held-out examples,
+    // else the first training ones, cut before their answer).
+    state.samplePrompts = m.info.samples || [];
+    state.samples = [];
+    showSamples();
     resetRun();
     configure();
     refreshButtons();
@@ -521,43 +561,8 @@ function loadData() {
   setStatus('#data-status', 'Reading and tokenizing…');
   refreshButtons();
   send(msg);
-  prepareSamples(msg).catch((e) => showError('data', `sample prompts: ${e.message}`));
 }
 
-// The fixed prompts the samples follow: the first held-out examples (else the first
-// training ones), cut before their answer, in the form `generate` takes.
-async function prepareSamples(msg) {
-  const file = msg.eval || msg.train;
-  const text = file.text != null ? file.text : await (await fetch(file.url)).text();
-  const prompts = [];
-  for (const line of text.split('\n')) {
-    if (prompts.length >= 8) break;
-    let o;
-    try { o = JSON.parse(line); } catch { continue; }
-    const p = samplePrompt(o);
-    if (p) prompts.push(p);
-  }
-  state.samplePrompts = prompts;
-  state.samples = [];
-  showSamples();
-}
-
-function samplePrompt(o) {
-  if (Array.isArray(o.messages)) {
-    const last = o.messages.map((m) => m.role).lastIndexOf('assistant');
-    const msgs = o.messages.slice(0, last < 0 ? o.messages.length : last);
-    const user = msgs.filter((m) => m.role === 'user').pop();
-    return msgs.length ? { label: user ? user.content : '', input: msgs, chat: true } : null;
-  }
-  if (typeof o.prompt === 'string') return { label: o.prompt, input: o.prompt, chat: false };
-  if (Array.isArray(o.prompt)) return { label: (o.prompt.filter((m) => m.role === 'user').pop() || {}).content || '', input: o.prompt, chat: true };
-  if (typeof o.text === 'string') {
-    const words = o.text.split(/(\s+)/);
-    const head = words.slice(0, Math.max(2, Math.floor(words.length / 2))).join('');
-    return { label: head, input: head, chat: false };
-  }
-  return null;
-}
 
 async function readUpload(file) {
   try {
@@ -691,7 +696,7 @@ function showLossHint() {
 
 // The plan as form values (after a restored state replaced the run's settings).
 function planToForm(p) {
-  return { loss: p.loss, lr: String(Number(p.lr.toPrecision(6))), schedule: p.schedule, warmup: String(p.warmup), batch: String(p.batch), accum: String(p.grad_accum), length: String(p.total_steps), length_unit: 'steps', max_len: String(p.max_len), eval_every: String(p.eval_every), seed: String(p.seed) };
+  return settingsToForm({ ...p.settings, max_len: p.max_len });
 }
 
 function onPlan(p) {

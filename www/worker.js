@@ -21,7 +21,7 @@
 // The training loop takes the lock once per step, so a chat or a download while paused (or
 // between steps) waits for the step in flight and never races it.
 
-import init, { Session, capabilities } from './pkg/webtune.js';
+import init, { Session, capabilities, default_settings } from './pkg/webtune.js';
 import { zipStore } from './zip.js';
 
 let session = null;
@@ -91,7 +91,7 @@ async function handleInit() {
   await init({ module_or_path: new URL('./pkg/webtune_bg.wasm', import.meta.url) });
   caps = capabilities();
   session = await Session.create();
-  post({ type: 'ready', adapter: session.adapter_info(), webgpu: check.ok, caps, checkpoint: await checkpointMeta() });
+  post({ type: 'ready', adapter: session.adapter_info(), webgpu: check.ok, caps, defaults: default_settings(), checkpoint: await checkpointMeta() });
 }
 
 // ---- Downloads with progress and a cache ------------------------------------------------------

@@ -21,6 +21,19 @@ pub struct Item {
     /// The user's words for exact match and samples: the last user message before the
     /// first trained turn, the prompt of a prompt/completion pair; None for text.
     pub prompt: Option<String>,
+    /// What a sample generation starts from: the example up to its first answer.
+    pub sample: Option<Sample>,
+}
+
+/// A prompt to sample from, in the form `Session::generate` takes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    /// What the page shows for it (the user's words).
+    pub label: String,
+    /// A string, or the chat messages before the first answer.
+    pub input: serde_json::Value,
+    /// Whether `input` goes through the chat template.
+    pub chat: bool,
 }
 
 /// A JSONL file as parsed and tokenized (before the split).
@@ -45,6 +58,27 @@ fn prompt_of(r: &Record) -> Option<String> {
             messages[..first_answer].iter().rev().find(|m| m.role == "user").map(|m| m.content.clone())
         }
         Record::Text(_) | Record::Tokenized { .. } => None,
+    }
+}
+
+/// A record cut before its first answer (text: its first half, by words).
+fn sample_of(r: &Record) -> Option<Sample> {
+    match r {
+        Record::PromptCompletion { prompt, .. } => {
+            Some(Sample { label: prompt.clone(), input: prompt.clone().into(), chat: false })
+        }
+        Record::Chat { messages, trained_from, .. } => {
+            let first = (*trained_from..messages.len()).find(|&k| messages[k].role == "assistant")?;
+            let before = &messages[..first];
+            let label = before.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+            Some(Sample { label, input: serde_json::to_value(before).ok()?, chat: true })
+        }
+        Record::Text(t) => {
+            let words: Vec<&str> = t.split_inclusive(char::is_whitespace).collect();
+            let head: String = words[..(words.len() / 2).max(2).min(words.len())].concat();
+            Some(Sample { label: head.clone(), input: head.into(), chat: false })
+        }
+        Record::Tokenized { .. } => None,
     }
 }
 
@@ -97,7 +131,7 @@ pub fn read(
         .into_iter()
         .zip(&records)
         .filter(|(e, _)| trainable(e, s.loss))
-        .map(|(example, (_, r))| Item { example, prompt: prompt_of(r) })
+        .map(|(example, (_, r))| Item { example, prompt: prompt_of(r), sample: sample_of(r) })
         .collect();
     let dropped = n - items.len();
     Ok(DataFile { name: name.to_string(), format, report, dropped, items })
