@@ -541,3 +541,34 @@ fn the_tokenizer_sources_differ_in_offsets_only() {
     assert_eq!(ids(&a), ids(&b));
     assert_ne!(a, b, "the offsets agree now: the test above no longer needs two sources to catch a regression");
 }
+
+/// A tokenizer whose config appends EOS (add_eos_token): the prompt alone then ends with an
+/// EOS that prompt + completion has only at its end; that is not a prompt mismatch, and
+/// the sequence keeps one trained EOS. Mismatches in a validation file add to the report.
+#[test]
+fn prompt_mismatch_with_add_eos_and_validation_file() {
+    let mut config: Value = serde_json::from_slice(&read("tokenizer_config.json")).unwrap();
+    config["add_eos_token"] = Value::Bool(true);
+    let tok = Tokenizer::from_hf_bytes(&read("tokenizer.json"), Some(config.to_string().as_bytes())).unwrap();
+    assert_eq!(tok.encode("a", true).unwrap().last(), Some(&IM_END));
+    let clean = r#"{"prompt": "Translate to French: cat ->", "completion": " chat"}"#;
+    let (ex, rep) = data::load_jsonl(&tok, "t.jsonl", clean, &DataOptions::default()).unwrap();
+    assert_eq!(rep.prompt_mismatch, 0);
+    assert_eq!(rep.warning(), None);
+    assert_eq!(trained_runs(&tok, &ex[0]), vec![" chat<|im_end|>"]);
+    assert_eq!(ex[0].ids.iter().filter(|&&i| i == IM_END).count(), 1);
+
+    let tok = smollm2();
+    let merging = r#"{"prompt": "Write the body:\n", "completion": "  return x + 1"}"#;
+    let train = format!("{clean}\n{merging}\n{merging}");
+    let ds =
+        data::load_dataset(&tok, ("a.jsonl", &train), Validation::File("b.jsonl", merging), &DataOptions::default())
+            .unwrap();
+    assert_eq!(ds.report.prompt_mismatch, 3);
+    assert_eq!(ds.report.prompt_mismatch_at, ["a.jsonl:2", "a.jsonl:3", "b.jsonl:1"]);
+    let w = ds.report.warning().unwrap();
+    assert!(w.starts_with("3 of 4 examples have a prompt whose tokens are not a prefix"), "{w}");
+    // The token "\n " that merges the prompt's newline with the completion's first space is
+    // trained (TRL's rule), the rest of the prompt is not.
+    assert_eq!(trained_runs(&tok, &ds.train[1]), vec!["\n  return x + 1<|im_end|>"]);
+}
