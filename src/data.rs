@@ -16,9 +16,17 @@
 //!
 //! An answer's trained tokens are its content and the token that ends it: EOS for plain
 //! text, the template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`, ...) for chat.
-//! Answer spans are found by rendering the conversation up to each assistant turn with
-//! and without it, and mapping the text span to tokens through the tokenizer's offsets,
-//! so the ids are exactly the tokens of the whole rendered conversation.
+//! Masks are found from token ids only, never from the tokenizer's offsets (which differ
+//! between a `tokenizer.json` and the same tokenizer built from GGUF metadata, e.g. in
+//! whether a token's leading or trailing spaces count), so every tokenizer source gives
+//! the same masks. A plain prompt/completion follows TRL's `SFTTrainer`: the completion
+//! starts where the tokens of the prompt alone and those of prompt + completion diverge
+//! (so a token that merges the prompt's end with the completion's start is trained), and a
+//! prompt that is not a prefix is counted in [`DataReport::prompt_mismatch`]. For chat,
+//! answer spans are found by rendering the conversation up to each assistant turn with and
+//! without it; the text before an answer is tokenized alone and the answer's tokens start
+//! where those tokens and the conversation's diverge, so the ids are exactly the tokens of
+//! the whole rendered conversation.
 
 use std::fmt;
 use std::ops::Range;
@@ -404,35 +412,58 @@ pub struct DataReport {
     pub truncated_at: Vec<String>,
     pub tokens: usize,
     pub trained_tokens: usize,
+    /// Plain prompt/completion examples whose prompt alone tokenizes to something that is
+    /// not a prefix of the tokens of prompt + completion (tokens merge across the
+    /// boundary): the completion starts where they diverge (TRL's rule), so the model
+    /// learns from a context a little different from the prompt it will see alone.
+    pub prompt_mismatch: usize,
+    /// Origins ("file:line") of those examples, the first few.
+    pub prompt_mismatch_at: Vec<String>,
 }
 
 impl DataReport {
-    /// A warning line when examples were truncated, else None.
+    /// A warning line when examples were truncated or had a prompt that is not a prefix
+    /// of prompt + completion (both joined by "; "), else None.
     pub fn warning(&self) -> Option<String> {
+        let mut parts = Vec::new();
         let n = self.truncated_prompt + self.truncated_answer;
-        if n == 0 {
-            return None;
+        if n > 0 {
+            let more = if n > self.truncated_at.len() { ", ..." } else { "" };
+            parts.push(format!(
+                "{n} of {} examples were longer than the maximum length: {} lost prompt tokens (cut from the left), {} lost answer tokens too (cut from the right, so they do not learn to stop) ({}{more})",
+                self.examples,
+                self.truncated_prompt,
+                self.truncated_answer,
+                self.truncated_at.join(", ")
+            ));
         }
-        let more = if n > self.truncated_at.len() { ", ..." } else { "" };
-        Some(format!(
-            "{n} of {} examples were longer than the maximum length: {} lost prompt tokens (cut from the left), {} lost answer tokens too (cut from the right, so they do not learn to stop) ({}{more})",
-            self.examples,
-            self.truncated_prompt,
-            self.truncated_answer,
-            self.truncated_at.join(", ")
-        ))
+        let m = self.prompt_mismatch;
+        if m > 0 {
+            let more = if m > self.prompt_mismatch_at.len() { ", ..." } else { "" };
+            parts.push(format!(
+                "{m} of {} examples have a prompt whose tokens are not a prefix of the tokens of prompt + completion (tokens merge across the boundary, e.g. a prompt ending in a newline or space and a completion starting with spaces): the completion is trained from where they diverge, a context that differs from the prompt alone; end prompts on a token boundary to avoid it ({}{more})",
+                self.examples,
+                self.prompt_mismatch_at.join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
-
 }
 
-/// Which tokens of a text's tokenization overlap one of the byte spans (as transformers'
-/// assistant masks do: a token that straddles the start of an answer is trained).
-fn mask_from_spans(offsets: &[(u32, Range<usize>)], spans: &[Range<usize>]) -> Vec<bool> {
-    offsets.iter().map(|(_, r)| spans.iter().any(|s| r.start < s.end && r.end > s.start)).collect()
+/// Number of leading tokens `a` and `b` have in common (TRL's `common_prefix_length`).
+fn common_prefix_length(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Build one example from a record.
 pub fn build_example(tok: &Tokenizer, record: &Record, opts: &DataOptions) -> LineResult<Example> {
+    build_example_noted(tok, record, opts).map(|(ex, _)| ex)
+}
+
+/// [`build_example`], also saying whether a plain prompt's tokens were not a prefix of the
+/// tokens of prompt + completion (see [`DataReport::prompt_mismatch`]).
+pub fn build_example_noted(tok: &Tokenizer, record: &Record, opts: &DataOptions) -> LineResult<(Example, bool)> {
+    let mut mismatch = false;
     let (ids, trained) = match record {
         Record::Tokenized { ids, trained } => (ids.clone(), trained.clone()),
         Record::Text(text) => {
@@ -446,12 +477,27 @@ pub fn build_example(tok: &Tokenizer, record: &Record, opts: &DataOptions) -> Li
             chat_example(tok, &messages, 0, None, opts)?
         }
         Record::PromptCompletion { prompt, completion } => {
-            let text = format!("{prompt}{completion}");
-            let enc = tok.encode_with_offsets(&text, true).map_err(|e| (DataErrorKind::Tokenizer, e.to_string()))?;
-            let answer = prompt.len()..text.len();
-            let mut trained = mask_from_spans(&enc, std::slice::from_ref(&answer));
-            let mut ids: Vec<u32> = enc.into_iter().map(|(id, _)| id).collect();
-            // A post-processor may already end the sequence with EOS (add_eos_token).
+            // TRL's SFTTrainer (trl 1.16.0, trainer/sft_trainer.py, prompt-completion case):
+            //   prompt_ids = tok(prompt)["input_ids"]
+            //   ids = tok(prompt + completion + eos)["input_ids"]
+            //   prompt_len = common_prefix_length(prompt_ids, ids)  # warns if < len(prompt_ids)
+            //   completion_mask = [0] * prompt_len + [1] * (len(ids) - prompt_len)
+            // From ids alone, so every tokenizer source of a model gives the same mask.
+            let enc = |t: &str| tok.encode_with_offsets(t, true).map_err(|e| (DataErrorKind::Tokenizer, e.to_string()));
+            let mut prompt_enc = enc(prompt)?;
+            // An EOS the post-processor or the config appends (add_eos_token, an empty
+            // range) ends the prompt alone but not the prompt inside prompt + completion:
+            // leave it out of the comparison (TRL would report every such prompt).
+            if matches!(prompt_enc.last(), Some((id, r)) if r.is_empty() && tok.eos_id() == Some(*id)) {
+                prompt_enc.pop();
+            }
+            let prompt_ids: Vec<u32> = prompt_enc.into_iter().map(|(id, _)| id).collect();
+            let mut ids: Vec<u32> = enc(&format!("{prompt}{completion}"))?.into_iter().map(|(id, _)| id).collect();
+            let k = common_prefix_length(&prompt_ids, &ids);
+            mismatch = k < prompt_ids.len();
+            let mut trained: Vec<bool> = (0..ids.len()).map(|i| i >= k).collect();
+            // EOS, trained, unless the sequence already ends with it (a post-processor that
+            // appends it, or a completion that ends with its text).
             if let Some(eos) = tok.eos_id() {
                 if ids.last() != Some(&eos) {
                     ids.push(eos);
@@ -469,7 +515,7 @@ pub fn build_example(tok: &Tokenizer, record: &Record, opts: &DataOptions) -> Li
     if !trained.iter().skip(1).any(|&t| t) {
         return bad(DataErrorKind::EmptyAnswer, "no answer token to train (the answer produced no tokens)");
     }
-    Ok(Example { ids, trained, origin: String::new() })
+    Ok((Example { ids, trained, origin: String::new() }, mismatch))
 }
 
 fn chat_example(
@@ -515,8 +561,23 @@ fn chat_example(
         spans.push(start..end);
         cursor = span.end;
     }
-    let trained = mask_from_spans(&enc, &spans);
-    let ids = enc.into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<u32> = enc.into_iter().map(|(id, _)| id).collect();
+    // Byte spans to token indices from ids alone: the text before a boundary, tokenized
+    // alone, and the conversation's tokens agree up to the token that straddles the
+    // boundary (or starts at it). A straddling token is trained at both ends (it holds
+    // answer text), as transformers' assistant masks do.
+    let encode = |t: &str| tok.encode(t, false).map_err(|e| (DataErrorKind::Tokenizer, e.to_string()));
+    let mut trained = vec![false; ids.len()];
+    for s in spans {
+        let (Some(before), Some(through)) = (full.get(..s.start), full.get(..s.end)) else { continue };
+        let a = common_prefix_length(&encode(before)?, &ids);
+        let t = encode(through)?;
+        let c = common_prefix_length(&t, &ids);
+        let b = if c == t.len() { c } else { (c + 1).min(ids.len()) };
+        for x in trained.iter_mut().take(b).skip(a) {
+            *x = true;
+        }
+    }
     Ok((ids, trained))
 }
 
@@ -600,13 +661,19 @@ pub fn build_examples(
     let mut out = Vec::with_capacity(records.len());
     for (line, r) in records {
         let origin = format!("{file}:{line}");
-        let mut ex = build_example(tok, r, opts).map_err(|(kind, message)| DataError {
+        let (mut ex, mismatch) = build_example_noted(tok, r, opts).map_err(|(kind, message)| DataError {
             file: file.to_owned(),
             line: *line,
             kind,
             message,
         })?;
         ex.origin = origin.clone();
+        if mismatch {
+            report.prompt_mismatch += 1;
+            if report.prompt_mismatch_at.len() < 5 {
+                report.prompt_mismatch_at.push(origin.clone());
+            }
+        }
         if let Some(m) = opts.max_len {
             let (p, a) = truncate(&mut ex, m);
             if a {

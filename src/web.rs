@@ -168,7 +168,9 @@ impl Session {
                     patch["rslora"] = x.clone();
                 }
                 match o.get("targets") {
-                    Some(Value::String(t)) => patch["lora_targets"] = json!(t.split(',').map(str::trim).collect::<Vec<_>>()),
+                    Some(Value::String(t)) => {
+                        patch["lora_targets"] = json!(t.split(',').map(str::trim).collect::<Vec<_>>())
+                    }
                     Some(t) => patch["lora_targets"] = t.clone(),
                     None => {}
                 }
@@ -323,7 +325,10 @@ impl Session {
         let g = self
             .core
             .generate(prompt, &opts, |piece| {
-                on_text.call1(&JsValue::NULL, &JsValue::from_str(piece)).map(|r| r.as_bool() != Some(false)).unwrap_or(true)
+                on_text
+                    .call1(&JsValue::NULL, &JsValue::from_str(piece))
+                    .map(|r| r.as_bool() != Some(false))
+                    .unwrap_or(true)
             })
             .await
             .map_err(js_err)?;

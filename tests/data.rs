@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use webtune::data::{self, DataErrorKind, DataOptions, Record};
-use webtune::session::{dataset, Settings};
 use webtune::rng::Rng;
+use webtune::session::{dataset, Settings};
 use webtune::tokenize::{Message, Tokenizer};
 use webtune::train::Example;
 use webtune::Error;
@@ -430,4 +430,149 @@ fn fuzz_jsonl_no_panic() {
         }
     }
     assert!(accepted > 100, "{accepted}");
+}
+
+/// The tokenizer webtune builds from the GGUF metadata of the default model, the same
+/// model as the fixture's tokenizer.json. None when models/ lacks the file, outside CI
+/// only (CI fetches it: scripts/fetch-model.sh), as in tests/tokenize.rs.
+fn smollm2_gguf() -> Option<Tokenizer> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        assert!(std::env::var_os("CI").is_none(), "{} is missing: run scripts/fetch-model.sh", path.display());
+        eprintln!("SKIPPED (GGUF tokenizer): {} is missing (scripts/fetch-model.sh fetches it)", path.display());
+        return None;
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let g = webtune::load::gguf::Gguf::parse("smollm2.gguf", &bytes).unwrap();
+    let info = webtune::load::GgufInfo::from_gguf(&g).unwrap();
+    Some(Tokenizer::from_gguf(&info.tokenizer, info.chat_template.as_deref()).unwrap())
+}
+
+/// Both tokenizer sources of SmolLM2: the tokenizer.json and (when present) the GGUF.
+fn both_sources() -> Vec<(&'static str, Tokenizer)> {
+    let mut v = vec![("tokenizer.json", smollm2())];
+    v.extend(smollm2_gguf().map(|t| ("GGUF", t)));
+    v
+}
+
+fn id_list(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn mask_list(v: &Value) -> Vec<bool> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64() == Some(1)).collect()
+}
+
+fn assert_same_mask(what: &str, tok: &Tokenizer, ex: &Example, ids: &[u32], mask: &[bool]) {
+    assert_eq!(ex.ids, ids, "{what}: ids");
+    if ex.trained != mask {
+        let i = ex.trained.iter().zip(mask).position(|(a, b)| a != b).unwrap_or(mask.len().min(ex.trained.len()));
+        panic!(
+            "{what}: mask differs first at token {i} ({:?}): ours {}, want {}",
+            ex.ids.get(i).map(|&id| tok.token_text(id)),
+            data::preview_string(tok, ex),
+            data::preview_string(tok, &Example { ids: ex.ids.clone(), trained: mask.to_vec(), origin: String::new() }),
+        );
+    }
+}
+
+/// Plain prompt/completion pairs whose boundary falls inside a token (a prompt ending in
+/// a newline or a space and a completion starting with spaces, unicode split inside a
+/// word): TRL's SFTTrainer masks (tests/fixtures/make_trl_mask_fixture.py: the completion
+/// starts where the tokens of the prompt alone and of prompt + completion diverge),
+/// for both tokenizer sources; the pairs whose prompt is not a prefix are reported.
+#[test]
+fn prompt_completion_masks_match_trl_for_every_tokenizer_source() {
+    let fx: Value = serde_json::from_slice(&read("trl_masks.json")).unwrap();
+    let pairs = fx["prompt_completion"].as_array().unwrap();
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|p| serde_json::json!({"prompt": p["prompt"], "completion": p["completion"]}).to_string())
+        .collect();
+    let want_mismatch: Vec<String> = pairs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p["mismatch"] == true)
+        .map(|(i, _)| format!("t.jsonl:{}", i + 1))
+        .collect();
+    assert!(want_mismatch.len() >= 3, "{want_mismatch:?}");
+    for (source, tok) in both_sources() {
+        let (examples, rep) = data::load_jsonl(&tok, "t.jsonl", &lines.join("\n"), &DataOptions::default()).unwrap();
+        for (p, ex) in pairs.iter().zip(&examples) {
+            let what = format!("{source}: {}", p["name"]);
+            assert_same_mask(&what, &tok, ex, &id_list(&p["ids"]), &mask_list(&p["completion_mask"]));
+        }
+        assert_eq!(rep.prompt_mismatch, want_mismatch.len(), "{source}");
+        assert_eq!(rep.prompt_mismatch_at, want_mismatch[..want_mismatch.len().min(5)], "{source}");
+        let w = rep.warning().unwrap();
+        assert!(w.contains("not a prefix") && w.contains(&want_mismatch[0]), "{source}: {w}");
+    }
+}
+
+/// Chat turns whose content starts (or ends) with whitespace that merges with the
+/// template's newline: transformers' assistant masks, for both tokenizer sources, and the
+/// existing chat fixture's masks with the GGUF tokenizer too.
+#[test]
+fn chat_masks_match_transformers_for_every_tokenizer_source() {
+    let fx: Value = serde_json::from_slice(&read("trl_masks.json")).unwrap();
+    let old: Value = serde_json::from_slice(&read("chat.json")).unwrap();
+    let old = old["renders"].as_array().unwrap().iter().filter(|r| {
+        r["template"] == "smollm2_generation"
+            && r["add_generation_prompt"] == false
+            && r.get("assistant_mask").is_some()
+    });
+    let cases: Vec<&Value> = fx["chat"].as_array().unwrap().iter().chain(old).collect();
+    assert!(cases.len() >= 8, "{}", cases.len());
+    for (source, tok) in both_sources() {
+        for c in &cases {
+            let line = serde_json::json!({"messages": c["messages"]}).to_string();
+            let (ex, rep) = data::load_jsonl(&tok, "t.jsonl", &line, &DataOptions::default()).unwrap();
+            let what = format!("{source}: chat {}", c["name"]);
+            assert_same_mask(&what, &tok, &ex[0], &id_list(&c["ids"]), &mask_list(&c["assistant_mask"]));
+            assert_eq!(rep.prompt_mismatch, 0);
+        }
+    }
+}
+
+/// Why masks must not come from offsets: the two sources tokenize alike but do not give
+/// the same offsets (the GGUF tokenizer's byte-level post-processor trims spaces off them).
+#[test]
+fn the_tokenizer_sources_differ_in_offsets_only() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let hf = smollm2();
+    let text = "Write the body:\n  return x + 1";
+    let (a, b) = (hf.encode_with_offsets(text, true).unwrap(), gguf.encode_with_offsets(text, true).unwrap());
+    let ids = |e: &[(u32, std::ops::Range<usize>)]| e.iter().map(|x| x.0).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b));
+    assert_ne!(a, b, "the offsets agree now: the test above no longer needs two sources to catch a regression");
+}
+
+/// A tokenizer whose config appends EOS (add_eos_token): the prompt alone then ends with an
+/// EOS that prompt + completion has only at its end; that is not a prompt mismatch, and
+/// the sequence keeps one trained EOS. Mismatches in a validation file add to the report.
+#[test]
+fn prompt_mismatch_with_add_eos_and_validation_file() {
+    let mut config: Value = serde_json::from_slice(&read("tokenizer_config.json")).unwrap();
+    config["add_eos_token"] = Value::Bool(true);
+    let tok = Tokenizer::from_hf_bytes(&read("tokenizer.json"), Some(config.to_string().as_bytes())).unwrap();
+    assert_eq!(tok.encode("a", true).unwrap().last(), Some(&IM_END));
+    let clean = r#"{"prompt": "Translate to French: cat ->", "completion": " chat"}"#;
+    let (ex, rep) = data::load_jsonl(&tok, "t.jsonl", clean, &DataOptions::default()).unwrap();
+    assert_eq!(rep.prompt_mismatch, 0);
+    assert_eq!(rep.warning(), None);
+    assert_eq!(trained_runs(&tok, &ex[0]), vec![" chat<|im_end|>"]);
+    assert_eq!(ex[0].ids.iter().filter(|&&i| i == IM_END).count(), 1);
+
+    let tok = smollm2();
+    let merging = r#"{"prompt": "Write the body:\n", "completion": "  return x + 1"}"#;
+    let train = format!("{clean}\n{merging}\n{merging}");
+    let st = Settings::default();
+    let a = dataset::read(Some(&tok), "a.jsonl", &train, &st, 1024, 49152).unwrap();
+    let b = dataset::read(Some(&tok), "b.jsonl", merging, &st, 1024, 49152).unwrap();
+    assert_eq!((a.report.prompt_mismatch, b.report.prompt_mismatch), (2, 1));
+    assert_eq!(a.report.prompt_mismatch_at, ["a.jsonl:2", "a.jsonl:3"]);
+    assert_eq!(b.report.prompt_mismatch_at, ["b.jsonl:1"]);
+    let w = a.summary().warning.unwrap();
+    assert!(w.starts_with("2 of 3 examples have a prompt whose tokens are not a prefix"), "{w}");
+    assert_eq!(trained_runs(&tok, &a.items[1].example), vec!["\n  return x + 1<|im_end|>"]);
 }

@@ -132,7 +132,11 @@ fn cli_and_page_session_train_the_same() {
         assert!(e.ids.len() <= 48, "{}: {} tokens", e.origin, e.ids.len());
         let answer: Vec<u32> = e.ids.iter().zip(&e.trained).filter(|(_, &t)| t).map(|(&id, _)| id).collect();
         let answer = tok.decode(&answer).unwrap();
-        assert!(["positive<|im_end|>", "negative<|im_end|>"].contains(&answer.as_str()), "{}: trained {answer:?}", e.origin);
+        assert!(
+            ["positive<|im_end|>", "negative<|im_end|>"].contains(&answer.as_str()),
+            "{}: trained {answer:?}",
+            e.origin
+        );
         assert!(i.prompt.as_deref().unwrap().starts_with("Is this review"), "the user's words: {:?}", i.prompt);
     }
     let split = s.split().unwrap();
@@ -156,7 +160,8 @@ fn cli_and_page_session_train_the_same() {
 fn conflicts_are_found_before_the_first_step() {
     let dir = tempdir("conflicts");
     let fixture = root().join("tests/fixtures/llama");
-    let jsonl: String = (0..6).map(|k| format!("{{\"input_ids\": [{k}, 5, 6, 7, 8, 9, 10, 11], \"prompt_len\": 3}}\n")).collect();
+    let jsonl: String =
+        (0..6).map(|k| format!("{{\"input_ids\": [{k}, 5, 6, 7, 8, 9, 10, 11], \"prompt_len\": 3}}\n")).collect();
     std::fs::write(dir.join("train.jsonl"), &jsonl).unwrap();
     let (data, out) = (dir.join("train.jsonl"), dir.join("out"));
     let base = |extra: &[&str]| {

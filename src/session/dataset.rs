@@ -123,7 +123,10 @@ pub fn read(
     };
     for e in &examples {
         if let Some(&bad) = e.ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Data(format!("{}: token id {bad} is outside the model's vocabulary of {vocab}", e.origin)));
+            return Err(Error::Data(format!(
+                "{}: token id {bad} is outside the model's vocabulary of {vocab}",
+                e.origin
+            )));
         }
     }
     let n = examples.len();

@@ -257,7 +257,9 @@ impl<'g> Session<'g> {
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         let meta = self.meta.as_ref().ok_or_else(|| Error::Usage("load a model first".into()))?;
-        meta.tokenizer.as_ref().ok_or_else(|| Error::Usage(format!("{} came without a tokenizer (tokenizer.json)", meta.name)))
+        meta.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::Usage(format!("{} came without a tokenizer (tokenizer.json)", meta.name)))
     }
 
     /// Replace the settings. Data is prepared again when a setting that shapes the
@@ -389,8 +391,9 @@ impl<'g> Session<'g> {
     }
 
     fn read(&self, name: &str, text: &str) -> Result<DataFile> {
-        let model =
-            self.model().ok_or_else(|| Error::Usage("load a model first: the data is tokenized with its tokenizer".into()))?;
+        let model = self
+            .model()
+            .ok_or_else(|| Error::Usage("load a model first: the data is tokenized with its tokenizer".into()))?;
         let tok = self.meta.as_ref().and_then(|m| m.tokenizer.as_ref());
         dataset::read(tok, name, text, &self.settings, self.max_len(), model.cfg.vocab)
     }
@@ -535,7 +538,8 @@ impl<'g> Session<'g> {
         let split = self.split().ok();
         let n_train = split.as_ref().map(|x| x.train.len()).unwrap_or(0);
         let per_epoch = n_train.div_ceil(s.batch.max(1)).max(1);
-        let total = self.run.as_ref().map(|r| r.total_steps()).unwrap_or_else(|| s.run_config().total_steps(n_train.max(1)));
+        let total =
+            self.run.as_ref().map(|r| r.total_steps()).unwrap_or_else(|| s.run_config().total_steps(n_train.max(1)));
         let reload_needed = self.model().is_some_and(|m| self.lora_differs(m));
         Plan {
             total_steps: total,
@@ -600,7 +604,11 @@ impl<'g> Session<'g> {
             .iter()
             .zip(&e.trained)
             .enumerate()
-            .map(|(i, (&id, &t))| PreviewToken { id, text: tok.map(|t| t.token_text(id)), trained: i > 0 && (t || all) })
+            .map(|(i, (&id, &t))| PreviewToken {
+                id,
+                text: tok.map(|t| t.token_text(id)),
+                trained: i > 0 && (t || all),
+            })
             .collect();
         Ok(Preview { origin: e.origin.clone(), index, count: f.items.len(), prompt: item.prompt.clone(), tokens })
     }
@@ -651,8 +659,11 @@ impl<'g> Session<'g> {
     /// The validation loss (the held-out set, else the training set) under the loss mode.
     pub async fn validate(&mut self) -> Result<ValidLoss> {
         let split = self.split()?;
-        let (set, which) =
-            if split.valid.is_empty() { (split.train_examples(), "train") } else { (split.valid_examples(), "validation") };
+        let (set, which) = if split.valid.is_empty() {
+            (split.train_examples(), "train")
+        } else {
+            (split.valid_examples(), "validation")
+        };
         let (_, loss) = self.score_examples(&set).await?;
         Ok(ValidLoss { loss, examples: set.len(), split: which, step: self.step_count() })
     }
@@ -739,7 +750,9 @@ impl<'g> Session<'g> {
         let tok = self.tokenizer()?;
         let (text, special) = match prompt {
             Prompt::Chat(messages) => (tok.require_chat_template()?.render(&messages, true)?, false),
-            Prompt::Text(s) if opts.chat => (tok.require_chat_template()?.render(&[Message::new("user", s)], true)?, false),
+            Prompt::Text(s) if opts.chat => {
+                (tok.require_chat_template()?.render(&[Message::new("user", s)], true)?, false)
+            }
             Prompt::Text(s) => (s, true),
         };
         let ids = tok.encode(&text, special)?;
@@ -811,8 +824,10 @@ impl<'g> Session<'g> {
                     message: "merged writes a Hugging Face folder and needs a Hugging Face base; this model came from a GGUF: export gguf".into(),
                 })?;
                 let f = export_merged(self.gpu, model, config).await?;
-                let mut files =
-                    vec![("config.json".to_string(), f.config_json.into_bytes()), ("model.safetensors".into(), f.safetensors)];
+                let mut files = vec![
+                    ("config.json".to_string(), f.config_json.into_bytes()),
+                    ("model.safetensors".into(), f.safetensors),
+                ];
                 files.extend(meta.tokenizer_files.iter().cloned());
                 Ok(files)
             }

@@ -45,7 +45,12 @@ impl ModelMeta {
 
 /// Load from `(file name, bytes)` pairs (folder prefixes in names are ignored), with LoRA
 /// adapters on a frozen base when `lora` is given.
-pub fn load(gpu: &Gpu, name: &str, files: &[(String, Vec<u8>)], lora: Option<&LoraConfig>) -> Result<(Model, ModelMeta)> {
+pub fn load(
+    gpu: &Gpu,
+    name: &str,
+    files: &[(String, Vec<u8>)],
+    lora: Option<&LoraConfig>,
+) -> Result<(Model, ModelMeta)> {
     let base = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
     let all: Vec<(String, &[u8])> = files.iter().map(|(n, d)| (base(n), d.as_slice())).collect();
     let find = |n: &str| all.iter().find(|(b, _)| b == n).map(|(_, d)| *d);
@@ -62,7 +67,9 @@ pub fn load(gpu: &Gpu, name: &str, files: &[(String, Vec<u8>)], lora: Option<&Lo
         return Ok((model, meta));
     }
     let config = find("config.json").ok_or_else(|| {
-        Error::Usage(format!("{name}: the model files need a config.json (a Hugging Face model folder) or a .gguf file"))
+        Error::Usage(format!(
+            "{name}: the model files need a config.json (a Hugging Face model folder) or a .gguf file"
+        ))
     })?;
     let config = String::from_utf8(config.to_vec())
         .map_err(|_| Error::Config(format!("{name}: config.json is not UTF-8 text")))?;

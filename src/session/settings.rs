@@ -178,9 +178,7 @@ impl Settings {
     /// These settings with the keys of `patch` (a JSON object) replaced; giving `epochs`
     /// without `steps` switches the run's length to epochs.
     pub fn patched(&self, patch: &serde_json::Value) -> Result<Settings> {
-        let obj = patch
-            .as_object()
-            .ok_or_else(|| Error::Usage("settings must be an object of key -> value".into()))?;
+        let obj = patch.as_object().ok_or_else(|| Error::Usage("settings must be an object of key -> value".into()))?;
         let mut v = self.to_json();
         for (k, x) in obj {
             v[k.as_str()] = x.clone();

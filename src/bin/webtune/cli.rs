@@ -413,7 +413,10 @@ pub async fn run() -> Result<()> {
             }
             let targets: usize = scores.iter().map(|s| s.targets).sum();
             let mode = session.settings().loss.to_string();
-            println!("{}", serde_json::json!({"loss": total, "mode": mode, "examples": examples.len(), "targets": targets}));
+            println!(
+                "{}",
+                serde_json::json!({"loss": total, "mode": mode, "examples": examples.len(), "targets": targets})
+            );
         }
         Cmd::Grads { model, data, out, s } => {
             let mut session = Session::new(&gpu, whole_examples(&s)?)?;
