@@ -28,7 +28,6 @@
 //! where those tokens and the conversation's diverge, so the ids are exactly the tokens of
 //! the whole rendered conversation.
 
-use std::fmt;
 use std::ops::Range;
 
 use serde_json::{Map, Value};
@@ -38,51 +37,7 @@ use crate::rng::Rng;
 use crate::tokenize::{Message, Tokenizer};
 use crate::train::Example;
 
-/// What is wrong with a data line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataErrorKind {
-    /// The line is not JSON, or not a JSON object.
-    InvalidJson,
-    /// A required field is absent (or no known format's fields are there).
-    MissingField,
-    /// A required text is empty.
-    EmptyField,
-    /// A field has the wrong JSON type.
-    WrongType,
-    /// A message role other than system/user/assistant, or in the wrong place.
-    WrongRole,
-    /// An assistant turn or completion with no text.
-    EmptyAnswer,
-    /// A conversation with no assistant turn to learn from.
-    NoAssistant,
-    /// The chat template failed on this line (or is missing).
-    Template,
-    /// The tokenizer failed on this line.
-    Tokenizer,
-    /// The file holds no example.
-    NoExamples,
-}
-
-/// A data error with the file and the 1-based line it is about (0 for the whole file).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DataError {
-    pub file: String,
-    pub line: usize,
-    pub kind: DataErrorKind,
-    pub message: String,
-}
-
-impl fmt::Display for DataError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.message)
-        } else {
-            write!(f, "{}:{}: {}", self.file, self.line, self.message)
-        }
-    }
-}
-
-impl std::error::Error for DataError {}
+pub use crate::error::{DataError, DataErrorKind};
 
 type LineResult<T> = std::result::Result<T, (DataErrorKind, String)>;
 

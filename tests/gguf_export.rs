@@ -216,7 +216,7 @@ fn toy_tokenizer(vocab: usize) -> GgufTokenizer {
 
 /// f16 weights move the 2-layer models' logits by about 1e-3 of the largest.
 const F16_LOGITS: Tol = Tol { name: "F16_LOGITS", abs: 1e-5, rel: 5e-3 };
-/// As tests/gguf.rs: the engine in f32 against transformers' float64 logits.
+/// As tests/gguf/mapping.rs: the engine in f32 against transformers' float64 logits.
 const TINY_LOGITS: Tol = Tol { name: "TINY_LOGITS", abs: 1e-6, rel: 1e-5 };
 
 /// llama.cpp's `LlamaModel.permute` written as the converter does: rows reshaped to

@@ -526,6 +526,55 @@ fn recompute_and_chunked_head_give_bit_identical_adapter_gradients() {
 /// The workspace estimate is exactly what the GPU allocates: every layout, with and without
 /// adapters and dropout, on the three architectures; and `memory::estimate`'s activations
 /// are training's workspace for the micro-batch with every row carrying loss.
+/// The bytes of training's workspace (`WorkspaceOpts::default()`: recompute, one head
+/// chunk) for `rows` tokens that all carry loss, counted by hand from the architecture
+/// (not through `Workspace::bytes`, which the estimate itself calls). `rows` must fit one
+/// head chunk (256), so every loss row is in it.
+fn hand_count(cfg: &webtune::model::ModelConfig, lora: Option<&LoraConfig>, rows: usize) -> u64 {
+    use webtune::model::Arch;
+    assert!(rows <= 256, "one head chunk");
+    // A buffer of n f32: at least one element, rounded up to 16 bytes.
+    let b = |n: usize| (4 * n.max(1) as u64).div_ceil(16) * 16;
+    let (r, c, f, v, h) = (rows, cfg.hidden, cfg.ffn, cfg.vocab, cfg.heads);
+    let (q, kv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+    let gpt2 = cfg.arch == Arch::Gpt2;
+    // The residual stream entering each block and leaving the last.
+    let stream = (cfg.layers as u64 + 1) * b(r * c);
+    // One block's saved activations (shared by all blocks under recompute).
+    let norms = if gpt2 {
+        // Two LayerNorms: output, mean and rstd per row.
+        2 * (b(r * c) + b(r) + b(r))
+    } else {
+        // Two RMSNorms: output and rstd per row (the unused mean is one element).
+        2 * (b(r * c) + b(1) + b(r))
+    };
+    let attention = if gpt2 { b(r * 3 * c) } else { 0 } // fused qkv projection
+        + 2 * b(r * q) + 2 * b(r * kv) // q, o; k, v
+        + b(r * h) // log-sum-exp per row and head
+        + b(r * c); // the stream between attention and MLP
+    let mlp = if gpt2 { 2 * b(r * f) } else { 3 * b(r * f) }; // fc (, up), activation
+    let block = norms + attention + mlp;
+    // The backward's scratch, one set.
+    let grads = 2 * b(r * c) // dres, dln
+        + 2 * b(r * q) + 2 * b(r * kv) // dq, d_o; dk, dv
+        + if gpt2 { b(r * 3 * c) } else { 0 }
+        + 3 * b(r * f) // dh1, dh2, dact
+        + b(r * h); // delta
+                    // The head: gathered and normed hidden states and their gradients, final-norm
+                    // statistics, logits and per-row loss.
+    let head = 4 * b(r * c) + 2 * b(r) + b(r * v) + b(r);
+    let adapters = lora.map_or(0, |l| {
+        let (per_layer, max_in) = if gpt2 {
+            (4, c.max(f)) // c_attn, attn.c_proj, c_fc, mlp.c_proj (fan-in f)
+        } else {
+            (7, c.max(q).max(f)) // q, k, v, o (fan-in q), gate, up, down (fan-in f)
+        };
+        let sites = per_layer * cfg.layers as u64;
+        (sites + 1) * b(r * l.rank) + if l.dropout > 0.0 { b(r * max_in) } else { 0 }
+    });
+    stream + block + grads + head + adapters
+}
+
 #[test]
 fn the_workspace_estimate_is_exactly_what_is_allocated() {
     use webtune::model::memory::estimate;
@@ -557,7 +606,7 @@ fn the_workspace_estimate_is_exactly_what_is_allocated() {
             let e = estimate(&m.cfg, lora.as_ref(), 3, 50).unwrap();
             let ws = m.workspace_with(g, 150, 150, WorkspaceOpts::default()).unwrap();
             assert_eq!(e.activations, ws.gpu_bytes(), "{arch} lora {dropout:?}: estimate");
-            assert_eq!(e.activations, Workspace::bytes_with_lora(&m.cfg, shape, 150, 150));
+            assert_eq!(e.activations, hand_count(&m.cfg, lora.as_ref(), 150), "{arch} lora {dropout:?}: by hand");
             let lora_ws: u64 =
                 ws.lora.as_ref().map_or(0, |l| l.u.iter().chain([&l.g]).chain(&l.xd).map(|t| t.buf.size()).sum());
             assert_eq!(e.lora_activations, lora_ws, "{arch} lora {dropout:?}: adapters' share");

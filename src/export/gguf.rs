@@ -20,6 +20,9 @@
 //! scaling) are written for `llama` as llama.cpp's `rope_freqs.weight` factors (each
 //! frequency divided by its factor), and refused for `qwen2`, whose llama.cpp graph has no
 //! such tensor.
+//!
+//! The bytes come from a generic writer ([`write_header`], [`write_gguf`]: any metadata and
+//! tensors, in any version and alignment), which tests use to build GGUF files too.
 
 use half::f16;
 
@@ -110,89 +113,6 @@ struct Plan {
     head: Vec<u8>,
     tensors: Vec<Planned>,
     total: u64,
-}
-
-fn put_str(b: &mut Vec<u8>, s: &str) {
-    b.extend((s.len() as u64).to_le_bytes());
-    b.extend(s.as_bytes());
-}
-
-fn array_type(a: &Array) -> u32 {
-    match a {
-        Array::U8(_) => 0,
-        Array::I8(_) => 1,
-        Array::U16(_) => 2,
-        Array::I16(_) => 3,
-        Array::U32(_) => 4,
-        Array::I32(_) => 5,
-        Array::F32(_) => 6,
-        Array::Bool(_) => 7,
-        Array::String(_) => 8,
-        Array::Array(_) => 9,
-        Array::U64(_) => 10,
-        Array::I64(_) => 11,
-        Array::F64(_) => 12,
-    }
-}
-
-fn value_type(v: &Value) -> u32 {
-    match v {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
-}
-
-/// An array's element type, count and elements.
-fn put_array(b: &mut Vec<u8>, a: &Array) {
-    b.extend(array_type(a).to_le_bytes());
-    b.extend((a.len() as u64).to_le_bytes());
-    match a {
-        Array::U8(v) => b.extend(v),
-        Array::I8(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::U16(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::I16(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::U32(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::I32(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::U64(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::I64(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::F32(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::F64(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
-        Array::Bool(v) => v.iter().for_each(|&x| b.push(x as u8)),
-        Array::String(v) => v.iter().for_each(|s| put_str(b, s)),
-        Array::Array(v) => v.iter().for_each(|a| put_array(b, a)),
-    }
-}
-
-/// A metadata entry: key, value type, value.
-fn put_kv(b: &mut Vec<u8>, key: &str, v: &Value) {
-    put_str(b, key);
-    b.extend(value_type(v).to_le_bytes());
-    match v {
-        Value::U8(x) => b.push(*x),
-        Value::I8(x) => b.extend(x.to_le_bytes()),
-        Value::U16(x) => b.extend(x.to_le_bytes()),
-        Value::I16(x) => b.extend(x.to_le_bytes()),
-        Value::U32(x) => b.extend(x.to_le_bytes()),
-        Value::I32(x) => b.extend(x.to_le_bytes()),
-        Value::U64(x) => b.extend(x.to_le_bytes()),
-        Value::I64(x) => b.extend(x.to_le_bytes()),
-        Value::F32(x) => b.extend(x.to_le_bytes()),
-        Value::F64(x) => b.extend(x.to_le_bytes()),
-        Value::Bool(x) => b.push(*x as u8),
-        Value::String(s) => put_str(b, s),
-        Value::Array(a) => put_array(b, a),
-    }
 }
 
 fn u32_of(what: &str, n: usize) -> Result<Value> {
@@ -405,22 +325,11 @@ fn plan(cfg: &ModelConfig, specs: &[ParamSpec], skip: &dyn Fn(usize) -> bool, op
         at = (at + t.n_bytes).next_multiple_of(DEFAULT_ALIGNMENT);
     }
     let meta = metadata(cfg, opts, rope_theta)?;
-    let mut head = Vec::new();
-    head.extend(MAGIC);
-    head.extend(VERSION.to_le_bytes());
-    head.extend((tensors.len() as u64).to_le_bytes());
-    head.extend((meta.len() as u64).to_le_bytes());
-    for (k, v) in &meta {
-        put_kv(&mut head, k, v);
-    }
-    for t in &tensors {
-        put_str(&mut head, &t.name);
-        head.extend((t.dims.len() as u32).to_le_bytes());
-        t.dims.iter().for_each(|d| head.extend(d.to_le_bytes()));
-        head.extend(t.ty.id.to_le_bytes());
-        head.extend(t.offset.to_le_bytes());
-    }
-    head.resize((head.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT) as usize, 0);
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .map(|t| TensorInfo { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty.id, offset: t.offset })
+        .collect();
+    let head = write_header(VERSION, DEFAULT_ALIGNMENT, &meta, &infos);
     Ok(Plan { head, tensors, total: at })
 }
 
@@ -516,4 +425,162 @@ pub fn gguf_from_tensors(
         plan.append(k, v, &mut out)?;
     }
     Ok(out)
+}
+
+// ---- the generic writer: any metadata and tensors, as GGUF lays them out ----------------
+
+/// One entry of a GGUF file's tensor infos.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml dims, innermost first.
+    pub dims: Vec<u64>,
+    /// The ggml type id (written as is, known to the reader or not).
+    pub ty: u32,
+    /// Where the data starts, in bytes from the start of the data section.
+    pub offset: u64,
+}
+
+/// A tensor for [`write_gguf`]: its name, ggml dims (innermost first), ggml type id and the
+/// bytes the file stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: u32,
+    pub data: Vec<u8>,
+}
+
+/// A GGUF string: its length in bytes (u64), then its UTF-8 bytes.
+pub fn put_string(b: &mut Vec<u8>, s: &str) {
+    b.extend((s.len() as u64).to_le_bytes());
+    b.extend(s.as_bytes());
+}
+
+fn array_type(a: &Array) -> u32 {
+    match a {
+        Array::U8(_) => 0,
+        Array::I8(_) => 1,
+        Array::U16(_) => 2,
+        Array::I16(_) => 3,
+        Array::U32(_) => 4,
+        Array::I32(_) => 5,
+        Array::F32(_) => 6,
+        Array::Bool(_) => 7,
+        Array::String(_) => 8,
+        Array::Array(_) => 9,
+        Array::U64(_) => 10,
+        Array::I64(_) => 11,
+        Array::F64(_) => 12,
+    }
+}
+
+fn value_type(v: &Value) -> u32 {
+    match v {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+/// An array's element type, count and elements.
+fn put_array(b: &mut Vec<u8>, a: &Array) {
+    b.extend(array_type(a).to_le_bytes());
+    b.extend((a.len() as u64).to_le_bytes());
+    match a {
+        Array::U8(v) => b.extend(v),
+        Array::I8(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::U16(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::I16(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::U32(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::I32(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::U64(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::I64(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::F32(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::F64(v) => v.iter().for_each(|x| b.extend(x.to_le_bytes())),
+        Array::Bool(v) => v.iter().for_each(|&x| b.push(x as u8)),
+        Array::String(v) => v.iter().for_each(|s| put_string(b, s)),
+        Array::Array(v) => v.iter().for_each(|a| put_array(b, a)),
+    }
+}
+
+/// A metadata entry: key, value type, value.
+pub fn put_kv(b: &mut Vec<u8>, key: &str, v: &Value) {
+    put_string(b, key);
+    b.extend(value_type(v).to_le_bytes());
+    match v {
+        Value::U8(x) => b.push(*x),
+        Value::I8(x) => b.extend(x.to_le_bytes()),
+        Value::U16(x) => b.extend(x.to_le_bytes()),
+        Value::I16(x) => b.extend(x.to_le_bytes()),
+        Value::U32(x) => b.extend(x.to_le_bytes()),
+        Value::I32(x) => b.extend(x.to_le_bytes()),
+        Value::U64(x) => b.extend(x.to_le_bytes()),
+        Value::I64(x) => b.extend(x.to_le_bytes()),
+        Value::F32(x) => b.extend(x.to_le_bytes()),
+        Value::F64(x) => b.extend(x.to_le_bytes()),
+        Value::Bool(x) => b.push(*x as u8),
+        Value::String(s) => put_string(b, s),
+        Value::Array(a) => put_array(b, a),
+    }
+}
+
+/// Everything before the data section: magic, `version`, the counts, the metadata entries
+/// and tensor infos in the order given, zero-padded to `alignment`. Written as given, not
+/// checked: an `alignment` other than GGUF's default 32 needs a `general.alignment` entry
+/// in `meta` for a reader to find the data.
+pub fn write_header<K: AsRef<str>>(
+    version: u32,
+    alignment: u64,
+    meta: &[(K, Value)],
+    tensors: &[TensorInfo],
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(MAGIC);
+    b.extend(version.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        put_kv(&mut b, k.as_ref(), v);
+    }
+    for t in tensors {
+        put_string(&mut b, &t.name);
+        b.extend((t.dims.len() as u32).to_le_bytes());
+        t.dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+        b.extend(t.ty.to_le_bytes());
+        b.extend(t.offset.to_le_bytes());
+    }
+    b.resize((b.len() as u64).next_multiple_of(alignment) as usize, 0);
+    b
+}
+
+/// A whole GGUF file: [`write_header`], then each tensor's bytes in order, each starting at
+/// the next multiple of `alignment` of the data section.
+pub fn write_gguf<K: AsRef<str>>(version: u32, alignment: u64, meta: &[(K, Value)], tensors: &[RawTensor]) -> Vec<u8> {
+    let mut at = 0u64;
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .map(|t| {
+            let offset = at.next_multiple_of(alignment);
+            at = offset + t.data.len() as u64;
+            TensorInfo { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty, offset }
+        })
+        .collect();
+    let mut b = write_header(version, alignment, meta, &infos);
+    let start = b.len();
+    for (t, info) in tensors.iter().zip(&infos) {
+        b.resize(start + info.offset as usize, 0);
+        b.extend(&t.data);
+    }
+    b
 }

@@ -20,7 +20,7 @@ pub struct MemoryEstimate {
     /// The workspace of one micro-batch in training's layout (`WorkspaceOpts::default()`:
     /// each block's input, one block's activations recomputed in the backward, one head
     /// chunk's logits) with every row carrying loss (the all-tokens worst case), LoRA's u
-    /// buffers included: exactly the bytes `Workspace::with_lora` allocates.
+    /// buffers included: exactly the bytes `Workspace::with_opts` allocates.
     pub activations: u64,
     /// Of `activations`, what the adapters add.
     pub lora_activations: u64,

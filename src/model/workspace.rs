@@ -232,38 +232,13 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Bytes a training micro-batch of `rows` tokens with `n` loss rows needs (the default
-    /// layout, no adapters), to refuse before allocating.
-    pub fn bytes_for(cfg: &ModelConfig, rows: usize, n: usize) -> u64 {
-        Workspace::bytes(cfg, None, rows, n, WorkspaceOpts::default())
-    }
-
     /// Exactly the bytes `with_opts` allocates (every buffer as `Gpu::zeros` sizes it).
     pub fn bytes(cfg: &ModelConfig, lora: Option<LoraShape>, rows: usize, n: usize, opts: WorkspaceOpts) -> u64 {
         Lens::new(cfg, rows, n, opts).bytes(cfg) + lora.map_or(0, |l| l.bytes(rows))
     }
 
-    /// A training workspace without adapters (the default layout).
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig, rows: usize, n: usize) -> Result<Workspace> {
-        Workspace::with_lora(gpu, cfg, None, rows, n)
-    }
-
-    /// Bytes of `with_lora`'s buffers (the activations of a micro-batch, adapters included).
-    pub fn bytes_with_lora(cfg: &ModelConfig, lora: Option<LoraShape>, rows: usize, n: usize) -> u64 {
-        Workspace::bytes(cfg, lora, rows, n, WorkspaceOpts::default())
-    }
-
-    /// A training workspace (the default layout) with the adapters' buffers.
-    pub fn with_lora(
-        gpu: &Gpu,
-        cfg: &ModelConfig,
-        lora: Option<LoraShape>,
-        rows: usize,
-        n: usize,
-    ) -> Result<Workspace> {
-        Workspace::with_opts(gpu, cfg, lora, rows, n, WorkspaceOpts::default())
-    }
-
+    /// Every buffer of a micro-batch of up to `rows` tokens and `n` loss rows, in the layout
+    /// `opts`, with the adapters' buffers when `lora` is given (see `Model::workspace_with`).
     pub fn with_opts(
         gpu: &Gpu,
         cfg: &ModelConfig,

@@ -13,7 +13,6 @@ pub mod gelu;
 pub mod grad_norm;
 pub mod layernorm;
 pub mod matmul;
-pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
@@ -33,7 +32,6 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &grad_norm::GRAD_NORM,
     &layernorm::LAYERNORM,
     &matmul::MATMUL,
-    &residual::RESIDUAL,
     &rmsnorm::RMSNORM,
     &rope::ROPE,
     &swiglu::SWIGLU,

@@ -16,7 +16,6 @@
 //! give the data order (the order of the current epoch is redrawn from `epoch_rng`).
 
 use std::collections::HashMap;
-use std::fmt;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -32,45 +31,7 @@ pub const VERSION: u64 = 1;
 /// The safetensors metadata key holding the JSON description.
 pub const META_KEY: &str = "webtune";
 
-/// Why a checkpoint cannot be restored.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// Truncated or damaged bytes, or tensors that do not match the description.
-    #[error("not a readable checkpoint: {0} (truncated or damaged file?)")]
-    Corrupt(String),
-    /// A readable safetensors file that is not a webtune checkpoint (e.g. a model file).
-    #[error("not a webtune checkpoint: {0}")]
-    Foreign(String),
-    #[error("format version {found} is not supported (this build reads version {supported})")]
-    Version { found: u64, supported: u64 },
-    /// Saved from another model, parameter set, run configuration or training set.
-    #[error("it was saved for another model, configuration or data: {}", list(.0))]
-    Mismatch(Vec<Difference>),
-}
-
-/// One thing that differs between a checkpoint and the run it is restored into.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Difference {
-    /// What differs, e.g. `model.hidden`, `run.batch`, `param model.norm.weight`.
-    pub what: String,
-    pub checkpoint: String,
-    pub current: String,
-}
-
-impl fmt::Display for Difference {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} is {} in the checkpoint but {} here", self.what, self.checkpoint, self.current)
-    }
-}
-
-fn list(d: &[Difference]) -> String {
-    const SHOWN: usize = 8;
-    let mut s = d.iter().take(SHOWN).map(|x| x.to_string()).collect::<Vec<_>>().join("; ");
-    if d.len() > SHOWN {
-        s += &format!("; and {} more", d.len() - SHOWN);
-    }
-    s
-}
+pub use crate::error::{CheckpointError, Difference};
 
 fn corrupt(s: impl Into<String>) -> Error {
     Error::Checkpoint(CheckpointError::Corrupt(s.into()))

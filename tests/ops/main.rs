@@ -9,7 +9,10 @@ mod reference;
 
 mod adamw;
 mod attention;
+mod copy2d;
 mod cross_entropy;
+mod dropout;
+mod elementwise;
 mod embedding;
 mod fill;
 mod gather;
@@ -17,7 +20,6 @@ mod gelu;
 mod grad_norm;
 mod layernorm;
 mod matmul;
-mod residual;
 mod rmsnorm;
 mod rope;
 mod swiglu;

@@ -4,14 +4,16 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod copy2d;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod embedding;
+pub mod fill;
 pub mod gather;
 pub mod gelu;
 pub mod grad_norm;
 pub mod layernorm;
 pub mod matmul;
-pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
