@@ -5,10 +5,10 @@
 //   nll[i]       = logsumexp(logits[i]) - logits[i, targets[i]]           (unweighted)
 //   dlogits[i,j] = weights[i] * (softmax(logits[i])[j] - (j == targets[i]))
 //
-// One 256-thread workgroup per row, the grid folded into y past 65535 rows. Pass 1: each
+// One WG-thread workgroup per row, the grid folded into y past 65535 rows. Pass 1: each
 // thread keeps an online (max, sum of exp(x - max)) over its strided elements, so the row
 // is read once for the normaliser and exp never sees a positive argument (stable for any
-// magnitude); a tree merges the 256 pairs. Pass 2 re-reads the row and writes the gradient.
+// magnitude); a tree merges the WG pairs. Pass 2 re-reads the row and writes the gradient.
 // The thread that reads logits[target] in pass 1 is the only one that overwrites it in
 // pass 2 (same stride), so reading it needs no barrier.
 // FLOPs ~ 8*N*V (two exps); bytes 4*(3*N*V + 3*N).
@@ -24,16 +24,15 @@ struct Params {
 @group(0) @binding(3) var<storage, read> weights: array<f32>;      // (N)
 @group(0) @binding(4) var<storage, read_write> nll: array<f32>;    // (N)
 
-const WG: u32 = 256u;
 // The running max of a thread that has seen nothing: finite, so merging two empty
 // partials computes exp(0) * 0 rather than exp(-inf - -inf) = NaN.
 const LOWEST: f32 = -3.0e38;
 
-var<workgroup> red_m: array<f32, 256>;
-var<workgroup> red_s: array<f32, 256>;
+var<workgroup> red_m: array<f32, WG>;
+var<workgroup> red_s: array<f32, WG>;
 var<workgroup> target_logit: f32;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn cross_entropy_forward_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

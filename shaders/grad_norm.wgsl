@@ -18,16 +18,14 @@ struct Params {
 @group(0) @binding(1) var<storage, read> g: array<f32>;                // (len)
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;   // (partials_len)
 
-const WG: u32 = 256u;
-const ITEMS: u32 = 16u;
-const CHUNK: u32 = 4096u; // WG * ITEMS, elements per workgroup (src/ops/grad_norm.rs)
+// ITEMS elements per thread, CHUNK = WG * ITEMS per workgroup: from src/ops/grad_norm.rs.
 const EXP_MASK: u32 = 0x7f800000u;
 const MANT_MASK: u32 = 0x007fffffu;
 const INF_BIT: u32 = 1u;
 const NAN_BIT: u32 = 2u;
 
-var<workgroup> red_s: array<f32, 256>;
-var<workgroup> red_bad: array<u32, 256>;
+var<workgroup> red_s: array<f32, WG>;
+var<workgroup> red_bad: array<u32, WG>;
 
 fn classify(x: f32) -> u32 {
     let b = bitcast<u32>(x);
@@ -63,7 +61,7 @@ fn reduce(t: u32, s0: f32, bad0: u32) -> f32 {
     return encode(s, bad | classify(s));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_norm_partials(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -91,7 +89,7 @@ fn grad_norm_partials(
 @group(0) @binding(1) var<storage, read> parts: array<f32>;            // (len)
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;      // (4)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_norm_final(@builtin(local_invocation_index) t: u32) {
     var s = 0.0;
     var bad = 0u;

@@ -11,9 +11,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;          // (n)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (n)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn residual_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     out[i] = a[i] + b[i];
 }
@@ -21,9 +21,9 @@ fn residual_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 @group(0) @binding(1) var<storage, read> dout: array<f32>;       // (n)
 @group(0) @binding(2) var<storage, read_write> da: array<f32>;   // (n), accumulated
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn residual_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     da[i] += dout[i];
 }
