@@ -24,9 +24,6 @@ const MANT_MASK: u32 = 0x007fffffu;
 const INF_BIT: u32 = 1u;
 const NAN_BIT: u32 = 2u;
 
-var<workgroup> red_s: array<f32, WG>;
-var<workgroup> red_bad: array<u32, WG>;
-
 fn classify(x: f32) -> u32 {
     let b = bitcast<u32>(x);
     if ((b & EXP_MASK) != EXP_MASK) { return 0u; }
@@ -41,22 +38,10 @@ fn encode(s: f32, bad: u32) -> f32 {
     return s;
 }
 
-// Deterministic tree over the workgroup; returns (sum, flags) in thread 0.
+// The workgroup's sum and non-finite flags (deterministic trees, common.wgsl), encoded.
 fn reduce(t: u32, s0: f32, bad0: u32) -> f32 {
-    var s = s0;
-    var bad = bad0;
-    red_s[t] = s;
-    red_bad[t] = bad;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if (t < h) {
-            s += red_s[t + h];
-            bad |= red_bad[t + h];
-            red_s[t] = s;
-            red_bad[t] = bad;
-        }
-        workgroupBarrier();
-    }
+    let s = wg_sum(s0, t);
+    let bad = wg_or(bad0, t);
     // A finite sum that overflowed shows up here.
     return encode(s, bad | classify(s));
 }

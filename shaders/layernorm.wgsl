@@ -4,8 +4,9 @@
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   dw = sum over rows of dy * xhat,  db = sum over rows of dy
 // The variance is a second pass over the row (sum of (x - mean)^2), not E[x^2] - mean^2,
-// which cancels catastrophically when |mean| >> std. Row reductions: one WG-thread
-// workgroup per row; dw/db: one thread per column looping over rows (deterministic).
+// which cancels catastrophically when |mean| >> std. Row reductions (wg_sum, wg_sum2 in
+// common.wgsl): one WG-thread workgroup per row; dw/db: one thread per column looping
+// over rows (deterministic).
 
 struct Params {
     rows: u32,
@@ -15,22 +16,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-
-var<workgroup> red: array<vec2<f32>, WG>;
-
-// The sum of `v` over the workgroup in a fixed tree order (deterministic); two sums at
-// once because the backward needs two. Uniform control flow only.
-fn wg_sum2(v: vec2<f32>, t: u32) -> vec2<f32> {
-    red[t] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (t < s) { red[t] += red[t + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;               // (rows, C)
 @group(0) @binding(2) var<storage, read> w: array<f32>;               // (C)
@@ -53,13 +38,13 @@ fn layernorm_forward(
     for (var i = lid.x; i < p.c; i += WG) {
         s += x[base + i];
     }
-    let m = wg_sum2(vec2(s, 0.0), lid.x).x * inv_c;
+    let m = wg_sum(s, lid.x) * inv_c;
     var ss = 0.0;
     for (var i = lid.x; i < p.c; i += WG) {
         let d = x[base + i] - m;
         ss = fma(d, d, ss);
     }
-    let r = inverseSqrt(wg_sum2(vec2(ss, 0.0), lid.x).x * inv_c + p.eps);
+    let r = inverseSqrt(wg_sum(ss, lid.x) * inv_c + p.eps);
     for (var i = lid.x; i < p.c; i += WG) {
         y[base + i] = fma((x[base + i] - m) * r, w[i], b[i]);
     }

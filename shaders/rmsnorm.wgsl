@@ -3,9 +3,10 @@
 // Backward, with g = dy * w:
 //   dx = rstd * (g - x * rstd^2 * mean(g * x))
 //   dw = sum over rows of dy * x * rstd
-// The row reductions take one WG-thread workgroup per row (rows folded into y past 65535
-// workgroups); dw takes one thread per column looping over rows, so it is deterministic
-// with no atomics and the loads of a row coalesce across the workgroup.
+// The row reductions (wg_sum, common.wgsl) take one WG-thread workgroup per row (rows
+// folded into y past 65535 workgroups); dw takes one thread per column looping over rows,
+// so it is deterministic with no atomics and the loads of a row coalesce across the
+// workgroup.
 
 struct Params {
     rows: u32,
@@ -15,22 +16,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-
-var<workgroup> red: array<f32, WG>;
-
-// The sum of `v` over the workgroup, in a fixed tree order (deterministic). Must be called
-// from uniform control flow; the trailing barrier lets the caller reuse `red` at once.
-fn wg_sum(v: f32, t: u32) -> f32 {
-    red[t] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (t < s) { red[t] += red[t + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;             // (rows, C)
 @group(0) @binding(2) var<storage, read> w: array<f32>;             // (C)
