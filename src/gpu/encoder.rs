@@ -74,8 +74,9 @@ pub struct ProfileEntry {
     pub bytes: u64,
 }
 
-/// Records dispatches into a single compute pass (WebGPU orders dispatches within a pass,
-/// so one pass per step is enough) and submits them together.
+/// Records dispatches into one compute pass (WebGPU orders dispatches within a pass, so one
+/// pass per step is enough; a buffer copy or clear ends it, the next dispatch opens another)
+/// and submits them together.
 pub struct Encoder<'g> {
     gpu: &'g Gpu,
     enc: Option<wgpu::CommandEncoder>,

@@ -1,6 +1,8 @@
 //! The GPU layer: device creation kept apart from the work (so tests and the browser inject
-//! their own device), tensors as views into storage buffers, a pipeline cache, an encoder that
-//! records a whole step into one compute pass, and async readback that never blocks in wasm.
+//! their own device), tensors as views into storage buffers, kernels whose WGSL is assembled
+//! with the constants it shares with Rust (`Kernel::source`), a pipeline cache, an encoder
+//! that records a whole step into one compute pass, and async readback that never blocks in
+//! wasm.
 
 mod context;
 mod encoder;

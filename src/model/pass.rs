@@ -40,8 +40,9 @@ impl<'a> LoraIo<'a> {
 pub enum Head {
     /// Fused softmax + cross-entropy: per-row NLL in `ws.nll` (scoring, no gradients).
     Loss,
-    /// Just the logits (scoring, generation, parity tests): `ws.logits` holds the (N, V)
-    /// logits of every loss row; the workspace needs `WorkspaceOpts::all_logits`.
+    /// Just the logits (scoring, parity tests, the decoder's reference in tests):
+    /// `ws.logits` holds the (N, V) logits of every loss row; the workspace needs
+    /// `WorkspaceOpts::all_logits`.
     Logits,
     /// Training: the loss as with `Loss`, and each chunk's head backward right after its
     /// loss (the logits' gradient never outlives its chunk): the LM head's and the final
