@@ -25,9 +25,6 @@ struct Params {
     max_norm: f32,
 }
 
-const DECAY: u32 = 1u;
-const CLIP: u32 = 2u;
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>; // (n)
 @group(0) @binding(2) var<storage, read> grad: array<f32>;        // (n)
@@ -35,9 +32,9 @@ const CLIP: u32 = 2u;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;     // (n) second moment
 @group(0) @binding(5) var<storage, read> stats: array<f32>;       // (4) [0] = global grad norm
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     let norm = stats[0];
     // A bit test: `norm != norm` may be folded away by a compiler that assumes no NaN.

@@ -7,7 +7,7 @@
 //
 // One thread owns one query (forward, dQ) or one key (dK/dV) for a whole pass, with its
 // head row and accumulators in registers; the other side streams through workgroup memory
-// in tiles of `tile` rows, so a workgroup reads each K/V (or Q/dOut) row once for 64 rows.
+// in tiles of `tile` rows, so a workgroup reads each K/V (or Q/dOut) row once for BLOCK rows.
 // Head rows are vec4s: D must be a multiple of 4, at most 128 (MAXV vec4s).
 // FLOPs per visible (query, key) pair: forward 4D, dQ 6D, dK/dV 8D.
 
@@ -24,9 +24,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const BLOCK: u32 = 64u;     // threads per workgroup = queries (or keys) it owns
-const MAXV: u32 = 32u;      // D <= 128
-const TILE_VEC: u32 = 480u; // 2 * 480 vec4 + 64 u32 + 64 vec2 = 16128 bytes, under 16 KiB
+// From src/ops/attention.rs: BLOCK threads per workgroup = queries (or keys) it owns; MAXV
+// vec4s per head row at most (D <= 4 * MAXV); TILE_VEC vec4s per tile (the workgroup
+// arrays stay under 16 KiB).
 const NEG: f32 = -3.0e38;   // a masked score; finite so that NEG - NEG is not NaN
 
 var<workgroup> sh_a: array<vec4<f32>, TILE_VEC>; // K (forward, dQ) or Q (dK/dV) rows
@@ -65,7 +65,7 @@ fn load_kv(b: u32, kvh: u32, k0: u32, n: u32, lid: u32) {
 }
 
 // Grid: (ceil(T / 64), B*H). Thread = query.
-@compute @workgroup_size(64)
+@compute @workgroup_size(BLOCK)
 fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let bh = wid.y;
@@ -146,10 +146,10 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 @group(0) @binding(4) var<storage, read_write> delta_w: array<f32>;      // (B*H*T)
 @group(0) @binding(5) var<storage, read_write> stats_w: array<vec2<f32>>; // dQ buffer as (B*H*T, 2)
 
-// Grid: grid_1d(B*H*T, 256). Thread = (b, h, t).
-@compute @workgroup_size(256)
+// Grid: grid_1d(B*H*T, WG). Thread = (b, h, t).
+@compute @workgroup_size(WG)
 fn attention_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = flat_id(gid, nwg, 256u);
+    let n = flat_id(gid, nwg, WG);
     if (n >= p.b * p.h * p.t) { return; }
     let t = n % p.t;
     let bh = n / p.t;
@@ -174,7 +174,7 @@ fn attention_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @group(0) @binding(8) var<storage, read_write> dq: array<vec4<f32>>;   // (rows, H*D)
 
 // Grid: (ceil(T / 64), B*H). Thread = query.
-@compute @workgroup_size(64)
+@compute @workgroup_size(BLOCK)
 fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let bh = wid.y;
@@ -234,7 +234,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 @group(0) @binding(8) var<storage, read_write> dvv: array<vec4<f32>>;  // (rows, Hk*D)
 
 // Grid: (ceil(T / 64), B*Hk). Thread = key.
-@compute @workgroup_size(64)
+@compute @workgroup_size(BLOCK)
 fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let b = wid.y / p.hk;
@@ -327,11 +327,11 @@ struct CacheParams {
 @group(0) @binding(4) var<storage, read_write> k_cache: array<vec4<f32>>;  // (B*S, Hk*D)
 @group(0) @binding(5) var<storage, read_write> v_cache: array<vec4<f32>>;  // (B*S, Hk*D)
 
-// Grid: grid_1d(rows * Hk*D/4, 256). Thread = one vec4 of one new row's K and V.
+// Grid: grid_1d(rows * Hk*D/4, WG). Thread = one vec4 of one new row's K and V.
 // FLOPs 0; bytes 4 * 4 * rows * Hk*D (K and V read and written) + 4 * rows.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn attention_kv_append(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = flat_id(gid, nwg, 256u);
+    let n = flat_id(gid, nwg, WG);
     let kd = pc.hk * pc.dv;
     if (n >= pc.b * pc.t * kd) { return; }
     let r = n / kd;
@@ -352,12 +352,12 @@ var<workgroup> sh_p: array<f32, BLOCK>;        // scores, then probabilities, of
 var<workgroup> sh_o: array<vec4<f32>, BLOCK>;  // partial outputs of the thread groups
 var<workgroup> sh_n: u32;                      // keys the query sees
 
-// Grid: (rows, H). Workgroup = one (new row, head). Keys go through in tiles of 64: thread
-// j scores key k0 + j against the query, the tile's max updates the running max, and for
-// the weighted sum of V the 64 threads split as (64 / dv) groups of dv threads, thread
-// (g, i) owning vec4 i of the output over keys j = g mod (64 / dv). The groups' partial
+// Grid: (rows, H). Workgroup = one (new row, head). Keys go through in tiles of BLOCK:
+// thread j scores key k0 + j against the query, the tile's max updates the running max,
+// and for the weighted sum of V the BLOCK threads split as (BLOCK / dv) groups of dv
+// threads, thread (g, i) owning vec4 i of the output over keys j = g mod (BLOCK / dv). The groups' partial
 // sums are added at the end. FLOPs 4D per (query, visible key), like the forward.
-@compute @workgroup_size(64)
+@compute @workgroup_size(BLOCK)
 fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let r = wid.x;

@@ -5,10 +5,11 @@
 //   nll[i]       = logsumexp(logits[i]) - logits[i, targets[i]]           (unweighted)
 //   dlogits[i,j] = weights[i] * (softmax(logits[i])[j] - (j == targets[i]))
 //
-// One 256-thread workgroup per row, the grid folded into y past 65535 rows. Pass 1: each
+// One WG-thread workgroup per row, the grid folded into y past 65535 rows. Pass 1: each
 // thread keeps an online (max, sum of exp(x - max)) over its strided elements, so the row
 // is read once for the normaliser and exp never sees a positive argument (stable for any
-// magnitude); a tree merges the 256 pairs. Pass 2 re-reads the row and writes the gradient.
+// magnitude); a tree merges the WG pairs (wg_max_sum, common.wgsl). Pass 2 re-reads the
+// row and writes the gradient.
 // The thread that reads logits[target] in pass 1 is the only one that overwrites it in
 // pass 2 (same stride), so reading it needs no barrier.
 // FLOPs ~ 8*N*V (two exps); bytes 4*(3*N*V + 3*N).
@@ -24,16 +25,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read> weights: array<f32>;      // (N)
 @group(0) @binding(4) var<storage, read_write> nll: array<f32>;    // (N)
 
-const WG: u32 = 256u;
 // The running max of a thread that has seen nothing: finite, so merging two empty
 // partials computes exp(0) * 0 rather than exp(-inf - -inf) = NaN.
 const LOWEST: f32 = -3.0e38;
 
-var<workgroup> red_m: array<f32, 256>;
-var<workgroup> red_s: array<f32, 256>;
 var<workgroup> target_logit: f32;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn cross_entropy_forward_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -56,28 +54,14 @@ fn cross_entropy_forward_backward(
         }
         if (j == tgt) { target_logit = x; }
     }
-    red_m[t] = m;
-    red_s[t] = s;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if (t < h) {
-            let m2 = red_m[t + h];
-            let s2 = red_s[t + h];
-            let mm = max(m, m2);
-            s = s * exp(m - mm) + s2 * exp(m2 - mm);
-            m = mm;
-            red_m[t] = m;
-            red_s[t] = s;
-        }
-        workgroupBarrier();
-    }
+    let ms = wg_max_sum(vec2(m, s), t);
     // exp(x - max) / sum rather than exp(x - logsumexp): x - max is exact for the logits
     // that matter, whereas rounding logsumexp costs ulp(|logit|) of relative error in every
     // probability (1e-5 at |logit| ~ 80).
-    let mx = red_m[0];
-    let inv_s = 1.0 / red_s[0];
+    let mx = ms.x;
+    let inv_s = 1.0 / ms.y;
     if (t == 0u) {
-        nll[row] = (mx - target_logit) + log(red_s[0]);
+        nll[row] = (mx - target_logit) + log(ms.y);
     }
 
     let w = weights[row];

@@ -14,8 +14,6 @@ struct Params {
     n_uniq: u32,
 }
 
-const HAS_POS: u32 = 2u;
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;        // (rows)
 @group(0) @binding(2) var<storage, read> wte: array<f32>;        // (V, C)
@@ -23,9 +21,9 @@ const HAS_POS: u32 = 2u;
 @group(0) @binding(4) var<storage, read> wpe: array<f32>;        // (P, C)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (rows, C)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn embedding_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.rows * p.c) { return; }
     let r = i / p.c;
     let ch = i - r * p.c;
@@ -44,7 +42,7 @@ fn embedding_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 
 // One workgroup per unique id (the grid folded like grid_1d with a width of 1), threads
 // striding over C. Rows within a group are in ascending order, so the sum is deterministic.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn embedding_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -55,7 +53,7 @@ fn embedding_backward(
     let base = uniq[u] * p.c;
     let k0 = starts[u];
     let k1 = starts[u + 1u];
-    for (var ch = lid.x; ch < p.c; ch += 256u) {
+    for (var ch = lid.x; ch < p.c; ch += WG) {
         var s = 0.0;
         for (var k = k0; k < k1; k++) {
             s += dout[grp_rows[k] * p.c + ch];

@@ -14,9 +14,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> rows: array<u32>;        // (N) distinct, < R
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (N, C)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gather_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_id(gid, nwg, 256u);
+    let e = flat_id(gid, nwg, WG);
     if (e >= p.n * p.c) { return; }
     let i = e / p.c;
     out[e] = x[rows[i] * p.c + e % p.c];
@@ -29,9 +29,9 @@ fn gather_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 @group(0) @binding(2) var<storage, read> rows_b: array<u32>;      // (N)
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;    // (R, C)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gather_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_id(gid, nwg, 256u);
+    let e = flat_id(gid, nwg, WG);
     if (e >= p.n * p.c) { return; }
     let i = e / p.c;
     dx[rows_b[i] * p.c + e % p.c] = dout[e];

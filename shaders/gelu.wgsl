@@ -30,9 +30,9 @@ fn gelu_sig(xc: f32) -> vec2<f32> {
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // (n)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;  // (n)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     let v = x[i];
     // Below -20 the true value is under 1e-200; the clamped sigmoid (2e-35) times a huge
@@ -44,9 +44,9 @@ fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 @group(0) @binding(2) var<storage, read> dout: array<f32>;        // (n)
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;    // (n)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gelu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     // Past |x| = 20 the second term is below 1e-30 (s (1 - s) < 2e-35), so using the
     // clamped x there only keeps x^2 finite.

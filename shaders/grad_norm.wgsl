@@ -18,16 +18,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> g: array<f32>;                // (len)
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;   // (partials_len)
 
-const WG: u32 = 256u;
-const ITEMS: u32 = 16u;
-const CHUNK: u32 = 4096u; // WG * ITEMS, elements per workgroup (src/ops/grad_norm.rs)
+// ITEMS elements per thread, CHUNK = WG * ITEMS per workgroup: from src/ops/grad_norm.rs.
 const EXP_MASK: u32 = 0x7f800000u;
 const MANT_MASK: u32 = 0x007fffffu;
 const INF_BIT: u32 = 1u;
 const NAN_BIT: u32 = 2u;
-
-var<workgroup> red_s: array<f32, 256>;
-var<workgroup> red_bad: array<u32, 256>;
 
 fn classify(x: f32) -> u32 {
     let b = bitcast<u32>(x);
@@ -43,27 +38,15 @@ fn encode(s: f32, bad: u32) -> f32 {
     return s;
 }
 
-// Deterministic tree over the workgroup; returns (sum, flags) in thread 0.
+// The workgroup's sum and non-finite flags (deterministic trees, common.wgsl), encoded.
 fn reduce(t: u32, s0: f32, bad0: u32) -> f32 {
-    var s = s0;
-    var bad = bad0;
-    red_s[t] = s;
-    red_bad[t] = bad;
-    workgroupBarrier();
-    for (var h = WG / 2u; h > 0u; h >>= 1u) {
-        if (t < h) {
-            s += red_s[t + h];
-            bad |= red_bad[t + h];
-            red_s[t] = s;
-            red_bad[t] = bad;
-        }
-        workgroupBarrier();
-    }
+    let s = wg_sum(s0, t);
+    let bad = wg_or(bad0, t);
     // A finite sum that overflowed shows up here.
     return encode(s, bad | classify(s));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_norm_partials(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -91,7 +74,7 @@ fn grad_norm_partials(
 @group(0) @binding(1) var<storage, read> parts: array<f32>;            // (len)
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;      // (4)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_norm_final(@builtin(local_invocation_index) t: u32) {
     var s = 0.0;
     var bad = 0u;

@@ -4,8 +4,9 @@
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   dw = sum over rows of dy * xhat,  db = sum over rows of dy
 // The variance is a second pass over the row (sum of (x - mean)^2), not E[x^2] - mean^2,
-// which cancels catastrophically when |mean| >> std. Row reductions: one 256-thread
-// workgroup per row; dw/db: one thread per column looping over rows (deterministic).
+// which cancels catastrophically when |mean| >> std. Row reductions (wg_sum, wg_sum2 in
+// common.wgsl): one WG-thread workgroup per row; dw/db: one thread per column looping
+// over rows (deterministic).
 
 struct Params {
     rows: u32,
@@ -14,26 +15,7 @@ struct Params {
     eps: f32,
 }
 
-const HAS_DW: u32 = 2u;
-const HAS_DB: u32 = 4u;
-
 @group(0) @binding(0) var<uniform> p: Params;
-
-var<workgroup> red: array<vec2<f32>, 256>;
-
-// The sum of `v` over the workgroup in a fixed tree order (deterministic); two sums at
-// once because the backward needs two. Uniform control flow only.
-fn wg_sum2(v: vec2<f32>, t: u32) -> vec2<f32> {
-    red[t] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (t < s) { red[t] += red[t + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;               // (rows, C)
 @group(0) @binding(2) var<storage, read> w: array<f32>;               // (C)
@@ -42,7 +24,7 @@ fn wg_sum2(v: vec2<f32>, t: u32) -> vec2<f32> {
 @group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;  // (rows)
 @group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;  // (rows)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn layernorm_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -53,17 +35,17 @@ fn layernorm_forward(
     let base = row * p.c;
     let inv_c = 1.0 / f32(p.c);
     var s = 0.0;
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         s += x[base + i];
     }
-    let m = wg_sum2(vec2(s, 0.0), lid.x).x * inv_c;
+    let m = wg_sum(s, lid.x) * inv_c;
     var ss = 0.0;
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         let d = x[base + i] - m;
         ss = fma(d, d, ss);
     }
-    let r = inverseSqrt(wg_sum2(vec2(ss, 0.0), lid.x).x * inv_c + p.eps);
-    for (var i = lid.x; i < p.c; i += 256u) {
+    let r = inverseSqrt(wg_sum(ss, lid.x) * inv_c + p.eps);
+    for (var i = lid.x; i < p.c; i += WG) {
         y[base + i] = fma((x[base + i] - m) * r, w[i], b[i]);
     }
     if (lid.x == 0u) {
@@ -79,7 +61,7 @@ fn layernorm_forward(
 @group(0) @binding(5) var<storage, read> dy: array<f32>;          // (rows, C)
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;    // (rows, C)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn layernorm_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -91,12 +73,12 @@ fn layernorm_backward(
     let m = mean[row];
     let r = rstd[row];
     var acc = vec2(0.0, 0.0);  // (sum g, sum g * xhat)
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         let g = dy[base + i] * bw[i];
         acc += vec2(g, g * (bx[base + i] - m) * r);
     }
     let sums = wg_sum2(acc, lid.x) / f32(p.c);
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         let xhat = (bx[base + i] - m) * r;
         var v = r * (dy[base + i] * bw[i] - sums.x - xhat * sums.y);
         if ((p.flags & ACCUMULATE) != 0u) { v += dx[base + i]; }
@@ -111,7 +93,7 @@ fn layernorm_backward(
 @group(0) @binding(5) var<storage, read_write> dw: array<f32>;    // (C), accumulated
 @group(0) @binding(6) var<storage, read_write> db: array<f32>;    // (C), accumulated
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn layernorm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ch = gid.x;
     if (ch >= p.c) { return; }

@@ -24,9 +24,6 @@ struct Params {
     _pad2: u32,
 }
 
-const HAS_BIAS: u32 = 2u;
-const HAS_RESID: u32 = 4u;
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -34,12 +31,9 @@ const HAS_RESID: u32 = 4u;
 @group(0) @binding(4) var<storage, read> resid: array<f32>;  // (M, N)
 @group(0) @binding(5) var<storage, read_write> c: array<f32>; // (M, N)
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> tile_a: array<f32, 1024>; // [TK][TM]
-var<workgroup> tile_b: array<f32, 1024>; // [TK][TN]
+// HAS_BIAS, HAS_RESID and the tile shape TM x TN (depth TK) come from src/ops/matmul.rs.
+var<workgroup> tile_a: array<f32, TK * TM>; // [TK][TM]
+var<workgroup> tile_b: array<f32, TK * TN>; // [TK][TN]
 
 // The one epilogue of every product entry point: C(m, n) = alpha * prod [+ bias(n)]
 // [+ resid(m, n)] [+ C(m, n)], in this order (so the variants agree bit for bit).
@@ -117,9 +111,9 @@ fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 // waste 63 of its 64 rows): one thread per element of C, looping over K. Same strides and
 // epilogue as the tiled kernel. FLOPs 2*M*N*K; bytes 4*(M*N*K + K*N + M*N) at most (each
 // thread reads its row of A, which the cache shares, and its column of B).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn matmul_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.m * p.n) { return; }
     let m = i / p.n;
     let n = i % p.n;
@@ -137,7 +131,7 @@ fn matmul_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 @group(0) @binding(1) var<storage, read> dy: array<f32>;          // (M, N)
 @group(0) @binding(2) var<storage, read_write> dbias: array<f32>; // (N)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = gid.x;
     if (n >= p.n) { return; }

@@ -3,9 +3,10 @@
 // Backward, with g = dy * w:
 //   dx = rstd * (g - x * rstd^2 * mean(g * x))
 //   dw = sum over rows of dy * x * rstd
-// The row reductions take one 256-thread workgroup per row (rows folded into y past 65535
-// workgroups); dw takes one thread per column looping over rows, so it is deterministic
-// with no atomics and the loads of a row coalesce across the workgroup.
+// The row reductions (wg_sum, common.wgsl) take one WG-thread workgroup per row (rows
+// folded into y past 65535 workgroups); dw takes one thread per column looping over rows,
+// so it is deterministic with no atomics and the loads of a row coalesce across the
+// workgroup.
 
 struct Params {
     rows: u32,
@@ -16,28 +17,12 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> red: array<f32, 256>;
-
-// The sum of `v` over the workgroup, in a fixed tree order (deterministic). Must be called
-// from uniform control flow; the trailing barrier lets the caller reuse `red` at once.
-fn wg_sum(v: f32, t: u32) -> f32 {
-    red[t] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (t < s) { red[t] += red[t + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 @group(0) @binding(1) var<storage, read> x: array<f32>;             // (rows, C)
 @group(0) @binding(2) var<storage, read> w: array<f32>;             // (C)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;       // (rows, C)
 @group(0) @binding(4) var<storage, read_write> rstd_out: array<f32>; // (rows)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -47,12 +32,12 @@ fn rmsnorm_forward(
     if (row >= p.rows) { return; }
     let base = row * p.c;
     var ss = 0.0;
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         let v = x[base + i];
         ss = fma(v, v, ss);
     }
     let r = inverseSqrt(wg_sum(ss, lid.x) / f32(p.c) + p.eps);
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         y[base + i] = x[base + i] * r * w[i];
     }
     if (lid.x == 0u) { rstd_out[row] = r; }
@@ -64,7 +49,7 @@ fn rmsnorm_forward(
 @group(0) @binding(4) var<storage, read> dy: array<f32>;          // (rows, C)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (rows, C)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -75,11 +60,11 @@ fn rmsnorm_backward(
     let base = row * p.c;
     let r = rstd[row];
     var gx = 0.0;
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         gx = fma(dy[base + i] * bw[i], bx[base + i], gx);
     }
     let k = r * r * wg_sum(gx, lid.x) / f32(p.c);
-    for (var i = lid.x; i < p.c; i += 256u) {
+    for (var i = lid.x; i < p.c; i += WG) {
         var v = r * (dy[base + i] * bw[i] - bx[base + i] * k);
         if ((p.flags & ACCUMULATE) != 0u) { v += dx[base + i]; }
         dx[base + i] = v;
@@ -91,7 +76,7 @@ fn rmsnorm_backward(
 @group(0) @binding(3) var<storage, read> wdy: array<f32>;         // (rows, C)
 @group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C), accumulated
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ch = gid.x;
     if (ch >= p.c) { return; }

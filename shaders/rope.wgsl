@@ -39,12 +39,12 @@ fn rotate(n: u32, sign: f32) {
     x[hi] = b * c + a * s;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rope_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    rotate(flat_id(gid, nwg, 256u), 1.0);
+    rotate(flat_id(gid, nwg, WG), 1.0);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rope_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    rotate(flat_id(gid, nwg, 256u), -1.0);
+    rotate(flat_id(gid, nwg, WG), -1.0);
 }

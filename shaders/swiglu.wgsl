@@ -22,9 +22,9 @@ fn sigmoid2(v: f32) -> vec2<f32> {
 @group(0) @binding(2) var<storage, read> up: array<f32>;         // (n)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (n)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     let g = gate[i];
     out[i] = g * sigmoid2(g).x * up[i];
@@ -36,9 +36,9 @@ fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 @group(0) @binding(4) var<storage, read_write> dgate: array<f32>;  // (n)
 @group(0) @binding(5) var<storage, read_write> dup: array<f32>;    // (n)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_id(gid, nwg, 256u);
+    let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
     let g = bgate[i];
     let s = sigmoid2(g);

@@ -1,23 +1,47 @@
 use std::collections::HashMap;
+use std::fmt::Write;
 
 use super::{Gpu, Tensor};
 
-/// One WGSL file: its name and source, with `shaders/common.wgsl` prepended.
+/// One WGSL file. Its module's source is assembled when the pipeline is built
+/// (`Kernel::source`): a prelude of the constants it shares with Rust, each written from
+/// its Rust definition (so the two sides cannot drift apart), then `shaders/common.wgsl`,
+/// then the file itself.
 pub struct Kernel {
     pub name: &'static str,
-    pub source: &'static str,
+    /// `shaders/<name>.wgsl` as written.
+    pub file: &'static str,
+    /// The kernel's own shared constants (`kernel!`'s list), after `SHARED`.
+    pub consts: &'static [(&'static str, u32)],
 }
 
-/// Declare a kernel from `shaders/<name>.wgsl`.
+/// The constants every kernel sees, common.wgsl's included.
+const SHARED: &[(&str, u32)] = &[("WG", super::WG), ("ACCUMULATE", super::ACCUMULATE)];
+
+const COMMON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"));
+
+impl Kernel {
+    /// The WGSL the shader module is built from: `const NAME: u32 = value;` for each
+    /// shared constant, common.wgsl, the kernel file.
+    pub fn source(&self) -> String {
+        let mut s = String::from("// Constants shared with Rust, written from their Rust definitions.\n");
+        for (name, value) in SHARED.iter().chain(self.consts) {
+            let _ = writeln!(s, "const {name}: u32 = {value}u;");
+        }
+        s + COMMON + self.file
+    }
+}
+
+/// Declare a kernel from `shaders/<name>.wgsl`, with the Rust `u32` constants (in scope
+/// by these names) that the shader uses under the same names:
+/// `kernel!(ATTENTION, "attention", BLOCK, TILE_VEC)`.
 #[macro_export]
 macro_rules! kernel {
-    ($ident:ident, $name:literal) => {
+    ($ident:ident, $name:literal $(, $c:ident)* $(,)?) => {
         pub const $ident: $crate::gpu::Kernel = $crate::gpu::Kernel {
             name: $name,
-            source: concat!(
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl"))
-            ),
+            file: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            consts: &[$((stringify!($c), $c)),*],
         };
     };
 }
@@ -50,8 +74,9 @@ pub struct ProfileEntry {
     pub bytes: u64,
 }
 
-/// Records dispatches into a single compute pass (WebGPU orders dispatches within a pass,
-/// so one pass per step is enough) and submits them together.
+/// Records dispatches into one compute pass (WebGPU orders dispatches within a pass, so one
+/// pass per step is enough; a buffer copy or clear ends it, the next dispatch opens another)
+/// and submits them together.
 pub struct Encoder<'g> {
     gpu: &'g Gpu,
     enc: Option<wgpu::CommandEncoder>,
@@ -249,7 +274,7 @@ fn build_pipeline(gpu: &Gpu, k: &Kernel, entry: &str, args: &[Arg]) -> (wgpu::Co
 fn shader_module(gpu: &Gpu, k: &Kernel) -> wgpu::ShaderModule {
     gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(k.name),
-        source: wgpu::ShaderSource::Wgsl(k.source.into()),
+        source: wgpu::ShaderSource::Wgsl(k.source().into()),
     })
 }
 

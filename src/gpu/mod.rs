@@ -1,6 +1,8 @@
 //! The GPU layer: device creation kept apart from the work (so tests and the browser inject
-//! their own device), tensors as views into storage buffers, a pipeline cache, an encoder that
-//! records a whole step into one compute pass, and async readback that never blocks in wasm.
+//! their own device), tensors as views into storage buffers, kernels whose WGSL is assembled
+//! with the constants it shares with Rust (`Kernel::source`), a pipeline cache, an encoder
+//! that records a whole step into one compute pass, and async readback that never blocks in
+//! wasm.
 
 mod context;
 mod encoder;
@@ -12,8 +14,13 @@ pub use encoder::{compile_error, Arg, Cost, Encoder, Kernel, Profile, ProfileEnt
 pub use readback::ReadBuffer;
 pub use tensor::Tensor;
 
-/// Threads per workgroup of the 1-D kernels. 256 is the WebGPU default maximum.
+/// Threads per workgroup of the 1-D kernels and of the row reductions (`WG` in every
+/// shader, see `Kernel::source`). 256 is the WebGPU default maximum.
 pub const WG: u32 = 256;
+
+/// The flags bit of kernels that can add into their output instead of overwriting it
+/// (gradient accumulation); `ACCUMULATE` in every shader.
+pub const ACCUMULATE: u32 = 1;
 
 /// A 1-D grid of `n` threads in workgroups of `wg`, folded into y when it exceeds the
 /// 65535 workgroups a dimension may hold. Shaders rebuild the flat index with

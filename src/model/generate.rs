@@ -2,29 +2,30 @@
 //! host.
 //!
 //! A [`Decoder`] keeps, per layer, K and V caches of `capacity` positions per sequence
-//! (B, S, Hk*D). Each forward takes new tokens (the prompt, in chunks of at most
-//! `prefill_chunk` tokens, then one token at a time) through the same blocks as training
-//! (`qkv_fwd`, `mlp_fwd`, `linear_fwd`, so adapters inside the projections apply here
-//! too): their K/V go into the cache at their positions, their queries attend to the
-//! cached keys up to their own position, and only each sequence's last new token goes
-//! through the final norm and the LM head. Per decoded token the host writes the token id
-//! and its position (a few bytes) and reads back the (B, V) logits into a kept staging
-//! buffer; every GPU buffer is allocated when the decoder is built, and the kernels'
-//! uniform parameters do not change from one token to the next (positions live in a
-//! storage buffer), so decoding allocates nothing on the GPU.
+//! (B, S, Hk*D). Each forward takes new tokens (the prompt, in chunks of at most the
+//! prefill chunk, see `set_prefill_chunk`, then one token at a time) through the same
+//! blocks as training (`block_fwd`, so adapters inside the projections apply here too);
+//! only the attention core differs (`Attend::Cached`): the new tokens' K/V go into the
+//! cache at their positions and their queries attend to the cached keys up to their own
+//! position. Only each sequence's last new token goes through the final norm and the LM
+//! head. Per decoded token the host writes the token id and its position (a few bytes)
+//! and reads back the (B, V) logits into a kept staging buffer; every GPU buffer is
+//! allocated when the decoder is built, and the kernels' uniform parameters do not change
+//! from one token to the next (positions live in a storage buffer), so decoding
+//! allocates nothing on the GPU.
 //!
 //! [`Sampler`] picks the next token from the logits: greedy, temperature, top-k, top-p,
 //! reproducible from a seed. [`generate`] puts the two together with stop ids, a token
 //! limit and a streaming callback.
 
-use super::arch::BlockP;
 use super::config::Arch;
-use super::workspace::LoraActs;
+use super::pass::Attend;
+use super::workspace::{LayerActs, LoraActs};
 use super::{LoraIo, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{Encoder, Gpu, ReadBuffer, Tensor};
-use crate::ops::attention::{self, CacheShape};
-use crate::ops::{embedding, gather};
+use crate::ops::attention::CacheShape;
+use crate::ops::gather;
 use crate::rng::Rng;
 
 /// Tokens per sequence one prefill forward takes at most (the activation buffers hold
@@ -39,22 +40,14 @@ struct Scratch {
     pos: Tensor,
     /// u32 (B): the row of each sequence's last new token.
     last: Tensor,
-    /// (rows, C): the residual stream entering a block (and leaving it), and between
-    /// attention and MLP.
+    /// (rows, C): the residual stream entering a block and leaving it (`block_fwd` writes
+    /// its output over its input).
     x: Tensor,
-    x_mid: Tensor,
-    ln: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    qkv: Option<Tensor>,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    /// (rows, F)
-    h1: Tensor,
-    h2: Option<Tensor>,
-    act: Tensor,
+    /// One block's activations, as training's blocks save them. Nothing is kept for a
+    /// backward, so both norms share one output buffer and one pair of statistics (ln2,
+    /// mean2 and rstd2 are views of ln1, mean1 and rstd1), and the cached attention keeps no
+    /// log-sum-exp (`lse` is a one-element placeholder no kernel binds).
+    acts: LayerActs,
     /// (B, C) last rows, normed; (B) norm statistics; (B, V) logits.
     hg: Tensor,
     hf: Tensor,
@@ -74,6 +67,25 @@ impl Scratch {
         let biggest = [rows * f, rows * 3 * c, rows * qd, batch * cfg.vocab].into_iter().max().unwrap() as u64 * 4;
         gpu.check_fits(&format!("decoder activations of {rows} rows"), biggest)?;
         let z = |label: &str, len: usize| gpu.zeros(label, len);
+        let (ln, mean, rstd) = (z("gen.ln", rows * c)?, z("gen.mean", rows)?, z("gen.rstd", rows)?);
+        let acts = LayerActs {
+            ln1: ln.clone(),
+            mean1: mean.clone(),
+            rstd1: rstd.clone(),
+            qkv: if gpt2 { Some(z("gen.qkv", rows * 3 * c)?) } else { None },
+            q: z("gen.q", rows * qd)?,
+            k: z("gen.k", rows * kd)?,
+            v: z("gen.v", rows * kd)?,
+            o: z("gen.o", rows * qd)?,
+            lse: z("gen.lse", 1)?,
+            x_mid: z("gen.x_mid", rows * c)?,
+            ln2: ln,
+            mean2: mean,
+            rstd2: rstd,
+            h1: z("gen.h1", rows * f)?,
+            h2: if gpt2 { None } else { Some(z("gen.h2", rows * f)?) },
+            act: z("gen.act", rows * f)?,
+        };
         Ok(Scratch {
             lora: model.lora_shape().map(|l| LoraActs::new(gpu, &l, rows)).transpose()?,
             rows,
@@ -81,18 +93,7 @@ impl Scratch {
             pos: z("gen.pos", rows)?,
             last: z("gen.last", batch)?,
             x: z("gen.x", rows * c)?,
-            x_mid: z("gen.x_mid", rows * c)?,
-            ln: z("gen.ln", rows * c)?,
-            mean: z("gen.mean", rows)?,
-            rstd: z("gen.rstd", rows)?,
-            qkv: if gpt2 { Some(z("gen.qkv", rows * 3 * c)?) } else { None },
-            q: z("gen.q", rows * qd)?,
-            k: z("gen.k", rows * kd)?,
-            v: z("gen.v", rows * kd)?,
-            o: z("gen.o", rows * qd)?,
-            h1: z("gen.h1", rows * f)?,
-            h2: if gpt2 { None } else { Some(z("gen.h2", rows * f)?) },
-            act: z("gen.act", rows * f)?,
+            acts,
             hg: z("gen.hg", batch * c)?,
             hf: z("gen.hf", batch * c)?,
             meanf: z("gen.meanf", batch)?,
@@ -256,19 +257,22 @@ impl<'a> Decoder<'a> {
         logits
     }
 
-    /// Record one forward over B * `t` new rows (ids and positions already uploaded).
+    /// Record one forward over B * `t` new rows (ids and positions already uploaded):
+    /// training's embedding and blocks (`block_fwd`), with the cached attention in each
+    /// block, then the final norm and the LM head over each sequence's last new row.
     fn encode(&self, enc: &mut Encoder, t: usize, visible: usize, head: bool) {
-        let m = self.model;
-        let (cfg, p, s) = (&m.cfg, &m.params, &self.scratch);
+        let (m, s) = (self.model, &self.scratch);
+        let cfg = &m.cfg;
         let (b, c) = (self.batch, cfg.hidden);
         let rows = b * t;
         debug_assert!(rows <= s.rows);
-        let wpe = m.tree.wpe.map(|w| p.weight(w));
-        let pos = wpe.as_ref().map(|w| (&s.pos, w));
-        embedding::forward(enc, &s.ids, &p.weight(m.tree.wte), pos, &s.x, rows, c);
+        m.embed_fwd(enc, rows, &s.ids, &s.pos, &s.x);
         let shape = CacheShape { b, t, h: cfg.heads, hk: cfg.kv_heads, d: cfg.head_dim, cap: self.capacity };
+        let lio = s.lora.as_ref().map(|acts| LoraIo { acts, salt: None });
         for (l, blk) in m.tree.blocks.iter().enumerate() {
-            self.block(enc, blk, &shape, l, visible);
+            let (k_cache, v_cache) = (&self.k_cache[l], &self.v_cache[l]);
+            let attend = Attend::Cached { shape: &shape, k_cache, v_cache, visible };
+            m.block_fwd(enc, blk, rows, &s.x, &s.acts, &s.x, &s.pos, &attend, lio);
         }
         if !head {
             return;
@@ -281,21 +285,6 @@ impl<'a> Decoder<'a> {
         };
         m.norm_fwd(enc, &m.tree.ln_f, b, last, &s.hf, &s.meanf, &s.rstdf);
         m.lm_head_fwd(enc, b, &s.hf, &s.logits);
-    }
-
-    /// x = x_mid + mlp(ln2(x_mid)), x_mid = x + attn(ln1(x)) against the cache of layer `l`.
-    fn block(&self, enc: &mut Encoder, blk: &BlockP, shape: &CacheShape, l: usize, visible: usize) {
-        let (m, s) = (self.model, &self.scratch);
-        let rows = shape.b * shape.t;
-        m.norm_fwd(enc, &blk.ln1, rows, &s.x, &s.ln, &s.mean, &s.rstd);
-        let lio = s.lora.as_ref().map(|acts| LoraIo { acts, salt: None });
-        m.qkv_fwd(enc, blk, rows, &s.ln, s.qkv.as_ref(), [&s.q, &s.k, &s.v], &s.pos, lio);
-        let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
-        attention::kv_append(enc, shape, &s.k, &s.v, &s.pos, kc, vc);
-        attention::decode(enc, shape, &s.q, kc, vc, &s.pos, &s.o, visible);
-        m.linear_fwd(enc, &blk.o, rows, &s.o, Some(&s.x), &s.x_mid, lio);
-        m.norm_fwd(enc, &blk.ln2, rows, &s.x_mid, &s.ln, &s.mean, &s.rstd);
-        m.mlp_fwd(enc, blk, rows, &s.ln, &s.h1, s.h2.as_ref(), &s.act, &s.x_mid, &s.x, lio);
     }
 
     /// Generate from `prompt` with sequence 0 of this decoder (B = 1), starting from an

@@ -1,14 +1,21 @@
-//! One forward and backward pass of a micro-batch. The backward is the forward read in
-//! reverse; every parameter gradient is ADDED into its gradient buffer, so micro-batches
-//! accumulate and the caller zeroes the gradients once per optimizer step.
+//! One forward and backward pass of a micro-batch, llm.c style: each piece's backward
+//! (`*_bwd`) sits beside its forward (`*_fwd`), takes the same argument names (the
+//! forward's outputs become gradients, `d`-prefixed) and reads as the forward in reverse,
+//! from `linear` and `norm` up through `qkv`, `attn`, `mlp` and `block` to the embedding
+//! and the head, so `backward` is `forward`'s block loop run backwards. The dispatch
+//! order within each is what the results' bits depend on: where a backward sums several
+//! input gradients into one buffer it keeps the forward's order. Every parameter gradient
+//! is ADDED into its gradient buffer, so micro-batches accumulate and the caller zeroes
+//! the gradients once per optimizer step.
 
 use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
 use super::lora::LoraP;
-use super::workspace::{Inputs, LayerActs, LoraActs, Workspace};
+use super::workspace::{Grads, Inputs, LayerActs, LoraActs, Workspace};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
+use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dropout::{self, Mask};
-use crate::ops::matmul::{matmul, matmul_scaled, Linear, Op};
+use crate::ops::matmul::{matmul, matmul_scaled, Linear, Op, WeightLayout};
 use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu};
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -33,14 +40,40 @@ impl<'a> LoraIo<'a> {
 pub enum Head {
     /// Fused softmax + cross-entropy: per-row NLL in `ws.nll` (scoring, no gradients).
     Loss,
-    /// Just the logits (scoring, generation, parity tests): `ws.logits` holds the (N, V)
-    /// logits of every loss row; the workspace needs `WorkspaceOpts::all_logits`.
+    /// Just the logits (scoring, parity tests, the decoder's reference in tests):
+    /// `ws.logits` holds the (N, V) logits of every loss row; the workspace needs
+    /// `WorkspaceOpts::all_logits`.
     Logits,
     /// Training: the loss as with `Loss`, and each chunk's head backward right after its
     /// loss (the logits' gradient never outlives its chunk): the LM head's and the final
     /// norm's gradients are added, and `ws.grads.dres` receives the gradient of the last
     /// block's output. `Model::backward` continues from there.
     Train,
+}
+
+/// The micro-batch's own causal attention (training and scoring): each query sees the
+/// keys of its packed segment up to its own position; the forward saves each query's
+/// log-sum-exp in `lse` for the backward.
+#[derive(Clone, Copy)]
+pub(crate) struct Causal<'a> {
+    pub shape: AttnShape,
+    pub seg: &'a Tensor,
+    pub lse: &'a Tensor,
+}
+
+/// Which keys a block's attention sees, in `attn_fwd` / `block_fwd`.
+pub(crate) enum Attend<'a> {
+    Causal(Causal<'a>),
+    /// Decoding: the new rows' K/V are appended to one layer's cache (B*cap, Hk*D) at their
+    /// positions, and their queries see the cached keys up to their own positions. There
+    /// is no log-sum-exp and no backward. `visible` counts the (row, key) pairs, for the
+    /// profile's cost.
+    Cached {
+        shape: &'a CacheShape,
+        k_cache: &'a Tensor,
+        v_cache: &'a Tensor,
+        visible: usize,
+    },
 }
 
 impl Model {
@@ -69,7 +102,7 @@ impl Model {
     /// y = x W [+ b] [+ resid] [+ s * (drop(x) A^T) B^T with a LoRA adapter, saving
     /// u = drop(x) A^T (rows, R) for the backward].
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear_fwd(
+    fn linear_fwd(
         &self,
         enc: &mut Encoder,
         l: &LinearP,
@@ -100,7 +133,7 @@ impl Model {
     /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable;
     /// with a LoRA adapter also dA, dB and the adapter's share of dx.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear_bwd(
+    fn linear_bwd(
         &self,
         enc: &mut Encoder,
         l: &LinearP,
@@ -195,15 +228,38 @@ impl Model {
         }
     }
 
-    fn attn_shape(&self, inp: &Inputs) -> attention::AttnShape {
+    fn attn_shape(&self, inp: &Inputs) -> AttnShape {
         let c = &self.cfg;
-        attention::AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim }
+        AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim }
+    }
+
+    /// x(rows, C) = the embeddings of the token ids `ids` (rows), plus GPT-2's learned
+    /// position embeddings at the positions `pos` (rows).
+    pub(crate) fn embed_fwd(&self, enc: &mut Encoder, rows: usize, ids: &Tensor, pos: &Tensor, x: &Tensor) {
+        let p = &self.params;
+        let wpe = self.tree.wpe.map(|w| p.weight(w));
+        let pos = wpe.as_ref().map(|w| (pos, w));
+        embedding::forward(enc, ids, &p.weight(self.tree.wte), pos, x, rows, self.cfg.hidden);
+    }
+
+    /// The embeddings' gradients from dx(rows, C), the gradient of `embed_fwd`'s output
+    /// (the rows grouped by token id and by position: `Inputs::by_id`, `Inputs::by_pos`).
+    fn embed_bwd(&self, enc: &mut Encoder, inp: &Inputs, dx: &Tensor) {
+        let (p, c) = (&self.params, self.cfg.hidden);
+        if let (Some(dw), Some(idx)) = (p.grad(self.tree.wte), &inp.by_id) {
+            embedding::backward(enc, idx, dx, &dw, c);
+        }
+        if let (Some(wpe), Some(idx)) = (self.tree.wpe, &inp.by_pos) {
+            if let Some(dw) = p.grad(wpe) {
+                embedding::backward(enc, idx, dx, &dw, c);
+            }
+        }
     }
 
     /// Block `blk`'s q, k, v (rows, H*D / Hk*D) from its normed input `x` (rows, C), RoPE
     /// applied at the positions `pos` (rows). GPT-2 projects into `qkv` (rows, 3C) first.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn qkv_fwd(
+    fn qkv_fwd(
         &self,
         enc: &mut Encoder,
         blk: &BlockP,
@@ -236,10 +292,107 @@ impl Model {
         }
     }
 
-    /// out = resid + mlp(x): x (rows, C) normed, h1/h2/act (rows, F) scratch (h2 for the
-    /// gated MLP only).
+    /// `qkv_fwd` in reverse: dx (rows, C) = the gradient of the normed input from dq, dk,
+    /// dv (RoPE undone in place; GPT-2 merges them into `dqkv` (rows, 3C) first), and the
+    /// projections' gradients. The projections' input gradients are summed into dx in
+    /// the forward's order (q, k, v), as the bit-identity of the sums requires.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn mlp_fwd(
+    fn qkv_bwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        dqkv: Option<&Tensor>,
+        [dq, dk, dv]: [&Tensor; 3],
+        pos: &Tensor,
+        dx: &Tensor,
+        lio: Option<LoraIo>,
+    ) {
+        let cfg = &self.cfg;
+        if let Some(table) = &self.rope {
+            rope::backward(enc, dq, pos, table, rows, cfg.heads, cfg.head_dim);
+            rope::backward(enc, dk, pos, table, rows, cfg.kv_heads, cfg.head_dim);
+        }
+        match &blk.attn {
+            AttnP::Separate { q: wq, k: wk, v: wv } => {
+                self.linear_bwd(enc, wq, rows, dq, x, Some((dx, false)), lio);
+                self.linear_bwd(enc, wk, rows, dk, x, Some((dx, true)), lio);
+                self.linear_bwd(enc, wv, rows, dv, x, Some((dx, true)), lio);
+            }
+            AttnP::Fused { c_attn } => {
+                let c = cfg.hidden;
+                let dqkv = dqkv.expect("GPT-2's fused projection needs a (rows, 3C) gradient buffer");
+                for (i, src) in [dq, dk, dv].into_iter().enumerate() {
+                    copy2d::copy2d(enc, src, c, 0, dqkv, 3 * c, i * c, rows, c);
+                }
+                self.linear_bwd(enc, c_attn, rows, dqkv, x, Some((dx, false)), lio);
+            }
+        }
+    }
+
+    /// out = resid + attn(x) W_o: x (rows, C) normed; q, k, v (and GPT-2's qkv) and the
+    /// attention output o (rows, H*D) saved for the backward; `attend` says which keys the
+    /// queries see (the micro-batch's own, or a decoder's cache).
+    #[allow(clippy::too_many_arguments)]
+    fn attn_fwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        qkv: Option<&Tensor>,
+        [q, k, v]: [&Tensor; 3],
+        o: &Tensor,
+        resid: &Tensor,
+        out: &Tensor,
+        pos: &Tensor,
+        attend: &Attend,
+        lio: Option<LoraIo>,
+    ) {
+        self.qkv_fwd(enc, blk, rows, x, qkv, [q, k, v], pos, lio);
+        match attend {
+            Attend::Causal(Causal { shape, seg, lse }) => attention::forward(enc, shape, q, k, v, seg, o, lse),
+            Attend::Cached { shape, k_cache, v_cache, visible } => {
+                // The new rows' K/V join the cache first, so each query sees its own key.
+                attention::kv_append(enc, shape, k, v, pos, k_cache, v_cache);
+                attention::decode(enc, shape, q, k_cache, v_cache, pos, o, *visible);
+            }
+        }
+        self.linear_fwd(enc, &blk.o, rows, o, Some(resid), out, lio);
+    }
+
+    /// `attn_fwd` in reverse, from dout (rows, C), the gradient of its output: dx (rows,
+    /// C) = the gradient of the normed input (overwritten), and the projections'
+    /// gradients; `g` holds the scratch (d_o, delta, dq, dk, dv, dqkv). The residual's
+    /// gradient is dout itself, left to the caller. Only the micro-batch's causal
+    /// attention has a backward.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_bwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        [q, k, v]: [&Tensor; 3],
+        o: &Tensor,
+        dout: &Tensor,
+        dx: &Tensor,
+        g: &Grads,
+        pos: &Tensor,
+        causal: &Causal,
+        lio: Option<LoraIo>,
+    ) {
+        let Causal { shape, seg, lse } = causal;
+        self.linear_bwd(enc, &blk.o, rows, dout, o, Some((&g.d_o, false)), lio);
+        attention::backward(enc, shape, q, k, v, seg, o, lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv);
+        self.qkv_bwd(enc, blk, rows, x, g.dqkv.as_ref(), [&g.dq, &g.dk, &g.dv], pos, dx, lio);
+    }
+
+    /// out = resid + mlp(x): x (rows, C) normed, h1/h2/act (rows, F) saved for the
+    /// backward (h2 for the gated MLP only).
+    #[allow(clippy::too_many_arguments)]
+    fn mlp_fwd(
         &self,
         enc: &mut Encoder,
         blk: &BlockP,
@@ -269,36 +422,126 @@ impl Model {
         }
     }
 
-    /// logits(rows, V) = x(rows, C) . lm_head^T (the final-normed hidden states).
-    pub(crate) fn lm_head_fwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, logits: &Tensor) {
-        let cfg = &self.cfg;
-        let head =
-            Linear { rows, fan_in: cfg.hidden, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
-        head.forward(enc, x, &self.params.weight(self.tree.lm_head), None, None, logits, false);
-    }
-
-    /// One block's forward: `out` = block(`x`), its activations saved into `a` (and the
-    /// LoRA u of its adapters). Deterministic, so the backward can re-run it from `x`
-    /// (activation checkpointing) and get the same bits.
+    /// `mlp_fwd` in reverse, from dout (rows, C), the gradient of its output: dx (rows, C)
+    /// = the gradient of the normed input (overwritten), and the projections' gradients;
+    /// `g` holds the scratch (dact, dh1, dh2). The residual's gradient is dout itself, left
+    /// to the caller. The gated MLP sums its two input gradients into dx in the forward's
+    /// order (gate, up), as the bit-identity of the sums requires.
     #[allow(clippy::too_many_arguments)]
-    fn block_fwd(
+    fn mlp_bwd(
         &self,
         enc: &mut Encoder,
         blk: &BlockP,
-        a: &LayerActs,
+        rows: usize,
         x: &Tensor,
-        out: &Tensor,
-        inp: &Inputs,
+        h1: &Tensor,
+        h2: Option<&Tensor>,
+        act: &Tensor,
+        dout: &Tensor,
+        dx: &Tensor,
+        g: &Grads,
         lio: Option<LoraIo>,
     ) {
-        let rows = inp.b * inp.t;
-        let shape = self.attn_shape(inp);
+        let f = self.cfg.ffn;
+        match &blk.mlp {
+            MlpP::Gated { gate, up, down } => {
+                let h2 = h2.expect("the gated MLP needs its up-projection buffer");
+                self.linear_bwd(enc, down, rows, dout, act, Some((&g.dact, false)), lio);
+                swiglu::backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
+                self.linear_bwd(enc, gate, rows, &g.dh1, x, Some((dx, false)), lio);
+                self.linear_bwd(enc, up, rows, &g.dh2, x, Some((dx, true)), lio);
+            }
+            MlpP::Gelu { fc, proj } => {
+                self.linear_bwd(enc, proj, rows, dout, act, Some((&g.dact, false)), lio);
+                gelu::backward(enc, h1, &g.dact, &g.dh1, rows * f);
+                self.linear_bwd(enc, fc, rows, &g.dh1, x, Some((dx, false)), lio);
+            }
+        }
+    }
+
+    /// logits(rows, V) = x(rows, C) . lm_head^T (the final-normed hidden states).
+    pub(crate) fn lm_head_fwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, logits: &Tensor) {
+        self.lm_head(rows).forward(enc, x, &self.params.weight(self.tree.lm_head), None, None, logits, false);
+    }
+
+    /// `lm_head_fwd` in reverse: dx(rows, C) from dlogits(rows, V) (overwritten), and the
+    /// LM head's gradient when it is trainable.
+    fn lm_head_bwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, dlogits: &Tensor, dx: &Tensor) {
+        let (p, head) = (&self.params, self.lm_head(rows));
+        head.backward_input(enc, dlogits, &p.weight(self.tree.lm_head), dx, false);
+        if let Some(dw) = p.grad(self.tree.lm_head) {
+            head.backward_weight(enc, dlogits, x, &dw, None);
+        }
+    }
+
+    fn lm_head(&self, rows: usize) -> Linear {
+        Linear { rows, fan_in: self.cfg.hidden, fan_out: self.cfg.vocab, layout: WeightLayout::OutIn }
+    }
+
+    /// One block's forward: out = x_mid + mlp(ln2(x_mid)), x_mid = x + attn(ln1(x)), its
+    /// activations saved into `a` (and the LoRA u of its adapters). Deterministic, so the
+    /// backward can re-run it from `x` (activation checkpointing) and get the same bits.
+    /// `out` may be `x` (the decoder's residual stream is one buffer).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn block_fwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        a: &LayerActs,
+        out: &Tensor,
+        pos: &Tensor,
+        attend: &Attend,
+        lio: Option<LoraIo>,
+    ) {
+        let qkv = [&a.q, &a.k, &a.v];
         self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
-        self.qkv_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), [&a.q, &a.k, &a.v], &inp.pos, lio);
-        attention::forward(enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse);
-        self.linear_fwd(enc, &blk.o, rows, &a.o, Some(x), &a.x_mid, lio);
+        self.attn_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), qkv, &a.o, x, &a.x_mid, pos, attend, lio);
         self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
         self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &a.x_mid, out, lio);
+    }
+
+    /// `block_fwd` in reverse, from its saved activations `a` and input `x`: `g.dres`
+    /// holds the gradient of the block's output on entry and of its input `x` on return
+    /// (each residual's gradient passes through it, the norms' input gradients are added
+    /// to it); the block's parameter gradients are added.
+    #[allow(clippy::too_many_arguments)]
+    fn block_bwd(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        a: &LayerActs,
+        g: &Grads,
+        pos: &Tensor,
+        causal: &Causal,
+        lio: Option<LoraIo>,
+    ) {
+        let qkv = [&a.q, &a.k, &a.v];
+        self.mlp_bwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &g.dres, &g.dln, g, lio);
+        self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true);
+        self.attn_bwd(enc, blk, rows, &a.ln1, qkv, &a.o, &g.dres, &g.dln, g, pos, causal, lio);
+        self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true);
+    }
+
+    /// One head chunk's forward over k loss rows (their rows of the last block's output
+    /// listed in `loss_rows`): gather, final norm, logits (k, V).
+    fn head_fwd(&self, enc: &mut Encoder, ws: &Workspace, k: usize, loss_rows: &Tensor, logits: &Tensor) {
+        let (cfg, ln_f) = (&self.cfg, &self.tree.ln_f);
+        gather::forward(enc, &ws.xs[cfg.layers], loss_rows, &ws.hg, k, cfg.hidden);
+        self.norm_fwd(enc, ln_f, k, &ws.hg, &ws.hf, &ws.meanf, &ws.rstdf);
+        self.lm_head_fwd(enc, k, &ws.hf, logits);
+    }
+
+    /// `head_fwd` in reverse, from its logits' gradient (k, V): the LM head, the final
+    /// norm, and the scatter of its rows into the residual stream's gradient `ws.grads.dres`.
+    fn head_bwd(&self, enc: &mut Encoder, ws: &Workspace, k: usize, loss_rows: &Tensor, dlogits: &Tensor) {
+        let (cfg, ln_f) = (&self.cfg, &self.tree.ln_f);
+        self.lm_head_bwd(enc, k, &ws.hf, dlogits, &ws.dhf);
+        self.norm_bwd(enc, ln_f, k, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false);
+        gather::scatter(enc, &ws.dhg, loss_rows, &ws.grads.dres, k, cfg.hidden);
     }
 
     /// Forward through the blocks, then the head over the N rows listed in `loss_rows`, in
@@ -306,15 +549,14 @@ impl Model {
     /// row's NLL; with `Head::Logits`, `ws.logits` holds the logits.
     pub fn forward(&self, enc: &mut Encoder, ws: &Workspace, inp: &Inputs, head_kind: Head) {
         let cfg = &self.cfg;
-        let p = &self.params;
-        let rows = inp.b * inp.t;
-        let c = cfg.hidden;
-        let wpe = self.tree.wpe.map(|w| p.weight(w));
-        let pos = wpe.as_ref().map(|w| (&inp.pos, w));
-        embedding::forward(enc, &inp.ids, &p.weight(self.tree.wte), pos, &ws.xs[0], rows, c);
+        let (rows, c) = (inp.b * inp.t, cfg.hidden);
+        let shape = self.attn_shape(inp);
         let lio = LoraIo::of(ws, inp);
+        self.embed_fwd(enc, rows, &inp.ids, &inp.pos, &ws.xs[0]);
         for (l, blk) in self.tree.blocks.iter().enumerate() {
-            self.block_fwd(enc, blk, ws.acts(l), &ws.xs[l], &ws.xs[l + 1], inp, lio);
+            let a = ws.acts(l);
+            let attend = Attend::Causal(Causal { shape, seg: &inp.seg, lse: &a.lse });
+            self.block_fwd(enc, blk, rows, &ws.xs[l], a, &ws.xs[l + 1], &inp.pos, &attend, lio);
         }
         // Only the rows that carry loss go through the final norm, the LM head and the loss.
         let n = inp.n;
@@ -337,106 +579,42 @@ impl Model {
             // multiple of 256 bytes.
             let loss_rows = inp.loss_rows.view(at, k);
             let logits = if ws.opts.all_logits { ws.logits.view(at * v, k * v) } else { ws.logits.view(0, k * v) };
-            gather::forward(enc, &ws.xs[cfg.layers], &loss_rows, &ws.hg, k, c);
-            self.norm_fwd(enc, &self.tree.ln_f, k, &ws.hg, &ws.hf, &ws.meanf, &ws.rstdf);
-            self.lm_head_fwd(enc, k, &ws.hf, &logits);
+            self.head_fwd(enc, ws, k, &loss_rows, &logits);
             if head_kind == Head::Logits {
                 continue;
             }
             let (targets, weights, nll) = (inp.targets.view(at, k), inp.weights.view(at, k), ws.nll.view(at, k));
+            // Overwrites the chunk's logits with their gradient.
             cross_entropy::forward_backward(enc, &logits, &targets, &weights, &nll, k, v);
             if head_kind == Head::Train {
-                self.head_bwd(enc, ws, k, &logits, &loss_rows);
+                self.head_bwd(enc, ws, k, &loss_rows, &logits);
             }
         }
     }
 
-    /// One head chunk's backward, from its logits' gradient (k, V): the LM head, the final
-    /// norm, and the scatter of its rows into the residual stream's gradient.
-    fn head_bwd(&self, enc: &mut Encoder, ws: &Workspace, k: usize, dlogits: &Tensor, loss_rows: &Tensor) {
-        let (cfg, p) = (&self.cfg, &self.params);
-        let head =
-            Linear { rows: k, fan_in: cfg.hidden, fan_out: cfg.vocab, layout: crate::ops::matmul::WeightLayout::OutIn };
-        head.backward_input(enc, dlogits, &p.weight(self.tree.lm_head), &ws.dhf, false);
-        if let Some(dw) = p.grad(self.tree.lm_head) {
-            head.backward_weight(enc, dlogits, &ws.hf, &dw, None);
-        }
-        self.norm_bwd(enc, &self.tree.ln_f, k, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false);
-        gather::scatter(enc, &ws.dhg, loss_rows, &ws.grads.dres, k, cfg.hidden);
-    }
-
-    /// Backward after `forward` with `Head::Train` (same workspace and inputs): adds every
-    /// trainable parameter's gradient. With `WorkspaceOpts::recompute`, each block's forward
-    /// is re-run from its saved input before its backward (the last block's activations are
-    /// still there from the forward).
+    /// Backward after `forward` with `Head::Train` (same workspace and inputs), the
+    /// forward's block loop read in reverse (the head's backward ran chunk by chunk in the
+    /// forward, leaving the last block's output gradient in `ws.grads.dres`): adds every
+    /// trainable parameter's gradient. With `WorkspaceOpts::recompute`, each block's
+    /// forward is re-run from its saved input before its backward (the last block's
+    /// activations are still there from the forward).
     pub fn backward(&self, enc: &mut Encoder, ws: &Workspace, inp: &Inputs) {
-        let cfg = &self.cfg;
-        let p = &self.params;
-        let rows = inp.b * inp.t;
-        let (c, f, n) = (cfg.hidden, cfg.ffn, inp.n);
-        let g = &ws.grads;
-        if n == 0 {
+        if inp.n == 0 {
             return;
         }
+        let rows = inp.b * inp.t;
         let shape = self.attn_shape(inp);
         let lio = LoraIo::of(ws, inp);
         for (l, blk) in self.tree.blocks.iter().enumerate().rev() {
-            let a = ws.acts(l);
-            let x = &ws.xs[l];
-            if ws.opts.recompute && l + 1 < cfg.layers {
+            let (a, x) = (ws.acts(l), &ws.xs[l]);
+            let causal = Causal { shape, seg: &inp.seg, lse: &a.lse };
+            if ws.opts.recompute && l + 1 < self.cfg.layers {
                 // Rewrites xs[l + 1] with the bits it already holds (no later block reads it).
-                self.block_fwd(enc, blk, a, x, &ws.xs[l + 1], inp, lio);
+                let attend = Attend::Causal(causal);
+                self.block_fwd(enc, blk, rows, x, a, &ws.xs[l + 1], &inp.pos, &attend, lio);
             }
-            // x_next = x_mid + mlp(ln2(x_mid)); g.dres holds d x_next.
-            match &blk.mlp {
-                MlpP::Gated { gate, up, down } => {
-                    let h2 = a.h2.as_ref().unwrap();
-                    self.linear_bwd(enc, down, rows, &g.dres, &a.act, Some((&g.dact, false)), lio);
-                    swiglu::backward(enc, &a.h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
-                    self.linear_bwd(enc, gate, rows, &g.dh1, &a.ln2, Some((&g.dln, false)), lio);
-                    self.linear_bwd(enc, up, rows, &g.dh2, &a.ln2, Some((&g.dln, true)), lio);
-                }
-                MlpP::Gelu { fc, proj } => {
-                    self.linear_bwd(enc, proj, rows, &g.dres, &a.act, Some((&g.dact, false)), lio);
-                    gelu::backward(enc, &a.h1, &g.dact, &g.dh1, rows * f);
-                    self.linear_bwd(enc, fc, rows, &g.dh1, &a.ln2, Some((&g.dln, false)), lio);
-                }
-            }
-            // d x_mid = d x_next (the residual) + the norm's input gradient.
-            self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true);
-            // x_mid = x + o W_o
-            self.linear_bwd(enc, &blk.o, rows, &g.dres, &a.o, Some((&g.d_o, false)), lio);
-            attention::backward(
-                enc, &shape, &a.q, &a.k, &a.v, &inp.seg, &a.o, &a.lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv,
-            );
-            if let Some(table) = &self.rope {
-                rope::backward(enc, &g.dq, &inp.pos, table, rows, cfg.heads, cfg.head_dim);
-                rope::backward(enc, &g.dk, &inp.pos, table, rows, cfg.kv_heads, cfg.head_dim);
-            }
-            match &blk.attn {
-                AttnP::Separate { q, k, v } => {
-                    self.linear_bwd(enc, q, rows, &g.dq, &a.ln1, Some((&g.dln, false)), lio);
-                    self.linear_bwd(enc, k, rows, &g.dk, &a.ln1, Some((&g.dln, true)), lio);
-                    self.linear_bwd(enc, v, rows, &g.dv, &a.ln1, Some((&g.dln, true)), lio);
-                }
-                AttnP::Fused { c_attn } => {
-                    let dqkv = g.dqkv.as_ref().unwrap();
-                    for (i, src) in [&g.dq, &g.dk, &g.dv].into_iter().enumerate() {
-                        copy2d::copy2d(enc, src, c, 0, dqkv, 3 * c, i * c, rows, c);
-                    }
-                    self.linear_bwd(enc, c_attn, rows, dqkv, &a.ln1, Some((&g.dln, false)), lio);
-                }
-            }
-            self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true);
+            self.block_bwd(enc, blk, rows, x, a, &ws.grads, &inp.pos, &causal, lio);
         }
-        // g.dres = d(embedding output).
-        if let (Some(dw), Some(idx)) = (p.grad(self.tree.wte), &inp.by_id) {
-            embedding::backward(enc, idx, &g.dres, &dw, c);
-        }
-        if let (Some(wpe), Some(idx)) = (self.tree.wpe, &inp.by_pos) {
-            if let Some(dw) = p.grad(wpe) {
-                embedding::backward(enc, idx, &g.dres, &dw, c);
-            }
-        }
+        self.embed_bwd(enc, inp, &ws.grads.dres);
     }
 }

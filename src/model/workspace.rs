@@ -8,7 +8,8 @@ use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::embedding::GroupIndex;
 
-/// Saved activations of one block.
+/// Saved activations of one block: what `block_fwd` writes and `block_bwd` reads (the
+/// decoder holds one set too, see `generate::Scratch`).
 pub struct LayerActs {
     /// (rows, C) norm output feeding attention; `mean1` only for LayerNorm.
     pub ln1: Tensor,
@@ -20,7 +21,8 @@ pub struct LayerActs {
     pub q: Tensor,
     pub k: Tensor,
     pub v: Tensor,
-    /// (rows, H*D) attention output, (B*H*T) its log-sum-exp.
+    /// (rows, H*D) attention output, (B*H*T) its log-sum-exp (the causal attention's, for
+    /// the backward).
     pub o: Tensor,
     pub lse: Tensor,
     /// (rows, C) the residual stream between attention and MLP.
@@ -34,10 +36,11 @@ pub struct LayerActs {
     pub act: Tensor,
 }
 
-/// Backward scratch, shared by all layers.
+/// Backward scratch, shared by all layers (`block_bwd`, `attn_bwd`, `mlp_bwd`).
 pub struct Grads {
     /// (rows, C) the gradient of the residual stream, carried down the layers.
     pub dres: Tensor,
+    /// (rows, C) the gradient of a norm's output (the attention's or the MLP's input).
     pub dln: Tensor,
     pub dq: Tensor,
     pub dk: Tensor,

@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
 
-crate::kernel!(ADAMW, "adamw");
+crate::kernel!(ADAMW, "adamw", DECAY, CLIP);
 
 const DECAY: u32 = 1;
 const CLIP: u32 = 2;

@@ -7,14 +7,17 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
 
-crate::kernel!(ATTENTION, "attention");
+crate::kernel!(ATTENTION, "attention", BLOCK, TILE_VEC, MAXV);
 
-/// Threads per workgroup, each owning one query (or key) row; must match the shader.
-const BLOCK: usize = 64;
-/// vec4s per workgroup tile; must match TILE_VEC in the shader.
-const TILE_VEC: usize = 480;
-/// Head rows live in registers as at most 32 vec4s.
+/// Threads per workgroup of the attention passes, each owning one query (or key) row, and
+/// the rows of a key (or query) tile at most.
+const BLOCK: u32 = 64;
+/// vec4s per workgroup tile: two tiles (2 * 480 vec4) plus the rows' segments (64 u32) and
+/// statistics (64 vec2) take 16128 bytes, under WebGPU's default 16 KiB.
+const TILE_VEC: u32 = 480;
+/// Head rows live in registers as at most MAXV vec4s.
 pub const MAX_HEAD_SIZE: usize = 128;
+const MAXV: u32 = (MAX_HEAD_SIZE / 4) as u32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -54,7 +57,7 @@ impl AttnShape {
                 "attention head size {d} unsupported: it must be a multiple of 4 between 4 and {MAX_HEAD_SIZE}"
             )));
         }
-        if b * h > 65535 || t.div_ceil(BLOCK) > 65535 {
+        if b * h > 65535 || t.div_ceil(BLOCK as usize) > 65535 {
             return Err(Error::Config(format!("attention grid too large: B*H = {} (at most 65535)", b * h)));
         }
         Ok(())
@@ -73,7 +76,7 @@ impl AttnShape {
             hk: self.hk as u32,
             dv: dv as u32,
             group: (self.h / self.hk) as u32,
-            tile: (TILE_VEC / dv).min(BLOCK) as u32,
+            tile: (TILE_VEC / dv as u32).min(BLOCK),
             scale: 1.0 / (self.d as f32).sqrt(),
         }
     }
@@ -86,7 +89,7 @@ impl AttnShape {
     /// Bytes of K/V (or Q/dOut) rows that workgroups stream through tiles: each 64-row
     /// block reads about half the sequence on average.
     fn streamed(&self, heads: usize) -> u64 {
-        (self.b * heads * self.t.div_ceil(BLOCK) * (self.t / 2 + BLOCK) * self.d * 4 * 2) as u64
+        (self.b * heads * self.t.div_ceil(BLOCK as usize) * (self.t / 2 + BLOCK as usize) * self.d * 4 * 2) as u64
     }
 }
 
@@ -119,7 +122,7 @@ pub fn forward(
         "attention_forward",
         &s.params(),
         &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::W(o), Arg::W(lse)],
-        [s.t.div_ceil(BLOCK) as u32, (s.b * s.h) as u32, 1],
+        [s.t.div_ceil(BLOCK as usize) as u32, (s.b * s.h) as u32, 1],
         cost,
     );
 }
@@ -167,7 +170,7 @@ pub fn backward(
         "attention_backward_dkv",
         &p,
         &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::R(dq), Arg::R(dout), Arg::W(dk), Arg::W(dv)],
-        [s.t.div_ceil(BLOCK) as u32, (s.b * s.hk) as u32, 1],
+        [s.t.div_ceil(BLOCK as usize) as u32, (s.b * s.hk) as u32, 1],
         Cost { flops: 8 * s.pairs() * s.d as u64, bytes: s.streamed(s.h) + (4 * rows * 4 * kd) as u64 },
     );
     enc.dispatch(
@@ -175,7 +178,7 @@ pub fn backward(
         "attention_backward_dq",
         &p,
         &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::R(lse), Arg::R(dout), Arg::R(delta), Arg::W(dq)],
-        [s.t.div_ceil(BLOCK) as u32, (s.b * s.h) as u32, 1],
+        [s.t.div_ceil(BLOCK as usize) as u32, (s.b * s.h) as u32, 1],
         Cost { flops: 6 * s.pairs() * s.d as u64, bytes: s.streamed(s.h) + (4 * rows * 3 * hd) as u64 },
     );
 }

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::{grid_1d, Arg, Cost, Encoder, Gpu, Tensor, WG};
 use crate::Result;
 
-crate::kernel!(EMBEDDING, "embedding");
+crate::kernel!(EMBEDDING, "embedding", HAS_POS);
 
 const HAS_POS: u32 = 2;
 

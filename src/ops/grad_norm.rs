@@ -5,10 +5,12 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
 
-crate::kernel!(GRAD_NORM, "grad_norm");
+crate::kernel!(GRAD_NORM, "grad_norm", ITEMS, CHUNK);
 
-/// Elements summed by one workgroup of the first stage (WG * ITEMS in the shader).
-const CHUNK: usize = 4096;
+/// Elements each thread of the first stage sums.
+const ITEMS: u32 = 16;
+/// Elements summed by one workgroup of the first stage.
+const CHUNK: u32 = WG * ITEMS;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -20,7 +22,7 @@ struct Params {
 /// Elements of scratch `grad_norm` needs for gradients of these lengths: one partial sum per
 /// CHUNK elements of each tensor.
 pub fn partials_len(lens: &[usize]) -> usize {
-    lens.iter().map(|l| l.div_ceil(CHUNK)).sum()
+    lens.iter().map(|l| l.div_ceil(CHUNK as usize)).sum()
 }
 
 /// stats(4): [0] = sqrt(sum of squares of every element of `grads`), [1] = that sum;
@@ -32,7 +34,7 @@ pub fn grad_norm(enc: &mut Encoder, grads: &[Tensor], partials: &Tensor, stats: 
     assert!(stats.len >= 2);
     let mut offset = 0;
     for g in grads {
-        let groups = g.len.div_ceil(CHUNK);
+        let groups = g.len.div_ceil(CHUNK as usize);
         if groups == 0 {
             continue;
         }

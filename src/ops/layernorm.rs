@@ -2,11 +2,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, ACCUMULATE, WG};
 
-crate::kernel!(LAYERNORM, "layernorm");
+crate::kernel!(LAYERNORM, "layernorm", HAS_DW, HAS_DB);
 
-const ACCUMULATE: u32 = 1;
 const HAS_DW: u32 = 2;
 const HAS_DB: u32 = 4;
 

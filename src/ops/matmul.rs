@@ -2,15 +2,22 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, ACCUMULATE, WG};
 
-crate::kernel!(MATMUL, "matmul");
+crate::kernel!(MATMUL, "matmul", HAS_BIAS, HAS_RESID, TM, TN, TK);
 
-const ACCUMULATE: u32 = 1;
 const HAS_BIAS: u32 = 2;
 const HAS_RESID: u32 = 4;
+/// The output tile (TM rows by TN columns) of one workgroup of the product entry points,
+/// and the depth TK of each step through the shared dimension.
+const TM: u32 = 64;
+const TN: u32 = 64;
+const TK: u32 = 16;
+// The tiled kernels' thread layout (16 x 16 threads, 4 x 4 outputs each, a tile loaded as
+// 4 x 256 elements) is written for this shape.
+const _: () = assert!(TM == 64 && TN == 64 && TK == 16);
 /// At most this many rows go through `matmul_rows` (one thread per output) instead of the
-/// 64x64 tiles.
+/// TM x TN tiles.
 pub const SMALL_M: usize = 4;
 
 #[repr(C)]
@@ -126,12 +133,12 @@ pub fn matmul_variant(
     let (entry, grid, bytes) = if m <= SMALL_M {
         ("matmul_rows", grid_1d(m * n, WG), 4 * (m64 * k64 + k64 * n64 + out_bytes))
     } else {
-        let tiles = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+        let tiles = [n.div_ceil(TN as usize) as u32, m.div_ceil(TM as usize) as u32, 1];
         let entry = match variant {
             Variant::Tiled => "matmul_forward",
             Variant::Reg => "matmul_forward_reg",
         };
-        (entry, tiles, 4 * (m64 * k64 * n64.div_ceil(64) + k64 * n64 * m64.div_ceil(64) + out_bytes))
+        (entry, tiles, 4 * (m64 * k64 * n64.div_ceil(TN as u64) + k64 * n64 * m64.div_ceil(TM as u64) + out_bytes))
     };
     let cost = Cost { flops: 2 * m64 * n64 * k64, bytes };
     enc.dispatch(
@@ -148,7 +155,7 @@ pub fn matmul_variant(
 pub fn bias_backward(enc: &mut Encoder, m: usize, n: usize, dy: &Tensor, db: &Tensor, accumulate: bool) {
     let p = Params { m: m as u32, n: n as u32, flags: if accumulate { ACCUMULATE } else { 0 }, ..Zeroable::zeroed() };
     let cost = Cost { flops: (m * n) as u64, bytes: 4 * (m * n + 2 * n) as u64 };
-    enc.dispatch(&MATMUL, "bias_backward", &p, &[Arg::R(dy), Arg::W(db)], [n.div_ceil(256) as u32, 1, 1], cost);
+    enc.dispatch(&MATMUL, "bias_backward", &p, &[Arg::R(dy), Arg::W(db)], [n.div_ceil(WG as usize) as u32, 1, 1], cost);
 }
 
 /// How a weight matrix is stored: Hugging Face `nn.Linear` keeps (out, in); GPT-2's

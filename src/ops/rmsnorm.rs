@@ -2,11 +2,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, ACCUMULATE, WG};
 
 crate::kernel!(RMSNORM, "rmsnorm");
-
-const ACCUMULATE: u32 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
