@@ -67,7 +67,7 @@ phase "clippy (native, all targets)"
 cargo clippy --all-targets -- -D warnings
 
 phase "clippy ($WASM: lib and browser tests)"
-cargo clippy --target "$WASM" --lib --test wasm -- -D warnings
+cargo clippy --target "$WASM" --features test-hooks --lib --test wasm -- -D warnings
 
 # --- 3. Native tests on Vulkan (lavapipe in CI) ----------------------------------------
 # Every test binary; each shares one device among its tests.
@@ -83,7 +83,8 @@ cargo test --no-fail-fast -- --test-threads="$TEST_THREADS"
 # this script still ends with cargo's summary.
 if [ -d tests/e2e ]; then
     phase "browser end-to-end tests (Playwright, tests/e2e)"
-    cargo build --target "$WASM" --lib
+    # With the test hooks (the device-loss test); phase 5 builds with the same features.
+    cargo build --target "$WASM" --lib --features test-hooks
     wasm-bindgen --target web --out-dir www/pkg "${CARGO_TARGET_DIR:-target}/$WASM/debug/webtune.wasm"
     if [ ! -d tests/e2e/node_modules/playwright-core ]; then
         (cd tests/e2e && npm ci --no-audit --no-fund)
@@ -94,4 +95,4 @@ fi
 # --- 5. In-browser tests: wasm-bindgen-test in headless Chromium + WebGPU --------------
 # .cargo/config.toml makes wasm-bindgen-test-runner the runner; webdriver.json has the flags.
 phase "browser tests ($WASM, headless Chromium WebGPU)"
-cargo test --target "$WASM" --test wasm -- --nocapture
+cargo test --target "$WASM" --features test-hooks --test wasm -- --nocapture

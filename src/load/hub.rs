@@ -4,9 +4,10 @@
 //! [`fetch_model`] downloads what a fine-tuning run needs (`config.json`, the tokenizer
 //! files, `generation_config.json` when there is one, and `model.safetensors` or the
 //! shards listed by `model.safetensors.index.json`) into memory, reporting progress per
-//! file; [`HubFiles::model`] hands the bytes to [`super::model_from_hf_bytes`]. Natively
-//! the requests go through `ureq` (blocking, rustls); in the browser through `fetch`, with
-//! the body streamed so that progress moves while a large shard arrives.
+//! file; [`HubFiles::model`] hands the bytes to [`super::model_from_hf_bytes`]. The
+//! requests go through `ureq` (blocking, rustls). The page fetches with the browser's
+//! `fetch` in its worker (`www/worker.js`, same URL layout, with Cache Storage), so this
+//! module's downloads are native only; ids and URLs are shared.
 
 use std::collections::BTreeMap;
 
@@ -153,6 +154,7 @@ fn encode_revision(rev: &str) -> String {
 }
 
 /// A shard name from an index: relative, `[A-Za-z0-9_.-]` segments, no `.` or `..`.
+#[cfg(not(target_arch = "wasm32"))]
 fn validate_shard_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 256
@@ -213,6 +215,7 @@ impl HubFiles {
 /// Fetch `repo` from `hub` into memory: [`REQUIRED_FILES`], [`OPTIONAL_FILES`] that exist,
 /// and the weights (`model.safetensors`, or the index and every shard it names).
 /// `progress` is called as each file's bytes arrive.
+#[cfg(not(target_arch = "wasm32"))]
 pub async fn fetch_model(hub: &Hub, repo: &HubRepo, progress: &mut dyn FnMut(Progress)) -> Result<HubFiles> {
     validate_model_id(&repo.id)?;
     validate_revision(&repo.revision)?;
@@ -260,11 +263,13 @@ pub async fn fetch_model(hub: &Hub, repo: &HubRepo, progress: &mut dyn FnMut(Pro
 }
 
 /// [`fetch_model`], then build the model on `gpu`.
+#[cfg(not(target_arch = "wasm32"))]
 pub async fn model_from_hub(gpu: &Gpu, hub: &Hub, repo: &HubRepo, progress: &mut dyn FnMut(Progress)) -> Result<Model> {
     fetch_model(hub, repo, progress).await?.model(gpu)
 }
 
 /// One file: its bytes, `None` for a 404 on an optional file, or a typed error.
+#[cfg(not(target_arch = "wasm32"))]
 async fn fetch_file(
     client: &transport::Client,
     hub: &Hub,
@@ -319,6 +324,7 @@ async fn fetch_file(
     })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn network(url: &str, detail: impl std::fmt::Display) -> Error {
     Error::Hub {
         kind: HubErrorKind::Network,
@@ -329,6 +335,7 @@ fn network(url: &str, detail: impl std::fmt::Display) -> Error {
 
 /// Never reserve more than this up front from a `Content-Length` (the server's word is not
 /// checked until the bytes arrive).
+#[cfg(not(target_arch = "wasm32"))]
 const MAX_RESERVE: u64 = 64 << 20;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -394,87 +401,6 @@ mod transport {
                 if out.len() as u64 != t {
                     return Err(network(url, format!("the body ended after {} of {t} bytes", out.len())));
                 }
-            }
-            Ok(Reply::Body(out))
-        }
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-mod transport {
-    use js_sys::{Reflect, Uint8Array};
-    use wasm_bindgen::{JsCast, JsValue};
-    use wasm_bindgen_futures::JsFuture;
-
-    use super::{network, MAX_RESERVE};
-    use crate::error::Result;
-
-    pub(super) enum Reply {
-        Body(Vec<u8>),
-        Status { status: u16, error_code: Option<String>, error_message: Option<String> },
-    }
-
-    pub(super) struct Client {
-        token: Option<String>,
-    }
-
-    fn js(e: JsValue) -> String {
-        e.as_string()
-            .or_else(|| e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())))
-            .unwrap_or_else(|| format!("{e:?}"))
-    }
-
-    impl Client {
-        pub(super) fn new(token: Option<String>) -> Result<Client> {
-            Ok(Client { token })
-        }
-
-        /// `fetch` from whichever global there is (a window or a worker).
-        pub(super) async fn get(&self, url: &str, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<Reply> {
-            let init = web_sys::RequestInit::new();
-            init.set_method("GET");
-            let headers = web_sys::Headers::new().map_err(|e| network(url, js(e)))?;
-            if let Some(t) = &self.token {
-                headers.set("Authorization", &format!("Bearer {t}")).map_err(|e| network(url, js(e)))?;
-            }
-            init.set_headers(&headers);
-            let req = web_sys::Request::new_with_str_and_init(url, &init).map_err(|e| network(url, js(e)))?;
-            let global = js_sys::global();
-            let fetch: js_sys::Function = Reflect::get(&global, &JsValue::from_str("fetch"))
-                .ok()
-                .and_then(|f| f.dyn_into().ok())
-                .ok_or_else(|| network(url, "this JavaScript context has no fetch()"))?;
-            let promise: js_sys::Promise =
-                fetch.call1(&global, &req).map_err(|e| network(url, js(e)))?.unchecked_into();
-            let resp: web_sys::Response =
-                JsFuture::from(promise).await.map_err(|e| network(url, js(e)))?.unchecked_into();
-            let status = resp.status();
-            let header = |name: &str| resp.headers().get(name).ok().flatten();
-            if !(200..300).contains(&status) {
-                return Ok(Reply::Status {
-                    status,
-                    error_code: header("x-error-code"),
-                    error_message: header("x-error-message"),
-                });
-            }
-            let total = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
-            let mut out = Vec::with_capacity(total.unwrap_or(0).min(MAX_RESERVE) as usize);
-            progress(0, total);
-            let Some(body) = resp.body() else {
-                return Ok(Reply::Body(out));
-            };
-            let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-            loop {
-                let chunk = JsFuture::from(reader.read()).await.map_err(|e| network(url, js(e)))?;
-                if Reflect::get(&chunk, &JsValue::from_str("done")).ok().and_then(|d| d.as_bool()).unwrap_or(true) {
-                    break;
-                }
-                let value = Reflect::get(&chunk, &JsValue::from_str("value")).map_err(|e| network(url, js(e)))?;
-                let bytes: Uint8Array = value.unchecked_into();
-                let start = out.len();
-                out.resize(start + bytes.length() as usize, 0);
-                bytes.copy_to(&mut out[start..]);
-                progress(out.len() as u64, total);
             }
             Ok(Reply::Body(out))
         }

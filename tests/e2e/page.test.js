@@ -310,6 +310,42 @@ test('a lost GPU device resumes from the last automatic checkpoint', { timeout: 
   });
 });
 
+// GPT-2 from local files with LoRA: the target boxes are GPT-2's own layers (from the
+// engine), it trains with clipping off (0), and the training state downloaded from the
+// page loads back through "Load training state" with clipping still off.
+test('LoRA on GPT-2 from local files; a state saved with clipping off loads back', { timeout: 4 * MIN }, async () => {
+  const gpt2 = path.join(ROOT, 'tests/fixtures/gpt2');
+  await withPage('gpt2-lora', [...WEBGPU, ...QUIET], { choose: { model: 'demo', data: 'count' } }, async (page) => {
+    await until(page, () => window.webtune.state.modelLoaded && window.webtune.state.dataLoaded, null, 2 * MIN);
+    await setSettings(page, { method: 'lora', lora_rank: 4, lora_alpha: 8, max_grad_norm: 0, length: 3, length_unit: 'steps', batch: 4, lr: 0.01, warmup: 0, eval_every: 0, eval_items: 0, sample_every: 0, checkpoint_every: 0 });
+    await page.setInputFiles('#model-files', ['config.json', 'model.safetensors'].map((f) => path.join(gpt2, f)));
+    await page.click('#load-model');
+    await until(page, () => {
+      const s = window.webtune.state;
+      return s.modelInfo && s.modelInfo.arch === 'Gpt2' && s.modelInfo.lora && s.dataLoaded && !s.busy && s.plan && s.plan.total_steps === 3;
+    }, null, 2 * MIN);
+    const info = await page.evaluate(() => window.webtune.state.modelInfo);
+    assert.deepEqual(info.lora_targets, ['c_attn', 'c_proj', 'c_fc']);
+    assert.deepEqual(info.lora.targets, ['c_attn', 'c_proj', 'c_fc'], 'all ticked: all-linear, expanded for GPT-2');
+    const boxes = await page.$$eval('#lora-targets input', (b) => b.map((x) => x.dataset.target));
+    assert.deepEqual(boxes, ['c_attn', 'c_proj', 'c_fc']);
+    await page.click('#train');
+    await until(page, () => window.webtune.state.lastDone, null, 2 * MIN);
+    const run = await page.evaluate(() => ({ done: window.webtune.state.lastDone, steps: window.webtune.state.steps.map((s) => s.step), plan: window.webtune.state.plan }));
+    assert.equal(run.done.reason, 'finished', JSON.stringify(run.done));
+    assert.deepEqual(run.steps, [1, 2, 3]);
+    assert.equal(run.plan.settings.max_grad_norm, 0);
+
+    const file = await download(page, () => page.click('[data-export=state]'), 'gpt2-lora.state');
+    await page.setInputFiles('#state-file', file);
+    await until(page, () => /Restored/.test(document.querySelector('#train-status').textContent), null, MIN);
+    assert.equal(await page.inputValue('#settings [name=max_grad_norm]'), '0');
+    assert.match(await page.locator('#train-status').innerText(), /step 3 of 3/);
+    assert.equal((await pageErrors(page)).trim(), '', 'no errors on the page');
+    await shot(page, 'gpt2-lora');
+  });
+});
+
 test('a browser without WebGPU gets the explanation', { timeout: MIN }, async () => {
   await withPage('no-webgpu', [...QUIET], {}, async (page) => {
     await page.waitForSelector('#no-webgpu', { state: 'visible', timeout: 30_000 });
