@@ -183,12 +183,13 @@ fn conflicts_are_found_before_the_first_step() {
         assert!(!stdout.contains("step 1/"), "{extra:?}: found only after training: {stdout}");
         assert!(stderr.contains(want), "{extra:?}: the error names {want}: {stderr}");
     }
-    // Full fine-tuning on a GGUF base defaults to a merged Hugging Face folder, which a
-    // GGUF base cannot give: refused before training, pointing at `--format gguf`.
+    // A merged Hugging Face folder cannot come from a GGUF base: refused before the model
+    // even loads, pointing at `--format gguf` (what `auto` gives full fine-tuning there).
     if let Some(m) = smollm2() {
         let data = root().join("www/demo/sentiment-train.jsonl");
         let out = dir.join("gguf");
         let args = ["train", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--method", "full"];
+        let args = [&args[..], &["--format", "merged"]].concat();
         let (ok, stdout, stderr) = cli(&[&args[..], &["--steps", "1", "--out", out.to_str().unwrap()]].concat());
         assert!(!ok && !stdout.contains("step 1/"), "{stdout}");
         assert!(stderr.contains("`format`") && stderr.contains("format gguf"), "{stderr}");

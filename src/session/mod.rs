@@ -510,7 +510,7 @@ impl<'g> Session<'g> {
 
     /// Whether the output format suits the base (`hf`: a Hugging Face config is there).
     fn check_format(&self, name: &str, hf: bool) -> Result<()> {
-        match self.settings.format() {
+        match self.settings.format(hf) {
             Format::Merged if !hf => Err(Error::Setting {
                 field: "format".into(),
                 message: format!(
@@ -801,7 +801,7 @@ impl<'g> Session<'g> {
         let meta = self.meta.as_ref().ok_or_else(|| Error::Usage("load a model first".into()))?;
         let model = self.model().ok_or_else(|| Error::Usage("load a model first".into()))?;
         let format = match format {
-            Some(Format::Auto) | None => self.settings.format(),
+            Some(Format::Auto) | None => self.settings.format(meta.config_json.is_some()),
             Some(f) => f,
         };
         match format {

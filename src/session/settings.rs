@@ -25,7 +25,8 @@ pub enum Method {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// `peft` for LoRA, `merged` for full fine-tuning.
+    /// `peft` for LoRA; for full fine-tuning `merged` over a Hugging Face base, `gguf`
+    /// over a GGUF base.
     Auto,
     /// A PEFT adapter folder (LoRA only).
     Peft,
@@ -245,11 +246,14 @@ impl Settings {
         }
     }
 
-    /// The format the trained model is written in.
-    pub fn format(&self) -> Format {
+    /// The format the trained model is written in: `auto` is a PEFT adapter for LoRA,
+    /// and for full fine-tuning a Hugging Face folder over a Hugging Face base (`hf_base`),
+    /// a GGUF file over a GGUF base.
+    pub fn format(&self, hf_base: bool) -> Format {
         match (self.format, self.method) {
             (Format::Auto, Method::Lora) => Format::Peft,
-            (Format::Auto, Method::Full) => Format::Merged,
+            (Format::Auto, Method::Full) if hf_base => Format::Merged,
+            (Format::Auto, Method::Full) => Format::Gguf,
             (f, _) => f,
         }
     }

@@ -203,8 +203,9 @@ pub struct SettingsArgs {
     /// same results.
     #[arg(long)]
     no_recompute: bool,
-    /// How the trained model is written: auto (default: peft for LoRA, merged for full),
-    /// peft, merged (a Hugging Face folder; needs a Hugging Face base) or gguf (F16).
+    /// How the trained model is written: auto (default: peft for LoRA; for full
+    /// fine-tuning merged over a Hugging Face base, gguf over a GGUF base), peft, merged (a
+    /// Hugging Face folder; needs a Hugging Face base) or gguf (F16).
     #[arg(long)]
     format: Option<Format>,
 }

@@ -124,12 +124,13 @@ pub async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
     write_file(&state_path, &session.save_state().await?)?;
     eprintln!("step {}: wrote {}", session.step_count(), state_path.display());
     if session.run().is_some_and(|r| r.is_done()) {
+        let format = s.format(session.meta().is_some_and(|m| m.config_json.is_some()));
         let files = session.export(None).await?;
         for (name, bytes) in &files {
             write_file(&a.out.join(name), bytes)?;
         }
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-        eprintln!("wrote the trained model ({}) to {}: {}", s.format(), a.out.display(), names.join(", "));
+        eprintln!("wrote the trained model ({}) to {}: {}", format, a.out.display(), names.join(", "));
     }
     Ok(())
 }
