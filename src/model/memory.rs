@@ -9,7 +9,7 @@ use crate::error::Result;
 
 /// Bytes by kind. Parameters are counted as their arenas lay them out (each tensor padded
 /// to 256 bytes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryEstimate {
     /// Weights that do not train (the whole base model under LoRA).
     pub frozen_weights: u64,

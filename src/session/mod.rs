@@ -289,12 +289,7 @@ impl<'g> Session<'g> {
             Err(e) => (MemoryEstimate::default(), Some(e.to_string())),
         };
         Some(MemoryInfo {
-            frozen_weights: e.frozen_weights,
-            trainable_weights: e.trainable_weights,
-            grads_and_moments: e.grads_and_moments,
-            activations: e.activations,
-            lora_activations: e.lora_activations,
-            tables: e.tables,
+            estimate: e,
             total: e.total(),
             micro_batch: micro,
             seq,

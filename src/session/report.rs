@@ -46,12 +46,9 @@ pub struct LoraInfo {
 /// The memory a run needs and whether it fits the adapter.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryInfo {
-    pub frozen_weights: u64,
-    pub trainable_weights: u64,
-    pub grads_and_moments: u64,
-    pub activations: u64,
-    pub lora_activations: u64,
-    pub tables: u64,
+    /// Bytes by kind (flattened into this object's keys).
+    #[serde(flatten)]
+    pub estimate: MemoryEstimate,
     pub total: u64,
     /// Micro-batch and sequence length the estimate is for.
     pub micro_batch: usize,
@@ -60,19 +57,6 @@ pub struct MemoryInfo {
     pub fits: bool,
     /// Why it does not fit, when it does not.
     pub error: Option<String>,
-}
-
-impl MemoryInfo {
-    pub fn estimate(&self) -> MemoryEstimate {
-        MemoryEstimate {
-            frozen_weights: self.frozen_weights,
-            trainable_weights: self.trainable_weights,
-            grads_and_moments: self.grads_and_moments,
-            activations: self.activations,
-            lora_activations: self.lora_activations,
-            tables: self.tables,
-        }
-    }
 }
 
 /// The run as configured and where it stands.

@@ -93,7 +93,7 @@ pub async fn train(gpu: &Gpu, a: TrainArgs) -> Result<()> {
         s.warmup
     );
     if let Some(m) = &plan.memory {
-        eprintln!("GPU memory for micro-batches of {} x {} tokens: {}", m.micro_batch, m.seq, m.estimate());
+        eprintln!("GPU memory for micro-batches of {} x {} tokens: {}", m.micro_batch, m.seq, m.estimate);
     }
     session.start()?;
     if let Some(ck) = &ck {
