@@ -6,6 +6,7 @@
 //! the same model, data and settings train the same way on both.
 
 pub mod dataset;
+pub mod export_run;
 pub mod model_files;
 pub mod settings;
 
