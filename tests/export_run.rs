@@ -1,0 +1,161 @@
+//! `webtune export-run`: the project's files, train.py parsing as Python, the settings block
+//! equal to the settings given, and the committed example project equal to what the
+//! command writes now (so the template stays current). No GPU, no torch.
+//! `WEBTUNE_BLESS=1` rewrites the committed example.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use webtune::session::export_run::embedded_json;
+use webtune::session::{Method, Settings};
+
+const FIXTURE: &str = "tests/fixtures/export_run/project";
+
+/// The example's command line (model and data paths relative to the crate root).
+fn export(out: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args([
+            "export-run",
+            "--model",
+            "tests/fixtures/llama",
+            "--data",
+            "tests/fixtures/export_run/input/train.jsonl",
+            "--valid",
+            "tests/fixtures/export_run/input/eval.jsonl",
+            "--method",
+            "full",
+            "--steps",
+            "2",
+            "--batch",
+            "3",
+            "--grad-accum",
+            "3",
+            "--lr",
+            "0.001",
+            "--out",
+        ])
+        .arg(out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export-run failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn expected_settings() -> Settings {
+    Settings { method: Method::Full, steps: Some(2), batch: 3, grad_accum: 3, lr: 1e-3, ..Default::default() }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("webtune-export-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn writes_the_project_with_the_settings_given() {
+    let out = tmp("files");
+    export(&out);
+    let names: Vec<String> = files(&out).iter().map(|p| p.display().to_string()).collect();
+    for f in [
+        "README.md",
+        "train.py",
+        "requirements.txt",
+        "data/train.jsonl",
+        "data/eval.jsonl",
+        "accelerate/single_gpu.yaml",
+        "accelerate/multi_gpu.yaml",
+        "accelerate/fsdp.yaml",
+    ] {
+        assert!(names.iter().any(|n| n == f), "{f} missing from {names:?}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (copy, given) in [("data/train.jsonl", "train.jsonl"), ("data/eval.jsonl", "eval.jsonl")] {
+        let a = std::fs::read(out.join(copy)).unwrap();
+        let b = std::fs::read(root.join("tests/fixtures/export_run/input").join(given)).unwrap();
+        assert_eq!(a, b, "{copy} is not the data as given");
+    }
+    let py = std::fs::read_to_string(out.join("train.py")).unwrap();
+    let v = embedded_json(&py).unwrap();
+    assert_eq!(Settings::from_json(&v["settings"]).unwrap(), expected_settings());
+    assert_eq!(v["model"], "tests/fixtures/llama");
+    assert_eq!(v["eval_file"], "data/eval.jsonl");
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("pip install -r requirements.txt"));
+    assert!(readme.contains("accelerate launch --config_file accelerate/single_gpu.yaml train.py"));
+    let req = std::fs::read_to_string(out.join("requirements.txt")).unwrap();
+    for p in ["torch==", "transformers==", "trl==", "peft==", "accelerate==", "datasets=="] {
+        assert!(req.contains(p), "{p} not pinned");
+    }
+    // train.py is Python (when python3 is here).
+    match Command::new("python3").arg("-m").arg("py_compile").arg(out.join("train.py")).output() {
+        Ok(o) => assert!(o.status.success(), "train.py: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(_) => eprintln!("python3 not found: train.py not compiled"),
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn committed_example_is_current() {
+    let out = tmp("fixture");
+    export(&out);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    if std::env::var_os("WEBTUNE_BLESS").is_some() {
+        let _ = std::fs::remove_dir_all(&fixture);
+        for f in files(&out) {
+            std::fs::create_dir_all(fixture.join(&f).parent().unwrap()).unwrap();
+            std::fs::copy(out.join(&f), fixture.join(&f)).unwrap();
+        }
+    }
+    assert_eq!(files(&out), files(&fixture), "the files differ from {FIXTURE} (WEBTUNE_BLESS=1 rewrites it)");
+    for f in files(&out) {
+        let a = std::fs::read_to_string(out.join(&f)).unwrap();
+        let b = std::fs::read_to_string(fixture.join(&f)).unwrap();
+        assert!(a == b, "{} differs from {FIXTURE} (WEBTUNE_BLESS=1 rewrites it)", f.display());
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn settings_flags_go_on_top_and_bad_ones_are_named() {
+    let out = tmp("bad");
+    let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(["export-run", "--model", "x.gguf", "--data", "tests/fixtures/export_run/input/train.jsonl"])
+        .args(["--batch", "2", "--grad-accum", "3", "--out"])
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("grad_accum"));
+    let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(["export-run", "--model", "x.gguf", "--data", "tests/fixtures/export_run/input/train.jsonl"])
+        .args(["--loss", "per-token", "--out"])
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = embedded_json(&std::fs::read_to_string(out.join("train.py")).unwrap()).unwrap();
+    assert!(v["model"].is_null(), "an unknown GGUF leaves the model to fill in");
+    assert_eq!(v["settings"]["loss"], "per-token");
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("fill in"));
+    let _ = std::fs::remove_dir_all(&out);
+}
