@@ -162,37 +162,47 @@ fn settings_flags_go_on_top_and_bad_ones_are_named() {
 
 /// webtune's own first step (on the GPU; lavapipe will do) against the exported train.py's
 /// first step under transformers + TRL (tests/fixtures/export_run/trl_first_step.json,
-/// from tests/fixtures/make_export_run_fixture.py): full fine-tuning of the llama fixture,
-/// per-example SFT, a batch of 3 accumulated over 3 micro-batches.
+/// from tests/fixtures/make_export_run_fixture.py) in each loss mode: full fine-tuning of
+/// the llama fixture, a batch of 3 accumulated over 3 micro-batches.
 #[test]
 fn first_step_matches_the_exported_trl_run() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let want: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/export_run/trl_first_step.json")).unwrap(),
-    )
-    .unwrap();
+    let path = root.join("tests/fixtures/export_run/trl_first_step.json");
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(Settings::from_json(&want["settings"]).unwrap(), expected_settings(), "the fixture is of another run");
-    let out = tmp("train");
-    let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
-        .args(["train", "--model", "tests/fixtures/llama", "--data", "tests/fixtures/export_run/input/train.jsonl"])
-        .args(["--method", "full", "--steps", "2", "--batch", "3", "--grad-accum", "3", "--lr", "0.001", "--out"])
-        .arg(&out)
-        .current_dir(root)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "webtune train: {stdout}{}", String::from_utf8_lossy(&o.stderr));
-    let line = stdout.lines().find(|l| l.starts_with("step 1/")).expect("a step 1 line");
-    let w: Vec<&str> = line.split_whitespace().collect();
-    let field = |k: &str| -> f64 { w[w.iter().position(|&x| x == k).unwrap() + 1].parse().unwrap() };
-    let (loss, norm) = (field("loss"), field("grad_norm"));
-    let (tl, tn) = (want["first_step_loss"].as_f64().unwrap(), want["first_step_grad_norm"].as_f64().unwrap());
-    let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
-    eprintln!(
-        "first step: webtune loss {loss} grad_norm {norm}; TRL loss {tl} grad_norm {tn}; relative {dl:.2e} {dn:.2e}"
-    );
-    // The printed loss has 6 decimals and the norm 4: both well inside the tolerances.
-    assert!(dl <= 1e-5, "loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
-    assert!(dn <= 1e-4, "grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
-    let _ = std::fs::remove_dir_all(&out);
+    for mode in ["per-example", "per-token", "all-tokens"] {
+        let out = tmp(&format!("train-{mode}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
+            .args(["train", "--model", "tests/fixtures/llama", "--data", "tests/fixtures/export_run/input/train.jsonl"])
+            .args(["--method", "full", "--steps", "2", "--batch", "3", "--grad-accum", "3", "--lr", "0.001"])
+            .args(["--loss", mode, "--out"])
+            .arg(&out)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "webtune train: {stdout}{}", String::from_utf8_lossy(&o.stderr));
+        let step = |n: u32| -> (f64, f64) {
+            let line = stdout.lines().find(|l| l.starts_with(&format!("step {n}/"))).expect("a step line");
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let field = |k: &str| -> f64 { w[w.iter().position(|&x| x == k).unwrap() + 1].parse().unwrap() };
+            (field("loss"), field("grad_norm"))
+        };
+        let (loss, norm) = step(1);
+        let t = &want["modes"][mode];
+        let (tl, tn) = (t["first_step_loss"].as_f64().unwrap(), t["first_step_grad_norm"].as_f64().unwrap());
+        let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
+        let (loss2, t2) = (step(2).0, t["step_losses"][1].as_f64().unwrap());
+        eprintln!(
+            "{mode}: webtune loss {loss} grad_norm {norm}; TRL {tl} {tn}; relative {dl:.2e} {dn:.2e}; \
+             step 2 loss webtune {loss2} TRL {t2} (relative {:.2e})",
+            (loss2 - t2).abs() / t2
+        );
+        // The printed loss has 6 decimals and the norm 4: both well inside the tolerances.
+        assert!(dl <= 1e-5, "{mode} loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
+        assert!(dn <= 1e-4, "{mode} grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
+        // After one clipped AdamW update at the schedule's first learning rate.
+        assert!((loss2 - t2).abs() / t2 <= 1e-5, "{mode} step 2 loss: webtune {loss2}, TRL {t2}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }
