@@ -206,3 +206,64 @@ fn first_step_matches_the_exported_trl_run() {
         let _ = std::fs::remove_dir_all(&out);
     }
 }
+
+/// `--from-state`: the settings of a saved state (webtune train's OUT/state.safetensors,
+/// on the GPU), with flags given going on top.
+#[test]
+fn from_state_takes_the_runs_settings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tmp("state");
+    let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(["train", "--model", "tests/fixtures/llama", "--data", "tests/fixtures/export_run/input/train.jsonl"])
+        .args(["--method", "lora", "--lora-rank", "4", "--lora-targets", "q_proj,v_proj", "--loss", "per-token"])
+        .args([
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--lr",
+            "0.002",
+            "--schedule",
+            "cosine",
+            "--max-grad-norm",
+            "0",
+            "--out",
+        ])
+        .arg(out.join("run"))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "webtune train: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args([
+            "export-run",
+            "--model",
+            "tests/fixtures/llama",
+            "--data",
+            "tests/fixtures/export_run/input/train.jsonl",
+        ])
+        .arg("--from-state")
+        .arg(out.join("run/state.safetensors"))
+        .args(["--seed", "7", "--out"])
+        .arg(out.join("project"))
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export-run: {}", String::from_utf8_lossy(&o.stderr));
+    let v = embedded_json(&std::fs::read_to_string(out.join("project/train.py")).unwrap()).unwrap();
+    let want = Settings {
+        method: Method::Lora,
+        lora_rank: 4,
+        lora_targets: vec!["q_proj".into(), "v_proj".into()],
+        loss: webtune::train::LossMode::PerToken,
+        steps: Some(1),
+        batch: 2,
+        lr: 2e-3,
+        schedule: webtune::train::ScheduleKind::Cosine,
+        max_grad_norm: 0.0,
+        seed: 7,
+        ..Default::default()
+    };
+    assert_eq!(Settings::from_json(&v["settings"]).unwrap(), want);
+    let _ = std::fs::remove_dir_all(&out);
+}

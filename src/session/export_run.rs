@@ -258,8 +258,10 @@ fn readme(input: &ExportInput) -> String {
          - The loss and its normalisation over the whole accumulated batch (every micro-batch and \
          process of one optimizer step).\n\
          - LoRA rank, alpha, dropout, rsLoRA and target modules (`all-linear` is PEFT's), or full \
-         fine-tuning; AdamW (betas 0.9 / 0.999, eps 1e-8, weight decay), clipping at `max_grad_norm` \
-         (0: off in both), learning rate, schedule (linear, cosine, constant) with linear warm-up, \
+         fine-tuning; AdamW (betas 0.9 / 0.999, eps 1e-8), clipping at `max_grad_norm` \
+         (0: off in both), weight decay on matrices only (transformers leaves out biases and norms, \
+         as webtune does), learning rate, schedule (linear, cosine, constant; webtune's multiplier is \
+         transformers' `lr_lambda`, so the steps' learning rates are the same) with linear warm-up, \
          steps or epochs, examples per step (`batch`) as `per_device_train_batch_size` (webtune's \
          micro-batch) x `gradient_accumulation_steps` x processes, the seed, float32 weights.\n\n\
          ## What does not carry over, and what is used instead\n\n\
@@ -275,10 +277,6 @@ fn readme(input: &ExportInput) -> String {
          generators, not webtune's, so the runs are not the same bit for bit.\n\
          - Validation: an evaluation file is used as given; a `val_share` split is a seeded split of the \
          same share, not webtune's examples. The page's exact-match score and samples are not exported.\n\
-         - The schedule's steps: transformers' warm-up starts at 0 and its decay reaches 0 after the \
-         last step; webtune's may be one step apart.\n\
-         - Weight decay: webtune decays matrices only; transformers decays every weight except biases and \
-         norms (the same set for these models except the embedding, which both decay).\n\
          - The output format (`format`): train.py writes a PEFT adapter or a Hugging Face folder; for \
          GGUF use llama.cpp's `convert_hf_to_gguf.py` on the merged model.\n",
     );
