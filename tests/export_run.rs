@@ -267,3 +267,34 @@ fn from_state_takes_the_runs_settings() {
     assert_eq!(Settings::from_json(&v["settings"]).unwrap(), want);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The exported train.py prepares data as webtune does: its ids and trained masks
+/// (tests/fixtures/export_run/masks.json, from make_export_run_mask_fixture.py with the
+/// SmolLM2 tokenizer: chat, plain and conversational prompt/completion, text, a prompt
+/// cut from the left) equal webtune's own (`webtune::data`).
+#[test]
+fn exported_masks_equal_webtunes() {
+    use webtune::data::{self, DataOptions};
+    use webtune::tokenize::Tokenizer;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap();
+    let tok = Tokenizer::from_hf_bytes(
+        &read("tests/fixtures/smollm2-tokenizer/tokenizer.json"),
+        Some(&read("tests/fixtures/smollm2-tokenizer/tokenizer_config.json")),
+    )
+    .unwrap()
+    .with_chat_template(&String::from_utf8(read("tests/fixtures/smollm2-tokenizer/chat_template.jinja")).unwrap())
+    .unwrap();
+    let want: serde_json::Value = serde_json::from_slice(&read("tests/fixtures/export_run/masks.json")).unwrap();
+    let text = String::from_utf8(read("tests/fixtures/export_run/masks_input.jsonl")).unwrap();
+    let opts = DataOptions { max_len: Some(want["max_len"].as_u64().unwrap() as usize), ..Default::default() };
+    let (got, _) = data::load_jsonl(&tok, "masks_input.jsonl", &text, &opts).unwrap();
+    let want = want["examples"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        let ids: Vec<u32> = serde_json::from_value(w["input_ids"].clone()).unwrap();
+        let trained: Vec<bool> = w["trained"].as_array().unwrap().iter().map(|t| t.as_u64() == Some(1)).collect();
+        assert_eq!(g.ids, ids, "line {}: ids", w["line"]);
+        assert_eq!(g.trained, trained, "line {}: trained mask", w["line"]);
+    }
+}
