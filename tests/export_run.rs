@@ -287,14 +287,17 @@ fn exported_masks_equal_webtunes() {
     .unwrap();
     let want: serde_json::Value = serde_json::from_slice(&read("tests/fixtures/export_run/masks.json")).unwrap();
     let text = String::from_utf8(read("tests/fixtures/export_run/masks_input.jsonl")).unwrap();
-    let opts = DataOptions { max_len: Some(want["max_len"].as_u64().unwrap() as usize), ..Default::default() };
-    let (got, _) = data::load_jsonl(&tok, "masks_input.jsonl", &text, &opts).unwrap();
-    let want = want["examples"].as_array().unwrap();
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(want) {
-        let ids: Vec<u32> = serde_json::from_value(w["input_ids"].clone()).unwrap();
-        let trained: Vec<bool> = w["trained"].as_array().unwrap().iter().map(|t| t.as_u64() == Some(1)).collect();
-        assert_eq!(g.ids, ids, "line {}: ids", w["line"]);
-        assert_eq!(g.trained, trained, "line {}: trained mask", w["line"]);
+    let max_len = Some(want["max_len"].as_u64().unwrap() as usize);
+    for (key, last_turn_only) in [("examples", false), ("last_turn_only", true)] {
+        let opts = DataOptions { max_len, last_turn_only, ..Default::default() };
+        let (got, _) = data::load_jsonl(&tok, "masks_input.jsonl", &text, &opts).unwrap();
+        let want = want[key].as_array().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            let ids: Vec<u32> = serde_json::from_value(w["input_ids"].clone()).unwrap();
+            let trained: Vec<bool> = w["trained"].as_array().unwrap().iter().map(|t| t.as_u64() == Some(1)).collect();
+            assert_eq!(g.ids, ids, "{key} line {}: ids", w["line"]);
+            assert_eq!(g.trained, trained, "{key} line {}: trained mask", w["line"]);
+        }
     }
 }
