@@ -13,10 +13,7 @@ impl<'g> Session<'g> {
     /// known, else the name the model was loaded under.
     pub fn base_model_id(&self) -> String {
         let name = self.meta.as_ref().map(|m| m.name.as_str()).unwrap_or("");
-        match name {
-            n if n.to_lowercase().contains("smollm2-135m-instruct") => "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
-            n => n.to_string(),
-        }
+        super::export_run::known_hub_id(name).map(str::to_string).unwrap_or_else(|| name.to_string())
     }
 
     /// The trained model in `format` (None: the settings' format), as named files.

@@ -8,6 +8,7 @@
 pub mod dataset;
 mod evaluate;
 mod export;
+pub mod export_run;
 pub mod model_files;
 mod report;
 pub mod settings;

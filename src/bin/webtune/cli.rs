@@ -96,6 +96,9 @@ enum Cmd {
         #[command(flatten)]
         s: SettingsArgs,
     },
+    /// Write the run as a transformers + TRL + PEFT + accelerate project in --out (train.py,
+    /// the data, accelerate configs, requirements.txt, README.md). Needs no GPU.
+    ExportRun(Box<ExportRunArgs>),
     /// Time full fine-tuning steps after warm-up: tokens/s, ms per step and per kernel,
     /// and the matmuls' GFLOP/s.
     Bench {
@@ -271,6 +274,64 @@ pub struct TrainArgs {
     pub s: SettingsArgs,
 }
 
+#[derive(Args)]
+pub struct ExportRunArgs {
+    /// The base model: a hub id, a Hugging Face folder, or a .gguf file (its Hugging Face
+    /// source when known; else the project says to fill it in).
+    #[arg(long)]
+    pub model: String,
+    /// Training data, JSONL (copied as it is).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluation data, JSONL.
+    #[arg(long)]
+    pub valid: Option<PathBuf>,
+    /// A PEFT adapter folder to continue training from.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Take the settings of a saved state (OUT/state.safetensors); flags given go on top.
+    #[arg(long)]
+    pub from_state: Option<PathBuf>,
+    /// The project folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub s: SettingsArgs,
+}
+
+/// `webtune export-run`.
+fn export_run(a: &ExportRunArgs) -> Result<()> {
+    use webtune::session::export_run::{export_run, state_settings, ExportInput, ExportModel};
+    let base = match &a.from_state {
+        Some(p) => state_settings(&std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))?)?,
+        None => Settings::default(),
+    };
+    let settings = a.s.apply(&base)?;
+    let model = ExportModel::from_arg(&a.model);
+    let train = read_text(&a.data)?;
+    let eval = a.valid.as_deref().map(read_text).transpose()?;
+    let adapter = a.adapter.as_ref().map(|p| std::path::absolute(p).unwrap_or(p.clone()).display().to_string());
+    let input = ExportInput {
+        settings: &settings,
+        model: &model,
+        train: &train,
+        eval: eval.as_deref(),
+        adapter: adapter.as_deref(),
+    };
+    for (name, bytes) in export_run(&input)? {
+        let path = a.out.join(&name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+        }
+        std::fs::write(&path, bytes).map_err(|e| Error::io(path.display().to_string(), e))?;
+    }
+    if let Some(n) = &model.note {
+        eprintln!("note: {n}");
+    }
+    eprintln!("wrote {}: accelerate launch --config_file accelerate/single_gpu.yaml train.py", a.out.display());
+    Ok(())
+}
+
 /// Hub download progress on stderr: one line per file and about every 10% (or 64 MiB
 /// when the size is unknown).
 fn progress_printer() -> impl FnMut(Progress) {
@@ -328,6 +389,9 @@ fn whole_examples(s: &SettingsArgs) -> Result<Settings> {
 
 pub async fn run() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::ExportRun(a) = &cli.cmd {
+        return export_run(a);
+    }
     let gpu = Gpu::new().await?;
     match cli.cmd {
         Cmd::Tokenize { model, text, chat, data, line, s } => {
@@ -429,6 +493,7 @@ pub async fn run() -> Result<()> {
             eprintln!("loss {loss:.6} ({mode}); wrote {} gradients to {}", grads.len(), out.display());
         }
         Cmd::Train(args) => train::train(&gpu, *args).await?,
+        Cmd::ExportRun(_) => unreachable!("handled before the GPU is opened"),
         Cmd::Bench { model, preset, batch, seq, steps, warmup, loss, no_profile } => {
             crate::bench::bench(&gpu, model, preset, batch, seq, steps, warmup, loss, !no_profile).await?;
         }
