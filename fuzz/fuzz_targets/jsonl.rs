@@ -1,10 +1,9 @@
 //! The JSONL dataset parser must never panic, whatever the bytes: every line either
 //! becomes a record or a typed error naming its line.
 //!
-//! Run (verified with the stable toolchain; `--dev --sanitizer none` keeps the build of
-//! the whole crate light):
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run --dev --sanitizer none jsonl -- -max_total_time=20`
-//! (`cargo +nightly fuzz run jsonl` with a nightly toolchain and AddressSanitizer).
+//! Run: `cargo +nightly fuzz run jsonl` (from fuzz/), or every target briefly with
+//! `bash scripts/fuzz-smoke.sh`. The fuzz crate builds webtune without its `gpu` feature,
+//! so the instrumented build is the parsers and their dependencies only.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -508,13 +508,19 @@ impl<'a> Gguf<'a> {
             let ty = GgmlType::from_id(ty_id)
                 .ok_or_else(|| r.err(format!("tensor `{name}` has unknown ggml type {ty_id}")))?;
             let offset = r.u64(&|| format!("data offset of tensor `{name}`"))?;
-            let n_values = dims
+            // Bound the product of the non-zero dimensions, not just the value count: with
+            // a 0 among them the count is 0 whatever the others are, and a shape of
+            // [2^40, 2^40, 0] would overflow whoever multiplies it in another order (as
+            // `shape().iter().product()` does).
+            let span = dims
                 .iter()
+                .filter(|&&d| d != 0)
                 .try_fold(1u64, |n, &d| n.checked_mul(d))
                 .filter(|&n| n <= bytes.len() as u64 * 8)
                 .ok_or_else(|| {
                     r.err(format!("tensor `{name}` has dimensions {dims:?}: too many values for the file"))
                 })?;
+            let n_values = if dims.contains(&0) { 0 } else { span };
             if dims.first().copied().unwrap_or(1) % ty.block_values as u64 != 0 {
                 return Err(r.err(format!(
                     "tensor `{name}` ({}) has {} values per row, not a multiple of its block size {}",
@@ -532,7 +538,9 @@ impl<'a> Gguf<'a> {
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(r.err(format!("duplicate tensor name `{name}`")));
             }
-            let (Ok(n_values), Ok(n_bytes)) = (usize::try_from(n_values), usize::try_from(n_bytes)) else {
+            let (Ok(n_values), Ok(n_bytes), Ok(_)) =
+                (usize::try_from(n_values), usize::try_from(n_bytes), usize::try_from(span))
+            else {
                 return Err(r.err(format!("tensor `{name}` has dimensions {dims:?}: too large for this platform")));
             };
             tensors.push(TensorInfo { name, dims, ty, offset, n_values, n_bytes });
@@ -630,4 +638,72 @@ pub fn dequantize(file: &str, t: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>> 
     let v = f(bytes);
     debug_assert_eq!(v.len(), t.n_values);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 file with no metadata and one tensor info: `t`, `dims`, ggml type `ty`,
+    /// offset 0, then zero padding to the alignment and `data` bytes of data.
+    fn one_tensor(dims: &[u64], ty: u32, data: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&0u64.to_le_bytes()); // metadata
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b't');
+        b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.resize(b.len().next_multiple_of(DEFAULT_ALIGNMENT as usize) + data, 0);
+        b
+    }
+
+    /// Found by the fuzz target (fuzz/fuzz_targets/gguf.rs): a tensor with a 0 dimension
+    /// and two of 2^40 parsed as 0 values, and its `shape().iter().product()` then
+    /// overflowed (a panic with overflow checks, a wrapped size without).
+    #[test]
+    fn zero_dimension_beside_huge_ones_is_refused() {
+        let bytes = one_tensor(&[32, 0, 1 << 40, 1 << 40], 0, 0);
+        let e = Gguf::parse("zero.gguf", &bytes).unwrap_err().to_string();
+        assert!(e.contains("too many values for the file"), "{e}");
+    }
+
+    /// The fuzzer's own input: an unnamed tensor of dims [2^50, 0, ~2^62, ~2^51].
+    #[test]
+    fn fuzz_crash_zero_dim_product_overflow() {
+        const CRASH: &[u8] = &[
+            0x47, 0x47, 0x55, 0x46, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x51, 0x38, 0x5f, 0x31, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x49, 0x92, 0x24, 0x49, 0x92, 0x24, 0x49, 0x02, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x60, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+            0x34, 0x01,
+        ];
+        assert_eq!(CRASH.len(), 146);
+        if let Ok(g) = Gguf::parse("crash.gguf", CRASH) {
+            for t in &g.tensors {
+                let shape = t.shape();
+                assert!(shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_some(), "{:?}", t.dims);
+            }
+        }
+    }
+
+    /// A tensor with a 0 dimension and sane other ones still parses, as 0 values.
+    #[test]
+    fn zero_dimension_tensor_parses_empty() {
+        let bytes = one_tensor(&[32, 0, 4], 0, 0);
+        let g = Gguf::parse("empty.gguf", &bytes).unwrap();
+        assert_eq!(g.tensors[0].n_values, 0);
+        assert_eq!(g.tensors[0].shape(), vec![4, 0, 32]);
+        assert!(g.dequantize(&g.tensors[0]).unwrap().is_empty());
+    }
 }

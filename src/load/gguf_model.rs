@@ -9,10 +9,13 @@
 //! - GPT-2's Conv1D weights (in, out) were transposed to (out, in); they are transposed back.
 
 use super::gguf::{Gguf, TensorInfo, Value};
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub use super::upload::model_from_gguf_file;
+#[cfg(feature = "gpu")]
+pub use super::upload::{model_from_gguf_bytes, model_from_gguf_bytes_lora};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::model::{Arch, Model, ModelConfig, ParamSpec};
-use crate::ops::rope::default_inv_freq;
+use crate::model::config::default_inv_freq;
+use crate::model::{Arch, ModelConfig, ParamSpec};
 
 /// What the tokenizer and chat side need from a GGUF file's `tokenizer.*` metadata. Fields
 /// the file lacks are empty / `None`.
@@ -507,42 +510,4 @@ impl GgufInfo {
             tensor_types,
         })
     }
-}
-
-/// Build a model from the bytes of a GGUF file (`name` names it in errors).
-pub fn model_from_gguf_bytes(gpu: &Gpu, name: &str, bytes: &[u8]) -> Result<(Model, GgufInfo)> {
-    model_from_gguf_bytes_lora(gpu, name, bytes, None)
-}
-
-/// `model_from_gguf_bytes` with LoRA adapters on a frozen base when `lora` is given.
-pub fn model_from_gguf_bytes_lora(
-    gpu: &Gpu,
-    name: &str,
-    bytes: &[u8],
-    lora: Option<&crate::model::LoraConfig>,
-) -> Result<(Model, GgufInfo)> {
-    let g = Gguf::parse(name, bytes)?;
-    let info = GgufInfo::from_gguf(&g)?;
-    let cfg = config_from_gguf(&g)?;
-    if cfg.arch == Arch::Gpt2 {
-        // The converter writes GPT-2's tied head as a copy of the embedding; the engine
-        // ties them, so a different `output.weight` cannot be honoured.
-        if let (Some(o), Some(e)) = (g.tensor("output.weight"), g.tensor("token_embd.weight")) {
-            if o.ty != e.ty || g.tensor_bytes(o) != g.tensor_bytes(e) {
-                return Err(Error::Weights(format!(
-                    "{name}: GPT-2 `output.weight` differs from `token_embd.weight`; only a tied head is supported"
-                )));
-            }
-        }
-    }
-    let model_cfg = cfg.clone();
-    let model = Model::build(gpu, cfg, lora, |spec| tensor_for(&g, &model_cfg, spec))?;
-    Ok((model, info))
-}
-
-/// A GGUF file on disk.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn model_from_gguf_file(gpu: &Gpu, path: &std::path::Path) -> Result<(Model, GgufInfo)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path.display().to_string(), e))?;
-    model_from_gguf_bytes(gpu, &path.display().to_string(), &bytes)
 }

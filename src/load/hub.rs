@@ -11,9 +11,9 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub use super::upload::model_from_hub;
 use crate::error::{Error, HubErrorKind, Result};
-use crate::gpu::Gpu;
-use crate::model::Model;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub const DEFAULT_REVISION: &str = "main";
@@ -201,14 +201,9 @@ impl HubFiles {
         std::str::from_utf8(bytes).map_err(|_| Error::Config(format!("{}/config.json is not UTF-8", self.repo.id)))
     }
 
-    /// `(name, bytes)` of every weights file, as [`super::model_from_hf_bytes`] takes them.
+    /// `(name, bytes)` of every weights file, as `model_from_hf_bytes` takes them.
     pub fn shards(&self) -> Vec<(&str, &[u8])> {
         self.weights.iter().filter_map(|n| self.files.get(n).map(|b| (n.as_str(), b.as_slice()))).collect()
-    }
-
-    /// Build the model on `gpu`.
-    pub fn model(&self, gpu: &Gpu) -> Result<Model> {
-        super::model_from_hf_bytes(gpu, self.config_json()?, &self.shards())
     }
 }
 
@@ -260,12 +255,6 @@ pub async fn fetch_model(hub: &Hub, repo: &HubRepo, progress: &mut dyn FnMut(Pro
         }
     }
     Ok(HubFiles { repo: repo.clone(), files, weights })
-}
-
-/// [`fetch_model`], then build the model on `gpu`.
-#[cfg(not(target_arch = "wasm32"))]
-pub async fn model_from_hub(gpu: &Gpu, hub: &Hub, repo: &HubRepo, progress: &mut dyn FnMut(Progress)) -> Result<Model> {
-    fetch_model(hub, repo, progress).await?.model(gpu)
 }
 
 /// One file: its bytes, `None` for a 404 on an optional file, or a typed error.

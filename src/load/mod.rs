@@ -1,49 +1,30 @@
 //! Model files in: Hugging Face folders (config.json + safetensors) and GGUF files, from bytes, so the
 //! same code serves files on disk, files the browser hands over, and fetched responses.
 
+//!
+//! Parsing is host-side: every file becomes plain Rust data (tensor views, f32 values,
+//! configs, tokenizers) without a GPU, which is what the fuzz targets exercise. Building
+//! a [`Model`](crate::model::Model) on the GPU from them is `upload`, behind the `gpu`
+//! feature.
+
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hub;
 pub mod safetensors;
+#[cfg(feature = "gpu")]
+mod upload;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub use gguf_model::model_from_gguf_file;
-pub use gguf_model::{model_from_gguf_bytes, model_from_gguf_bytes_lora, GgufInfo, GgufTokenizer};
+pub use gguf_model::{GgufInfo, GgufTokenizer};
+#[cfg(feature = "gpu")]
+pub use upload::{
+    model_from_gguf_bytes, model_from_gguf_bytes_lora, model_from_hf_bytes, model_from_hf_bytes_lora, Loaded,
+};
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub use upload::{model_from_gguf_file, model_from_hf_dir, model_from_hf_dir_lora};
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::model::{LoraConfig, Model, ModelConfig};
 use crate::tokenize::Tokenizer;
-
-/// Build a model from `config.json` text and one or more safetensors files (shards).
-pub fn model_from_hf_bytes(gpu: &Gpu, config_json: &str, shards: &[(&str, &[u8])]) -> Result<Model> {
-    model_from_hf_bytes_lora(gpu, config_json, shards, None)
-}
-
-/// `model_from_hf_bytes` with LoRA adapters on a frozen base when `lora` is given.
-pub fn model_from_hf_bytes_lora(
-    gpu: &Gpu,
-    config_json: &str,
-    shards: &[(&str, &[u8])],
-    lora: Option<&LoraConfig>,
-) -> Result<Model> {
-    let cfg = ModelConfig::from_hf_json(config_json)?;
-    let files = shards.iter().map(|(name, bytes)| safetensors::File::parse(name, bytes)).collect::<Result<Vec<_>>>()?;
-    Model::build(gpu, cfg, lora, |spec| {
-        for f in &files {
-            if let Some(t) = f.find(&spec.name) {
-                return t.to_f32(&spec.shape);
-            }
-        }
-        Err(Error::Weights(format!(
-            "tensor `{}` (shape {:?}) is missing from {}",
-            spec.name,
-            spec.shape,
-            shards.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
-        )))
-    })
-}
 
 /// The shard file names a `model.safetensors.index.json` lists in its `weight_map`, each
 /// once (ordered by the first tensor name that maps to it).
@@ -109,64 +90,6 @@ impl ModelSource {
         }
         hub::HubRepo::parse(arg).map(ModelSource::Hub)
     }
-
-    /// The model (with LoRA adapters on a frozen base when `lora` is given) and what came
-    /// with it: its tokenizer, and what the exporters need.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub async fn load_with(
-        &self,
-        gpu: &Gpu,
-        hub: &hub::Hub,
-        lora: Option<&LoraConfig>,
-        progress: &mut dyn FnMut(hub::Progress),
-    ) -> Result<Loaded> {
-        match self {
-            ModelSource::Gguf(p) => {
-                let bytes = std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))?;
-                let (model, info) = model_from_gguf_bytes_lora(gpu, &p.display().to_string(), &bytes, lora)?;
-                let tokenizer = Some(Tokenizer::from_gguf(&info.tokenizer, info.chat_template.as_deref())?);
-                Ok(Loaded { model, tokenizer, config_json: None, gguf: Some(info) })
-            }
-            ModelSource::HfDir(dir) => {
-                let model = model_from_hf_dir_lora(gpu, dir, lora)?;
-                let read = |n: &str| std::fs::read(dir.join(n)).ok();
-                let config_json = read("config.json").and_then(|b| String::from_utf8(b).ok());
-                let tokenizer =
-                    hf_tokenizer(read("tokenizer.json"), read("tokenizer_config.json"), read("chat_template.jinja"))?;
-                Ok(Loaded { model, tokenizer, config_json, gguf: None })
-            }
-            ModelSource::Hub(repo) => {
-                let files = hub::fetch_model(hub, repo, progress).await?;
-                let config = files.config_json()?.to_string();
-                let model = model_from_hf_bytes_lora(gpu, &config, &files.shards(), lora)?;
-                let get = |n: &str| files.get(n).map(|b| b.to_vec());
-                let tokenizer =
-                    hf_tokenizer(get("tokenizer.json"), get("tokenizer_config.json"), get("chat_template.jinja"))?;
-                Ok(Loaded { model, tokenizer, config_json: Some(config), gguf: None })
-            }
-        }
-    }
-
-    /// Load the model: from disk, or fetched from `hub` (progress per file).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub async fn load(&self, gpu: &Gpu, hub: &hub::Hub, progress: &mut dyn FnMut(hub::Progress)) -> Result<Model> {
-        match self {
-            ModelSource::Gguf(p) => gguf_model::model_from_gguf_file(gpu, p).map(|(m, _)| m),
-            ModelSource::HfDir(p) => model_from_hf_dir(gpu, p),
-            ModelSource::Hub(repo) => hub::model_from_hub(gpu, hub, repo, progress).await,
-        }
-    }
-}
-
-/// A loaded model and what its source provided besides the weights.
-pub struct Loaded {
-    pub model: Model,
-    /// From tokenizer.json (+ tokenizer_config.json, chat_template.jinja) or the GGUF.
-    pub tokenizer: Option<Tokenizer>,
-    /// The Hugging Face config.json text (folders and hub repositories).
-    pub config_json: Option<String>,
-    /// The GGUF metadata (GGUF files).
-    pub gguf: Option<GgufInfo>,
 }
 
 /// A Hugging Face tokenizer from its files, when tokenizer.json is there.
@@ -181,30 +104,4 @@ pub fn hf_tokenizer(
         t = t.with_chat_template(&src)?;
     }
     Ok(Some(t))
-}
-
-/// A Hugging Face folder on disk: `config.json` and `model.safetensors`, or the shards
-/// listed by `model.safetensors.index.json`.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn model_from_hf_dir(gpu: &Gpu, dir: &std::path::Path) -> Result<Model> {
-    model_from_hf_dir_lora(gpu, dir, None)
-}
-
-/// `model_from_hf_dir` with LoRA adapters on a frozen base when `lora` is given.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn model_from_hf_dir_lora(gpu: &Gpu, dir: &std::path::Path, lora: Option<&LoraConfig>) -> Result<Model> {
-    let read = |name: &str| {
-        let p = dir.join(name);
-        std::fs::read(&p).map_err(|e| Error::io(p.display().to_string(), e))
-    };
-    let config = String::from_utf8(read("config.json")?)
-        .map_err(|_| Error::Config(format!("{}/config.json is not UTF-8", dir.display())))?;
-    let names = if dir.join("model.safetensors").exists() {
-        vec!["model.safetensors".to_string()]
-    } else {
-        shard_names("model.safetensors.index.json", &read("model.safetensors.index.json")?)?
-    };
-    let data = names.iter().map(|n| read(n)).collect::<Result<Vec<_>>>()?;
-    let shards: Vec<(&str, &[u8])> = names.iter().map(|n| n.as_str()).zip(data.iter().map(|d| d.as_slice())).collect();
-    model_from_hf_bytes_lora(gpu, &config, &shards, lora)
 }

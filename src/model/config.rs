@@ -3,7 +3,16 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::ops::rope::default_inv_freq;
+
+/// The largest head size the attention kernel (shaders/attention.wgsl) takes: it keeps a
+/// head's row in registers as at most 32 vec4s.
+pub const MAX_HEAD_SIZE: usize = 128;
+
+/// HF's `1 / theta^(arange(0, d, 2) / d)`, each step in f32 as torch computes it, so the
+/// angles (and hence the model's outputs) match the checkpoint's training bit for bit.
+pub fn default_inv_freq(theta: f32, d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32)).collect()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -196,11 +205,10 @@ impl ModelConfig {
             )));
         }
         // The attention kernel keeps a head's row in registers, 4 lanes at a time.
-        if !self.head_dim.is_multiple_of(4) || self.head_dim > crate::ops::attention::MAX_HEAD_SIZE {
+        if !self.head_dim.is_multiple_of(4) || self.head_dim > MAX_HEAD_SIZE {
             return Err(Error::Config(format!(
                 "head size {} is not supported (a multiple of 4, at most {})",
-                self.head_dim,
-                crate::ops::attention::MAX_HEAD_SIZE
+                self.head_dim, MAX_HEAD_SIZE
             )));
         }
         Ok(())

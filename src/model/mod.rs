@@ -1,32 +1,56 @@
 //! A decoder-only transformer on the GPU: its configuration, its parameters (named as in
 //! the Hugging Face checkpoint), one forward + backward pass over a micro-batch, and
 //! incremental decoding with a KV cache for generation.
+//!
+//! The configuration (`config`) and the parameter specs (`spec`) are host-side; the rest
+//! needs the `gpu` feature.
 
+#[cfg(feature = "gpu")]
 pub mod arch;
 pub mod config;
+#[cfg(feature = "gpu")]
 pub mod generate;
+#[cfg(feature = "gpu")]
 pub mod lora;
+#[cfg(feature = "gpu")]
 pub mod memory;
+#[cfg(feature = "gpu")]
 pub mod params;
+#[cfg(feature = "gpu")]
 mod pass;
+#[cfg(feature = "gpu")]
 pub mod presets;
+pub mod spec;
+#[cfg(feature = "gpu")]
 mod workspace;
 
+#[cfg(feature = "gpu")]
 pub use arch::ModelP;
 pub use config::{Arch, ModelConfig};
+#[cfg(feature = "gpu")]
 pub use generate::{generate, Decoder, GenerateConfig, Generation, Sampler, Sampling, StopReason};
+#[cfg(feature = "gpu")]
 pub use lora::{LoraConfig, LoraShape};
-pub use params::{ParamSpec, ParamStore, Pid};
+#[cfg(feature = "gpu")]
+pub use params::ParamStore;
+#[cfg(feature = "gpu")]
 pub use pass::{Head, LoraIo};
+pub use spec::{ParamSpec, Pid};
+#[cfg(feature = "gpu")]
 pub use workspace::{Inputs, LayerActs, LoraActs, Workspace, WorkspaceOpts, HEAD_CHUNK};
 
+#[cfg(feature = "gpu")]
 use crate::error::Result;
+#[cfg(feature = "gpu")]
 use crate::gpu::Gpu;
+#[cfg(feature = "gpu")]
 use crate::ops::rope::RopeTable;
 
 /// Largest position the RoPE table covers (memory: 2 * P * D/2 floats).
+#[cfg(feature = "gpu")]
 const MAX_ROPE_POSITIONS: usize = 32768;
 
+#[cfg(feature = "gpu")]
 pub struct Model {
     pub cfg: ModelConfig,
     pub params: ParamStore,
@@ -36,6 +60,7 @@ pub struct Model {
     pub lora: Option<LoraConfig>,
 }
 
+#[cfg(feature = "gpu")]
 impl Model {
     /// Build the model, taking each parameter's values from `tensor(spec)` (a loader
     /// checks names and shapes and converts dtypes).

@@ -5,29 +5,12 @@
 
 use std::collections::HashMap;
 
+pub use super::spec::{ParamSpec, Pid};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 
 /// Elements per alignment unit: 64 f32 = 256 bytes, WebGPU's storage offset alignment.
 const ALIGN: usize = 64;
-
-#[derive(Clone, Debug)]
-pub struct ParamSpec {
-    /// The Hugging Face name, e.g. `model.layers.0.self_attn.q_proj.weight`.
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub trainable: bool,
-}
-
-impl ParamSpec {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-    /// Weight decay goes to matrices only, as the HF Trainer does (not biases, not norms).
-    pub fn decay(&self) -> bool {
-        self.shape.len() >= 2
-    }
-}
 
 /// Where a parameter sits: arena `arena`, elements `[offset, offset + numel)`.
 #[derive(Clone, Debug)]
@@ -54,9 +37,6 @@ pub struct ParamStore {
     pub arenas: Vec<Arena>,
     index: HashMap<String, usize>,
 }
-
-/// Parameter id: an index into `ParamStore::specs`.
-pub type Pid = usize;
 
 impl ParamStore {
     /// Lay out `specs` in arenas no larger than one binding, fill them from `init` (called

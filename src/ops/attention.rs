@@ -15,8 +15,9 @@ const BLOCK: u32 = 64;
 /// vec4s per workgroup tile: two tiles (2 * 480 vec4) plus the rows' segments (64 u32) and
 /// statistics (64 vec2) take 16128 bytes, under WebGPU's default 16 KiB.
 const TILE_VEC: u32 = 480;
-/// Head rows live in registers as at most MAXV vec4s.
-pub const MAX_HEAD_SIZE: usize = 128;
+/// Head rows live in registers as at most MAXV vec4s (MAX_HEAD_SIZE is defined with the
+/// model configuration, which checks it without a GPU).
+pub use crate::model::config::MAX_HEAD_SIZE;
 const MAXV: u32 = (MAX_HEAD_SIZE / 4) as u32;
 
 #[repr(C)]

@@ -18,11 +18,8 @@ struct Params {
     max_pos: u32,
 }
 
-/// HF's `1 / theta^(arange(0, d, 2) / d)`, each step in f32 as torch computes it, so the
-/// angles (and hence the model's outputs) match the checkpoint's training bit for bit.
-pub fn default_inv_freq(theta: f32, d: usize) -> Vec<f32> {
-    (0..d / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32)).collect()
-}
+/// (Defined with the model configuration, which the host-side loaders build without a GPU.)
+pub use crate::model::config::default_inv_freq;
 
 /// cos and sin of every (position, frequency) angle, built on the host: the angle is the
 /// f32 product HF's matmul gives, its cos/sin taken in f64 and rounded once to f32.
