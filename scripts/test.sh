@@ -69,10 +69,18 @@ cargo clippy --all-targets -- -D warnings
 phase "clippy ($WASM: lib and browser tests)"
 cargo clippy --target "$WASM" --features test-hooks --lib --test wasm -- -D warnings
 
+phase "clippy (parsers alone: --no-default-features, no wgpu)"
+cargo clippy --no-default-features --lib -- -D warnings
+
 # --- 3. Native tests on Vulkan (lavapipe in CI) ----------------------------------------
 # Every test binary; each shares one device among its tests.
 phase "native tests (WGPU_BACKEND=$WGPU_BACKEND cargo test)"
 cargo test --no-fail-fast -- --test-threads="$TEST_THREADS"
+
+# --- 3b. A short, bounded fuzz run of the parsers (GGUF, safetensors, JSONL) -------------
+# Installs nightly + cargo-fuzz when missing; the instrumented build leaves the GPU out.
+phase "fuzz smoke (scripts/fuzz-smoke.sh)"
+bash scripts/fuzz-smoke.sh
 
 # --- 4. Browser end-to-end tests (Playwright, tests/e2e/) --------------------------------
 # The page in headless Chromium: the engine demo trains and its loss falls, the no-WebGPU
