@@ -301,3 +301,119 @@ fn exported_masks_equal_webtunes() {
         }
     }
 }
+
+/// webtune train's stdout and its step lines' loss and grad_norm.
+fn train(args: &[&str], out: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(["train", "--data", "tests/fixtures/export_run/input/train.jsonl"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "webtune train: {stdout}{}", String::from_utf8_lossy(&o.stderr));
+    stdout
+}
+
+fn step_line(stdout: &str, n: u32) -> (f64, f64) {
+    let line = stdout.lines().find(|l| l.starts_with(&format!("step {n}/"))).expect("a step line");
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let field = |k: &str| -> f64 { w[w.iter().position(|&x| x == k).unwrap() + 1].parse().unwrap() };
+    (field("loss"), field("grad_norm"))
+}
+
+/// LoRA: webtune's first step continuing from tests/fixtures/export_run/lora_adapter (the
+/// adapter `webtune train --method lora --lora-rank 4 --steps 1 --lr 0` wrote: webtune's
+/// initial A, B zero) against the exported train.py continuing from the same adapter under
+/// TRL + PEFT (tests/fixtures/export_run/trl_lora_first_step.json), in each loss mode. Both
+/// gradient norms are over the LoRA parameters only (the only ones with gradients on either
+/// side). Then the adapter train.py saved
+/// (per-example, after 2 steps) loads back into webtune.
+#[test]
+fn lora_first_step_matches_the_exported_trl_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("tests/fixtures/export_run/trl_lora_first_step.json");
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let settings = Settings::from_json(&want["settings"]).unwrap();
+    assert_eq!(settings, Settings { method: Method::Lora, ..expected_settings() }, "the fixture is of another run");
+    assert_eq!(want["adapter"], "tests/fixtures/export_run/lora_adapter");
+    let adapter = "tests/fixtures/export_run/lora_adapter";
+    for mode in ["per-example", "per-token", "all-tokens"] {
+        let out = tmp(&format!("lora-{mode}"));
+        let args = [
+            "--model",
+            "tests/fixtures/llama",
+            "--method",
+            "lora",
+            "--adapter",
+            adapter,
+            "--steps",
+            "2",
+            "--batch",
+            "3",
+            "--grad-accum",
+            "3",
+        ];
+        let stdout = train(&[&args[..], &["--lr", "0.001", "--loss", mode]].concat(), &out);
+        let (loss, norm) = step_line(&stdout, 1);
+        let t = &want["modes"][mode];
+        let (tl, tn) = (t["first_step_loss"].as_f64().unwrap(), t["first_step_grad_norm"].as_f64().unwrap());
+        let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
+        let (loss2, t2) = (step_line(&stdout, 2).0, t["step_losses"][1].as_f64().unwrap());
+        let dl2 = (loss2 - t2).abs() / t2;
+        eprintln!(
+            "lora {mode}: webtune loss {loss} grad_norm {norm}; TRL {tl} {tn}; relative {dl:.2e} {dn:.2e}; \
+             step 2 loss webtune {loss2} TRL {t2} (relative {dl2:.2e})"
+        );
+        assert!(dl <= 1e-5, "lora {mode} loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
+        assert!(dn <= 1e-4, "lora {mode} grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
+        assert!(dl2 <= 1e-5, "lora {mode} step 2 loss: webtune {loss2}, TRL {t2} (relative {dl2:.2e})");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    // The adapter train.py saved loads back into webtune (continuing from it at lr 0: its
+    // loss is below TRL's step-2 loss, so its B is read and no longer zero). (The llama
+    // fixture has no tokenizer, so `webtune generate` can't run on it.)
+    let out = tmp("lora-trained");
+    let args =
+        ["--model", "tests/fixtures/llama", "--method", "lora", "--adapter", "tests/fixtures/export_run/lora_trained"];
+    let args = [&args[..], &["--steps", "1"]].concat();
+    let stdout = train(&[&args[..], &["--batch", "3", "--grad-accum", "3", "--lr", "0"]].concat(), &out);
+    let (loss, _) = step_line(&stdout, 1);
+    let t2 = want["modes"]["per-example"]["step_losses"][1].as_f64().unwrap();
+    eprintln!("lora: webtune's loss with the adapter train.py saved {loss} (TRL's step 2 loss {t2})");
+    assert!(loss < t2, "the saved adapter's loss {loss} is not below TRL's step-2 loss {t2}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Qwen2 (tests/fixtures/qwen2: q, k and v biases, a different RoPE base): webtune's full
+/// fine-tuning steps 1 and 2 against the exported train.py's on it under TRL
+/// (tests/fixtures/export_run/trl_qwen2_first_step.json), in each loss mode.
+#[test]
+fn qwen2_first_step_matches_the_exported_trl_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("tests/fixtures/export_run/trl_qwen2_first_step.json");
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(Settings::from_json(&want["settings"]).unwrap(), expected_settings(), "the fixture is of another run");
+    assert_eq!(want["model"], "tests/fixtures/qwen2");
+    for mode in ["per-example", "per-token", "all-tokens"] {
+        let out = tmp(&format!("qwen2-{mode}"));
+        let args = ["--model", "tests/fixtures/qwen2", "--method", "full", "--steps", "2", "--batch", "3"];
+        let stdout = train(&[&args[..], &["--grad-accum", "3", "--lr", "0.001", "--loss", mode]].concat(), &out);
+        let (loss, norm) = step_line(&stdout, 1);
+        let t = &want["modes"][mode];
+        let (tl, tn) = (t["first_step_loss"].as_f64().unwrap(), t["first_step_grad_norm"].as_f64().unwrap());
+        let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
+        let (loss2, t2) = (step_line(&stdout, 2).0, t["step_losses"][1].as_f64().unwrap());
+        let dl2 = (loss2 - t2).abs() / t2;
+        eprintln!(
+            "qwen2 {mode}: webtune loss {loss} grad_norm {norm}; TRL {tl} {tn}; relative {dl:.2e} {dn:.2e}; \
+             step 2 loss webtune {loss2} TRL {t2} (relative {dl2:.2e})"
+        );
+        assert!(dl <= 1e-5, "qwen2 {mode} loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
+        assert!(dn <= 1e-4, "qwen2 {mode} grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
+        assert!(dl2 <= 1e-5, "qwen2 {mode} step 2 loss: webtune {loss2}, TRL {t2} (relative {dl2:.2e})");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
