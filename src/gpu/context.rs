@@ -38,6 +38,8 @@ pub struct Gpu {
     /// background tab, `device.destroy()`), so a caller can tell a lost device from a
     /// failing step and start over from a checkpoint.
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Dispatches, bind groups, buffers, uploads, readbacks and submits so far.
+    pub counters: super::Counters,
 }
 
 impl Gpu {
@@ -101,6 +103,7 @@ impl Gpu {
         let flag = lost.clone();
         device.set_device_lost_callback(move |_reason, _msg| flag.store(true, std::sync::atomic::Ordering::Relaxed));
         Gpu {
+            counters: Default::default(),
             lost,
             matmul_reg,
             dummy,
@@ -150,6 +153,7 @@ impl Gpu {
     pub fn zeros(&self, label: &str, len: usize) -> Result<Tensor> {
         let bytes = (len.max(1) as u64 * 4).next_multiple_of(16);
         self.check_fits(label, bytes)?;
+        self.counters.buffer(bytes);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
@@ -172,6 +176,8 @@ impl Gpu {
         if bytes.is_empty() {
             return self.zeros(label, 0);
         }
+        self.counters.buffer(bytes.len() as u64);
+        self.counters.upload(bytes.len() as u64);
         let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: bytes,
@@ -184,6 +190,7 @@ impl Gpu {
     pub fn write_f32(&self, t: &Tensor, data: &[f32]) {
         assert!(data.len() <= t.len);
         if !data.is_empty() {
+            self.counters.upload(data.len() as u64 * 4);
             self.queue.write_buffer(&t.buf, t.offset, bytemuck::cast_slice(data));
         }
     }
@@ -191,6 +198,7 @@ impl Gpu {
     pub fn write_u32(&self, t: &Tensor, data: &[u32]) {
         assert!(data.len() <= t.len);
         if !data.is_empty() {
+            self.counters.upload(data.len() as u64 * 4);
             self.queue.write_buffer(&t.buf, t.offset, bytemuck::cast_slice(data));
         }
     }
@@ -208,6 +216,8 @@ impl Gpu {
         }
         let mut padded = bytes.to_vec();
         padded.resize(bytes.len().next_multiple_of(16).max(16), 0);
+        self.counters.buffer(padded.len() as u64);
+        self.counters.upload(padded.len() as u64);
         let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
             contents: &padded,

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::{Gpu, Tensor};
+use super::{Counters, Gpu, Tensor};
 
 /// One WGSL file. Its module's source is assembled when the pipeline is built
 /// (`Kernel::source`): a prelude of the constants it shares with Rust, each written from
@@ -127,6 +127,8 @@ impl<'g> Encoder<'g> {
         if grid.contains(&0) {
             return;
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        let t0 = std::time::Instant::now();
         let gpu = self.gpu;
         let sig: String = args.iter().map(|a| if matches!(a, Arg::R(_)) { 'r' } else { 'w' }).collect();
         let key = format!("{}:{}:{}", k.name, entry, sig);
@@ -152,6 +154,11 @@ impl<'g> Encoder<'g> {
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        let c = &gpu.counters;
+        Counters::add(&c.dispatches, 1);
+        Counters::add(&c.bind_groups, 1);
+        #[cfg(not(target_arch = "wasm32"))]
+        Counters::add(&c.encode_ns, t0.elapsed().as_nanos() as u64);
         if self.profile.is_some() {
             self.profile_flush(&format!("{}.{}", k.name, entry), cost);
         }
@@ -217,6 +224,7 @@ impl<'g> Encoder<'g> {
     pub fn submit(&mut self) {
         self.end_pass();
         if let Some(enc) = self.enc.take() {
+            Counters::add(&self.gpu.counters.submits, 1);
             self.gpu.queue.submit([enc.finish()]);
         }
     }

@@ -118,6 +118,14 @@ enum Cmd {
         /// Skip the per-kernel profile (it submits and waits after every dispatch).
         #[arg(long)]
         no_profile: bool,
+        /// full (default) or lora (adapters on a frozen base; presets only).
+        #[arg(long, default_value = "full")]
+        method: String,
+        #[arg(long, default_value_t = 8)]
+        lora_rank: usize,
+        /// Comma-separated module names, or all-linear.
+        #[arg(long, default_value = "all-linear")]
+        lora_targets: String,
     },
 }
 
@@ -428,8 +436,9 @@ pub async fn run() -> Result<()> {
             eprintln!("loss {loss:.6} ({mode}); wrote {} gradients to {}", grads.len(), out.display());
         }
         Cmd::Train(args) => train::train(&gpu, *args).await?,
-        Cmd::Bench { model, preset, batch, seq, steps, warmup, loss, no_profile } => {
-            crate::bench::bench(&gpu, model, preset, batch, seq, steps, warmup, loss, !no_profile).await?;
+        Cmd::Bench { model, preset, batch, seq, steps, warmup, loss, no_profile, method, lora_rank, lora_targets } => {
+            let lora = crate::bench::lora_config(&method, lora_rank, &lora_targets)?;
+            crate::bench::bench(&gpu, model, preset, batch, seq, steps, warmup, loss, !no_profile, lora).await?;
         }
     }
     Ok(())
