@@ -176,20 +176,17 @@ impl<'g> Trainer<'g> {
         })
     }
 
-    /// Run every micro-batch forward (and backward when `grads`), zeroing the gradients
-    /// first. Returns the plan and each micro-batch's per-row NLL.
-    async fn run(
-        &mut self,
-        examples: &[Example],
-        mode: LossMode,
-        grads: bool,
-    ) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
+    /// Encode and submit every micro-batch forward (and backward when `grads`), zeroing
+    /// the gradients first; nothing is read back. Returns the plan and a buffer of
+    /// `STATS + loss rows` elements whose rows hold each row's NLL, in plan order (the
+    /// first `STATS` are left for the step's statistics, so one readback carries both).
+    fn encode_run(&mut self, examples: &[Example], mode: LossMode, grads: bool) -> Result<(Vec<MicroBatch>, Tensor)> {
         self.check_lengths(examples)?;
         let batches = batch::plan_packed(examples, mode, self.cfg.micro_batch, self.cfg.pack)?;
         self.ensure_workspace(&batches)?;
         let total_n: usize = batches.iter().map(|m| m.loss_rows.len()).sum();
         self.last_tokens = (examples.iter().map(|e| e.ids.len()).sum(), total_n);
-        let nll_all = self.gpu.zeros("nll_all", total_n)?;
+        let nll_all = self.gpu.zeros("nll_all", STATS + total_n)?;
         let gpu = self.gpu;
         let mut enc = Encoder::new(gpu);
         enc.profile = self.profile.take();
@@ -199,7 +196,7 @@ impl<'g> Trainer<'g> {
             }
         }
         let ws = self.ws.as_ref().unwrap();
-        let mut at = 0;
+        let mut at = STATS;
         for (i, mb) in batches.iter().enumerate() {
             let mut inp = self.upload(mb, grads)?;
             if grads {
@@ -220,13 +217,19 @@ impl<'g> Trainer<'g> {
         }
         self.profile = enc.profile.take();
         drop(enc);
-        let flat = gpu.read_f32(&nll_all).await?;
-        let mut nll = Vec::new();
-        let mut at = 0;
-        for mb in &batches {
-            nll.push(flat[at..at + mb.loss_rows.len()].to_vec());
-            at += mb.loss_rows.len();
-        }
+        Ok((batches, nll_all))
+    }
+
+    /// Run every micro-batch and read their per-row NLLs back (one readback).
+    async fn run(
+        &mut self,
+        examples: &[Example],
+        mode: LossMode,
+        grads: bool,
+    ) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
+        let (batches, nll_all) = self.encode_run(examples, mode, grads)?;
+        let flat = self.gpu.read_f32(&nll_all).await?;
+        let nll = split_nll(&batches, &flat[STATS..]);
         Ok((batches, nll))
     }
 
@@ -259,7 +262,8 @@ impl<'g> Trainer<'g> {
     }
 
     async fn step_inner(&mut self, examples: &[Example]) -> Result<StepStats> {
-        let loss = self.accumulate(examples).await?;
+        let mode = self.cfg.loss;
+        let (batches, out) = self.encode_run(examples, mode, true)?;
         let gpu = self.gpu;
         let t = self.step + 1;
         let hp = self.cfg.adamw;
@@ -273,10 +277,18 @@ impl<'g> Trainer<'g> {
                 let (g, m, v) = (a.grads.as_ref().unwrap(), a.m.as_ref().unwrap(), a.v.as_ref().unwrap());
                 adamw::step(&mut enc, &hp, t, &a.weights, g, m, v, &self.stats, a.len, a.decay);
             }
+            // The norm beside the losses, so the step drains the GPU once, after the
+            // optimizer is encoded.
+            enc.copy_at(&self.stats, &out, 0);
             enc.submit();
             self.profile = enc.profile.take();
         }
-        let norm = gpu.read_f32(&self.stats).await?[0];
+        let flat = gpu.read_f32(&out).await?;
+        let norm = flat[0];
+        // The loss from the same readback: the f64 sum of w_i * nll_i on the host, the same
+        // bits as `accumulate` (the non-finite guard on the update is AdamW's, on the GPU:
+        // a non-finite loss gives a non-finite gradient, hence norm, and the step skips).
+        let (_, loss) = batch::summarize(examples, &batches, &split_nll(&batches, &flat[STATS..]));
         if !norm.is_finite() || !loss.is_finite() {
             let what = if loss.is_finite() { format!("gradient (norm {norm})") } else { format!("loss ({loss})") };
             return Err(Error::NonFinite { what, step: t });
@@ -296,4 +308,18 @@ impl<'g> Trainer<'g> {
         }
         Ok(out)
     }
+}
+
+/// Elements at the start of a step's readback buffer for the statistics (`stats`).
+const STATS: usize = 4;
+
+/// The flat per-row NLLs cut into one vector per micro-batch.
+fn split_nll(batches: &[MicroBatch], flat: &[f32]) -> Vec<Vec<f32>> {
+    let mut nll = Vec::new();
+    let mut at = 0;
+    for mb in batches {
+        nll.push(flat[at..at + mb.loss_rows.len()].to_vec());
+        at += mb.loss_rows.len();
+    }
+    nll
 }
