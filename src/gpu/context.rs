@@ -26,6 +26,11 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub(crate) pipelines: Mutex<HashMap<String, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
     pub(crate) uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
+    /// Bind groups of encoders that opt in (`Encoder::cache_binds`), keyed by the pipeline,
+    /// the parameters and each bound tensor's (buffer id, offset, size). An entry keeps its
+    /// buffers alive: its owner (the trainer) calls `forget_bind_groups` when it drops or
+    /// reallocates them, and the cache is cleared when it exceeds `MAX_BIND_GROUPS`.
+    pub(crate) bind_groups: Mutex<HashMap<super::encoder::BindKey, wgpu::BindGroup>>,
     /// `WEBTUNE_NO_REUSE=1`: every scratch buffer is fresh, to tell a pooling bug from a
     /// kernel bug.
     pub no_reuse: bool,
@@ -118,8 +123,14 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             uniforms: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(HashMap::new()),
             no_reuse: std::env::var("WEBTUNE_NO_REUSE").map(|v| v == "1").unwrap_or(false),
         }
+    }
+
+    /// Drop every cached bind group (and so the buffers only they held).
+    pub fn forget_bind_groups(&self) {
+        self.bind_groups.lock().unwrap().clear();
     }
 
     /// Whether the device was lost; every later call on it fails.

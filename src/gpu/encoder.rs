@@ -84,11 +84,21 @@ pub struct Encoder<'g> {
     /// When set, every dispatch is submitted and waited for alone and timed (native only).
     pub profile: Option<Profile>,
     pub dispatches: u64,
+    /// Reuse bind groups across dispatches and steps (`Gpu::bind_groups`): for an owner
+    /// whose buffers persist (the trainer), which forgets them when it frees those.
+    pub cache_binds: bool,
 }
+
+/// (pipeline key, parameter bytes, (buffer id, offset, size) of each argument).
+pub(crate) type BindKey = (String, Vec<u8>, Vec<(u64, u64, usize)>);
+
+/// Entries beyond which the bind-group cache starts over (a backstop: per-step parameters
+/// such as a dropout salt add entries every step).
+const MAX_BIND_GROUPS: usize = 16384;
 
 impl<'g> Encoder<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        Encoder { gpu, enc: None, pass: None, profile: None, dispatches: 0 }
+        Encoder { gpu, enc: None, pass: None, profile: None, dispatches: 0, cache_binds: false }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -134,21 +144,36 @@ impl<'g> Encoder<'g> {
         let key = format!("{}:{}:{}", k.name, entry, sig);
         let (pipeline, layout) = {
             let mut cache = gpu.pipelines.lock().unwrap();
-            cache.entry(key).or_insert_with(|| build_pipeline(gpu, k, entry, args)).clone()
+            cache.entry(key.clone()).or_insert_with(|| build_pipeline(gpu, k, entry, args)).clone()
         };
-        let ubuf = gpu.uniform(bytemuck::bytes_of(params));
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
-        for (i, a) in args.iter().enumerate() {
-            let t = match a {
-                Arg::R(t) | Arg::W(t) => t,
-            };
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.binding() });
-        }
-        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        });
+        let make = || {
+            let ubuf = gpu.uniform(bytemuck::bytes_of(params));
+            let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+            for (i, a) in args.iter().enumerate() {
+                let t = match a {
+                    Arg::R(t) | Arg::W(t) => t,
+                };
+                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.binding() });
+            }
+            Counters::add(&gpu.counters.bind_groups, 1);
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries })
+        };
+        let bind = if self.cache_binds {
+            let tensors = args
+                .iter()
+                .map(|a| match a {
+                    Arg::R(t) | Arg::W(t) => (t.id, t.offset, t.len),
+                })
+                .collect();
+            let bkey: BindKey = (key, bytemuck::bytes_of(params).to_vec(), tensors);
+            let mut cache = gpu.bind_groups.lock().unwrap();
+            if cache.len() >= MAX_BIND_GROUPS && !cache.contains_key(&bkey) {
+                cache.clear();
+            }
+            cache.entry(bkey).or_insert_with(make).clone()
+        } else {
+            make()
+        };
         self.dispatches += 1;
         let pass = self.pass();
         pass.set_pipeline(&pipeline);
@@ -156,7 +181,6 @@ impl<'g> Encoder<'g> {
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         let c = &gpu.counters;
         Counters::add(&c.dispatches, 1);
-        Counters::add(&c.bind_groups, 1);
         #[cfg(not(target_arch = "wasm32"))]
         Counters::add(&c.encode_ns, t0.elapsed().as_nanos() as u64);
         if self.profile.is_some() {

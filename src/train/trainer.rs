@@ -65,6 +65,21 @@ pub struct Trainer<'g> {
     pub profile: Option<Profile>,
     /// (tokens, loss rows) of the last batch run.
     last_tokens: (usize, usize),
+    /// ids, pos, seg (rows) and loss_rows, targets, weights (loss rows), sized with the
+    /// workspace for its largest micro-batch and written each micro-batch.
+    inputs: Option<[Tensor; 6]>,
+    /// Forgets the bind groups this trainer's encoders cached, when it is dropped.
+    _binds: BindCache<'g>,
+}
+
+/// The trainer's encoders cache bind groups on its persistent buffers (workspace, inputs,
+/// parameters); those entries go when the buffers do (`Gpu::forget_bind_groups`).
+struct BindCache<'g>(&'g Gpu);
+
+impl Drop for BindCache<'_> {
+    fn drop(&mut self) {
+        self.0.forget_bind_groups();
+    }
 }
 
 impl<'g> Trainer<'g> {
@@ -72,7 +87,19 @@ impl<'g> Trainer<'g> {
         let lens: Vec<usize> = model.params.arenas.iter().filter(|a| a.trainable).map(|a| a.len).collect();
         let partials = gpu.zeros("grad_norm_partials", grad_norm::partials_len(&lens).max(1))?;
         let stats = gpu.zeros("stats", 4)?;
-        Ok(Trainer { gpu, model, cfg, step: 0, ws: None, partials, stats, profile: None, last_tokens: (0, 0) })
+        Ok(Trainer {
+            gpu,
+            model,
+            cfg,
+            step: 0,
+            ws: None,
+            partials,
+            stats,
+            profile: None,
+            last_tokens: (0, 0),
+            inputs: None,
+            _binds: BindCache(gpu),
+        })
     }
 
     /// The model, its gradient buffers and workspace released.
@@ -150,7 +177,19 @@ impl<'g> Trainer<'g> {
         let biggest = crate::model::memory::largest_buffer(cfg, rows, logit_rows);
         self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
         self.ws = None;
+        self.inputs = None;
+        self.gpu.forget_bind_groups();
         self.ws = Some(self.model.workspace_with(self.gpu, rows, n, opts)?);
+        let g = self.gpu;
+        let (r, n) = (self.ws.as_ref().unwrap().rows, self.ws.as_ref().unwrap().n);
+        self.inputs = Some([
+            g.zeros("ids", r)?,
+            g.zeros("pos", r)?,
+            g.zeros("seg", r)?,
+            g.zeros("loss_rows", n)?,
+            g.zeros("targets", n)?,
+            g.zeros("weights", n)?,
+        ]);
         Ok(())
     }
 
@@ -176,6 +215,38 @@ impl<'g> Trainer<'g> {
         })
     }
 
+    /// `upload`, written into the trainer's persistent input buffers (ordered after the
+    /// previous micro-batch's submit, before the next).
+    fn write_inputs(&self, mb: &MicroBatch, with_grads: bool) -> Result<Inputs> {
+        let g = self.gpu;
+        let [ids, pos, seg, loss_rows, targets, weights] = self.inputs.as_ref().expect("inputs with the workspace");
+        let (r, n) = (mb.ids.len(), mb.loss_rows.len());
+        let put = |t: &Tensor, d: &[u32]| {
+            g.write_u32(t, d);
+            t.view(0, d.len())
+        };
+        let tree = &self.model.tree;
+        let p = &self.model.params;
+        let wte_trainable = p.grad(tree.wte).is_some();
+        let wpe_trainable = tree.wpe.is_some_and(|w| p.grad(w).is_some());
+        debug_assert!(mb.pos.len() == r && mb.seg.len() == r && mb.targets.len() == n && mb.weights.len() == n);
+        g.write_f32(weights, &mb.weights);
+        Ok(Inputs {
+            b: mb.b,
+            t: mb.t,
+            n,
+            ids: put(ids, &mb.ids),
+            pos: put(pos, &mb.pos),
+            seg: put(seg, &mb.seg),
+            loss_rows: put(loss_rows, &mb.loss_rows),
+            targets: put(targets, &mb.targets),
+            weights: weights.view(0, n),
+            by_id: if with_grads && wte_trainable { Some(GroupIndex::build(g, &mb.ids)?) } else { None },
+            by_pos: if with_grads && wpe_trainable { Some(GroupIndex::build(g, &mb.pos)?) } else { None },
+            dropout_salt: None,
+        })
+    }
+
     /// Encode and submit every micro-batch forward (and backward when `grads`), zeroing
     /// the gradients first; nothing is read back. Returns the plan and a buffer of
     /// `STATS + loss rows` elements whose rows hold each row's NLL, in plan order (the
@@ -189,6 +260,7 @@ impl<'g> Trainer<'g> {
         let nll_all = self.gpu.zeros("nll_all", STATS + total_n)?;
         let gpu = self.gpu;
         let mut enc = Encoder::new(gpu);
+        enc.cache_binds = true;
         enc.profile = self.profile.take();
         if grads {
             for a in self.model.params.arenas.iter().filter(|a| a.trainable) {
@@ -198,7 +270,7 @@ impl<'g> Trainer<'g> {
         let ws = self.ws.as_ref().unwrap();
         let mut at = STATS;
         for (i, mb) in batches.iter().enumerate() {
-            let mut inp = self.upload(mb, grads)?;
+            let mut inp = self.write_inputs(mb, grads)?;
             if grads {
                 // LoRA dropout: a fresh mask per optimizer step and micro-batch.
                 inp.dropout_salt = Some((self.step as u32).wrapping_mul(0x9E37_79B9) ^ i as u32);
@@ -269,6 +341,7 @@ impl<'g> Trainer<'g> {
         let hp = self.cfg.adamw;
         {
             let mut enc = Encoder::new(gpu);
+            enc.cache_binds = true;
             enc.profile = self.profile.take();
             let grads: Vec<Tensor> =
                 self.model.params.arenas.iter().filter(|a| a.trainable).map(|a| a.grads.clone().unwrap()).collect();
