@@ -4,7 +4,7 @@
 
 use super::batch::{self, Example, ExampleScore, LossMode, MicroBatch};
 use crate::error::{Error, Result};
-use crate::gpu::{Encoder, Gpu, Profile, Tensor};
+use crate::gpu::{Encoder, Gpu, Profile, ReadBuffer, Tensor};
 use crate::model::{Head, Inputs, Model, Workspace, WorkspaceOpts, HEAD_CHUNK};
 use crate::ops::adamw::{self, AdamW};
 use crate::ops::embedding::GroupIndex;
@@ -68,6 +68,9 @@ pub struct Trainer<'g> {
     /// ids, pos, seg (rows) and loss_rows, targets, weights (loss rows), sized with the
     /// workspace for its largest micro-batch and written each micro-batch.
     inputs: Option<[Tensor; 6]>,
+    /// The step's readback buffer (`STATS` + loss rows) and its host-mappable twin, kept
+    /// across steps and grown when a batch has more loss rows.
+    out: Option<(Tensor, ReadBuffer)>,
     /// Forgets the bind groups this trainer's encoders cached, when it is dropped.
     _binds: BindCache<'g>,
 }
@@ -98,6 +101,7 @@ impl<'g> Trainer<'g> {
             profile: None,
             last_tokens: (0, 0),
             inputs: None,
+            out: None,
             _binds: BindCache(gpu),
         })
     }
@@ -257,7 +261,11 @@ impl<'g> Trainer<'g> {
         self.ensure_workspace(&batches)?;
         let total_n: usize = batches.iter().map(|m| m.loss_rows.len()).sum();
         self.last_tokens = (examples.iter().map(|e| e.ids.len()).sum(), total_n);
-        let nll_all = self.gpu.zeros("nll_all", STATS + total_n)?;
+        if self.out.as_ref().is_none_or(|(t, _)| t.len < STATS + total_n) {
+            let len = STATS + total_n;
+            self.out = Some((self.gpu.zeros("nll_all", len)?, ReadBuffer::new(self.gpu, len)));
+        }
+        let nll_all = self.out.as_ref().unwrap().0.view(0, STATS + total_n);
         let gpu = self.gpu;
         let mut enc = Encoder::new(gpu);
         enc.cache_binds = true;
@@ -300,7 +308,7 @@ impl<'g> Trainer<'g> {
         grads: bool,
     ) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
         let (batches, nll_all) = self.encode_run(examples, mode, grads)?;
-        let flat = self.gpu.read_f32(&nll_all).await?;
+        let flat = self.out.as_ref().unwrap().1.read_f32(self.gpu, &nll_all).await?;
         let nll = split_nll(&batches, &flat[STATS..]);
         Ok((batches, nll))
     }
@@ -356,7 +364,7 @@ impl<'g> Trainer<'g> {
             enc.submit();
             self.profile = enc.profile.take();
         }
-        let flat = gpu.read_f32(&out).await?;
+        let flat = self.out.as_ref().unwrap().1.read_f32(gpu, &out).await?;
         let norm = flat[0];
         // The loss from the same readback: the f64 sum of w_i * nll_i on the host, the same
         // bits as `accumulate` (the non-finite guard on the update is AdamW's, on the GPU:
