@@ -26,6 +26,11 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub(crate) pipelines: Mutex<HashMap<String, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
     pub(crate) uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
+    /// Bind groups of encoders that opt in (`Encoder::cache_binds`), keyed by the pipeline,
+    /// the parameters and each bound tensor's (buffer id, offset, size). An entry keeps its
+    /// buffers alive: its owner (the trainer) calls `forget_bind_groups` when it drops or
+    /// reallocates them, and the cache is cleared when it exceeds `MAX_BIND_GROUPS`.
+    pub(crate) bind_groups: Mutex<HashMap<super::encoder::BindKey, wgpu::BindGroup>>,
     /// `WEBTUNE_NO_REUSE=1`: every scratch buffer is fresh, to tell a pooling bug from a
     /// kernel bug.
     pub no_reuse: bool,
@@ -38,6 +43,8 @@ pub struct Gpu {
     /// background tab, `device.destroy()`), so a caller can tell a lost device from a
     /// failing step and start over from a checkpoint.
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Dispatches, bind groups, buffers, uploads, readbacks and submits so far.
+    pub counters: super::Counters,
 }
 
 impl Gpu {
@@ -101,6 +108,7 @@ impl Gpu {
         let flag = lost.clone();
         device.set_device_lost_callback(move |_reason, _msg| flag.store(true, std::sync::atomic::Ordering::Relaxed));
         Gpu {
+            counters: Default::default(),
             lost,
             matmul_reg,
             dummy,
@@ -115,8 +123,14 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             uniforms: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(HashMap::new()),
             no_reuse: std::env::var("WEBTUNE_NO_REUSE").map(|v| v == "1").unwrap_or(false),
         }
+    }
+
+    /// Drop every cached bind group (and so the buffers only they held).
+    pub fn forget_bind_groups(&self) {
+        self.bind_groups.lock().unwrap().clear();
     }
 
     /// Whether the device was lost; every later call on it fails.
@@ -150,6 +164,7 @@ impl Gpu {
     pub fn zeros(&self, label: &str, len: usize) -> Result<Tensor> {
         let bytes = (len.max(1) as u64 * 4).next_multiple_of(16);
         self.check_fits(label, bytes)?;
+        self.counters.buffer(bytes);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
@@ -172,6 +187,8 @@ impl Gpu {
         if bytes.is_empty() {
             return self.zeros(label, 0);
         }
+        self.counters.buffer(bytes.len() as u64);
+        self.counters.upload(bytes.len() as u64);
         let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: bytes,
@@ -184,6 +201,7 @@ impl Gpu {
     pub fn write_f32(&self, t: &Tensor, data: &[f32]) {
         assert!(data.len() <= t.len);
         if !data.is_empty() {
+            self.counters.upload(data.len() as u64 * 4);
             self.queue.write_buffer(&t.buf, t.offset, bytemuck::cast_slice(data));
         }
     }
@@ -191,6 +209,7 @@ impl Gpu {
     pub fn write_u32(&self, t: &Tensor, data: &[u32]) {
         assert!(data.len() <= t.len);
         if !data.is_empty() {
+            self.counters.upload(data.len() as u64 * 4);
             self.queue.write_buffer(&t.buf, t.offset, bytemuck::cast_slice(data));
         }
     }
@@ -208,6 +227,8 @@ impl Gpu {
         }
         let mut padded = bytes.to_vec();
         padded.resize(bytes.len().next_multiple_of(16).max(16), 0);
+        self.counters.buffer(padded.len() as u64);
+        self.counters.upload(padded.len() as u64);
         let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params"),
             contents: &padded,

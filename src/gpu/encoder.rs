@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::{Gpu, Tensor};
+use super::{Counters, Gpu, Tensor};
 
 /// One WGSL file. Its module's source is assembled when the pipeline is built
 /// (`Kernel::source`): a prelude of the constants it shares with Rust, each written from
@@ -84,11 +84,21 @@ pub struct Encoder<'g> {
     /// When set, every dispatch is submitted and waited for alone and timed (native only).
     pub profile: Option<Profile>,
     pub dispatches: u64,
+    /// Reuse bind groups across dispatches and steps (`Gpu::bind_groups`): for an owner
+    /// whose buffers persist (the trainer), which forgets them when it frees those.
+    pub cache_binds: bool,
 }
+
+/// (pipeline key, parameter bytes, (buffer id, offset, size) of each argument).
+pub(crate) type BindKey = (String, Vec<u8>, Vec<(u64, u64, usize)>);
+
+/// Entries beyond which the bind-group cache starts over (a backstop: per-step parameters
+/// such as a dropout salt add entries every step).
+const MAX_BIND_GROUPS: usize = 16384;
 
 impl<'g> Encoder<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        Encoder { gpu, enc: None, pass: None, profile: None, dispatches: 0 }
+        Encoder { gpu, enc: None, pass: None, profile: None, dispatches: 0, cache_binds: false }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -127,31 +137,52 @@ impl<'g> Encoder<'g> {
         if grid.contains(&0) {
             return;
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        let t0 = std::time::Instant::now();
         let gpu = self.gpu;
         let sig: String = args.iter().map(|a| if matches!(a, Arg::R(_)) { 'r' } else { 'w' }).collect();
         let key = format!("{}:{}:{}", k.name, entry, sig);
         let (pipeline, layout) = {
             let mut cache = gpu.pipelines.lock().unwrap();
-            cache.entry(key).or_insert_with(|| build_pipeline(gpu, k, entry, args)).clone()
+            cache.entry(key.clone()).or_insert_with(|| build_pipeline(gpu, k, entry, args)).clone()
         };
-        let ubuf = gpu.uniform(bytemuck::bytes_of(params));
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
-        for (i, a) in args.iter().enumerate() {
-            let t = match a {
-                Arg::R(t) | Arg::W(t) => t,
-            };
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.binding() });
-        }
-        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        });
+        let make = || {
+            let ubuf = gpu.uniform(bytemuck::bytes_of(params));
+            let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+            for (i, a) in args.iter().enumerate() {
+                let t = match a {
+                    Arg::R(t) | Arg::W(t) => t,
+                };
+                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: t.binding() });
+            }
+            Counters::add(&gpu.counters.bind_groups, 1);
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries })
+        };
+        let bind = if self.cache_binds {
+            let tensors = args
+                .iter()
+                .map(|a| match a {
+                    Arg::R(t) | Arg::W(t) => (t.id, t.offset, t.len),
+                })
+                .collect();
+            let bkey: BindKey = (key, bytemuck::bytes_of(params).to_vec(), tensors);
+            let mut cache = gpu.bind_groups.lock().unwrap();
+            if cache.len() >= MAX_BIND_GROUPS && !cache.contains_key(&bkey) {
+                cache.clear();
+            }
+            cache.entry(bkey).or_insert_with(make).clone()
+        } else {
+            make()
+        };
         self.dispatches += 1;
         let pass = self.pass();
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        let c = &gpu.counters;
+        Counters::add(&c.dispatches, 1);
+        #[cfg(not(target_arch = "wasm32"))]
+        Counters::add(&c.encode_ns, t0.elapsed().as_nanos() as u64);
         if self.profile.is_some() {
             self.profile_flush(&format!("{}.{}", k.name, entry), cost);
         }
@@ -217,6 +248,7 @@ impl<'g> Encoder<'g> {
     pub fn submit(&mut self) {
         self.end_pass();
         if let Some(enc) = self.enc.take() {
+            Counters::add(&self.gpu.counters.submits, 1);
             self.gpu.queue.submit([enc.finish()]);
         }
     }

@@ -5,11 +5,13 @@
 //! wasm.
 
 mod context;
+mod counters;
 mod encoder;
 mod readback;
 mod tensor;
 
 pub use context::{Gpu, GpuInfo};
+pub use counters::{CounterSnapshot, Counters};
 pub use encoder::{compile_error, Arg, Cost, Encoder, Kernel, Profile, ProfileEntry};
 pub use readback::ReadBuffer;
 pub use tensor::Tensor;

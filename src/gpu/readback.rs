@@ -24,6 +24,7 @@ impl Gpu {
     }
 
     fn staging_buffer(&self, bytes: u64) -> wgpu::Buffer {
+        self.counters.buffer(bytes.max(4));
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: bytes.max(4),
@@ -35,6 +36,7 @@ impl Gpu {
     /// Copy `t` into the start of `staging` (at least `t.bytes()` long), map it, read it.
     async fn read_via(&self, t: &Tensor, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let n = t.bytes();
+        super::Counters::add(&self.counters.readbacks, 1);
         {
             let mut enc = Encoder::new(self);
             enc.copy_to_staging(t, staging);

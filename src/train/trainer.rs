@@ -4,7 +4,7 @@
 
 use super::batch::{self, Example, ExampleScore, LossMode, MicroBatch};
 use crate::error::{Error, Result};
-use crate::gpu::{Encoder, Gpu, Profile, Tensor};
+use crate::gpu::{Encoder, Gpu, Profile, ReadBuffer, Tensor};
 use crate::model::{Head, Inputs, Model, Workspace, WorkspaceOpts, HEAD_CHUNK};
 use crate::ops::adamw::{self, AdamW};
 use crate::ops::embedding::GroupIndex;
@@ -65,6 +65,24 @@ pub struct Trainer<'g> {
     pub profile: Option<Profile>,
     /// (tokens, loss rows) of the last batch run.
     last_tokens: (usize, usize),
+    /// ids, pos, seg (rows) and loss_rows, targets, weights (loss rows), sized with the
+    /// workspace for its largest micro-batch and written each micro-batch.
+    inputs: Option<[Tensor; 6]>,
+    /// The step's readback buffer (`STATS` + loss rows) and its host-mappable twin, kept
+    /// across steps and grown when a batch has more loss rows.
+    out: Option<(Tensor, ReadBuffer)>,
+    /// Forgets the bind groups this trainer's encoders cached, when it is dropped.
+    _binds: BindCache<'g>,
+}
+
+/// The trainer's encoders cache bind groups on its persistent buffers (workspace, inputs,
+/// parameters); those entries go when the buffers do (`Gpu::forget_bind_groups`).
+struct BindCache<'g>(&'g Gpu);
+
+impl Drop for BindCache<'_> {
+    fn drop(&mut self) {
+        self.0.forget_bind_groups();
+    }
 }
 
 impl<'g> Trainer<'g> {
@@ -72,7 +90,20 @@ impl<'g> Trainer<'g> {
         let lens: Vec<usize> = model.params.arenas.iter().filter(|a| a.trainable).map(|a| a.len).collect();
         let partials = gpu.zeros("grad_norm_partials", grad_norm::partials_len(&lens).max(1))?;
         let stats = gpu.zeros("stats", 4)?;
-        Ok(Trainer { gpu, model, cfg, step: 0, ws: None, partials, stats, profile: None, last_tokens: (0, 0) })
+        Ok(Trainer {
+            gpu,
+            model,
+            cfg,
+            step: 0,
+            ws: None,
+            partials,
+            stats,
+            profile: None,
+            last_tokens: (0, 0),
+            inputs: None,
+            out: None,
+            _binds: BindCache(gpu),
+        })
     }
 
     /// The model, its gradient buffers and workspace released.
@@ -150,7 +181,19 @@ impl<'g> Trainer<'g> {
         let biggest = crate::model::memory::largest_buffer(cfg, rows, logit_rows);
         self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
         self.ws = None;
+        self.inputs = None;
+        self.gpu.forget_bind_groups();
         self.ws = Some(self.model.workspace_with(self.gpu, rows, n, opts)?);
+        let g = self.gpu;
+        let (r, n) = (self.ws.as_ref().unwrap().rows, self.ws.as_ref().unwrap().n);
+        self.inputs = Some([
+            g.zeros("ids", r)?,
+            g.zeros("pos", r)?,
+            g.zeros("seg", r)?,
+            g.zeros("loss_rows", n)?,
+            g.zeros("targets", n)?,
+            g.zeros("weights", n)?,
+        ]);
         Ok(())
     }
 
@@ -176,22 +219,56 @@ impl<'g> Trainer<'g> {
         })
     }
 
-    /// Run every micro-batch forward (and backward when `grads`), zeroing the gradients
-    /// first. Returns the plan and each micro-batch's per-row NLL.
-    async fn run(
-        &mut self,
-        examples: &[Example],
-        mode: LossMode,
-        grads: bool,
-    ) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
+    /// `upload`, written into the trainer's persistent input buffers (ordered after the
+    /// previous micro-batch's submit, before the next).
+    fn write_inputs(&self, mb: &MicroBatch, with_grads: bool) -> Result<Inputs> {
+        let g = self.gpu;
+        let [ids, pos, seg, loss_rows, targets, weights] = self.inputs.as_ref().expect("inputs with the workspace");
+        let (r, n) = (mb.ids.len(), mb.loss_rows.len());
+        let put = |t: &Tensor, d: &[u32]| {
+            g.write_u32(t, d);
+            t.view(0, d.len())
+        };
+        let tree = &self.model.tree;
+        let p = &self.model.params;
+        let wte_trainable = p.grad(tree.wte).is_some();
+        let wpe_trainable = tree.wpe.is_some_and(|w| p.grad(w).is_some());
+        debug_assert!(mb.pos.len() == r && mb.seg.len() == r && mb.targets.len() == n && mb.weights.len() == n);
+        g.write_f32(weights, &mb.weights);
+        Ok(Inputs {
+            b: mb.b,
+            t: mb.t,
+            n,
+            ids: put(ids, &mb.ids),
+            pos: put(pos, &mb.pos),
+            seg: put(seg, &mb.seg),
+            loss_rows: put(loss_rows, &mb.loss_rows),
+            targets: put(targets, &mb.targets),
+            weights: weights.view(0, n),
+            by_id: if with_grads && wte_trainable { Some(GroupIndex::build(g, &mb.ids)?) } else { None },
+            by_pos: if with_grads && wpe_trainable { Some(GroupIndex::build(g, &mb.pos)?) } else { None },
+            dropout_salt: None,
+        })
+    }
+
+    /// Encode and submit every micro-batch forward (and backward when `grads`), zeroing
+    /// the gradients first; nothing is read back. Returns the plan and a buffer of
+    /// `STATS + loss rows` elements whose rows hold each row's NLL, in plan order (the
+    /// first `STATS` are left for the step's statistics, so one readback carries both).
+    fn encode_run(&mut self, examples: &[Example], mode: LossMode, grads: bool) -> Result<(Vec<MicroBatch>, Tensor)> {
         self.check_lengths(examples)?;
         let batches = batch::plan_packed(examples, mode, self.cfg.micro_batch, self.cfg.pack)?;
         self.ensure_workspace(&batches)?;
         let total_n: usize = batches.iter().map(|m| m.loss_rows.len()).sum();
         self.last_tokens = (examples.iter().map(|e| e.ids.len()).sum(), total_n);
-        let nll_all = self.gpu.zeros("nll_all", total_n)?;
+        if self.out.as_ref().is_none_or(|(t, _)| t.len < STATS + total_n) {
+            let len = STATS + total_n;
+            self.out = Some((self.gpu.zeros("nll_all", len)?, ReadBuffer::new(self.gpu, len)));
+        }
+        let nll_all = self.out.as_ref().unwrap().0.view(0, STATS + total_n);
         let gpu = self.gpu;
         let mut enc = Encoder::new(gpu);
+        enc.cache_binds = true;
         enc.profile = self.profile.take();
         if grads {
             for a in self.model.params.arenas.iter().filter(|a| a.trainable) {
@@ -199,9 +276,9 @@ impl<'g> Trainer<'g> {
             }
         }
         let ws = self.ws.as_ref().unwrap();
-        let mut at = 0;
+        let mut at = STATS;
         for (i, mb) in batches.iter().enumerate() {
-            let mut inp = self.upload(mb, grads)?;
+            let mut inp = self.write_inputs(mb, grads)?;
             if grads {
                 // LoRA dropout: a fresh mask per optimizer step and micro-batch.
                 inp.dropout_salt = Some((self.step as u32).wrapping_mul(0x9E37_79B9) ^ i as u32);
@@ -220,13 +297,19 @@ impl<'g> Trainer<'g> {
         }
         self.profile = enc.profile.take();
         drop(enc);
-        let flat = gpu.read_f32(&nll_all).await?;
-        let mut nll = Vec::new();
-        let mut at = 0;
-        for mb in &batches {
-            nll.push(flat[at..at + mb.loss_rows.len()].to_vec());
-            at += mb.loss_rows.len();
-        }
+        Ok((batches, nll_all))
+    }
+
+    /// Run every micro-batch and read their per-row NLLs back (one readback).
+    async fn run(
+        &mut self,
+        examples: &[Example],
+        mode: LossMode,
+        grads: bool,
+    ) -> Result<(Vec<MicroBatch>, Vec<Vec<f32>>)> {
+        let (batches, nll_all) = self.encode_run(examples, mode, grads)?;
+        let flat = self.out.as_ref().unwrap().1.read_f32(self.gpu, &nll_all).await?;
+        let nll = split_nll(&batches, &flat[STATS..]);
         Ok((batches, nll))
     }
 
@@ -259,12 +342,14 @@ impl<'g> Trainer<'g> {
     }
 
     async fn step_inner(&mut self, examples: &[Example]) -> Result<StepStats> {
-        let loss = self.accumulate(examples).await?;
+        let mode = self.cfg.loss;
+        let (batches, out) = self.encode_run(examples, mode, true)?;
         let gpu = self.gpu;
         let t = self.step + 1;
         let hp = self.cfg.adamw;
         {
             let mut enc = Encoder::new(gpu);
+            enc.cache_binds = true;
             enc.profile = self.profile.take();
             let grads: Vec<Tensor> =
                 self.model.params.arenas.iter().filter(|a| a.trainable).map(|a| a.grads.clone().unwrap()).collect();
@@ -273,10 +358,18 @@ impl<'g> Trainer<'g> {
                 let (g, m, v) = (a.grads.as_ref().unwrap(), a.m.as_ref().unwrap(), a.v.as_ref().unwrap());
                 adamw::step(&mut enc, &hp, t, &a.weights, g, m, v, &self.stats, a.len, a.decay);
             }
+            // The norm beside the losses, so the step drains the GPU once, after the
+            // optimizer is encoded.
+            enc.copy_at(&self.stats, &out, 0);
             enc.submit();
             self.profile = enc.profile.take();
         }
-        let norm = gpu.read_f32(&self.stats).await?[0];
+        let flat = self.out.as_ref().unwrap().1.read_f32(gpu, &out).await?;
+        let norm = flat[0];
+        // The loss from the same readback: the f64 sum of w_i * nll_i on the host, the same
+        // bits as `accumulate` (the non-finite guard on the update is AdamW's, on the GPU:
+        // a non-finite loss gives a non-finite gradient, hence norm, and the step skips).
+        let (_, loss) = batch::summarize(examples, &batches, &split_nll(&batches, &flat[STATS..]));
         if !norm.is_finite() || !loss.is_finite() {
             let what = if loss.is_finite() { format!("gradient (norm {norm})") } else { format!("loss ({loss})") };
             return Err(Error::NonFinite { what, step: t });
@@ -296,4 +389,18 @@ impl<'g> Trainer<'g> {
         }
         Ok(out)
     }
+}
+
+/// Elements at the start of a step's readback buffer for the statistics (`stats`).
+const STATS: usize = 4;
+
+/// The flat per-row NLLs cut into one vector per micro-batch.
+fn split_nll(batches: &[MicroBatch], flat: &[f32]) -> Vec<Vec<f32>> {
+    let mut nll = Vec::new();
+    let mut at = 0;
+    for mb in batches {
+        nll.push(flat[at..at + mb.loss_rows.len()].to_vec());
+        at += mb.loss_rows.len();
+    }
+    nll
 }

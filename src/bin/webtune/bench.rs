@@ -1,12 +1,12 @@
-//! `webtune bench`: full fine-tuning steps on a preset or a model, timed after warm-up,
-//! with a per-kernel profile.
+//! `webtune bench`: full fine-tuning or LoRA steps on a preset or a model, timed after
+//! warm-up, with the device work counted per step and a per-kernel profile.
 
 use std::time::Instant;
 
 use webtune::error::{Error, Result};
 use webtune::gpu::{Gpu, Profile};
 use webtune::model::presets::{preset, random_init};
-use webtune::model::Model;
+use webtune::model::{LoraConfig, Model};
 use webtune::rng::Rng;
 use webtune::train::{Example, LossMode, TrainConfig, Trainer};
 
@@ -21,11 +21,17 @@ pub async fn bench(
     warmup: usize,
     loss: LossMode,
     profile: bool,
+    lora: Option<LoraConfig>,
 ) -> Result<()> {
     let (model, label) = match (model, name) {
+        (Some(_), _) if lora.is_some() => {
+            return Err(Error::Usage("bench --method lora runs on a --preset".into()));
+        }
         (Some(m), _) => (crate::cli::load_model(gpu, &m).await?, m),
-        (None, Some(n)) => (Model::new(gpu, preset(&n)?, random_init(0))?, format!("preset {n}")),
-        (None, None) => (Model::new(gpu, preset("smollm2-135m")?, random_init(0))?, "preset smollm2-135m".into()),
+        (None, n) => {
+            let n = n.unwrap_or_else(|| "smollm2-135m".into());
+            (Model::build(gpu, preset(&n)?, lora.as_ref(), random_init(0))?, format!("preset {n}"))
+        }
     };
     if seq < 2 || seq > model.max_seq() {
         return Err(Error::Usage(format!("--seq must be between 2 and {}", model.max_seq())));
@@ -45,17 +51,38 @@ pub async fn bench(
         model.params.gpu_bytes() as f64 / 1048576.0
     );
     println!("adapter: {} ({}, {})", gpu.info.name, gpu.info.backend, gpu.info.device_type);
-    println!("batch {batch} x seq {seq}, loss {loss}, full fine-tuning, AdamW");
+    let method = match &lora {
+        Some(l) => format!("LoRA rank {} on {}", l.rank, l.targets.join(",")),
+        None => "full fine-tuning".into(),
+    };
+    println!("batch {batch} x seq {seq}, loss {loss}, {method}, AdamW");
     let cfg = TrainConfig { loss, micro_batch: batch, ..Default::default() };
     let mut t = Trainer::new(gpu, model, cfg)?;
-    for _ in 0..warmup {
+    for i in 0..warmup {
+        let c0 = gpu.counters.snapshot();
         t.step(&examples).await?;
+        println!("warm-up step {}: {}", i + 1, gpu.counters.snapshot() - c0);
     }
+    let c0 = gpu.counters.snapshot();
     let t0 = Instant::now();
     for _ in 0..steps {
         t.step(&examples).await?;
     }
     let dt = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let c = gpu.counters.snapshot() - c0;
+    let k = steps.max(1) as u64;
+    let per = webtune::gpu::CounterSnapshot {
+        dispatches: c.dispatches / k,
+        bind_groups: c.bind_groups / k,
+        buffers: c.buffers / k,
+        buffer_bytes: c.buffer_bytes / k,
+        uploads: c.uploads / k,
+        upload_bytes: c.upload_bytes / k,
+        readbacks: c.readbacks / k,
+        submits: c.submits / k,
+        encode_ns: c.encode_ns / k,
+    };
+    println!("per timed step: {per}");
     let tokens = batch * seq;
     println!(
         "step: {:.1} ms, {:.1} tokens/s ({} timed steps after {} warm-up)",
@@ -98,5 +125,19 @@ fn print_profile(p: &Profile) {
             e.seconds * 1e3,
             e.flops as f64 / e.seconds / 1e9
         );
+    }
+}
+
+/// `--method lora|full` with its rank and targets.
+pub fn lora_config(method: &str, rank: usize, targets: &str) -> Result<Option<LoraConfig>> {
+    match method {
+        "full" => Ok(None),
+        "lora" => {
+            let t: Vec<&str> = targets.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
+            let l = LoraConfig::new(rank, 2.0 * rank as f32, &t);
+            l.validate()?;
+            Ok(Some(l))
+        }
+        m => Err(Error::Usage(format!("--method {m}: expected lora or full"))),
     }
 }

@@ -121,6 +121,14 @@ enum Cmd {
         /// Skip the per-kernel profile (it submits and waits after every dispatch).
         #[arg(long)]
         no_profile: bool,
+        /// full (default) or lora (adapters on a frozen base; presets only).
+        #[arg(long, default_value = "full")]
+        method: String,
+        #[arg(long, default_value_t = 8)]
+        lora_rank: usize,
+        /// Comma-separated module names, or all-linear.
+        #[arg(long, default_value = "all-linear")]
+        lora_targets: String,
     },
 }
 
@@ -493,9 +501,10 @@ pub async fn run() -> Result<()> {
             eprintln!("loss {loss:.6} ({mode}); wrote {} gradients to {}", grads.len(), out.display());
         }
         Cmd::Train(args) => train::train(&gpu, *args).await?,
-        Cmd::ExportRun(_) => unreachable!("handled before the GPU is opened"),
-        Cmd::Bench { model, preset, batch, seq, steps, warmup, loss, no_profile } => {
-            crate::bench::bench(&gpu, model, preset, batch, seq, steps, warmup, loss, !no_profile).await?;
+        Cmd::ExportRun(_) => return Err(Error::Usage("export-run is handled before the GPU is opened".into())),
+        Cmd::Bench { model, preset, batch, seq, steps, warmup, loss, no_profile, method, lora_rank, lora_targets } => {
+            let lora = crate::bench::lora_config(&method, lora_rank, &lora_targets)?;
+            crate::bench::bench(&gpu, model, preset, batch, seq, steps, warmup, loss, !no_profile, lora).await?;
         }
     }
     Ok(())
