@@ -350,6 +350,12 @@ impl Session {
         Ok(files_object(&self.core.export(Some(Format::Merged)).await.map_err(js_err)?))
     }
 
+    /// The run as a transformers + TRL + PEFT + accelerate project, `{path: Uint8Array}`
+    /// (train.py, data/, accelerate/, requirements.txt, README.md, and adapter/ under LoRA).
+    pub async fn export_project(&self) -> JsResult<JsValue> {
+        Ok(files_object(&self.core.export_project().await.map_err(js_err)?))
+    }
+
     /// The trained model with adapters merged, as one GGUF file (F16, or F32 when `f32`).
     pub async fn export_gguf(&self, f32: bool) -> JsResult<Uint8Array> {
         let dtype = if f32 { GgufDtype::F32 } else { GgufDtype::F16 };

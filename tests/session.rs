@@ -221,4 +221,16 @@ fn state_with_clipping_off_restores() {
     assert_eq!(plan.done, 1);
     let again = block(b.step()).unwrap().unwrap();
     assert_eq!((again.step, again.loss), (next.step, next.loss), "continues exactly");
+
+    // "Continue on a GPU cluster": the TRL project of this run, continuing from the
+    // adapter as trained so far, with the data as given.
+    let files = block(b.export_project()).unwrap();
+    let get = |n: &str| files.iter().find(|(f, _)| f == n).map(|(_, d)| d.clone()).unwrap_or_else(|| panic!("{n} missing"));
+    assert_eq!(get("data/train.jsonl"), jsonl.as_bytes());
+    assert_eq!(get("adapter/adapter_model.safetensors"), block(b.export(None)).unwrap()[1].1);
+    let train_py = String::from_utf8(get("train.py")).unwrap();
+    let j = webtune::session::export_run::embedded_json(&train_py).unwrap();
+    assert_eq!(j["adapter"], "adapter");
+    assert_eq!(j["settings"]["max_grad_norm"], 0.0);
+    assert!(j["model"].is_null() && j["model_note"].as_str().unwrap().contains("local files"), "{j}");
 }

@@ -1040,7 +1040,7 @@ function refreshButtons() {
     else if (!between) why = 'pause or stop training first';
     else if (f.startsWith('peft') && info.method !== 'lora') why = 'a PEFT adapter needs LoRA (the Method setting)';
     else if (f === 'merged-zip' && info.source === 'gguf') why = 'this model came as a GGUF: download the merged GGUF instead';
-    else if (f === 'state' && !(state.dataLoaded && state.planOk)) why = 'load data first';
+    else if ((f === 'state' || f === 'project') && !(state.dataLoaded && state.planOk)) why = 'load data first';
     b.disabled = !!why;
     b.title = why || b.dataset.title || '';
   }

@@ -493,6 +493,9 @@ async function handleExport({ format }) {
     download(`${stem}-merged.zip`, zipStore(files), 'application/zip');
   } else if (format === 'gguf') {
     download(`${stem}.f16.gguf`, await engine(() => session.export_gguf(false)), 'application/octet-stream');
+  } else if (format === 'project') {
+    const files = await engine(() => session.export_project());
+    download(`${stem}-trl-project.zip`, zipStore(files), 'application/zip');
   } else if (format === 'state') {
     const bytes = await engine(() => session.save_state());
     download(`${stem}-step${stepCount()}.state`, bytes, 'application/octet-stream');

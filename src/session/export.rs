@@ -1,6 +1,7 @@
 //! The trained model out (PEFT adapter, merged Hugging Face folder, GGUF) and the
 //! training state out and back in.
 
+use super::export_run::{export_run, ExportInput, ExportModel};
 use super::{Format, Plan, Session, Settings};
 use crate::error::{Error, Result};
 use crate::export::gguf::{export_gguf, GgufDtype, GgufExport};
@@ -93,5 +94,43 @@ impl<'g> Session<'g> {
         self.start()?;
         self.run.as_mut().unwrap().restore(&ck)?;
         Ok(self.plan())
+    }
+
+    /// The run as a transformers + TRL + PEFT + accelerate project (the page's "Continue on
+    /// a GPU cluster"): `export_run`'s files, with the data as given and, under LoRA, the
+    /// adapter as trained so far in `adapter/`, which train.py continues from.
+    pub async fn export_project(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let meta = self.meta.as_ref().ok_or_else(|| Error::Usage("load a model first".into()))?;
+        let model = self.model().ok_or_else(|| Error::Usage("load a model first".into()))?;
+        let (_, train) = self.train_text.as_ref().ok_or_else(|| Error::Usage("load a dataset first".into()))?;
+        let hub_id = meta.name.contains('/') && crate::load::hub::validate_model_id(&meta.name).is_ok();
+        let base = if meta.source() == "gguf" || hub_id {
+            ExportModel::from_arg(&meta.name)
+        } else {
+            ExportModel {
+                id: None,
+                note: Some(format!(
+                    "webtune trained on local files (`{}`) picked in the page; set `\"model\"` in train.py's \
+                     settings block to that folder (copied next to train.py) or to its Hugging Face id.",
+                    meta.name
+                )),
+            }
+        };
+        let mut adapter_files = Vec::new();
+        if model.lora.is_some() {
+            for (name, bytes) in self.export(Some(Format::Peft)).await? {
+                adapter_files.push((format!("adapter/{name}"), bytes));
+            }
+        }
+        let input = ExportInput {
+            settings: &self.settings,
+            model: &base,
+            train,
+            eval: self.eval_text.as_ref().map(|(_, t)| t.as_str()),
+            adapter: (!adapter_files.is_empty()).then_some("adapter"),
+        };
+        let mut files = export_run(&input)?;
+        files.extend(adapter_files);
+        Ok(files)
     }
 }

@@ -336,6 +336,10 @@ test('LoRA on GPT-2 from local files; a state saved with clipping off loads back
     assert.deepEqual(run.steps, [1, 2, 3]);
     assert.equal(run.plan.settings.max_grad_norm, 0);
 
+    // "Continue on a GPU cluster": the TRL project, continuing from the adapter so far.
+    const project = unzip(fs.readFileSync(await download(page, () => page.click('[data-export=project]'), 'gpt2-lora-project.zip')));
+    for (const f of ['train.py', 'README.md', 'requirements.txt', 'data/train.jsonl', 'accelerate/fsdp.yaml', 'adapter/adapter_config.json', 'adapter/adapter_model.safetensors']) assert.ok(project[f], `${f} in the project: ${Object.keys(project)}`);
+    assert.match(project['train.py'].toString(), /"adapter": "adapter"/);
     const file = await download(page, () => page.click('[data-export=state]'), 'gpt2-lora.state');
     await page.setInputFiles('#state-file', file);
     await until(page, () => /Restored/.test(document.querySelector('#train-status').textContent), null, MIN);
