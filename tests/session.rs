@@ -225,7 +225,8 @@ fn state_with_clipping_off_restores() {
     // "Continue on a GPU cluster": the TRL project of this run, continuing from the
     // adapter as trained so far, with the data as given.
     let files = block(b.export_project()).unwrap();
-    let get = |n: &str| files.iter().find(|(f, _)| f == n).map(|(_, d)| d.clone()).unwrap_or_else(|| panic!("{n} missing"));
+    let get =
+        |n: &str| files.iter().find(|(f, _)| f == n).map(|(_, d)| d.clone()).unwrap_or_else(|| panic!("{n} missing"));
     assert_eq!(get("data/train.jsonl"), jsonl.as_bytes());
     assert_eq!(get("adapter/adapter_model.safetensors"), block(b.export(None)).unwrap()[1].1);
     let train_py = String::from_utf8(get("train.py")).unwrap();
