@@ -182,27 +182,7 @@ fn first_step_matches_the_exported_trl_run() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "webtune train: {stdout}{}", String::from_utf8_lossy(&o.stderr));
-        let step = |n: u32| -> (f64, f64) {
-            let line = stdout.lines().find(|l| l.starts_with(&format!("step {n}/"))).expect("a step line");
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let field = |k: &str| -> f64 { w[w.iter().position(|&x| x == k).unwrap() + 1].parse().unwrap() };
-            (field("loss"), field("grad_norm"))
-        };
-        let (loss, norm) = step(1);
-        let t = &want["modes"][mode];
-        let (tl, tn) = (t["first_step_loss"].as_f64().unwrap(), t["first_step_grad_norm"].as_f64().unwrap());
-        let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
-        let (loss2, t2) = (step(2).0, t["step_losses"][1].as_f64().unwrap());
-        eprintln!(
-            "{mode}: webtune loss {loss} grad_norm {norm}; TRL {tl} {tn}; relative {dl:.2e} {dn:.2e}; \
-             step 2 loss webtune {loss2} TRL {t2} (relative {:.2e})",
-            (loss2 - t2).abs() / t2
-        );
-        // The printed loss has 6 decimals and the norm 4: both well inside the tolerances.
-        assert!(dl <= 1e-5, "{mode} loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
-        assert!(dn <= 1e-4, "{mode} grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
-        // After one clipped AdamW update at the schedule's first learning rate.
-        assert!((loss2 - t2).abs() / t2 <= 1e-5, "{mode} step 2 loss: webtune {loss2}, TRL {t2}");
+        matches_trl(mode, &stdout, &want["modes"][mode]);
         let _ = std::fs::remove_dir_all(&out);
     }
 }
@@ -317,6 +297,24 @@ fn train(args: &[&str], out: &Path) -> String {
     stdout
 }
 
+/// Webtune's first two steps (printed by `train`) against the TRL run's `t`: the loss and
+/// gradient norm of step 1 and the loss after one clipped AdamW update. The printed loss
+/// has 6 decimals and the norm 4: both well inside the tolerances.
+fn matches_trl(label: &str, stdout: &str, t: &serde_json::Value) {
+    let (loss, norm) = step_line(stdout, 1);
+    let (tl, tn) = (t["first_step_loss"].as_f64().unwrap(), t["first_step_grad_norm"].as_f64().unwrap());
+    let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
+    let (loss2, t2) = (step_line(stdout, 2).0, t["step_losses"][1].as_f64().unwrap());
+    let dl2 = (loss2 - t2).abs() / t2;
+    eprintln!(
+        "{label}: webtune loss {loss} grad_norm {norm}; TRL {tl} {tn}; relative {dl:.2e} {dn:.2e}; \
+         step 2 loss webtune {loss2} TRL {t2} (relative {dl2:.2e})"
+    );
+    assert!(dl <= 1e-5, "{label} loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
+    assert!(dn <= 1e-4, "{label} grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
+    assert!(dl2 <= 1e-5, "{label} step 2 loss: webtune {loss2}, TRL {t2} (relative {dl2:.2e})");
+}
+
 fn step_line(stdout: &str, n: u32) -> (f64, f64) {
     let line = stdout.lines().find(|l| l.starts_with(&format!("step {n}/"))).expect("a step line");
     let w: Vec<&str> = line.split_whitespace().collect();
@@ -357,19 +355,7 @@ fn lora_first_step_matches_the_exported_trl_run() {
             "3",
         ];
         let stdout = train(&[&args[..], &["--lr", "0.001", "--loss", mode]].concat(), &out);
-        let (loss, norm) = step_line(&stdout, 1);
-        let t = &want["modes"][mode];
-        let (tl, tn) = (t["first_step_loss"].as_f64().unwrap(), t["first_step_grad_norm"].as_f64().unwrap());
-        let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
-        let (loss2, t2) = (step_line(&stdout, 2).0, t["step_losses"][1].as_f64().unwrap());
-        let dl2 = (loss2 - t2).abs() / t2;
-        eprintln!(
-            "lora {mode}: webtune loss {loss} grad_norm {norm}; TRL {tl} {tn}; relative {dl:.2e} {dn:.2e}; \
-             step 2 loss webtune {loss2} TRL {t2} (relative {dl2:.2e})"
-        );
-        assert!(dl <= 1e-5, "lora {mode} loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
-        assert!(dn <= 1e-4, "lora {mode} grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
-        assert!(dl2 <= 1e-5, "lora {mode} step 2 loss: webtune {loss2}, TRL {t2} (relative {dl2:.2e})");
+        matches_trl(&format!("lora {mode}"), &stdout, &want["modes"][mode]);
         let _ = std::fs::remove_dir_all(&out);
     }
     // The adapter train.py saved loads back into webtune (continuing from it at lr 0: its
@@ -401,19 +387,7 @@ fn qwen2_first_step_matches_the_exported_trl_run() {
         let out = tmp(&format!("qwen2-{mode}"));
         let args = ["--model", "tests/fixtures/qwen2", "--method", "full", "--steps", "2", "--batch", "3"];
         let stdout = train(&[&args[..], &["--grad-accum", "3", "--lr", "0.001", "--loss", mode]].concat(), &out);
-        let (loss, norm) = step_line(&stdout, 1);
-        let t = &want["modes"][mode];
-        let (tl, tn) = (t["first_step_loss"].as_f64().unwrap(), t["first_step_grad_norm"].as_f64().unwrap());
-        let (dl, dn) = ((loss - tl).abs() / tl, (norm - tn).abs() / tn);
-        let (loss2, t2) = (step_line(&stdout, 2).0, t["step_losses"][1].as_f64().unwrap());
-        let dl2 = (loss2 - t2).abs() / t2;
-        eprintln!(
-            "qwen2 {mode}: webtune loss {loss} grad_norm {norm}; TRL {tl} {tn}; relative {dl:.2e} {dn:.2e}; \
-             step 2 loss webtune {loss2} TRL {t2} (relative {dl2:.2e})"
-        );
-        assert!(dl <= 1e-5, "qwen2 {mode} loss: webtune {loss}, TRL {tl} (relative {dl:.2e})");
-        assert!(dn <= 1e-4, "qwen2 {mode} grad norm: webtune {norm}, TRL {tn} (relative {dn:.2e})");
-        assert!(dl2 <= 1e-5, "qwen2 {mode} step 2 loss: webtune {loss2}, TRL {t2} (relative {dl2:.2e})");
+        matches_trl(&format!("qwen2 {mode}"), &stdout, &want["modes"][mode]);
         let _ = std::fs::remove_dir_all(&out);
     }
 }
