@@ -13,6 +13,9 @@ pub struct Kernel {
     pub file: &'static str,
     /// The kernel's own shared constants (`kernel!`'s list), after `SHARED`.
     pub consts: &'static [(&'static str, u32)],
+    /// WGSL libraries (helper functions, no entry points) placed after common.wgsl and
+    /// before the file, e.g. the in-kernel dequantizers of a compact weight operand.
+    pub includes: &'static [&'static str],
 }
 
 /// The constants every kernel sees, common.wgsl's included.
@@ -22,13 +25,17 @@ const COMMON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/
 
 impl Kernel {
     /// The WGSL the shader module is built from: `const NAME: u32 = value;` for each
-    /// shared constant, common.wgsl, the kernel file.
+    /// shared constant, common.wgsl, the includes, the kernel file.
     pub fn source(&self) -> String {
         let mut s = String::from("// Constants shared with Rust, written from their Rust definitions.\n");
         for (name, value) in SHARED.iter().chain(self.consts) {
             let _ = writeln!(s, "const {name}: u32 = {value}u;");
         }
-        s + COMMON + self.file
+        s += COMMON;
+        for inc in self.includes {
+            s += inc;
+        }
+        s + self.file
     }
 }
 
@@ -42,6 +49,7 @@ macro_rules! kernel {
             name: $name,
             file: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
             consts: &[$((stringify!($c), $c)),*],
+            includes: &[],
         };
     };
 }
