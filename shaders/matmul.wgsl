@@ -1,94 +1,202 @@
-// Matrix multiply C(M,N) = alpha * A(M,K) . B(K,N) [+ bias(N)] [+ resid(M,N)] [+ C], any shape.
+// The matmul family: C(M,N) = alpha * op(A)(M,K) . op(B)(K,N) [+ bias(N)] [+ resid(M,N)]
+// [+ C] [+ s * U(M,R) . LB(N,R)^T], any shape. src/ops/matmul.rs picks the entry point per
+// shape and adapter from one table (`choose`) and builds one pipeline per layout.
 //
-// A and B are read through row and column strides, so the same kernel serves a Linear
-// layer's forward (x . W^T), its input gradient (dy . W) and its weight gradient (dy^T . x),
-// and GPT-2's Conv1D layout, without transposing anything in memory.
+// Layout specialization: A_T, B_T (operand stored transposed) and C_T (the output written
+// transposed, so a product with few rows runs as its transpose) are prelude constants, one
+// pipeline per combination, so no runtime stride sits in an inner loop. For a Linear layer
+// x . W^T is (A_T, B_T) = (0, 1), dy . W is (0, 0) and dy^T . x is (1, 0).
 //
-// Tiling: a 16x16 workgroup computes a 64x64 tile of C; each thread a 4x4 block whose rows
-// and columns are 16 apart (so shared-memory reads are conflict-free and stores coalesce).
-// The K dimension advances 16 at a time through workgroup memory.
-// FLOPs 2*M*N*K; bytes ~ 4*(M*K*N/64 + K*N*M/64 + M*N) with 64x64 tiles.
+// The B operand is read as u32 words through `b_at` (bitcast for f32), so that a frozen
+// weight kept compact on the GPU (GGUF blocks, f16) is one more specialization of the same
+// kernels rather than a copy of them.
+//
+// Every entry point ends in the one epilogue `store`, and every product sums over k in
+// k order with fma, except `matmul_skinny`, which splits K across threads and adds the
+// parts in a fixed tree order (deterministic; within f32 rounding of the others).
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    flags: u32,       // ACCUMULATE | HAS_BIAS | HAS_RESID
-    a_rs: u32,        // A(m, k) = a[m * a_rs + k * a_cs]
-    a_cs: u32,
-    b_rs: u32,        // B(k, n) = b[k * b_rs + n * b_cs]
-    b_cs: u32,
-    alpha: f32,       // C = alpha * A . B [+ ...]; 1.0 leaves the product bit-identical
+    flags: u32,       // ACCUMULATE | HAS_BIAS | HAS_RESID | HAS_LORA | LORA_BT
+    r: u32,           // R, the LoRA rank of the fused epilogue
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    alpha: f32,       // C = alpha * A . B [+ ...]; 1.0 leaves the product bit-identical
+    lora_scale: f32,  // s of the fused LoRA epilogue
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> wq: array<u32>;     // B, as f32 bits
 @group(0) @binding(3) var<storage, read> bias: array<f32>;   // (N)
 @group(0) @binding(4) var<storage, read> resid: array<f32>;  // (M, N)
-@group(0) @binding(5) var<storage, read_write> c: array<f32>; // (M, N)
+@group(0) @binding(5) var<storage, read_write> c: array<f32>; // (M, N), or (N, M) when C_T
+@group(0) @binding(6) var<storage, read> lu: array<f32>;     // (M, R) LoRA's u = drop(x) A^T
+@group(0) @binding(7) var<storage, read> lb: array<f32>;     // (N, R), or (R, N) when LORA_BT
 
-// HAS_BIAS, HAS_RESID and the tile shape TM x TN (depth TK) come from src/ops/matmul.rs.
-var<workgroup> tile_a: array<f32, TK * TM>; // [TK][TM]
-var<workgroup> tile_b: array<f32, TK * TN>; // [TK][TN]
+// op(A)(m, k): A stored (M, K), or (K, M) when A_T.
+fn a_at(m: u32, k: u32) -> f32 {
+    if (A_T == 0u) { return a[m * p.k + k]; }
+    return a[k * p.m + m];
+}
 
-// The one epilogue of every product entry point: C(m, n) = alpha * prod [+ bias(n)]
-// [+ resid(m, n)] [+ C(m, n)], in this order (so the variants agree bit for bit).
+// op(B)(k, n): B stored (K, N), or (N, K) when B_T.
+fn b_at(k: u32, n: u32) -> f32 {
+    if (B_T == 0u) { return bitcast<f32>(wq[k * p.n + n]); }
+    return bitcast<f32>(wq[n * p.k + k]);
+}
+
+// The one epilogue: C(m, n) = alpha * prod [+ bias(n)] [+ resid(m, n)] [+ C(m, n)]
+// [+ s * sum_r U(m, r) LB(n, r)] (LB stored (R, N) when LORA_BT: LoRA's A in the input
+// gradient dx = dy W + s g A), in this order, which is the order of the unfused
+// product followed by an accumulating LoRA product (so fusing changes no bit).
 fn store(m: u32, n: u32, prod: f32) {
     var v = prod * p.alpha;
     if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
-    let o = m * p.n + n;
+    var o = m * p.n + n;
+    if (C_T != 0u) { o = n * p.m + m; }
     if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
     if ((p.flags & ACCUMULATE) != 0u) { v += c[o]; }
+    if ((p.flags & HAS_LORA) != 0u) {
+        var l = 0.0;
+        for (var r = 0u; r < p.r; r++) {
+            var bi = n * p.r + r;
+            if ((p.flags & LORA_BT) != 0u) { bi = r * p.n + n; }
+            l = fma(lu[m * p.r + r], lb[bi], l);
+        }
+        v = p.lora_scale * l + v;
+    }
     c[o] = v;
 }
 
+// ---- Large products on GPUs: 128 x 64 tiles, 8 x 4 outputs per thread ----------------
+// 256 threads (16 x 16). The K loop is double-buffered through registers: the next tile's
+// global loads are issued before the current tile's fmas, and stored to workgroup memory
+// after them. Tiles are k-major with a row padding of 4 floats, so the k-fast global loads
+// of a K-contiguous operand store without bank conflicts, and threads read B as vec4s.
+// FLOPs 2*M*N*K; bytes ~ 4*(M*K*N/64 + K*N*M/128 + M*N).
+const L_TM: u32 = 128u;
+const L_TN: u32 = 64u;
+const L_TK: u32 = 16u;
+const L_PA: u32 = L_TM + 4u; // padded row of tile_la
+const L_PB: u32 = L_TN + 4u; // padded row of tile_lb
+var<workgroup> tile_la: array<f32, L_TK * L_PA>;        // [TK][TM + 4]
+var<workgroup> tile_lb: array<vec4<f32>, L_TK * L_PB / 4u>; // [TK][(TN + 4) / 4]
+
+// Out-of-range loads read a clamped, valid index and are replaced by 0.
+// Element e (of TK * TM) of A's next tile: its (row, k) in the tile, in the order that
+// makes consecutive threads read consecutive addresses of the stored operand.
+fn la_coord(e: u32) -> vec2<u32> {
+    if (A_T == 0u) { return vec2<u32>(e / L_TK, e % L_TK); }
+    return vec2<u32>(e % L_TM, e / L_TM);
+}
+
+fn lb_coord(e: u32) -> vec2<u32> {
+    if (B_T == 1u) { return vec2<u32>(e / L_TK, e % L_TK); }
+    return vec2<u32>(e % L_TN, e / L_TN);
+}
+
 @compute @workgroup_size(16, 16)
-fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = wid.y * TM;
-    let col0 = wid.x * TN;
+fn matmul_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * L_TM;
+    let col0 = wid.x * L_TN;
+    let tid = lid.y * 16u + lid.x;
+    var acc: array<vec4<f32>, 8>; // acc[i] = C(row0 + lid.y + 16 i, col0 + 4 lid.x + 0..3)
+    for (var i = 0u; i < 8u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    var ra: array<f32, 8>; // this thread's share of the next A tile (8 of 2048)
+    var rb: array<f32, 4>; // and of the next B tile (4 of 1024)
+    for (var i = 0u; i < 8u; i++) {
+        let q = la_coord(tid + i * 256u);
+        ra[i] = select(0.0, a_at(min(row0 + q.x, p.m - 1u), min(q.y, p.k - 1u)), row0 + q.x < p.m && q.y < p.k);
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let q = lb_coord(tid + i * 256u);
+        rb[i] = select(0.0, b_at(min(q.y, p.k - 1u), min(col0 + q.x, p.n - 1u)), col0 + q.x < p.n && q.y < p.k);
+    }
+    for (var k0 = 0u; k0 < p.k; k0 += L_TK) {
+        for (var i = 0u; i < 8u; i++) {
+            let q = la_coord(tid + i * 256u);
+            tile_la[q.y * L_PA + q.x] = ra[i];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let q = lb_coord(tid + i * 256u);
+            let slot = q.y * L_PB + q.x;
+            tile_lb[slot / 4u][slot % 4u] = rb[i];
+        }
+        workgroupBarrier();
+        // The next tile's loads, in flight during this tile's fmas.
+        let k1 = k0 + L_TK;
+        if (k1 < p.k) {
+            for (var i = 0u; i < 8u; i++) {
+                let q = la_coord(tid + i * 256u);
+                ra[i] = select(0.0, a_at(min(row0 + q.x, p.m - 1u), min(k1 + q.y, p.k - 1u)), row0 + q.x < p.m && k1 + q.y < p.k);
+            }
+            for (var i = 0u; i < 4u; i++) {
+                let q = lb_coord(tid + i * 256u);
+                rb[i] = select(0.0, b_at(min(k1 + q.y, p.k - 1u), min(col0 + q.x, p.n - 1u)), col0 + q.x < p.n && k1 + q.y < p.k);
+            }
+        }
+        for (var kk = 0u; kk < L_TK; kk++) {
+            let bv = tile_lb[(kk * L_PB) / 4u + lid.x];
+            for (var i = 0u; i < 8u; i++) {
+                acc[i] = fma(vec4<f32>(tile_la[kk * L_PA + lid.y + 16u * i]), bv, acc[i]);
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        let m = row0 + lid.y + 16u * i;
+        let n = col0 + 4u * lid.x;
+        if (m < p.m) {
+            for (var j = 0u; j < 4u; j++) {
+                if (n + j < p.n) { store(m, n + j, acc[i][j]); }
+            }
+        }
+    }
+}
+
+// ---- Medium products on GPUs: 64 x 64 tiles, 4 x 4 outputs per thread ----------------
+// 16 x 16 threads; each output block's rows and columns are 16 apart (conflict-free reads).
+// For products too small to fill a GPU with 128 x 64 tiles.
+// FLOPs 2*M*N*K; bytes ~ 4*(M*K*N/64 + K*N*M/64 + M*N).
+const M_T: u32 = 64u;
+const M_TK: u32 = 16u;
+const M_P: u32 = M_T + 1u; // padded row: k-fast stores hit distinct banks
+var<workgroup> tile_ma: array<f32, M_TK * M_P>; // [TK][TM + 1]
+var<workgroup> tile_mb: array<f32, M_TK * M_P>; // [TK][TN + 1]
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * M_T;
+    let col0 = wid.x * M_T;
     let tid = lid.y * 16u + lid.x;
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = 0.0;
     }
-    // Walk the tile in the order that makes consecutive threads read consecutive addresses.
-    let a_k_fast = p.a_cs == 1u;
-    let b_k_fast = p.b_rs == 1u;
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+    for (var k0 = 0u; k0 < p.k; k0 += M_TK) {
         for (var i = 0u; i < 4u; i++) {
             let e = tid + i * 256u;
             var mm: u32;
             var kk: u32;
-            if (a_k_fast) { mm = e / TK; kk = e % TK; } else { kk = e / TM; mm = e % TM; }
-            let gm = row0 + mm;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gm < p.m && gk < p.k) {
-                v = a[gm * p.a_rs + gk * p.a_cs];
-            }
-            tile_a[kk * TM + mm] = v;
-
+            if (A_T == 0u) { mm = e / M_TK; kk = e % M_TK; } else { kk = e / M_T; mm = e % M_T; }
+            let av = a_at(min(row0 + mm, p.m - 1u), min(k0 + kk, p.k - 1u));
+            tile_ma[kk * M_P + mm] = select(0.0, av, row0 + mm < p.m && k0 + kk < p.k);
             var nn: u32;
-            if (b_k_fast) { nn = e / TK; kk = e % TK; } else { kk = e / TN; nn = e % TN; }
-            let gn = col0 + nn;
-            let gk2 = k0 + kk;
-            var w = 0.0;
-            if (gn < p.n && gk2 < p.k) {
-                w = b[gk2 * p.b_rs + gn * p.b_cs];
-            }
-            tile_b[kk * TN + nn] = w;
+            if (B_T == 1u) { nn = e / M_TK; kk = e % M_TK; } else { kk = e / M_T; nn = e % M_T; }
+            let bv = b_at(min(k0 + kk, p.k - 1u), min(col0 + nn, p.n - 1u));
+            tile_mb[kk * M_P + nn] = select(0.0, bv, col0 + nn < p.n && k0 + kk < p.k);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
+        for (var kk = 0u; kk < M_TK; kk++) {
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                av[i] = tile_a[kk * TM + lid.y + 16u * i];
-                bv[i] = tile_b[kk * TN + lid.x + 16u * i];
+                av[i] = tile_ma[kk * M_P + lid.y + 16u * i];
+                bv[i] = tile_mb[kk * M_P + lid.x + 16u * i];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) {
@@ -107,23 +215,116 @@ fn matmul_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
 }
 
-// A few rows (M <= 4: generation's one new token per sequence, where a 64x64 tile would
-// waste 63 of its 64 rows): one thread per element of C, looping over K. Same strides and
-// epilogue as the tiled kernel. FLOPs 2*M*N*K; bytes 4*(M*N*K + K*N + M*N) at most (each
-// thread reads its row of A, which the cache shares, and its column of B).
+// ---- Skinny products (N <= 16: LoRA's u = x A^T, g = dy B, dB; dA as its transpose) ----
+// A 64 x 64 tile would be mostly padding, and a thread per output walks all of K alone.
+// Here 256 threads take 16 rows; the 16 threads of a row split K into 16 interleaved
+// slices, each keeps all N (<= 16) sums of its slice, and the slices are added in a fixed
+// tree order through workgroup memory, 4 columns at a time. M/16 workgroups.
+// FLOPs 2*M*N*K; bytes 4*(M*K + (M/16)*K*N + M*N).
+const S_N: u32 = 16u;
+var<workgroup> skinny_part: array<vec4<f32>, 256>; // [row 16][slice 16], 4 columns
+
+@compute @workgroup_size(256)
+fn matmul_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    // The fast thread index walks the operand's contiguous dimension: k for a k-fast A,
+    // rows for a transposed one.
+    var row = tid / 16u;
+    var slice = tid % 16u;
+    if (A_T == 1u) { row = tid % 16u; slice = tid / 16u; }
+    let m = wid.x * 16u + row;
+    let mc = min(m, p.m - 1u); // rows past M compute garbage that is never stored
+    var acc: array<f32, 16>;
+    for (var j = 0u; j < S_N; j++) {
+        acc[j] = 0.0;
+    }
+    for (var k = slice; k < p.k; k += 16u) {
+        let av = a_at(mc, k);
+        for (var j = 0u; j < S_N; j++) {
+            if (j < p.n) { acc[j] = fma(av, b_at(k, j), acc[j]); }
+        }
+    }
+    let me = row * 16u + slice;
+    for (var j0 = 0u; j0 < p.n; j0 += 4u) {
+        skinny_part[me] = vec4<f32>(acc[j0], acc[min(j0 + 1u, 15u)], acc[min(j0 + 2u, 15u)], acc[min(j0 + 3u, 15u)]);
+        workgroupBarrier();
+        for (var w = 8u; w > 0u; w >>= 1u) {
+            if (slice < w) { skinny_part[me] += skinny_part[me + w]; }
+            workgroupBarrier();
+        }
+        if (slice == 0u && m < p.m) {
+            let s = skinny_part[me];
+            for (var j = 0u; j < 4u; j++) {
+                if (j0 + j < p.n) { store(m, j0 + j, s[j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// ---- One thread per output: few rows (generation's one new token per sequence), and
+// skinny products on CPU adapters, where barriers cost more than the lost parallelism.
+// FLOPs 2*M*N*K; bytes 4*(M*N*K + K*N + M*N) at most (the cache shares A's rows).
 @compute @workgroup_size(WG)
-fn matmul_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn matmul_dot(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg, WG);
     if (i >= p.m * p.n) { return; }
-    let m = i / p.n;
-    let n = i % p.n;
-    let a0 = m * p.a_rs;
-    let b0 = n * p.b_cs;
+    // Consecutive threads take consecutive outputs in the order C is stored.
+    var m = i / p.n;
+    var n = i % p.n;
+    if (C_T != 0u) { m = i % p.m; n = i / p.m; }
     var v = 0.0;
     for (var kk = 0u; kk < p.k; kk++) {
-        v = fma(a[a0 + kk * p.a_cs], b[kk * p.b_rs + b0], v);
+        v = fma(a_at(m, kk), b_at(kk, n), v);
     }
     store(m, n, v);
+}
+
+// ---- CPU adapters (SwiftShader, lavapipe): the tile product without workgroup memory --
+// Each thread accumulates its 4x4 block (rows and columns 16 apart) straight from global
+// memory through the cache. CPU rasterizers pay dearly for every workgroupBarrier and
+// their "shared memory" is ordinary memory, so this runs several times faster there.
+// FLOPs 2*M*N*K; bytes as matmul_tiled.
+@compute @workgroup_size(16, 16)
+fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m0 = wid.y * 64u + lid.y;
+    let n0 = wid.x * 64u + lid.x;
+    // Out-of-range rows/columns are clamped to a valid index: they compute garbage that is
+    // never stored, and the inner loop stays free of bounds checks. Named scalars and vec4
+    // accumulators, not arrays: a software rasterizer's JIT keeps those in registers, where
+    // dynamically indexed arrays become stack memory (a load and a store per fma).
+    let r0 = min(m0, p.m - 1u);
+    let r1 = min(m0 + 16u, p.m - 1u);
+    let r2 = min(m0 + 32u, p.m - 1u);
+    let r3 = min(m0 + 48u, p.m - 1u);
+    let c0 = min(n0, p.n - 1u);
+    let c1 = min(n0 + 16u, p.n - 1u);
+    let c2 = min(n0 + 32u, p.n - 1u);
+    let c3 = min(n0 + 48u, p.n - 1u);
+    // acc_i[j] = sum_k A(m0 + 16i, k) B(k, n0 + 16j), one fma per k in k order.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k = 0u; k < p.k; k++) {
+        let bv = vec4<f32>(b_at(k, c0), b_at(k, c1), b_at(k, c2), b_at(k, c3));
+        acc0 = fma(vec4<f32>(a_at(r0, k)), bv, acc0);
+        acc1 = fma(vec4<f32>(a_at(r1, k)), bv, acc1);
+        acc2 = fma(vec4<f32>(a_at(r2, k)), bv, acc2);
+        acc3 = fma(vec4<f32>(a_at(r3, k)), bv, acc3);
+    }
+    store_row4(m0, n0, acc0);
+    store_row4(m0 + 16u, n0, acc1);
+    store_row4(m0 + 32u, n0, acc2);
+    store_row4(m0 + 48u, n0, acc3);
+}
+
+// C(m, n0 + 16j) for j = 0..3, where in range.
+fn store_row4(m: u32, n0: u32, v: vec4<f32>) {
+    if (m >= p.m) { return; }
+    if (n0 < p.n) { store(m, n0, v.x); }
+    if (n0 + 16u < p.n) { store(m, n0 + 16u, v.y); }
+    if (n0 + 32u < p.n) { store(m, n0 + 32u, v.z); }
+    if (n0 + 48u < p.n) { store(m, n0 + 48u, v.w); }
 }
 
 // The bias gradient: db(N) [+]= sum over rows of dy(M, N). One thread per column, so the
@@ -141,54 +342,4 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     if ((p.flags & ACCUMULATE) != 0u) { s += dbias[n]; }
     dbias[n] = s;
-}
-
-// The same product without workgroup memory: each thread accumulates its 4x4 block
-// straight from global memory (through the cache). CPU-backed adapters (SwiftShader,
-// lavapipe) pay dearly for every workgroupBarrier, and their "shared memory" is ordinary
-// memory anyway, so this variant is several times faster there; real GPUs prefer the
-// tiled kernel above. Same Params, bindings and results (the same fma order over k).
-@compute @workgroup_size(16, 16)
-fn matmul_forward_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let m0 = wid.y * TM + lid.y;
-    let n0 = wid.x * TN + lid.x;
-    // Clamp out-of-range rows/columns to a valid index: they compute garbage that is
-    // never stored, and the inner loop stays free of bounds checks. Named scalars and
-    // vec4 accumulators, not arrays: a software rasterizer's JIT keeps those in registers,
-    // where dynamically indexed arrays become stack memory (a load and a store per fma).
-    let a0 = min(m0, p.m - 1u) * p.a_rs;
-    let a1 = min(m0 + 16u, p.m - 1u) * p.a_rs;
-    let a2 = min(m0 + 32u, p.m - 1u) * p.a_rs;
-    let a3 = min(m0 + 48u, p.m - 1u) * p.a_rs;
-    let b0 = min(n0, p.n - 1u) * p.b_cs;
-    let b1 = min(n0 + 16u, p.n - 1u) * p.b_cs;
-    let b2 = min(n0 + 32u, p.n - 1u) * p.b_cs;
-    let b3 = min(n0 + 48u, p.n - 1u) * p.b_cs;
-    // acc_i[j] = sum_k A(m0 + 16i, k) B(k, n0 + 16j), one fma per k in k order.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    for (var k = 0u; k < p.k; k++) {
-        let ak = k * p.a_cs;
-        let bk = k * p.b_rs;
-        let bv = vec4<f32>(b[b0 + bk], b[b1 + bk], b[b2 + bk], b[b3 + bk]);
-        acc0 = fma(vec4<f32>(a[a0 + ak]), bv, acc0);
-        acc1 = fma(vec4<f32>(a[a1 + ak]), bv, acc1);
-        acc2 = fma(vec4<f32>(a[a2 + ak]), bv, acc2);
-        acc3 = fma(vec4<f32>(a[a3 + ak]), bv, acc3);
-    }
-    store_row4(m0, n0, acc0);
-    store_row4(m0 + 16u, n0, acc1);
-    store_row4(m0 + 32u, n0, acc2);
-    store_row4(m0 + 48u, n0, acc3);
-}
-
-// C(m, n0 + 16j) for j = 0..3, where in range.
-fn store_row4(m: u32, n0: u32, v: vec4<f32>) {
-    if (m >= p.m) { return; }
-    if (n0 < p.n) { store(m, n0, v.x); }
-    if (n0 + 16u < p.n) { store(m, n0 + 16u, v.y); }
-    if (n0 + 32u < p.n) { store(m, n0 + 32u, v.z); }
-    if (n0 + 48u < p.n) { store(m, n0 + 48u, v.w); }
 }

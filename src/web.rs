@@ -124,7 +124,7 @@ impl Session {
         to_js(&json!({
             "name": i.name, "backend": i.backend, "device_type": i.device_type, "software": i.software,
             "max_binding_bytes": g.max_binding(), "max_buffer_bytes": g.limits.max_buffer_size,
-            "matmul": if g.matmul_reg { "register-blocked" } else { "tiled" }, "lost": g.is_lost(),
+            "matmul": if g.matmul_cpu { "cpu" } else { "gpu" }, "lost": g.is_lost(),
         }))
     }
 

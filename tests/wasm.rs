@@ -13,7 +13,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 use webtune::gpu::{Encoder, Gpu};
-use webtune::ops::matmul::{matmul, Op};
+use webtune::ops::matmul::{matmul, matmul_variant, Extras, Op, Variant};
 use webtune::train::{AdamW, Example, LossMode, TrainConfig, Trainer};
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -205,7 +205,16 @@ async fn every_kernel_compiles_under_tint() {
 async fn matmul_all_transposes_match_reference() {
     let g = gpu().await;
     let mut rng = Rng::new(1);
-    for &(m, n, k) in &[(1, 1, 1), (63, 65, 15), (70, 33, 129), (3, 130, 40)] {
+    for &(m, n, k) in &[(1, 1, 1), (63, 65, 15), (70, 33, 129), (3, 130, 40), (70, 8, 129), (8, 130, 40)] {
+        // Every kernel of the family that can hold this shape, not only the one the table
+        // picks for SwiftShader.
+        let mut variants = vec![Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot];
+        if n <= 16 {
+            variants.push(Variant::Skinny);
+        }
+        if m <= 16 {
+            variants.push(Variant::SkinnyT);
+        }
         for a_op in [Op::N, Op::T] {
             for b_op in [Op::N, Op::T] {
                 let a = rng.vec(m * k, 1.0);
@@ -216,16 +225,19 @@ async fn matmul_all_transposes_match_reference() {
 
                 let ta = g.upload_f32("a", &a).unwrap();
                 let tb = g.upload_f32("b", &b).unwrap();
-                let tc = g.zeros("c", m * n).unwrap();
-                let tacc = g.upload_f32("acc", &c0).unwrap();
-                let mut enc = Encoder::new(&g);
-                matmul(&mut enc, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tc, false);
-                matmul(&mut enc, (m, n, k), &ta, a_op, &tb, b_op, None, None, &tacc, true);
-                enc.submit();
-                let what = format!("matmul {m}x{n}x{k} {a_op:?}{b_op:?}");
-                let err = check(&what, &g.read_f32(&tc).await.unwrap(), &want, MATMUL);
-                check(&format!("{what} accumulate"), &g.read_f32(&tacc).await.unwrap(), &want_acc, MATMUL);
-                console_log!("{what}: worst relative error {err:.2e}");
+                for &v in &variants {
+                    let tc = g.zeros("c", m * n).unwrap();
+                    let tacc = g.upload_f32("acc", &c0).unwrap();
+                    let mut enc = Encoder::new(&g);
+                    let ex = Extras::default();
+                    matmul_variant(&mut enc, v, (m, n, k), 1.0, &ta, a_op, &tb, b_op, ex, &tc, false);
+                    matmul_variant(&mut enc, v, (m, n, k), 1.0, &ta, a_op, &tb, b_op, ex, &tacc, true);
+                    enc.submit();
+                    let what = format!("matmul {v:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
+                    let err = check(&what, &g.read_f32(&tc).await.unwrap(), &want, MATMUL);
+                    check(&format!("{what} accumulate"), &g.read_f32(&tacc).await.unwrap(), &want_acc, MATMUL);
+                    console_log!("{what}: worst relative error {err:.2e}");
+                }
             }
         }
     }

@@ -36,9 +36,9 @@ pub struct Gpu {
     pub no_reuse: bool,
     /// Bound in place of an optional argument a dispatch does not use.
     pub dummy: Tensor,
-    /// Matmuls without workgroup memory (faster on CPU-backed adapters, see matmul.wgsl).
-    /// Chosen from the adapter; `WEBTUNE_MATMUL=tiled|reg` overrides it.
-    pub matmul_reg: bool,
+    /// Matmul kernels from the CPU-adapter column of `ops::matmul::choose` (no workgroup
+    /// memory or barriers). Chosen from the adapter; `WEBTUNE_MATMUL=gpu|cpu` overrides it.
+    pub matmul_cpu: bool,
     /// Set by the device-lost callback (a driver reset, a browser reclaiming the GPU of a
     /// background tab, `device.destroy()`), so a caller can tell a lost device from a
     /// failing step and start over from a checkpoint.
@@ -97,9 +97,9 @@ impl Gpu {
             }),
             4,
         );
-        let matmul_reg = match std::env::var("WEBTUNE_MATMUL").as_deref() {
-            Ok("tiled") => false,
-            Ok("reg") => true,
+        let matmul_cpu = match std::env::var("WEBTUNE_MATMUL").as_deref() {
+            Ok("gpu") => false,
+            Ok("cpu") => true,
             // CPU adapters (SwiftShader, lavapipe): SmolLM2-135M full fine-tuning, batch 1 x 64
             // on lavapipe, 35.4 s per step tiled, 15.1 s register-blocked.
             _ => software,
@@ -110,7 +110,7 @@ impl Gpu {
         Gpu {
             counters: Default::default(),
             lost,
-            matmul_reg,
+            matmul_cpu,
             dummy,
             info: GpuInfo {
                 name: info.name.clone(),

@@ -15,7 +15,7 @@ use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dropout::{self, Mask};
-use crate::ops::matmul::{matmul, matmul_scaled, Linear, Op, WeightLayout};
+use crate::ops::matmul::{matmul, matmul_scaled, Extras, Linear, LoraEpilogue, Op, WeightLayout};
 use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu};
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -114,20 +114,25 @@ impl Model {
     ) {
         let p = &self.params;
         let b = l.b.map(|b| p.weight(b));
-        self.lin(l, rows).forward(enc, x, &p.weight(l.w), b.as_ref(), resid, y, false);
-        if let Some((lp, io)) = Self::lora_io(l, lora) {
-            let (r, u) = (lp.rank, &io.acts.u[lp.site]);
-            let xin = match (self.lora_mask(lp, io.salt), io.acts.xd.as_ref()) {
-                (Some(mask), Some(xd)) => {
-                    dropout::forward(enc, &mask, x, xd, rows * l.fan_in);
-                    xd
-                }
-                _ => x,
-            };
-            // u(rows, R) = drop(x)(rows, in) . A^T;  y(rows, out) += s * u . B^T
-            matmul(enc, (rows, r, l.fan_in), xin, Op::N, &p.weight(lp.a), Op::T, None, None, u, false);
-            matmul_scaled(enc, (rows, l.fan_out, r), lp.scale, u, Op::N, &p.weight(lp.b), Op::T, None, None, y, true);
-        }
+        let Some((lp, io)) = Self::lora_io(l, lora) else {
+            self.lin(l, rows).forward(enc, x, &p.weight(l.w), b.as_ref(), resid, y, false);
+            return;
+        };
+        let (r, u) = (lp.rank, &io.acts.u[lp.site]);
+        let xin = match (self.lora_mask(lp, io.salt), io.acts.xd.as_ref()) {
+            (Some(mask), Some(xd)) => {
+                dropout::forward(enc, &mask, x, xd, rows * l.fan_in);
+                xd
+            }
+            _ => x,
+        };
+        // u(rows, R) = drop(x)(rows, in) . A^T, then y(rows, out) = x W^T [+ b] [+ resid]
+        // + s * u . B^T in one dispatch (the adapter in the base product's epilogue).
+        matmul(enc, (rows, r, l.fan_in), xin, Op::N, &p.weight(lp.a), Op::T, None, None, u, false);
+        let lb = p.weight(lp.b);
+        let lora = LoraEpilogue { u, b: &lb, b_t: false, rank: r, scale: lp.scale };
+        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora) };
+        self.lin(l, rows).forward_ex(enc, x, &p.weight(l.w), ex, y, false);
     }
 
     /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable;
@@ -145,20 +150,37 @@ impl Model {
     ) {
         let p = &self.params;
         let lin = self.lin(l, rows);
-        if let Some((dx, acc)) = dx {
-            lin.backward_input(enc, dy, &p.weight(l.w), dx, acc);
-        }
-        if let Some(dw) = p.grad(l.w) {
-            let db = l.b.and_then(|b| p.grad(b));
-            lin.backward_weight(enc, dy, x, &dw, db.as_ref());
-        }
-        let Some((lp, io)) = Self::lora_io(l, lora) else { return };
+        let w = p.weight(l.w);
+        let lora = Self::lora_io(l, lora);
+        let Some((lp, io)) = lora else {
+            if let Some((dx, acc)) = dx {
+                lin.backward_input(enc, dy, &w, dx, acc);
+            }
+            self.linear_bwd_weight(enc, l, lin, dy, x);
+            return;
+        };
         let (r, s, (fi, fo)) = (lp.rank, lp.scale, (l.fan_in, l.fan_out));
         let (u, g) = (&io.acts.u[lp.site], &io.acts.g);
         let (a, b) = (p.weight(lp.a), p.weight(lp.b));
         let mask = self.lora_mask(lp, io.salt).zip(io.acts.xd.as_ref());
         // g(rows, R) = dy(rows, out) . B(out, R)
         matmul(enc, (rows, r, fo), dy, Op::N, &b, Op::N, None, None, g, false);
+        // dx(rows, in) [+]= dy W + drop'(s * g . A): without dropout the adapter's share
+        // rides in the base product's epilogue; with it, it goes through the mask first.
+        if let Some((dx, acc)) = dx {
+            match mask {
+                Some((m, xd)) => {
+                    lin.backward_input(enc, dy, &w, dx, acc);
+                    matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, xd, false);
+                    dropout::backward(enc, &m, xd, dx, rows * fi, true);
+                }
+                None => {
+                    let lora = LoraEpilogue { u: g, b: &a, b_t: true, rank: r, scale: s };
+                    lin.backward_input_ex(enc, dy, &w, Some(lora), dx, acc);
+                }
+            }
+        }
+        self.linear_bwd_weight(enc, l, lin, dy, x);
         // dB(out, R) += s * dy^T . u
         if let Some(db) = p.grad(lp.b) {
             matmul_scaled(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, None, None, &db, true);
@@ -174,15 +196,14 @@ impl Model {
             };
             matmul_scaled(enc, (r, fi, rows), s, g, Op::T, xin, Op::N, None, None, &da, true);
         }
-        // dx(rows, in) += drop'(s * g . A)
-        if let Some((dx, _)) = dx {
-            match mask {
-                Some((m, xd)) => {
-                    matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, xd, false);
-                    dropout::backward(enc, &m, xd, dx, rows * fi, true);
-                }
-                None => matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, dx, true),
-            }
+    }
+
+    /// The base layer's weight and bias gradients, when trainable (full fine-tuning).
+    fn linear_bwd_weight(&self, enc: &mut Encoder, l: &LinearP, lin: Linear, dy: &Tensor, x: &Tensor) {
+        let p = &self.params;
+        if let Some(dw) = p.grad(l.w) {
+            let db = l.b.and_then(|b| p.grad(b));
+            lin.backward_weight(enc, dy, x, &dw, db.as_ref());
         }
     }
 

@@ -1,5 +1,5 @@
 use webtune::gpu::Encoder;
-use webtune::ops::matmul::{matmul_variant, Linear, Op, Variant, WeightLayout};
+use webtune::ops::matmul::{choose, matmul_variant, Adapter, Extras, Linear, LoraEpilogue, Op, Variant, WeightLayout};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
 use crate::reference::matmul::{linear, linear_backward, transpose};
@@ -9,9 +9,35 @@ use crate::reference::{assert_grad, dot, numeric_grad};
 /// 2e-6 relative covers K up to a few thousand with margin, and catches any wrong index.
 const MATMUL: Tol = Tol { name: "MATMUL", abs: 1e-6, rel: 2e-6 };
 
-// Awkward shapes: 1, primes, sizes straddling the 64-wide tile and the 16-deep K step.
-const SHAPES: &[(usize, usize, usize)] =
-    &[(1, 1, 1), (1, 7, 3), (5, 1, 17), (63, 65, 15), (64, 64, 16), (70, 33, 129), (3, 130, 257), (128, 96, 80)];
+// Awkward shapes: 1, primes, sizes straddling the 64- and 128-wide tiles, the 16-deep K
+// step and the skinny kernel's 16 columns and 16 rows.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 7, 3),
+    (5, 1, 17),
+    (63, 65, 15),
+    (64, 64, 16),
+    (70, 33, 129),
+    (3, 130, 257),
+    (128, 96, 80),
+    (129, 65, 33),
+    (70, 8, 129),
+    (33, 16, 300),
+    (8, 130, 257),
+    (16, 17, 40),
+];
+
+/// Every kernel that can compute an (m, n) product.
+fn variants(m: usize, n: usize) -> Vec<Variant> {
+    let mut v = vec![Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot];
+    if n <= 16 {
+        v.push(Variant::Skinny);
+    }
+    if m <= 16 {
+        v.push(Variant::SkinnyT);
+    }
+    v
+}
 
 #[test]
 fn matmul_all_transposes_match_reference() {
@@ -37,11 +63,12 @@ fn matmul_all_transposes_match_reference() {
                 let ta = g.upload_f32("a", &a).unwrap();
                 let tb = g.upload_f32("b", &b).unwrap();
                 let tc2 = g.zeros("c2", m * n).unwrap();
-                for variant in [Variant::Tiled, Variant::Reg] {
+                for variant in variants(m, n) {
                     let tc = g.upload_f32("c", &c0).unwrap();
                     let mut enc = Encoder::new(g);
-                    matmul_variant(&mut enc, variant, (m, n, k), alpha, &ta, a_op, &tb, b_op, None, None, &tc, true);
-                    matmul_variant(&mut enc, variant, (m, n, k), 1.0, &ta, a_op, &tb, b_op, None, None, &tc2, false);
+                    let ex = Extras::default();
+                    matmul_variant(&mut enc, variant, (m, n, k), alpha, &ta, a_op, &tb, b_op, ex, &tc, true);
+                    matmul_variant(&mut enc, variant, (m, n, k), 1.0, &ta, a_op, &tb, b_op, ex, &tc2, false);
                     enc.submit();
                     let what = format!("matmul {variant:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
                     check(&format!("{what} accumulate"), &block(g.read_f32(&tc)).unwrap(), &want_acc, MATMUL);
@@ -50,6 +77,81 @@ fn matmul_all_transposes_match_reference() {
             }
         }
     }
+}
+
+/// The epilogue on every kernel that carries it: C = alpha A B + bias + resid + C
+/// + s U LB^T (LB stored (N, R), or (R, N)), against float64; and two runs give the same bits.
+#[test]
+fn matmul_epilogue_bias_resid_lora_every_variant() {
+    let g = gpu();
+    let mut rng = Rng::new(4);
+    for &(m, n, k, r) in &[(70, 33, 129, 8), (5, 130, 20, 3), (129, 65, 33, 16), (17, 200, 64, 1)] {
+        let a = rng.vec(m * k, 1.0);
+        let b = rng.vec(n * k, 1.0); // stored (N, K): x W^T
+        let bias = rng.vec(n, 1.0);
+        let resid = rng.vec(m * n, 1.0);
+        let c0 = rng.vec(m * n, 1.0);
+        let u = rng.vec(m * r, 1.0);
+        let lb = rng.vec(n * r, 1.0);
+        let (alpha, s) = (0.7f32, 1.9f32);
+        let xw = linear(&f64s(&a), &f64s(&b), Some(&f64s(&bias)), m, k, n);
+        let ul = linear(&f64s(&u), &f64s(&lb), None, m, r, n);
+        let lbt = transpose(&f64s(&lb), n, r); // (R, N)
+        let bias_d = f64s(&bias);
+        let want: Vec<f64> = (0..m * n)
+            .map(|i| {
+                let prod = xw[i] - bias_d[i % n];
+                alpha as f64 * prod + bias_d[i % n] + resid[i] as f64 + c0[i] as f64 + s as f64 * ul[i]
+            })
+            .collect();
+        let t = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
+        let (ta, tb, tbias, tres, tu, tlb) =
+            (t("a", &a), t("b", &b), t("bias", &bias), t("r", &resid), t("u", &u), t("lb", &lb));
+        let lbt32: Vec<f32> = lbt.iter().map(|&v| v as f32).collect();
+        let tlbt = t("lbt", &lbt32);
+        for variant in [Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot] {
+            for b_t in [false, true] {
+                let lora = LoraEpilogue { u: &tu, b: if b_t { &tlbt } else { &tlb }, b_t, rank: r, scale: s };
+                let ex = Extras { bias: Some(&tbias), resid: Some(&tres), lora: Some(lora) };
+                let mut outs = Vec::new();
+                for _ in 0..2 {
+                    let tc = t("c", &c0);
+                    let mut enc = Encoder::new(g);
+                    matmul_variant(&mut enc, variant, (m, n, k), alpha, &ta, Op::N, &tb, Op::T, ex, &tc, true);
+                    enc.submit();
+                    outs.push(block(g.read_f32(&tc)).unwrap());
+                }
+                let what = format!("matmul {variant:?} {m}x{n}x{k} r{r} lora_bt={b_t} epilogue");
+                check(&what, &outs[0], &want, MATMUL);
+                assert!(
+                    outs[0].iter().zip(&outs[1]).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{what}: two runs differ"
+                );
+            }
+        }
+    }
+}
+
+/// The kernel table, row by row as documented on `choose`.
+#[test]
+fn matmul_table_picks_per_shape_and_adapter() {
+    use Adapter::{Cpu, Gpu};
+    let t = |a, mnk, fused| choose(a, mnk, fused);
+    // Generation's few rows, and an empty K.
+    assert_eq!(t(Gpu, (4, 576, 576), false), Variant::Dot);
+    assert_eq!(t(Gpu, (512, 576, 0), false), Variant::Dot);
+    // SmolLM2 LoRA r8 at 4 x 128 rows: u = x A^T, g = dy B, dB; dA as its transpose.
+    assert_eq!(t(Gpu, (512, 8, 576), false), Variant::Skinny);
+    assert_eq!(t(Gpu, (1536, 8, 512), false), Variant::Skinny);
+    assert_eq!(t(Gpu, (8, 576, 512), false), Variant::SkinnyT);
+    assert_eq!(t(Gpu, (8, 576, 512), true), Variant::Tiled);
+    // The base products: 512 x 1536 is 4 x 24 = 96 tiles of 128 x 64; 512 x 576 is 36.
+    assert_eq!(t(Gpu, (512, 1536, 576), true), Variant::Large);
+    assert_eq!(t(Gpu, (512, 576, 576), true), Variant::Tiled);
+    for mnk in [(512, 8, 576), (8, 576, 512)] {
+        assert_eq!(t(Cpu, mnk, false), Variant::Dot);
+    }
+    assert_eq!(t(Cpu, (512, 1536, 576), true), Variant::Reg);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use webtune::error::{Error, Result};
-use webtune::gpu::{Gpu, Profile};
+use webtune::gpu::{Gpu, Profile, ProfileEntry};
 use webtune::model::presets::{preset, random_init};
 use webtune::model::{LoraConfig, Model};
 use webtune::rng::Rng;
@@ -117,13 +117,34 @@ fn print_profile(p: &Profile) {
             e.bytes as f64 / e.seconds / 1e9
         );
     }
-    let mm = p.entries.get("matmul.matmul_forward");
-    if let Some(e) = mm {
+    // Every product of the matmul family (labels `matmul.<layout>.<kernel>`), by kernel.
+    let mut classes: std::collections::BTreeMap<&str, ProfileEntry> = Default::default();
+    for (name, e) in &p.entries {
+        let Some(kernel) = name.strip_prefix("matmul.").and_then(|r| r.split('.').nth(1)) else { continue };
+        let c = classes.entry(kernel).or_default();
+        c.calls += e.calls;
+        c.seconds += e.seconds;
+        c.flops += e.flops;
+    }
+    let mut all = ProfileEntry::default();
+    for (kernel, e) in &classes {
         println!(
-            "\nmatmuls: {:.2} GFLOP in {:.1} ms = {:.2} GFLOP/s",
+            "matmul class {kernel:<14} {:>5} calls {:>9.2} GFLOP {:>9.1} ms {:>8.2} GFLOP/s",
+            e.calls,
             e.flops as f64 / 1e9,
             e.seconds * 1e3,
             e.flops as f64 / e.seconds / 1e9
+        );
+        all.flops += e.flops;
+        all.seconds += e.seconds;
+    }
+    if all.seconds > 0.0 {
+        println!(
+            "\nmatmuls: {:.2} GFLOP in {:.1} ms = {:.2} GFLOP/s ({:.1}% of the profiled step)",
+            all.flops as f64 / 1e9,
+            all.seconds * 1e3,
+            all.flops as f64 / all.seconds / 1e9,
+            100.0 * all.seconds / total
         );
     }
 }
