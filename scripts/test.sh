@@ -77,6 +77,12 @@ cargo clippy --no-default-features --lib -- -D warnings
 phase "native tests (WGPU_BACKEND=$WGPU_BACKEND cargo test)"
 cargo test --no-fail-fast -- --test-threads="$TEST_THREADS"
 
+# The whole-model parity tests again with the GPU column of the matmul table
+# (ops::matmul::choose): lavapipe runs the workgroup-tile and skinny kernels that real GPUs
+# get, so the fixtures check them end to end too.
+phase "parity with the GPU kernel table (WEBTUNE_MATMUL=gpu)"
+WEBTUNE_MATMUL=gpu cargo test --no-fail-fast --test model --test lora --test generate -- --test-threads="$TEST_THREADS"
+
 # --- 3b. A short, bounded fuzz run of the parsers (GGUF, safetensors, JSONL) -------------
 # Installs nightly + cargo-fuzz when missing; the instrumented build leaves the GPU out.
 phase "fuzz smoke (scripts/fuzz-smoke.sh)"

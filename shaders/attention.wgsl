@@ -8,7 +8,10 @@
 // One thread owns one query (forward, dQ) or one key (dK/dV) for a whole pass, with its
 // head row and accumulators in registers; the other side streams through workgroup memory
 // in tiles of `tile` rows, so a workgroup reads each K/V (or Q/dOut) row once for BLOCK rows.
-// Head rows are vec4s: D must be a multiple of 4, at most 128 (MAXV vec4s).
+// Head rows are vec4s: D must be a multiple of 4, at most 128. DV = D / 4 and the tile rows
+// TILE are constants of each pipeline (one per head size, src/ops/attention.rs), so the
+// per-thread head rows and accumulators are fixed-size arrays walked by constant loops,
+// which GPUs keep in registers (a runtime length puts them in local memory).
 // FLOPs per visible (query, key) pair: forward 4D, dQ 6D, dK/dV 8D.
 
 struct Params {
@@ -16,16 +19,16 @@ struct Params {
     t: u32,
     h: u32,
     hk: u32,
-    dv: u32,    // D / 4: vec4s per head row
+    dv: u32,    // D / 4, the pipeline's DV (kept in the struct the launcher shares)
     group: u32, // H / Hk query heads per kv head
-    tile: u32,  // rows per workgroup tile: min(BLOCK, TILE_VEC / dv)
+    tile: u32,  // min(BLOCK, TILE_VEC / DV), the pipeline's TILE
     scale: f32, // 1 / sqrt(D)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// From src/ops/attention.rs: BLOCK threads per workgroup = queries (or keys) it owns; MAXV
-// vec4s per head row at most (D <= 4 * MAXV); TILE_VEC vec4s per tile (the workgroup
+// From src/ops/attention.rs: BLOCK threads per workgroup = queries (or keys) it owns; DV
+// vec4s per head row; TILE_VEC vec4s per tile (the workgroup
 // arrays stay under 16 KiB).
 const NEG: f32 = -3.0e38;   // a masked score; finite so that NEG - NEG is not NaN
 
@@ -53,9 +56,9 @@ fn hsum(a: vec4<f32>) -> f32 {
 
 // Stage keys [k0, k0 + n) of kv head `kvh` in sequence `b`: K into sh_a, V into sh_b.
 fn load_kv(b: u32, kvh: u32, k0: u32, n: u32, lid: u32) {
-    for (var e = lid; e < n * p.dv; e += BLOCK) {
-        let j = e / p.dv;
-        let src = ((b * p.t + k0 + j) * p.hk + kvh) * p.dv + e % p.dv;
+    for (var e = lid; e < n * DV; e += BLOCK) {
+        let j = e / DV;
+        let src = ((b * p.t + k0 + j) * p.hk + kvh) * DV + e % DV;
         sh_a[e] = k[src];
         sh_b[e] = v[src];
     }
@@ -75,11 +78,11 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let q0 = wid.x * BLOCK;
     let tq = min(q0 + lid, p.t - 1u); // threads past T compute a duplicate and discard it
     let row = b * p.t + tq;
-    let base = (row * p.h + h) * p.dv;
+    let base = (row * p.h + h) * DV;
     let sq = seg[row];
-    var qr: array<vec4<f32>, MAXV>;
-    var acc: array<vec4<f32>, MAXV>;
-    for (var i = 0u; i < p.dv; i++) {
+    var qr: array<vec4<f32>, DV>;
+    var acc: array<vec4<f32>, DV>;
+    for (var i = 0u; i < DV; i++) {
         qr[i] = q[base + i] * p.scale;
         acc[i] = vec4<f32>(0.0);
     }
@@ -87,8 +90,8 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     var l = 0.0;
     var s: array<f32, BLOCK>;
     let kend = min(q0 + BLOCK, p.t); // the block's last query sees keys < kend
-    for (var k0 = 0u; k0 < kend; k0 += p.tile) {
-        let n = min(p.tile, kend - k0);
+    for (var k0 = 0u; k0 < kend; k0 += TILE) {
+        let n = min(TILE, kend - k0);
         load_kv(b, kvh, k0, n, lid);
         workgroupBarrier();
         // Scores of the whole tile first, so the running sum is rescaled once per tile.
@@ -97,8 +100,8 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             var x = NEG;
             if (k0 + j <= tq && sh_seg[j] == sq) {
                 var d4 = vec4<f32>(0.0);
-                for (var i = 0u; i < p.dv; i++) {
-                    d4 = dot4(qr[i], sh_a[j * p.dv + i], d4);
+                for (var i = 0u; i < DV; i++) {
+                    d4 = dot4(qr[i], sh_a[j * DV + i], d4);
                 }
                 x = hsum(d4);
             }
@@ -109,7 +112,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
             let mn = max(m, mt);
             let alpha = exp(m - mn);
             l *= alpha;
-            for (var i = 0u; i < p.dv; i++) {
+            for (var i = 0u; i < DV; i++) {
                 acc[i] *= alpha;
             }
             m = mn;
@@ -117,8 +120,8 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
                 if (s[j] > NEG) {
                     let pj = exp(s[j] - m);
                     l += pj;
-                    for (var i = 0u; i < p.dv; i++) {
-                        acc[i] = fma(vec4<f32>(pj), sh_b[j * p.dv + i], acc[i]);
+                    for (var i = 0u; i < DV; i++) {
+                        acc[i] = fma(vec4<f32>(pj), sh_b[j * DV + i], acc[i]);
                     }
                 }
             }
@@ -127,7 +130,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     }
     if (q0 + lid < p.t) {
         let inv = 1.0 / l;
-        for (var i = 0u; i < p.dv; i++) {
+        for (var i = 0u; i < DV; i++) {
             o[base + i] = acc[i] * inv;
         }
         lse[bh * p.t + tq] = m + log(l);
@@ -155,9 +158,9 @@ fn attention_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let bh = n / p.t;
     let b = bh / p.h;
     let h = bh % p.h;
-    let base = ((b * p.t + t) * p.h + h) * p.dv;
+    let base = ((b * p.t + t) * p.h + h) * DV;
     var d4 = vec4<f32>(0.0);
-    for (var i = 0u; i < p.dv; i++) {
+    for (var i = 0u; i < DV; i++) {
         d4 = fma(dout_d[base + i], o_in[base + i], d4);
     }
     let delta = hsum(d4);
@@ -184,41 +187,41 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     let q0 = wid.x * BLOCK;
     let tq = min(q0 + lid, p.t - 1u);
     let row = b * p.t + tq;
-    let base = (row * p.h + h) * p.dv;
+    let base = (row * p.h + h) * DV;
     let sq = seg[row];
     let lq = lse_r[bh * p.t + tq];
     let dl = delta_r[bh * p.t + tq];
-    var qr: array<vec4<f32>, MAXV>;
-    var gr: array<vec4<f32>, MAXV>;
-    var acc: array<vec4<f32>, MAXV>;
-    for (var i = 0u; i < p.dv; i++) {
+    var qr: array<vec4<f32>, DV>;
+    var gr: array<vec4<f32>, DV>;
+    var acc: array<vec4<f32>, DV>;
+    for (var i = 0u; i < DV; i++) {
         qr[i] = q[base + i] * p.scale;
         gr[i] = dout[base + i];
         acc[i] = vec4<f32>(0.0);
     }
     let kend = min(q0 + BLOCK, p.t);
-    for (var k0 = 0u; k0 < kend; k0 += p.tile) {
-        let n = min(p.tile, kend - k0);
+    for (var k0 = 0u; k0 < kend; k0 += TILE) {
+        let n = min(TILE, kend - k0);
         load_kv(b, kvh, k0, n, lid);
         workgroupBarrier();
         for (var j = 0u; j < n; j++) {
             if (k0 + j <= tq && sh_seg[j] == sq) {
                 var s4 = vec4<f32>(0.0);
                 var p4 = vec4<f32>(0.0);
-                for (var i = 0u; i < p.dv; i++) {
-                    s4 = dot4(qr[i], sh_a[j * p.dv + i], s4);
-                    p4 = dot4(gr[i], sh_b[j * p.dv + i], p4);
+                for (var i = 0u; i < DV; i++) {
+                    s4 = dot4(qr[i], sh_a[j * DV + i], s4);
+                    p4 = dot4(gr[i], sh_b[j * DV + i], p4);
                 }
                 let ds = exp(hsum(s4) - lq) * (hsum(p4) - dl);
-                for (var i = 0u; i < p.dv; i++) {
-                    acc[i] = fma(vec4<f32>(ds), sh_a[j * p.dv + i], acc[i]);
+                for (var i = 0u; i < DV; i++) {
+                    acc[i] = fma(vec4<f32>(ds), sh_a[j * DV + i], acc[i]);
                 }
             }
         }
         workgroupBarrier();
     }
     if (q0 + lid < p.t) {
-        for (var i = 0u; i < p.dv; i++) {
+        for (var i = 0u; i < DV; i++) {
             dq[base + i] = acc[i] * p.scale;
         }
     }
@@ -242,13 +245,13 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
     let k0 = wid.x * BLOCK;
     let tk = min(k0 + lid, p.t - 1u);
     let row = b * p.t + tk;
-    let base = (row * p.hk + kvh) * p.dv;
+    let base = (row * p.hk + kvh) * DV;
     let sk = seg[row];
-    var kr: array<vec4<f32>, MAXV>;
-    var vr: array<vec4<f32>, MAXV>;
-    var gk: array<vec4<f32>, MAXV>;
-    var gv: array<vec4<f32>, MAXV>;
-    for (var i = 0u; i < p.dv; i++) {
+    var kr: array<vec4<f32>, DV>;
+    var vr: array<vec4<f32>, DV>;
+    var gk: array<vec4<f32>, DV>;
+    var gv: array<vec4<f32>, DV>;
+    for (var i = 0u; i < DV; i++) {
         kr[i] = k[base + i] * p.scale;
         vr[i] = v[base + i];
         gk[i] = vec4<f32>(0.0);
@@ -258,10 +261,10 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
         let h = kvh * p.group + g;
         let bh = b * p.h + h;
         // Queries before the block's first key see none of its keys.
-        for (var q0 = k0; q0 < p.t; q0 += p.tile) {
-            let n = min(p.tile, p.t - q0);
-            for (var e = lid; e < n * p.dv; e += BLOCK) {
-                let src = ((b * p.t + q0 + e / p.dv) * p.h + h) * p.dv + e % p.dv;
+        for (var q0 = k0; q0 < p.t; q0 += TILE) {
+            let n = min(TILE, p.t - q0);
+            for (var e = lid; e < n * DV; e += BLOCK) {
+                let src = ((b * p.t + q0 + e / DV) * p.h + h) * DV + e % DV;
                 sh_a[e] = q[src];
                 sh_b[e] = dout[src];
             }
@@ -274,16 +277,16 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
                 if (q0 + j >= tk && sh_seg[j] == sk) {
                     var s4 = vec4<f32>(0.0);
                     var p4 = vec4<f32>(0.0);
-                    for (var i = 0u; i < p.dv; i++) {
-                        s4 = dot4(kr[i], sh_a[j * p.dv + i], s4);
-                        p4 = dot4(vr[i], sh_b[j * p.dv + i], p4);
+                    for (var i = 0u; i < DV; i++) {
+                        s4 = dot4(kr[i], sh_a[j * DV + i], s4);
+                        p4 = dot4(vr[i], sh_b[j * DV + i], p4);
                     }
                     let st = sh_st[j];
                     let pj = exp(hsum(s4) - st.x);
                     let ds = pj * (hsum(p4) - st.y);
-                    for (var i = 0u; i < p.dv; i++) {
-                        gv[i] = fma(vec4<f32>(pj), sh_b[j * p.dv + i], gv[i]);
-                        gk[i] = fma(vec4<f32>(ds), sh_a[j * p.dv + i], gk[i]);
+                    for (var i = 0u; i < DV; i++) {
+                        gv[i] = fma(vec4<f32>(pj), sh_b[j * DV + i], gv[i]);
+                        gk[i] = fma(vec4<f32>(ds), sh_a[j * DV + i], gk[i]);
                     }
                 }
             }
@@ -291,7 +294,7 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
         }
     }
     if (k0 + lid < p.t) {
-        for (var i = 0u; i < p.dv; i++) {
+        for (var i = 0u; i < DV; i++) {
             dk[base + i] = gk[i] * p.scale;
             dvv[base + i] = gv[i];
         }
@@ -312,7 +315,7 @@ struct CacheParams {
     t: u32,     // new tokens per sequence in this forward
     h: u32,
     hk: u32,
-    dv: u32,    // D / 4
+    dv: u32,    // D / 4, the pipeline's DV
     group: u32, // H / Hk
     cap: u32,   // S: cache positions per sequence
     scale: f32, // 1 / sqrt(D)
@@ -332,7 +335,7 @@ struct CacheParams {
 @compute @workgroup_size(WG)
 fn attention_kv_append(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let n = flat_id(gid, nwg, WG);
-    let kd = pc.hk * pc.dv;
+    let kd = pc.hk * DV;
     if (n >= pc.b * pc.t * kd) { return; }
     let r = n / kd;
     let e = n % kd;
@@ -364,20 +367,20 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let h = wid.y;
     let b = r / pc.t;
     let kvh = h / pc.group;
-    let kd = pc.hk * pc.dv;
-    let qbase = (r * pc.h + h) * pc.dv;
-    let cbase = b * pc.cap * kd + kvh * pc.dv; // key j of this sequence and kv head: cbase + j * kd
+    let kd = pc.hk * DV;
+    let qbase = (r * pc.h + h) * DV;
+    let cbase = b * pc.cap * kd + kvh * DV; // key j of this sequence and kv head: cbase + j * kd
     if (lid == 0u) {
         sh_n = min(pos_d[r], pc.cap - 1u) + 1u;
     }
     let nk = workgroupUniformLoad(&sh_n);
-    var qr: array<vec4<f32>, MAXV>;
-    for (var i = 0u; i < pc.dv; i++) {
+    var qr: array<vec4<f32>, DV>;
+    for (var i = 0u; i < DV; i++) {
         qr[i] = q[qbase + i] * pc.scale;
     }
-    let ng = BLOCK / pc.dv;
-    let gi = lid / pc.dv;
-    let ci = lid % pc.dv;
+    let ng = BLOCK / DV;
+    let gi = lid / DV;
+    let ci = lid % DV;
     var acc = vec4<f32>(0.0);
     var m = NEG;
     var l = 0.0;
@@ -387,7 +390,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         if (lid < n) {
             let kb = cbase + (k0 + lid) * kd;
             var d4 = vec4<f32>(0.0);
-            for (var i = 0u; i < pc.dv; i++) {
+            for (var i = 0u; i < DV; i++) {
                 d4 = dot4(qr[i], kc[kb + i], d4);
             }
             s = hsum(d4);
@@ -419,10 +422,10 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     }
     sh_o[lid] = acc;
     workgroupBarrier();
-    if (lid < pc.dv) {
+    if (lid < DV) {
         var sum = vec4<f32>(0.0);
         for (var g = 0u; g < ng; g++) {
-            sum += sh_o[g * pc.dv + lid];
+            sum += sh_o[g * DV + lid];
         }
         o[qbase + lid] = sum / l;
     }

@@ -15,7 +15,7 @@ use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dropout::{self, Mask};
-use crate::ops::matmul::{matmul, matmul_scaled, Extras, Linear, LoraEpilogue, Op, WeightLayout};
+use crate::ops::matmul::{matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, WeightLayout};
 use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu};
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -131,7 +131,7 @@ impl Model {
         matmul(enc, (rows, r, l.fan_in), xin, Op::N, &p.weight(lp.a), Op::T, None, None, u, false);
         let lb = p.weight(lp.b);
         let lora = LoraEpilogue { u, b: &lb, b_t: false, rank: r, scale: lp.scale };
-        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora) };
+        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), split_k: false };
         self.lin(l, rows).forward_ex(enc, x, &p.weight(l.w), ex, y, false);
     }
 
@@ -194,7 +194,9 @@ impl Model {
                 }
                 None => x,
             };
-            matmul_scaled(enc, (r, fi, rows), s, g, Op::T, xin, Op::N, None, None, &da, true);
+            // M is the rank: K (the rows) may be split (`ops::matmul::choose`).
+            let ex = Extras { split_k: true, ..Default::default() };
+            matmul_ex(enc, (r, fi, rows), s, g, Op::T, xin, Op::N, ex, &da, true);
         }
     }
 

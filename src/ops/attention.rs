@@ -5,9 +5,45 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, WG};
+use std::sync::OnceLock;
 
-crate::kernel!(ATTENTION, "attention", BLOCK, TILE_VEC, MAXV);
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Kernel, Tensor, WG};
+
+const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/attention.wgsl"));
+
+/// shaders/attention.wgsl at the largest head size (the file as a whole, for the compile
+/// tests; the passes run through `head_kernel`).
+pub const ATTENTION: Kernel = Kernel {
+    name: "attention",
+    file: SOURCE,
+    consts: &[("BLOCK", BLOCK), ("TILE_VEC", TILE_VEC), ("DV", MAXV), ("TILE", tile_rows(MAXV))],
+    includes: &[],
+};
+
+/// Rows of K/V (or Q/dOut) per workgroup tile for head rows of `dv` vec4s.
+const fn tile_rows(dv: u32) -> u32 {
+    let t = TILE_VEC / dv;
+    if t < BLOCK {
+        t
+    } else {
+        BLOCK
+    }
+}
+
+/// The kernel file for head size D = 4 * dv: one pipeline set per head size, so the
+/// shader's head rows are constant-length arrays (registers, not local memory).
+fn head_kernel(dv: usize) -> &'static Kernel {
+    static KERNELS: [OnceLock<Kernel>; MAXV as usize] = [const { OnceLock::new() }; MAXV as usize];
+    assert!((1..=MAXV as usize).contains(&dv), "head size {} (checked by AttnShape::validate)", 4 * dv);
+    KERNELS[dv - 1].get_or_init(|| {
+        let dv = dv as u32;
+        let consts = vec![("BLOCK", BLOCK), ("TILE_VEC", TILE_VEC), ("DV", dv), ("TILE", tile_rows(dv))];
+        // Leaked once per head size (32 at most): kernels are 'static like the pipeline
+        // cache that keys on their names.
+        let name = Box::leak(format!("attention.d{}", 4 * dv).into_boxed_str());
+        Kernel { name, file: SOURCE, consts: consts.leak(), includes: &[] }
+    })
+}
 
 /// Threads per workgroup of the attention passes, each owning one query (or key) row, and
 /// the rows of a key (or query) tile at most.
@@ -77,7 +113,7 @@ impl AttnShape {
             hk: self.hk as u32,
             dv: dv as u32,
             group: (self.h / self.hk) as u32,
-            tile: (TILE_VEC / dv as u32).min(BLOCK),
+            tile: tile_rows(dv as u32),
             scale: 1.0 / (self.d as f32).sqrt(),
         }
     }
@@ -119,7 +155,7 @@ pub fn forward(
         bytes: s.streamed(s.h) + (4 * rows * (2 * hd + 1) + 4 * s.b * s.h * s.t) as u64,
     };
     enc.dispatch(
-        &ATTENTION,
+        head_kernel(s.d / 4),
         "attention_forward",
         &s.params(),
         &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::W(o), Arg::W(lse)],
@@ -159,7 +195,7 @@ pub fn backward(
     // The delta kernel also parks (lse, delta) pairs in dq, which the dK/dV kernel reads
     // and the dQ kernel then overwrites (see the shader); D >= 4 makes dq big enough.
     enc.dispatch(
-        &ATTENTION,
+        head_kernel(s.d / 4),
         "attention_delta",
         &p,
         &[Arg::R(o), Arg::R(dout), Arg::R(lse), Arg::W(delta), Arg::W(dq)],
@@ -167,7 +203,7 @@ pub fn backward(
         Cost { flops: 2 * (n * s.d) as u64, bytes: 4 * (2 * n * s.d + 4 * n) as u64 },
     );
     enc.dispatch(
-        &ATTENTION,
+        head_kernel(s.d / 4),
         "attention_backward_dkv",
         &p,
         &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::R(dq), Arg::R(dout), Arg::W(dk), Arg::W(dv)],
@@ -175,7 +211,7 @@ pub fn backward(
         Cost { flops: 8 * s.pairs() * s.d as u64, bytes: s.streamed(s.h) + (4 * rows * 4 * kd) as u64 },
     );
     enc.dispatch(
-        &ATTENTION,
+        head_kernel(s.d / 4),
         "attention_backward_dq",
         &p,
         &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::R(lse), Arg::R(dout), Arg::R(delta), Arg::W(dq)],
@@ -261,7 +297,7 @@ pub fn kv_append(
     debug_assert!(k_cache.len >= s.b * s.cap * kd && v_cache.len >= s.b * s.cap * kd);
     let cost = Cost { flops: 0, bytes: (4 * 4 * rows * kd + 4 * rows) as u64 };
     enc.dispatch(
-        &ATTENTION,
+        head_kernel(s.d / 4),
         "attention_kv_append",
         &s.params(),
         &[Arg::R(k), Arg::R(v), Arg::R(pos), Arg::W(k_cache), Arg::W(v_cache)],
@@ -296,7 +332,7 @@ pub fn decode(
     let cost =
         Cost { flops: 4 * pairs * s.d as u64, bytes: 8 * pairs * s.d as u64 + (4 * (2 * rows * hd + rows)) as u64 };
     enc.dispatch(
-        &ATTENTION,
+        head_kernel(s.d / 4),
         "attention_decode",
         &s.params(),
         &[Arg::R(q), Arg::R(k_cache), Arg::R(v_cache), Arg::R(pos), Arg::W(o)],

@@ -1,24 +1,56 @@
 //! Matrix multiply (shaders/matmul.wgsl) and the Linear / Conv1D layers built on it.
 
+use std::sync::OnceLock;
+
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, ACCUMULATE, WG};
-
-crate::kernel!(MATMUL, "matmul", HAS_BIAS, HAS_RESID, TM, TN, TK);
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Kernel, Tensor, ACCUMULATE, WG};
 
 const HAS_BIAS: u32 = 2;
 const HAS_RESID: u32 = 4;
-/// The output tile (TM rows by TN columns) of one workgroup of the product entry points,
-/// and the depth TK of each step through the shared dimension.
-const TM: u32 = 64;
-const TN: u32 = 64;
-const TK: u32 = 16;
-// The tiled kernels' thread layout (16 x 16 threads, 4 x 4 outputs each, a tile loaded as
-// 4 x 256 elements) is written for this shape.
-const _: () = assert!(TM == 64 && TN == 64 && TK == 16);
-/// At most this many rows go through `matmul_rows` (one thread per output) instead of the
-/// TM x TN tiles.
-pub const SMALL_M: usize = 4;
+const HAS_LORA: u32 = 8;
+const LORA_BT: u32 = 16;
+
+const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"));
+
+/// shaders/matmul.wgsl with every operand stored as is (the file as a whole, for the
+/// compile tests; products run through `layout_kernel`).
+pub const MATMUL: Kernel = Kernel {
+    name: "matmul",
+    file: SOURCE,
+    consts: &[
+        ("HAS_BIAS", HAS_BIAS),
+        ("HAS_RESID", HAS_RESID),
+        ("HAS_LORA", HAS_LORA),
+        ("LORA_BT", LORA_BT),
+        ("A_T", 0),
+        ("B_T", 0),
+        ("C_T", 0),
+    ],
+    includes: &[],
+};
+
+/// The kernel file specialized to one layout: A stored transposed (`a_t`), B stored
+/// transposed (`b_t`), C written transposed (`c_t`). Eight at most, made on first use.
+fn layout_kernel(a_t: bool, b_t: bool, c_t: bool) -> &'static Kernel {
+    static KERNELS: [OnceLock<Kernel>; 8] = [const { OnceLock::new() }; 8];
+    KERNELS[(a_t as usize) << 2 | (b_t as usize) << 1 | c_t as usize].get_or_init(|| {
+        let t = |x: bool| if x { 'T' } else { 'N' };
+        let name = format!("matmul.{}{}{}", t(a_t), t(b_t), t(c_t));
+        let consts = vec![
+            ("HAS_BIAS", HAS_BIAS),
+            ("HAS_RESID", HAS_RESID),
+            ("HAS_LORA", HAS_LORA),
+            ("LORA_BT", LORA_BT),
+            ("A_T", a_t as u32),
+            ("B_T", b_t as u32),
+            ("C_T", c_t as u32),
+        ];
+        // The name and constants are leaked once per layout (eight at most): a kernel's
+        // fields are 'static, like the pipeline cache that keys on them.
+        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes: &[] }
+    })
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -27,13 +59,13 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
-    a_rs: u32,
-    a_cs: u32,
-    b_rs: u32,
-    b_cs: u32,
+    /// R of the fused LoRA epilogue.
+    r: u32,
+    _pad: u32,
     /// Scale of the product: C = alpha * op(A) op(B) [+ ...]. 1.0 is exact (x * 1 == x).
     alpha: f32,
-    _pad: [u32; 3],
+    /// s of the fused LoRA epilogue.
+    lora_scale: f32,
 }
 
 /// How an operand is stored: as the matrix itself (row-major) or as its transpose.
@@ -43,17 +75,117 @@ pub enum Op {
     T,
 }
 
-/// Which matmul entry point: workgroup-memory tiles, or register blocks straight from
-/// global memory (see shaders/matmul.wgsl for when each wins).
+/// The entry points of the matmul family (shaders/matmul.wgsl).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Variant {
+    /// 128 x 64 workgroup tiles, 8 x 4 outputs per thread, register-staged double buffer.
+    Large,
+    /// 64 x 64 workgroup tiles, 4 x 4 outputs per thread.
     Tiled,
+    /// N <= 16: K split across the threads of a row, added in a fixed tree order.
+    Skinny,
+    /// M <= 16: the skinny kernel on the transposed product, C written transposed.
+    SkinnyT,
+    /// One thread per output, K walked serially.
+    Dot,
+    /// 64 x 64 register blocks straight from global memory (CPU adapters).
     Reg,
+}
+
+impl Variant {
+    fn entry(self) -> &'static str {
+        match self {
+            Variant::Large => "matmul_large",
+            Variant::Tiled => "matmul_tiled",
+            Variant::Skinny | Variant::SkinnyT => "matmul_skinny",
+            Variant::Dot => "matmul_dot",
+            Variant::Reg => "matmul_reg",
+        }
+    }
+}
+
+/// At most this many rows go through `Variant::Dot` (generation's new tokens).
+pub const SMALL_M: usize = 4;
+/// The widest output the skinny kernel holds per thread (`S_N` in the shader).
+pub const SKINNY: usize = 16;
+/// Tiles of 128 x 64 a product needs before the large kernel pays: enough workgroups to
+/// give each compute unit of a 100+ CU GPU about one (fewer, and 64 x 64 tiles keep more
+/// of the GPU busy).
+const LARGE_TILES: usize = 96;
+
+/// Which adapter column of `choose`'s table to read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Adapter {
+    Gpu,
+    /// A CPU rasterizer (lavapipe, SwiftShader): barriers are costly, "workgroup memory" is
+    /// ordinary memory, a handful of cores.
+    Cpu,
+}
+
+/// The one table that picks a matmul kernel, from the product's shape and the adapter.
+/// `split_k`: the caller lets K be split across threads although M is small (LoRA's dA,
+/// whose M is the rank). Other products with few rows keep the k order, so that a product
+/// gives the same bits whatever rows it is run with (a chunked LM head, micro-batches, a
+/// LoRA model at step 0 against its base).
+///
+/// | shape (M x N, depth K)              | GPU       | CPU adapter |
+/// |-------------------------------------|-----------|-------------|
+/// | K = 0, or M <= 4                    | Dot       | Dot         |
+/// | N <= 16 (LoRA u, g, dB)             | Skinny    | Dot         |
+/// | M <= 16 and `split_k` (LoRA dA)     | SkinnyT   | Dot         |
+/// | M <= 16                             | Dot       | Dot         |
+/// | >= 96 tiles of 128 x 64             | Large     | Reg         |
+/// | otherwise                           | Tiled     | Reg         |
+///
+/// Every kernel but the two skinny ones sums over k in k order with fma, so they agree
+/// bit for bit; the skinny kernels split K per row in a fixed order (deterministic, and
+/// each row's result independent of the others).
+///
+/// The CPU column was measured on lavapipe (`webtune bench` on SmolLM2-135M LoRA: the
+/// skinny kernel's barriers made its products 3x slower there than one thread per
+/// output); the GPU column follows the FLOP/byte counts on each kernel until a GPU
+/// measurement says otherwise.
+pub fn choose(adapter: Adapter, (m, n, k): (usize, usize, usize), split_k: bool) -> Variant {
+    let (few_rows, few_cols) = (m <= SKINNY, n <= SKINNY);
+    match adapter {
+        _ if k == 0 || m <= SMALL_M => Variant::Dot,
+        Adapter::Cpu if few_cols || few_rows => Variant::Dot,
+        Adapter::Cpu => Variant::Reg,
+        Adapter::Gpu if few_cols => Variant::Skinny,
+        Adapter::Gpu if few_rows && split_k => Variant::SkinnyT,
+        Adapter::Gpu if few_rows => Variant::Dot,
+        Adapter::Gpu if m.div_ceil(128) * n.div_ceil(64) >= LARGE_TILES => Variant::Large,
+        Adapter::Gpu => Variant::Tiled,
+    }
+}
+
+/// LoRA's product fused into a base product's epilogue: C += s * U(M,R) . LB(N,R)^T
+/// (the forward's s * u B^T), or C += s * U(M,R) . LB(R,N) (the input gradient's s * g A).
+#[derive(Clone, Copy)]
+pub struct LoraEpilogue<'a> {
+    /// (M, R)
+    pub u: &'a Tensor,
+    /// (N, R), or (R, N) when `b_t`
+    pub b: &'a Tensor,
+    pub b_t: bool,
+    pub rank: usize,
+    pub scale: f32,
+}
+
+/// A product's optional extras, all applied in the one epilogue of every kernel.
+#[derive(Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// (N), added to every row.
+    pub bias: Option<&'a Tensor>,
+    /// (M, N), added.
+    pub resid: Option<&'a Tensor>,
+    pub lora: Option<LoraEpilogue<'a>>,
+    /// K may be split across threads although M is small (see `choose`).
+    pub split_k: bool,
 }
 
 /// C(M,N) = op(A)(M,K) . op(B)(K,N) [+ bias(N)] [+ resid(M,N)], added into C when
 /// `accumulate`. op(A) = A stored (M,K) for `Op::N`, or stored (K,M) for `Op::T`.
-/// Uses the variant the adapter prefers.
 pub fn matmul(
     enc: &mut Encoder,
     mnk: (usize, usize, usize),
@@ -66,7 +198,8 @@ pub fn matmul(
     c: &Tensor,
     accumulate: bool,
 ) {
-    matmul_scaled(enc, mnk, 1.0, a, a_op, b, b_op, bias, resid, c, accumulate)
+    let ex = Extras { bias, resid, lora: None, split_k: false };
+    matmul_ex(enc, mnk, 1.0, a, a_op, b, b_op, ex, c, accumulate)
 }
 
 /// C(M,N) = alpha * op(A) . op(B) [+ bias] [+ resid] [+ C]: `matmul` with the product
@@ -84,11 +217,28 @@ pub fn matmul_scaled(
     c: &Tensor,
     accumulate: bool,
 ) {
-    let v = if enc.gpu().matmul_reg { Variant::Reg } else { Variant::Tiled };
-    matmul_variant(enc, v, mnk, alpha, a, a_op, b, b_op, bias, resid, c, accumulate)
+    matmul_ex(enc, mnk, alpha, a, a_op, b, b_op, Extras { bias, resid, lora: None, split_k: false }, c, accumulate)
 }
 
-/// `matmul_scaled` with an explicit kernel variant.
+/// The general product, with the kernel from `choose`'s table for this adapter.
+pub fn matmul_ex(
+    enc: &mut Encoder,
+    mnk: (usize, usize, usize),
+    alpha: f32,
+    a: &Tensor,
+    a_op: Op,
+    b: &Tensor,
+    b_op: Op,
+    ex: Extras,
+    c: &Tensor,
+    accumulate: bool,
+) {
+    let adapter = if enc.gpu().matmul_cpu { Adapter::Cpu } else { Adapter::Gpu };
+    let v = choose(adapter, mnk, ex.split_k && ex.bias.is_none() && ex.lora.is_none());
+    matmul_variant(enc, v, mnk, alpha, a, a_op, b, b_op, ex, c, accumulate)
+}
+
+/// `matmul_ex` with an explicit kernel (tests run every variant on every shape).
 pub fn matmul_variant(
     enc: &mut Encoder,
     variant: Variant,
@@ -98,64 +248,84 @@ pub fn matmul_variant(
     a_op: Op,
     b: &Tensor,
     b_op: Op,
-    bias: Option<&Tensor>,
-    resid: Option<&Tensor>,
+    ex: Extras,
     c: &Tensor,
     accumulate: bool,
 ) {
     debug_assert!(a.len >= m * k && b.len >= k * n && c.len >= m * n);
-    let (a_rs, a_cs) = match a_op {
-        Op::N => (k, 1),
-        Op::T => (1, m),
-    };
-    let (b_rs, b_cs) = match b_op {
-        Op::N => (n, 1),
-        Op::T => (1, k),
-    };
+    if let Some(l) = &ex.lora {
+        debug_assert!(l.u.len >= m * l.rank && l.b.len >= n * l.rank);
+    }
     let flags = if accumulate { ACCUMULATE } else { 0 }
-        | if bias.is_some() { HAS_BIAS } else { 0 }
-        | if resid.is_some() { HAS_RESID } else { 0 };
+        | if ex.bias.is_some() { HAS_BIAS } else { 0 }
+        | if ex.resid.is_some() { HAS_RESID } else { 0 }
+        | if ex.lora.is_some() { HAS_LORA } else { 0 }
+        | if ex.lora.is_some_and(|l| l.b_t) { LORA_BT } else { 0 };
+    let (m64, n64, k64) = (m as u64, n as u64, k as u64);
+    let r64 = ex.lora.map_or(0, |l| l.rank as u64);
+    let out_bytes = 4 * m64 * n64 * (1 + accumulate as u64 + ex.resid.is_some() as u64);
+    let lora_bytes = 4 * r64 * (m64 + n64);
+    let operand = |tiles_m: u64, tiles_n: u64| 4 * (m64 * k64 * tiles_n + k64 * n64 * tiles_m);
+    // The transposed skinny product swaps the operands: C^T(N,M) = op(B)^T . op(A)^T.
+    let (rows, cols, first, first_t, second, second_t, c_t) = match variant {
+        Variant::SkinnyT => (n, m, b, b_op == Op::N, a, a_op == Op::N, true),
+        _ => (m, n, a, a_op == Op::T, b, b_op == Op::T, false),
+    };
+    debug_assert!(
+        !c_t || (ex.bias.is_none() && ex.lora.is_none()),
+        "the transposed product has no bias or LoRA epilogue"
+    );
+    debug_assert!(!matches!(variant, Variant::Skinny | Variant::SkinnyT) || cols <= SKINNY);
+    let (grid, bytes) = match variant {
+        Variant::Large => {
+            ([n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1], operand(m64.div_ceil(128), n64.div_ceil(64)))
+        }
+        Variant::Tiled | Variant::Reg => {
+            ([n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1], operand(m64.div_ceil(64), n64.div_ceil(64)))
+        }
+        Variant::Skinny | Variant::SkinnyT => {
+            let groups = rows.div_ceil(16);
+            ([groups as u32, 1, 1], 4 * (rows as u64 * k64 + groups as u64 * k64 * cols as u64))
+        }
+        Variant::Dot => (grid_1d(m * n, WG), 4 * (m64 * k64 + k64 * n64)),
+    };
     let p = Params {
-        m: m as u32,
-        n: n as u32,
+        m: rows as u32,
+        n: cols as u32,
         k: k as u32,
         flags,
-        a_rs: a_rs as u32,
-        a_cs: a_cs as u32,
-        b_rs: b_rs as u32,
-        b_cs: b_cs as u32,
+        r: r64 as u32,
+        _pad: 0,
         alpha,
-        _pad: [0; 3],
+        lora_scale: ex.lora.map_or(0.0, |l| l.scale),
     };
+    let cost = Cost { flops: 2 * m64 * n64 * (k64 + r64), bytes: bytes + out_bytes + lora_bytes };
     let dummy = &enc.gpu().dummy.clone();
-    let (m64, n64, k64) = (m as u64, n as u64, k as u64);
-    let out_bytes = m64 * n64 * (1 + accumulate as u64);
-    let (entry, grid, bytes) = if m <= SMALL_M {
-        ("matmul_rows", grid_1d(m * n, WG), 4 * (m64 * k64 + k64 * n64 + out_bytes))
-    } else {
-        let tiles = [n.div_ceil(TN as usize) as u32, m.div_ceil(TM as usize) as u32, 1];
-        let entry = match variant {
-            Variant::Tiled => "matmul_forward",
-            Variant::Reg => "matmul_forward_reg",
-        };
-        (entry, tiles, 4 * (m64 * k64 * n64.div_ceil(TN as u64) + k64 * n64 * m64.div_ceil(TM as u64) + out_bytes))
-    };
-    let cost = Cost { flops: 2 * m64 * n64 * k64, bytes };
-    enc.dispatch(
-        &MATMUL,
-        entry,
-        &p,
-        &[Arg::R(a), Arg::R(b), Arg::R(bias.unwrap_or(dummy)), Arg::R(resid.unwrap_or(dummy)), Arg::W(c)],
-        grid,
-        cost,
-    );
+    let kernel = layout_kernel(first_t, second_t, c_t);
+    let args = [
+        Arg::R(first),
+        Arg::R(second),
+        Arg::R(ex.bias.unwrap_or(dummy)),
+        Arg::R(ex.resid.unwrap_or(dummy)),
+        Arg::W(c),
+        Arg::R(ex.lora.map_or(dummy, |l| l.u)),
+        Arg::R(ex.lora.map_or(dummy, |l| l.b)),
+    ];
+    enc.dispatch(kernel, variant.entry(), &p, &args, grid, cost);
 }
 
 /// db(N) [+]= column sums of dy(M,N).
 pub fn bias_backward(enc: &mut Encoder, m: usize, n: usize, dy: &Tensor, db: &Tensor, accumulate: bool) {
     let p = Params { m: m as u32, n: n as u32, flags: if accumulate { ACCUMULATE } else { 0 }, ..Zeroable::zeroed() };
     let cost = Cost { flops: (m * n) as u64, bytes: 4 * (m * n + 2 * n) as u64 };
-    enc.dispatch(&MATMUL, "bias_backward", &p, &[Arg::R(dy), Arg::W(db)], [n.div_ceil(WG as usize) as u32, 1, 1], cost);
+    enc.dispatch(
+        layout_kernel(false, false, false),
+        "bias_backward",
+        &p,
+        &[Arg::R(dy), Arg::W(db)],
+        [n.div_ceil(WG as usize) as u32, 1, 1],
+        cost,
+    );
 }
 
 /// How a weight matrix is stored: Hugging Face `nn.Linear` keeps (out, in); GPT-2's
@@ -187,20 +357,39 @@ impl Linear {
         y: &Tensor,
         accumulate: bool,
     ) {
+        self.forward_ex(enc, x, w, Extras { bias: b, resid, lora: None, split_k: false }, y, accumulate)
+    }
+
+    /// `forward` with every extra of the epilogue (a LoRA adapter's s * u B^T included).
+    pub fn forward_ex(&self, enc: &mut Encoder, x: &Tensor, w: &Tensor, ex: Extras, y: &Tensor, accumulate: bool) {
         let w_op = match self.layout {
             WeightLayout::OutIn => Op::T,
             WeightLayout::InOut => Op::N,
         };
-        matmul(enc, (self.rows, self.fan_out, self.fan_in), x, Op::N, w, w_op, b, resid, y, accumulate);
+        matmul_ex(enc, (self.rows, self.fan_out, self.fan_in), 1.0, x, Op::N, w, w_op, ex, y, accumulate);
     }
 
     /// dx(rows, in) [+]= dy . W^T. `accumulate` adds into dx (a residual branch's gradient).
     pub fn backward_input(&self, enc: &mut Encoder, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool) {
+        self.backward_input_ex(enc, dy, w, None, dx, accumulate)
+    }
+
+    /// `backward_input` with a LoRA adapter's share (s * g A) in the same dispatch.
+    pub fn backward_input_ex(
+        &self,
+        enc: &mut Encoder,
+        dy: &Tensor,
+        w: &Tensor,
+        lora: Option<LoraEpilogue>,
+        dx: &Tensor,
+        accumulate: bool,
+    ) {
         let w_op = match self.layout {
             WeightLayout::OutIn => Op::N,
             WeightLayout::InOut => Op::T,
         };
-        matmul(enc, (self.rows, self.fan_in, self.fan_out), dy, Op::N, w, w_op, None, None, dx, accumulate);
+        let ex = Extras { bias: None, resid: None, lora, split_k: false };
+        matmul_ex(enc, (self.rows, self.fan_in, self.fan_out), 1.0, dy, Op::N, w, w_op, ex, dx, accumulate);
     }
 
     /// dW += the weight gradient in the weight's own layout (always accumulated, so

@@ -14,7 +14,12 @@ const ATTN_LSE: Tol = Tol { name: "ATTN_LSE", abs: 1e-6, rel: 2e-6 };
 /// dK/dV sum over up to T * H/Hk queries and dS is a difference (dP - delta) that cancels,
 /// so errors grow with T (lavapipe worst 3.7e-6 at T = 130); 2e-5 of max|grad| still fails
 /// a missed or extra (query, key) pair, whose term is O(1/T) of the scale or more.
-const ATTN_BWD: Tol = Tol { name: "ATTN_BWD", abs: 1e-6, rel: 2e-5 };
+/// abs: a gradient that is zero by cancellation (a query that sees one key: P = 1 and
+/// dP - delta = 0, which the delta and dK/dV kernels compute in separate passes) comes out
+/// as that difference's rounding, ~2^-24 |dP| (|dP| ~ 3 here) per head of the group, and
+/// SPIR-V's Fma may or may not fuse in either pass (lavapipe worst 2.0e-6 at H/Hk = 4 with
+/// head-size-constant loops); a missed pair errs by O(1).
+const ATTN_BWD: Tol = Tol { name: "ATTN_BWD", abs: 5e-6, rel: 2e-5 };
 
 /// Packed sequences: several segments of random length, then a padding segment (id 0).
 fn packed_segments(rng: &mut Rng, b: usize, t: usize) -> Vec<u32> {
