@@ -268,7 +268,7 @@ impl<'a> Decoder<'a> {
         debug_assert!(rows <= s.rows);
         m.embed_fwd(enc, rows, &s.ids, &s.pos, &s.x);
         let shape = CacheShape { b, t, h: cfg.heads, hk: cfg.kv_heads, d: cfg.head_dim, cap: self.capacity };
-        let lio = s.lora.as_ref().map(|acts| LoraIo { acts, salt: None });
+        let lio = s.lora.as_ref().map(|acts| LoraIo { acts, salt: None, u_ready: false });
         for (l, blk) in m.tree.blocks.iter().enumerate() {
             let (k_cache, v_cache) = (&self.k_cache[l], &self.v_cache[l]);
             let attend = Attend::Cached { shape: &shape, k_cache, v_cache, visible };

@@ -25,11 +25,15 @@ use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu
 pub struct LoraIo<'a> {
     pub acts: &'a LoraActs,
     pub salt: Option<u32>,
+    /// Each adapter's u = drop(x) A^T already holds this micro-batch's values (kept per
+    /// adapter site from the forward): a recomputing forward skips the dropout and the
+    /// u product, which would write the same bits again.
+    pub u_ready: bool,
 }
 
 impl<'a> LoraIo<'a> {
     pub fn of(ws: &'a Workspace, inp: &Inputs) -> Option<LoraIo<'a>> {
-        ws.lora.as_ref().map(|acts| LoraIo { acts, salt: inp.dropout_salt })
+        ws.lora.as_ref().map(|acts| LoraIo { acts, salt: inp.dropout_salt, u_ready: false })
     }
 }
 
@@ -119,16 +123,18 @@ impl Model {
             return;
         };
         let (r, u) = (lp.rank, &io.acts.u[lp.site]);
-        let xin = match (self.lora_mask(lp, io.salt), io.acts.xd.as_ref()) {
-            (Some(mask), Some(xd)) => {
-                dropout::forward(enc, &mask, x, xd, rows * l.fan_in);
-                xd
-            }
-            _ => x,
-        };
         // u(rows, R) = drop(x)(rows, in) . A^T, then y(rows, out) = x W^T [+ b] [+ resid]
         // + s * u . B^T in one dispatch (the adapter in the base product's epilogue).
-        matmul(enc, (rows, r, l.fan_in), xin, Op::N, &p.weight(lp.a), Op::T, None, None, u, false);
+        if !io.u_ready {
+            let xin = match (self.lora_mask(lp, io.salt), io.acts.xd.as_ref()) {
+                (Some(mask), Some(xd)) => {
+                    dropout::forward(enc, &mask, x, xd, rows * l.fan_in);
+                    xd
+                }
+                _ => x,
+            };
+            matmul(enc, (rows, r, l.fan_in), xin, Op::N, &p.weight(lp.a), Op::T, None, None, u, false);
+        }
         let lb = p.weight(lp.b);
         let lora = LoraEpilogue { u, b: &lb, b_t: false, rank: r, scale: lp.scale };
         let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), split_k: false };
@@ -633,8 +639,10 @@ impl Model {
             let causal = Causal { shape, seg: &inp.seg, lse: &a.lse };
             if ws.opts.recompute && l + 1 < self.cfg.layers {
                 // Rewrites xs[l + 1] with the bits it already holds (no later block reads it).
+                // The adapters' u are kept per site, so they are not recomputed.
                 let attend = Attend::Causal(causal);
-                self.block_fwd(enc, blk, rows, x, a, &ws.xs[l + 1], &inp.pos, &attend, lio);
+                let lio_re = lio.map(|io| LoraIo { u_ready: true, ..io });
+                self.block_fwd(enc, blk, rows, x, a, &ws.xs[l + 1], &inp.pos, &attend, lio_re);
             }
             self.block_bwd(enc, blk, rows, x, a, &ws.grads, &inp.pos, &causal, lio);
         }
