@@ -8,7 +8,11 @@
 //!   20 steps, weights av_x + |x|). gguf-py has no Q4_K quantizer, so there is no byte
 //!   fixture; it is tested by its round-trip error and by dequantization consistency.
 //!   (llama.cpp's C is built with fp-contraction allowed, so even its own bytes can
-//!   depend on the compiler; this is the operation order of the C source, no fma.)
+//!   depend on the compiler; this is the operation order of the C source, no fma.) It
+//!   was checked once, outside the test suite, against a C transcription of ggml's
+//!   `make_qkx2_quants` + `quantize_row_q4_K_ref` built with gcc -O2 -ffp-contract=off:
+//!   identical bytes on 390 blocks (six scales from 1e-6 to 1e4, zero, constant,
+//!   one-signed and sparse blocks).
 //!
 //! All arithmetic is f32 in the C code's order: Rust never contracts `a * b + c`.
 
