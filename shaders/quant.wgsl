@@ -5,18 +5,22 @@
 // The including kernel declares
 //     @group(0) @binding(N) var<storage, read> wq: array<u32>;   // the compact tensor's words
 // and gets `WFMT` (a FMT_* code) as a prelude constant, so each format is its own pipeline
-// and every `switch (WFMT)` below folds to one case.
+// and every `switch (WFMT)` below folds to one case. On the Rust side,
+// `crate::compact_kernels!(NAME, "<file>", CONSTS...)` (src/ops/dequant.rs) declares the
+// eleven kernels, indexed by `CompactFormat::code()`, and `CompactWeight::words` is the
+// tensor to bind as `wq` (rows, cols and format travel with it).
 //
 // wq holds a (rows, cols) row-major matrix in the layout documented in
 // src/load/compact.rs: row r starts at word r * wq_row_words(cols); blocks run along a row.
 //
 // Bit-exactness with the host (src/load/dequant.rs, ggml's dequantize_row_*): every
-// product below is exact in f32 (an f16 scale has 11 significant bits, a 6-bit sub-scale
-// 6, a quant at most 5 (Q6_K's |q| <= 32 with |sc| <= 128: 11 + 7 + 5 bits when neither
-// is a power of two), at most 23 bits in all, and every product is 0 or >= 2^-24, so
-// never an f32 subnormal), so the only rounding is the one add of Q4_1 / Q5_1 / Q4_K /
-// Q5_K. A compiler that contracts `a * b + c` into an fma therefore gives the same bits,
-// and the products are written in the host's order anyway.
+// product below is exact in f32. Significant bits: an f16 scale 11; a 6-bit K sub-scale
+// or min 6; a quant 4 or 5 (Q8_0: 7); Q6_K's 8-bit scale 7 and 6-bit quant 5 (their
+// extremes -128 and -32 are powers of two, 1 bit). The largest product, Q6_K's
+// d * sc * q, has at most 11 + 7 + 5 = 23 <= 24 bits, and every product is 0 or at least
+// 2^-24 (the smallest half), never an f32 subnormal. So the only rounding is the one add
+// of Q4_1 / Q5_1 / Q4_K / Q5_K: a compiler that contracts `a * b + c` into an fma gives
+// the same bits, and the products are written in the host's order anyway.
 //
 // f16 scales are decoded with integer operations (wq_f16) rather than unpack2x16float:
 // the result is exact either way for normal halves, but drivers may flush f16 subnormals

@@ -210,6 +210,21 @@ impl CompactTensor {
         Ok(CompactTensor { format, rows, cols, words })
     }
 
+    /// A tensor of a GGUF file (its info and raw bytes, `Gguf::tensor_bytes`) in the GPU
+    /// layout: a matrix as its (rows, cols) PyTorch shape, a vector as one row. A type
+    /// without a compact form, or more than two dimensions, is a typed error naming it.
+    pub fn from_gguf_tensor(info: &super::gguf::TensorInfo, bytes: &[u8]) -> Result<Self> {
+        let format = CompactFormat::from_name(info.ty.name).ok_or_else(|| {
+            Error::Weights(format!("tensor `{}` has type {}, which has no compact form", info.name, info.ty.name))
+        })?;
+        let (rows, cols) = match info.shape()[..] {
+            [n] => (1, n),
+            [r, c] => (r, c),
+            ref s => return Err(Error::Weights(format!("tensor `{}` has shape {s:?}: not a matrix", info.name))),
+        };
+        Self::from_gguf(&info.name, format, rows, cols, bytes)
+    }
+
     /// Quantize (or round) an f32 (rows, cols) matrix into `format`: the GGUF bytes of
     /// `quantize::quantize`, repacked.
     pub fn quantize(name: &str, format: CompactFormat, rows: usize, cols: usize, values: &[f32]) -> Result<Self> {

@@ -171,8 +171,8 @@ fn dequant_of_gguf_py_file_matches_gguf_py() {
     let st = safetensors::SafeTensors::deserialize(&exp).unwrap();
     for &f in CompactFormat::ALL {
         let info = g.tensor(f.name()).unwrap();
-        let shape = info.shape();
-        let t = CompactTensor::from_gguf(&info.name, f, shape[0], shape[1], g.tensor_bytes(info)).unwrap();
+        let t = CompactTensor::from_gguf_tensor(info, g.tensor_bytes(info)).unwrap();
+        assert_eq!((t.format, t.rows, t.cols), (f, 8, 512));
         let want: Vec<f32> = st
             .tensor(f.name())
             .unwrap()
