@@ -2,6 +2,8 @@
 //
 // Forward: out(rows, C) = wte[ids] (+ wpe[pos]); one thread per output element, so a row's
 // C values are read and written by consecutive threads (coalesced).
+// Forward from a compact table (embedding_forward_compact): the same with wte read through
+// wq_get (quant.wgsl), one pipeline per format.
 // Backward: dw[id] += sum of dout rows with that id. Scattering with atomics would make
 // the sum's order (and so its rounding) vary run to run, and WGSL has no float atomics
 // anyway; instead the host groups the rows by id (CSR: uniq, starts, rows) and one
@@ -28,6 +30,22 @@ fn embedding_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let r = i / p.c;
     let ch = i - r * p.c;
     var v = wte[ids[r] * p.c + ch];
+    if ((p.flags & HAS_POS) != 0u) {
+        v += wpe[pos[r] * p.c + ch];
+    }
+    out[i] = v;
+}
+
+// The compact token table (V, C), in place of wte (src/load/compact.rs's layout).
+@group(0) @binding(2) var<storage, read> wq: array<u32>;
+
+@compute @workgroup_size(WG)
+fn embedding_forward_compact(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg, WG);
+    if (i >= p.rows * p.c) { return; }
+    let r = i / p.c;
+    let ch = i - r * p.c;
+    var v = wq_get(ids[r], ch, p.c);
     if ((p.flags & HAS_POS) != 0u) {
         v += wpe[pos[r] * p.c + ch];
     }

@@ -7,10 +7,12 @@
 //! a [`Model`](crate::model::Model) on the GPU from them is `upload`, behind the `gpu`
 //! feature.
 
+pub mod compact;
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hub;
+pub mod quantize;
 pub mod safetensors;
 #[cfg(feature = "gpu")]
 mod upload;

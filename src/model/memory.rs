@@ -4,15 +4,20 @@
 use super::arch;
 use super::config::ModelConfig;
 use super::lora::{self, LoraConfig};
+use super::params::{compact_words, ParamSpec};
 use super::workspace::{Workspace, WorkspaceOpts};
 use crate::error::Result;
+use crate::load::compact::CompactFormat;
 
 /// Bytes by kind. Parameters are counted as their arenas lay them out (each tensor padded
 /// to 256 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryEstimate {
-    /// Weights that do not train (the whole base model under LoRA).
+    /// Weights that do not train (the whole base model under LoRA), compact ones included.
     pub frozen_weights: u64,
+    /// Of `frozen_weights`, the matrices kept compact (GGUF blocks, f16/bf16; their compact
+    /// arenas' bytes).
+    pub compact_weights: u64,
     /// Weights that train (the adapters under LoRA, everything in full fine-tuning).
     pub trainable_weights: u64,
     /// Their gradients and AdamW's two moments (3x the trainable weights).
@@ -73,18 +78,29 @@ pub fn estimate_with(
     seq: usize,
     opts: WorkspaceOpts,
 ) -> Result<MemoryEstimate> {
-    let (mut specs, mut tree) = arch::build(cfg);
-    // `all-linear` expanded as `Model::build` does.
-    let lora = lora.map(|l| l.expanded(cfg.arch));
-    let shape = match &lora {
-        Some(l) => {
-            lora::attach(l, &mut specs, &mut tree)?;
-            lora::shape(l, &tree)
-        }
-        None => None,
-    };
+    estimate_compact(cfg, lora, micro_batch, seq, opts, |_| None)
+}
+
+/// `estimate_with` for a base whose frozen matrices named by `compact_of` stay compact in
+/// that format, as `ParamStore::new_compact` lays them out (the same `compact_of` gives the
+/// same bytes; a shape a format cannot hold is the same error).
+pub fn estimate_compact(
+    cfg: &ModelConfig,
+    lora: Option<&LoraConfig>,
+    micro_batch: usize,
+    seq: usize,
+    opts: WorkspaceOpts,
+    compact_of: impl Fn(&ParamSpec) -> Option<CompactFormat>,
+) -> Result<MemoryEstimate> {
+    let (specs, shape) = specs_and_lora_shape(cfg, lora)?;
     let mut e = MemoryEstimate::default();
     for s in &specs {
+        if let Some(f) = compact_of(s) {
+            let bytes = compact_words(s, f)? as u64 * 4;
+            e.frozen_weights += bytes;
+            e.compact_weights += bytes;
+            continue;
+        }
         let bytes = s.numel().next_multiple_of(64) as u64 * 4;
         if s.trainable {
             e.trainable_weights += bytes;
@@ -100,6 +116,31 @@ pub fn estimate_with(
         e.tables = 4 * (2 * cfg.max_pos.min(super::MAX_ROPE_POSITIONS) * cfg.inv_freq.len()) as u64;
     }
     Ok(e)
+}
+
+/// The parameters of `cfg` with `lora`'s adapters attached (`all-linear` expanded), as
+/// `Model::build` lays them out, and the adapters' workspace shape.
+fn specs_and_lora_shape(
+    cfg: &ModelConfig,
+    lora: Option<&LoraConfig>,
+) -> Result<(Vec<ParamSpec>, Option<lora::LoraShape>)> {
+    let (mut specs, mut tree) = arch::build(cfg);
+    let lora = lora.map(|l| l.expanded(cfg.arch));
+    let shape = match &lora {
+        Some(l) => {
+            lora::attach(l, &mut specs, &mut tree)?;
+            lora::shape(l, &tree)
+        }
+        None => None,
+    };
+    Ok((specs, shape))
+}
+
+/// The parameter specs `estimate` counts: `cfg`'s, with `lora`'s adapters attached (the
+/// base frozen). What a `compact_of` for `estimate_compact` and
+/// `ParamStore::new_compact` is asked about.
+pub fn param_specs(cfg: &ModelConfig, lora: Option<&LoraConfig>) -> Result<Vec<ParamSpec>> {
+    Ok(specs_and_lora_shape(cfg, lora)?.0)
 }
 
 /// The largest single activation buffer of a micro-batch of `rows` tokens with

@@ -1,13 +1,26 @@
-//! Token and position embeddings (shaders/embedding.wgsl): a gather forward, and a
-//! deterministic, atomic-free scatter-add backward driven by a host-built grouping of rows
-//! by id.
+//! Token and position embeddings (shaders/embedding.wgsl): a gather forward (from an f32
+//! table, or from a compact frozen one through the dequantizers of shaders/quant.wgsl),
+//! and a deterministic, atomic-free scatter-add backward driven by a host-built grouping
+//! of rows by id.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Arg, Cost, Encoder, Gpu, Tensor, WG};
+use crate::gpu::{grid_1d, Arg, Cost, Encoder, Gpu, Kernel, Tensor, WG};
+use crate::load::compact::{CompactFormat, QUANT_INCLUDES};
+use crate::ops::dequant::CompactWeight;
 use crate::Result;
 
-crate::kernel!(EMBEDDING, "embedding", HAS_POS);
+/// The f32-table kernel. The file also holds the compact gather, so it is built with the
+/// dequantizers and `WFMT` = F32 (unused by these entry points; dead code to the compiler).
+pub const EMBEDDING: Kernel = Kernel {
+    name: "embedding",
+    file: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/embedding.wgsl")),
+    consts: &[("WFMT", CompactFormat::F32 as u32), ("HAS_POS", HAS_POS)],
+    includes: QUANT_INCLUDES,
+};
+
+// The compact gather, one pipeline per format (index with `CompactFormat::code`).
+crate::compact_kernels!(EMBEDDING_COMPACT, "embedding", HAS_POS);
 
 const HAS_POS: u32 = 2;
 
@@ -81,6 +94,36 @@ pub fn forward(
         "embedding_forward",
         &p,
         &[Arg::R(ids), Arg::R(wte), Arg::R(pos_ids), Arg::R(wpe), Arg::W(out)],
+        grid_1d(rows * c, WG),
+        cost,
+    );
+}
+
+/// out(rows, C) = wte[ids(rows)] (+ wpe(P, C)[pos(rows)]) with the token table compact
+/// (V, C) (a frozen embedding: under LoRA it has no gradient, so only the forward reads
+/// it compactly). Each row is the host dequantizer's f32 row bit for bit, so the result
+/// equals `forward` over the host-dequantized table.
+pub fn forward_compact(
+    enc: &mut Encoder,
+    ids: &Tensor,
+    wte: &CompactWeight,
+    pos: Option<(&Tensor, &Tensor)>,
+    out: &Tensor,
+    rows: usize,
+) {
+    let c = wte.cols;
+    debug_assert!(ids.len >= rows && out.len >= rows * c);
+    let dummy = &enc.gpu().dummy.clone();
+    let (pos_ids, wpe) = pos.unwrap_or((dummy, dummy));
+    let p = Params { rows: rows as u32, c: c as u32, flags: if pos.is_some() { HAS_POS } else { 0 }, n_uniq: 0 };
+    let (n, tables) = ((rows * c) as u64, 1 + pos.is_some() as u64);
+    let row_bytes = wte.format.row_words(c) as u64 * 4;
+    let cost = Cost { flops: n * tables, bytes: rows as u64 * row_bytes + 4 * (n * tables + rows as u64 * tables) };
+    enc.dispatch(
+        &EMBEDDING_COMPACT[wte.format.code() as usize],
+        "embedding_forward_compact",
+        &p,
+        &[Arg::R(ids), Arg::R(&wte.words), Arg::R(pos_ids), Arg::R(wpe), Arg::W(out)],
         grid_1d(rows * c, WG),
         cost,
     );

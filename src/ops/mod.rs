@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod attention;
 pub mod copy2d;
 pub mod cross_entropy;
+pub mod dequant;
 pub mod dropout;
 pub mod embedding;
 pub mod fill;
@@ -24,8 +25,29 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &attention::ATTENTION,
     &copy2d::COPY2D,
     &cross_entropy::CROSS_ENTROPY,
+    &dequant::DEQUANT[0],
+    &dequant::DEQUANT[1],
+    &dequant::DEQUANT[2],
+    &dequant::DEQUANT[3],
+    &dequant::DEQUANT[4],
+    &dequant::DEQUANT[5],
+    &dequant::DEQUANT[6],
+    &dequant::DEQUANT[7],
+    &dequant::DEQUANT[8],
+    &dequant::DEQUANT[9],
+    &dequant::DEQUANT[10],
     &dropout::DROPOUT,
     &embedding::EMBEDDING,
+    &embedding::EMBEDDING_COMPACT[1],
+    &embedding::EMBEDDING_COMPACT[2],
+    &embedding::EMBEDDING_COMPACT[3],
+    &embedding::EMBEDDING_COMPACT[4],
+    &embedding::EMBEDDING_COMPACT[5],
+    &embedding::EMBEDDING_COMPACT[6],
+    &embedding::EMBEDDING_COMPACT[7],
+    &embedding::EMBEDDING_COMPACT[8],
+    &embedding::EMBEDDING_COMPACT[9],
+    &embedding::EMBEDDING_COMPACT[10],
     &fill::FILL,
     &gather::GATHER,
     &gelu::GELU,

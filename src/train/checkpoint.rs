@@ -312,12 +312,21 @@ pub async fn export_hf_safetensors(gpu: &Gpu, model: &Model) -> Result<Vec<u8>> 
     for a in &p.arenas {
         arenas.push(gpu.read_f32(&a.weights).await?);
     }
+    // Compact frozen parameters, dequantized (they sit in no f32 arena).
+    let mut compact = HashMap::new();
+    for i in (0..p.specs.len()).filter(|&i| p.compact_slots[i].is_some()) {
+        compact.insert(i, p.read(gpu, i).await?);
+    }
     let views = p
         .specs
         .iter()
         .zip(&p.slots)
-        .map(|(s, slot)| {
-            let data = &arenas[slot.arena][slot.offset..slot.offset + s.numel()];
+        .enumerate()
+        .map(|(i, (s, slot))| {
+            let data = match compact.get(&i) {
+                Some(v) => &v[..],
+                None => &arenas[slot.arena][slot.offset..slot.offset + s.numel()],
+            };
             TensorView::new(Dtype::F32, s.shape.clone(), bytemuck::cast_slice(data))
                 .map(|v| (s.name.clone(), v))
                 .map_err(|e| Error::Usage(format!("{}: {e}", s.name)))

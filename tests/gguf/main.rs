@@ -11,6 +11,7 @@ mod common;
 
 mod dequant;
 mod mapping;
+mod quantize;
 mod reader;
 mod smollm2;
 

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compact;
 mod fixture;
 mod parity;
 mod run;

@@ -135,3 +135,54 @@ fn reference_embedding_backward_matches_finite_differences() {
     let num = numeric_grad(&wpe, h, |w| dot(&proj, &embedding(&tok, &wte, Some((&pos, w)), c)));
     assert_grad("embedding dwpe", &embedding_backward(&pos, &proj, np, c), &num);
 }
+
+/// The gather from a compact frozen table gives, bit for bit, the f32 gather of the
+/// host-dequantized table: every format, with and without position rows, repeated and
+/// unused ids, awkward row counts.
+#[test]
+fn embedding_forward_compact_equals_f32_gather_of_host_dequantized_table() {
+    use webtune::load::compact::{dequantize_gguf, CompactFormat, CompactTensor};
+    use webtune::ops::dequant::CompactWeight;
+    use webtune::ops::embedding::forward_compact;
+    let g = gpu();
+    let mut rng = Rng::new(15);
+    for &f in CompactFormat::ALL {
+        let qk = f.block_values();
+        // (rows, C, V, P)
+        let shapes: Vec<(usize, usize, usize, usize)> = if qk == 1 {
+            vec![(1, 1, 1, 1), (33, 7, 11, 40), (5, 130, 3, 5)]
+        } else {
+            vec![(1, qk, 1, 1), (33, 3 * qk, 11, 40), (7, 2 * qk, 40, 3)]
+        };
+        for (rows, c, v, np) in shapes {
+            let bytes = crate::dequant::random_gguf(&mut rng, f, v, c);
+            let table = dequantize_gguf(f, &bytes);
+            let t = CompactTensor::from_gguf("token_embd.weight", f, v, c, &bytes).unwrap();
+            let tok = ids(&mut rng, rows, v);
+            let pos = ids(&mut rng, rows, np);
+            let wpe = rng.vec(np * c, 1.0);
+            let wq = CompactWeight::upload(g, "wq", &t).unwrap();
+            let (ttok, tpos) = (g.upload_u32("ids", &tok).unwrap(), g.upload_u32("pos", &pos).unwrap());
+            let (twte, twpe) = (g.upload_f32("wte", &table).unwrap(), g.upload_f32("wpe", &wpe).unwrap());
+            let outs: Vec<_> = (0..4).map(|_| g.zeros("out", rows * c).unwrap()).collect();
+            let mut enc = Encoder::new(g);
+            forward(&mut enc, &ttok, &twte, None, &outs[0], rows, c);
+            forward_compact(&mut enc, &ttok, &wq, None, &outs[1], rows);
+            forward(&mut enc, &ttok, &twte, Some((&tpos, &twpe)), &outs[2], rows, c);
+            forward_compact(&mut enc, &ttok, &wq, Some((&tpos, &twpe)), &outs[3], rows);
+            enc.submit();
+            let r: Vec<Vec<u32>> =
+                outs.iter().map(|o| block(g.read_f32(o)).unwrap().iter().map(|x| x.to_bits()).collect()).collect();
+            let what = format!("{} embedding {rows}x{c} V{v}", f.name());
+            assert!(r[0] == r[1], "{what}: compact gather differs from the f32 gather");
+            assert!(r[2] == r[3], "{what} +pos: compact gather differs from the f32 gather");
+            // And the f32 gather is the table's rows (so neither side is trivially empty).
+            let want: Vec<u32> = tok
+                .iter()
+                .flat_map(|&i| table[i as usize * c..(i as usize + 1) * c].to_vec())
+                .map(|x| x.to_bits())
+                .collect();
+            assert!(r[1] == want, "{what}: compact gather is not the host-dequantized rows");
+        }
+    }
+}

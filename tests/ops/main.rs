@@ -11,6 +11,7 @@ mod adamw;
 mod attention;
 mod copy2d;
 mod cross_entropy;
+mod dequant;
 mod dropout;
 mod elementwise;
 mod embedding;

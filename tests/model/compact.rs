@@ -1,0 +1,166 @@
+//! A frozen base kept compact in the parameter store: `ParamStore::new_compact` lays the
+//! frozen matrices out in u32 compact arenas, `memory::estimate_compact` counts exactly
+//! those bytes, and each parameter's view reads back (on the host, and through the GPU's
+//! dequantizers) as the tensor it was given.
+
+use webtune::gpu::Encoder;
+use webtune::load::compact::{CompactFormat, CompactTensor};
+use webtune::model::config::ModelConfig;
+use webtune::model::memory::{estimate, estimate_compact, param_specs};
+use webtune::model::params::{ParamInit, ParamSpec, ParamStore};
+use webtune::model::LoraConfig;
+use webtune::ops::dequant::dequant_rows;
+
+use crate::common::{block, gpu, Rng};
+
+fn fixture_config(hidden: usize, ffn: usize) -> ModelConfig {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/qwen2/config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["hidden_size"] = hidden.into();
+    v["intermediate_size"] = ffn.into();
+    ModelConfig::from_hf_json(&v.to_string()).unwrap()
+}
+
+/// A different format for each kind of frozen matrix (every format appears).
+fn format_of(s: &ParamSpec) -> Option<CompactFormat> {
+    use CompactFormat::*;
+    if s.trainable || s.shape.len() != 2 {
+        return None;
+    }
+    let layer1 = s.name.contains("layers.1.");
+    Some(match () {
+        _ if s.name.contains("embed_tokens") => Q8_0,
+        _ if s.name.contains("lm_head") => Q6_K,
+        _ if s.name.contains("q_proj") => Q4_K,
+        _ if s.name.contains("k_proj") => {
+            if layer1 {
+                Q5_1
+            } else {
+                Q5_K
+            }
+        }
+        _ if s.name.contains("v_proj") => Q5_0,
+        _ if s.name.contains("o_proj") => {
+            if layer1 {
+                F32
+            } else {
+                BF16
+            }
+        }
+        _ if s.name.contains("gate_proj") => Q4_0,
+        _ if s.name.contains("up_proj") => F16,
+        _ => Q4_1,
+    })
+}
+
+/// A compact tensor of `f`: quantized random values where there is a quantizer, else
+/// random blocks whose f16 scales are set to 1/16.
+fn compact_tensor(rng: &mut Rng, s: &ParamSpec, f: CompactFormat) -> CompactTensor {
+    let (rows, cols) = (s.shape[0], s.shape[1]);
+    if let Ok(t) = CompactTensor::quantize(&s.name, f, rows, cols, &rng.vec(rows * cols, 0.1)) {
+        return t;
+    }
+    let bb = f.gguf_block_bytes();
+    let mut bytes: Vec<u8> = (0..rows * cols / f.block_values() * bb).map(|_| rng.below(256) as u8).collect();
+    let offsets: &[usize] = match f {
+        CompactFormat::Q6_K => &[208],
+        CompactFormat::Q5_0 => &[0],
+        _ => &[0, 2],
+    };
+    for b in bytes.chunks_exact_mut(bb) {
+        for &o in offsets {
+            b[o..o + 2].copy_from_slice(&0x2C00u16.to_le_bytes());
+        }
+    }
+    CompactTensor::from_gguf(&s.name, f, rows, cols, &bytes).unwrap()
+}
+
+#[test]
+fn compact_base_estimate_equals_allocation_and_views_read_back() {
+    let g = gpu();
+    let cfg = fixture_config(256, 512);
+    let lora = LoraConfig::new(4, 8.0, LoraConfig::all_linear(cfg.arch));
+    let specs = param_specs(&cfg, Some(&lora)).unwrap();
+    let mut rng = Rng::new(5);
+    let mut given = std::collections::HashMap::new();
+    let store = ParamStore::new_compact(g, specs.clone(), format_of, |s| match format_of(s) {
+        Some(f) => {
+            let t = compact_tensor(&mut rng, s, f);
+            given.insert(s.name.clone(), t.clone());
+            Ok(ParamInit::Compact(t))
+        }
+        None => Ok(ParamInit::F32(rng.vec(s.numel(), 0.1))),
+    })
+    .unwrap();
+    let e = estimate_compact(&cfg, Some(&lora), 2, 8, Default::default(), format_of).unwrap();
+    assert_eq!(e.frozen_weights + e.trainable_weights + e.grads_and_moments, store.gpu_bytes());
+    assert_eq!(e.compact_weights, store.compact_bytes());
+    let f32_base = estimate(&cfg, Some(&lora), 2, 8).unwrap();
+    assert_eq!(e.trainable_weights, f32_base.trainable_weights);
+    assert_eq!(e.activations, f32_base.activations);
+    assert!(e.frozen_weights < f32_base.frozen_weights / 2, "{} vs {}", e.frozen_weights, f32_base.frozen_weights);
+    eprintln!("compact base: {e}\nf32 base: {f32_base}");
+    // Every format is used, and every compact parameter reads back as given, on the host
+    // and through the GPU's dequantizers (the views sit at the right offsets).
+    let mut seen = std::collections::HashSet::new();
+    for (p, s) in store.specs.iter().enumerate() {
+        let Some(c) = store.compact(p) else {
+            assert!(store.compact_slots[p].is_none());
+            continue;
+        };
+        seen.insert(c.format);
+        assert!(store.grad(p).is_none(), "{}: a compact parameter has no gradient", s.name);
+        let want = given[&s.name].dequantize();
+        let host = block(store.read(g, p)).unwrap();
+        assert!(host.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: read back", s.name);
+        let out = g.zeros("out", c.rows * c.cols).unwrap();
+        let mut enc = Encoder::new(g);
+        dequant_rows(&mut enc, &c, None, &out, c.rows, true).unwrap();
+        enc.submit();
+        let dev = block(g.read_f32(&out)).unwrap();
+        assert!(dev.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: GPU dequant of the view", s.name);
+    }
+    assert_eq!(seen.len(), CompactFormat::ALL.len(), "formats used: {seen:?}");
+}
+
+#[test]
+fn compact_base_refuses_what_cannot_be_compact_by_name() {
+    let g = gpu();
+    // hidden 32: not whole 256-value blocks for Q4_K.
+    let cfg = fixture_config(32, 64);
+    let lora = LoraConfig::new(4, 8.0, LoraConfig::all_linear(cfg.arch));
+    let specs = param_specs(&cfg, Some(&lora)).unwrap();
+    let k = |s: &ParamSpec| (!s.trainable && s.shape.len() == 2).then_some(CompactFormat::Q4_K);
+    let e1 = estimate_compact(&cfg, Some(&lora), 1, 4, Default::default(), k).unwrap_err().to_string();
+    let e2 = ParamStore::new_compact(g, specs.clone(), k, |_| unreachable!("refused before init"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(e1, e2);
+    assert!(e1.contains("model.embed_tokens.weight") && e1.contains("256"), "{e1}");
+    // A trainable parameter cannot be compact.
+    let t = |s: &ParamSpec| s.trainable.then_some(CompactFormat::Q8_0);
+    let e = ParamStore::new_compact(g, specs.clone(), t, |_| unreachable!()).err().unwrap().to_string();
+    assert!(e.contains("lora_A") || e.contains("lora_B"), "{e}");
+    // The wrong kind of initial value is a typed error naming the parameter.
+    let q8 = |s: &ParamSpec| (!s.trainable && s.shape.len() == 2).then_some(CompactFormat::Q8_0);
+    let e = ParamStore::new_compact(g, specs, q8, |s| Ok(ParamInit::F32(vec![0.0; s.numel()]))).err().unwrap();
+    assert!(e.to_string().contains("laid out as Q8_0"), "{e}");
+}
+
+/// What a compact base saves on the default model (printed for the record).
+#[test]
+fn smollm2_135m_lora_with_compact_bases() {
+    let cfg = webtune::model::presets::preset("smollm2-135m").unwrap();
+    let lora = LoraConfig::new(16, 32.0, LoraConfig::all_linear(cfg.arch));
+    let f32_base = estimate(&cfg, Some(&lora), 4, 256).unwrap();
+    eprintln!("smollm2-135m LoRA r16, 4 x 256, f32 base: {f32_base}");
+    for f in [CompactFormat::BF16, CompactFormat::Q8_0, CompactFormat::Q4_0, CompactFormat::Q4_K] {
+        let of = |s: &ParamSpec| {
+            (!s.trainable && s.shape.len() == 2 && s.shape[1].is_multiple_of(f.block_values())).then_some(f)
+        };
+        let e = estimate_compact(&cfg, Some(&lora), 4, 256, Default::default(), of).unwrap();
+        eprintln!("  {} base: {e}", f.name());
+        assert!(e.frozen_weights < f32_base.frozen_weights);
+    }
+}
