@@ -201,6 +201,81 @@ async fn every_kernel_compiles_under_tint() {
     console_log!("{} kernel files compile under Tint", webtune::ops::KERNELS.len());
 }
 
+/// The in-kernel dequantizers on WebGPU (Tint's compiler, SwiftShader's arithmetic, no
+/// shader-f16): every format, random blocks whose f16 scales include zeros and subnormals,
+/// expanded whole (wq_get and wq_get4) and gathered, bit for bit against the host
+/// dequantizer, as tests/ops/dequant.rs does natively on more shapes.
+#[wasm_bindgen_test]
+async fn compact_dequant_matches_host_bit_for_bit() {
+    use webtune::load::compact::{dequantize_gguf, CompactFormat, CompactTensor};
+    use webtune::ops::dequant::{dequant_rows, CompactWeight};
+    let g = gpu().await;
+    let mut rng = Rng::new(93);
+    // Every sign, zero, subnormal (exponent 0) and normal halves up to 2^6.
+    let half = |rng: &mut Rng| -> [u8; 2] {
+        let (e, m, s) = (rng.below(22) as u16, rng.below(1024) as u16, (rng.below(2) as u16) << 15);
+        (if rng.below(20) == 0 { s } else { s | e << 10 | m }).to_le_bytes()
+    };
+    for &f in CompactFormat::ALL {
+        let qk = f.block_values();
+        let (rows, cols) = if qk == 1 { (3, 12) } else { (3, 3 * qk) };
+        let bb = f.gguf_block_bytes();
+        let n_bytes = rows * cols / qk * bb;
+        let mut bytes: Vec<u8> = (0..n_bytes).map(|_| rng.below(256) as u8).collect();
+        let scales: &[usize] = match f {
+            CompactFormat::F32 | CompactFormat::BF16 => &[],
+            CompactFormat::F16 => &[0],
+            CompactFormat::Q8_0 | CompactFormat::Q4_0 | CompactFormat::Q5_0 => &[0],
+            CompactFormat::Q6_K => &[208],
+            _ => &[0, 2],
+        };
+        for b in bytes.chunks_exact_mut(bb) {
+            for &o in scales {
+                b[o..o + 2].copy_from_slice(&half(&mut rng));
+            }
+        }
+        if matches!(f, CompactFormat::F32 | CompactFormat::BF16) {
+            // Finite values only: clear one exponent bit where all are set.
+            let w = if f == CompactFormat::F32 { 4 } else { 2 };
+            for v in bytes.chunks_exact_mut(w) {
+                if v[w - 1] & 0x7F == 0x7F && v[w - 2] & 0x80 != 0 {
+                    v[w - 1] &= !0x40;
+                }
+            }
+        }
+        let want = dequantize_gguf(f, &bytes);
+        let t = CompactTensor::from_gguf("w", f, rows, cols, &bytes).unwrap();
+        let w = CompactWeight::upload(&g, "wq", &t).unwrap();
+        let ids = [2u32, 0, 2, 1];
+        let tids = g.upload_u32("ids", &ids).unwrap();
+        let (o1, o4, og) = (
+            g.zeros("o1", rows * cols).unwrap(),
+            g.zeros("o4", rows * cols).unwrap(),
+            g.zeros("og", 4 * cols).unwrap(),
+        );
+        let mut enc = Encoder::new(&g);
+        dequant_rows(&mut enc, &w, None, &o1, rows, false).unwrap();
+        dequant_rows(&mut enc, &w, None, &o4, rows, true).unwrap();
+        dequant_rows(&mut enc, &w, Some(&tids), &og, ids.len(), false).unwrap();
+        enc.submit();
+        let want_g: Vec<f32> =
+            ids.iter().flat_map(|&r| want[r as usize * cols..(r as usize + 1) * cols].to_vec()).collect();
+        for (what, out, want) in [("wq_get", &o1, &want), ("wq_get4", &o4, &want), ("gathered", &og, &want_g)] {
+            let got = g.read_f32(out).await.unwrap();
+            let bad = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits());
+            assert!(
+                bad.is_none(),
+                "{} {what}: [{}] {:e} vs host {:e}",
+                f.name(),
+                bad.unwrap(),
+                got[bad.unwrap()],
+                want[bad.unwrap()]
+            );
+        }
+    }
+    console_log!("{} compact formats: GPU dequantization bit-identical to the host", CompactFormat::ALL.len());
+}
+
 #[wasm_bindgen_test]
 async fn matmul_all_transposes_match_reference() {
     let g = gpu().await;
