@@ -7,9 +7,9 @@
 // pipeline per combination, so no runtime stride sits in an inner loop. For a Linear layer
 // x . W^T is (A_T, B_T) = (0, 1), dy . W is (0, 0) and dy^T . x is (1, 0).
 //
-// The B operand is read as u32 words through `b_at` (bitcast for f32), so that a frozen
-// weight kept compact on the GPU (GGUF blocks, f16) is one more specialization of the same
-// kernels rather than a copy of them.
+// The B operand is read as u32 words through `b_at`, so that a frozen weight kept compact
+// on the GPU (GGUF blocks, f16/bf16: the WFMT constant, shaders/quant.wgsl) is one more
+// specialization of the same kernels rather than a copy of them.
 //
 // Every entry point ends in the one epilogue `store`, and every product sums over k in
 // k order with fma, except `matmul_skinny`, which splits K across threads and adds the
@@ -41,10 +41,12 @@ fn a_at(m: u32, k: u32) -> f32 {
     return a[k * p.m + m];
 }
 
-// op(B)(k, n): B stored (K, N), or (N, K) when B_T.
+// op(B)(k, n): B stored (K, N), or (N, K) when B_T, in the pipeline's format WFMT (f32
+// words, or a frozen weight's GGUF blocks / f16 halves, dequantized by shaders/quant.wgsl
+// to the host dequantizer's bits).
 fn b_at(k: u32, n: u32) -> f32 {
-    if (B_T == 0u) { return bitcast<f32>(wq[k * p.n + n]); }
-    return bitcast<f32>(wq[n * p.k + k]);
+    if (B_T == 0u) { return wq_get(k, n, p.n); }
+    return wq_get(n, k, p.k);
 }
 
 // The one epilogue: C(m, n) = alpha * prod [+ bias(n)] [+ resid(m, n)] [+ C(m, n)]

@@ -44,7 +44,11 @@ use crate::error::Result;
 #[cfg(feature = "gpu")]
 use crate::gpu::Gpu;
 #[cfg(feature = "gpu")]
+use crate::load::compact::CompactFormat;
+#[cfg(feature = "gpu")]
 use crate::ops::rope::RopeTable;
+#[cfg(feature = "gpu")]
+use params::ParamInit;
 
 /// Largest position the RoPE table covers (memory: 2 * P * D/2 floats).
 #[cfg(feature = "gpu")]
@@ -77,6 +81,20 @@ impl Model {
         lora: Option<&LoraConfig>,
         mut tensor: impl FnMut(&ParamSpec) -> Result<Vec<f32>>,
     ) -> Result<Model> {
+        Model::build_compact(gpu, cfg, lora, |_| None, |spec| tensor(spec).map(ParamInit::F32))
+    }
+
+    /// `build`, with the frozen base matrices for which `compact_of` names a format kept
+    /// compact on the GPU (`tensor` gives their `ParamInit::Compact`; see
+    /// `ParamStore::new_compact`): the matmuls, the embedding gather and a tied LM head read
+    /// them through the in-kernel dequantizers.
+    pub fn build_compact(
+        gpu: &Gpu,
+        cfg: ModelConfig,
+        lora: Option<&LoraConfig>,
+        compact_of: impl Fn(&ParamSpec) -> Option<CompactFormat>,
+        mut tensor: impl FnMut(&ParamSpec) -> Result<ParamInit>,
+    ) -> Result<Model> {
         let (mut specs, mut tree) = arch::build(&cfg);
         // PEFT's `all-linear`: every linear layer of this architecture but the head.
         let resolved = lora.map(|l| l.expanded(cfg.arch));
@@ -85,8 +103,10 @@ impl Model {
             Some(l) => lora::attach(l, &mut specs, &mut tree)?,
             None => Default::default(),
         };
-        let params = ParamStore::new(gpu, specs, |spec| match init.get(&spec.name) {
-            Some(v) => Ok(v.clone()),
+        // The adapters (trainable) are never compact, whatever `compact_of` says.
+        let compact = |s: &ParamSpec| if s.trainable { None } else { compact_of(s) };
+        let params = ParamStore::new_compact(gpu, specs, compact, |spec| match init.get(&spec.name) {
+            Some(v) => Ok(ParamInit::F32(v.clone())),
             None => tensor(spec),
         })?;
         let rope = if cfg.inv_freq.is_empty() {

@@ -10,12 +10,14 @@
 
 use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
 use super::lora::LoraP;
+use super::params::Pid;
 use super::workspace::{Grads, Inputs, LayerActs, LoraActs, Workspace};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
+use crate::ops::dequant::CompactWeight;
 use crate::ops::dropout::{self, Mask};
-use crate::ops::matmul::{matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, WeightLayout};
+use crate::ops::matmul::{matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, Weight, WeightLayout};
 use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu};
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -34,6 +36,21 @@ pub struct LoraIo<'a> {
 impl<'a> LoraIo<'a> {
     pub fn of(ws: &'a Workspace, inp: &Inputs) -> Option<LoraIo<'a>> {
         ws.lora.as_ref().map(|acts| LoraIo { acts, salt: inp.dropout_salt, u_ready: false })
+    }
+}
+
+/// A weight matrix held for one product (`Model::matrix`).
+enum Matrix {
+    F32(Tensor),
+    Compact(CompactWeight),
+}
+
+impl Matrix {
+    fn get(&self) -> Weight<'_> {
+        match self {
+            Matrix::F32(t) => Weight::F32(t),
+            Matrix::Compact(c) => Weight::Compact(c),
+        }
     }
 }
 
@@ -97,6 +114,15 @@ impl Model {
         })
     }
 
+    /// A weight matrix as the matmul reads it: compact when the parameter store keeps it so
+    /// (a frozen base under LoRA), f32 otherwise.
+    fn matrix(&self, pid: Pid) -> Matrix {
+        match self.params.compact(pid) {
+            Some(c) => Matrix::Compact(c),
+            None => Matrix::F32(self.params.weight(pid)),
+        }
+    }
+
     fn lora_io<'l, 'a>(l: &'l LinearP, lora: Option<LoraIo<'a>>) -> Option<(&'l LoraP, LoraIo<'a>)> {
         let lp = l.lora.as_ref()?;
         let io = lora.expect("a layer with a LoRA adapter needs the workspace's adapter buffers (Model::workspace)");
@@ -118,8 +144,9 @@ impl Model {
     ) {
         let p = &self.params;
         let b = l.b.map(|b| p.weight(b));
+        let w = self.matrix(l.w);
         let Some((lp, io)) = Self::lora_io(l, lora) else {
-            self.lin(l, rows).forward(enc, x, &p.weight(l.w), b.as_ref(), resid, y, false);
+            self.lin(l, rows).forward(enc, x, w.get(), b.as_ref(), resid, y, false);
             return;
         };
         let (r, u) = (lp.rank, &io.acts.u[lp.site]);
@@ -137,8 +164,8 @@ impl Model {
         }
         let lb = p.weight(lp.b);
         let lora = LoraEpilogue { u, b: &lb, b_t: false, rank: r, scale: lp.scale };
-        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), split_k: false };
-        self.lin(l, rows).forward_ex(enc, x, &p.weight(l.w), ex, y, false);
+        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), ..Default::default() };
+        self.lin(l, rows).forward_ex(enc, x, w.get(), ex, y, false);
     }
 
     /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable;
@@ -156,11 +183,11 @@ impl Model {
     ) {
         let p = &self.params;
         let lin = self.lin(l, rows);
-        let w = p.weight(l.w);
+        let w = self.matrix(l.w);
         let lora = Self::lora_io(l, lora);
         let Some((lp, io)) = lora else {
             if let Some((dx, acc)) = dx {
-                lin.backward_input(enc, dy, &w, dx, acc);
+                lin.backward_input(enc, dy, w.get(), dx, acc);
             }
             self.linear_bwd_weight(enc, l, lin, dy, x);
             return;
@@ -176,13 +203,13 @@ impl Model {
         if let Some((dx, acc)) = dx {
             match mask {
                 Some((m, xd)) => {
-                    lin.backward_input(enc, dy, &w, dx, acc);
+                    lin.backward_input(enc, dy, w.get(), dx, acc);
                     matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, xd, false);
                     dropout::backward(enc, &m, xd, dx, rows * fi, true);
                 }
                 None => {
                     let lora = LoraEpilogue { u: g, b: &a, b_t: true, rank: r, scale: s };
-                    lin.backward_input_ex(enc, dy, &w, Some(lora), dx, acc);
+                    lin.backward_input_ex(enc, dy, w.get(), Some(lora), dx, acc);
                 }
             }
         }
@@ -268,7 +295,10 @@ impl Model {
         let p = &self.params;
         let wpe = self.tree.wpe.map(|w| p.weight(w));
         let pos = wpe.as_ref().map(|w| (pos, w));
-        embedding::forward(enc, ids, &p.weight(self.tree.wte), pos, x, rows, self.cfg.hidden);
+        match p.compact(self.tree.wte) {
+            Some(wte) => embedding::forward_compact(enc, ids, &wte, pos, x, rows),
+            None => embedding::forward(enc, ids, &p.weight(self.tree.wte), pos, x, rows, self.cfg.hidden),
+        }
     }
 
     /// The embeddings' gradients from dx(rows, C), the gradient of `embed_fwd`'s output
@@ -490,14 +520,14 @@ impl Model {
 
     /// logits(rows, V) = x(rows, C) . lm_head^T (the final-normed hidden states).
     pub(crate) fn lm_head_fwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, logits: &Tensor) {
-        self.lm_head(rows).forward(enc, x, &self.params.weight(self.tree.lm_head), None, None, logits, false);
+        self.lm_head(rows).forward(enc, x, self.matrix(self.tree.lm_head).get(), None, None, logits, false);
     }
 
     /// `lm_head_fwd` in reverse: dx(rows, C) from dlogits(rows, V) (overwritten), and the
     /// LM head's gradient when it is trainable.
     fn lm_head_bwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, dlogits: &Tensor, dx: &Tensor) {
         let (p, head) = (&self.params, self.lm_head(rows));
-        head.backward_input(enc, dlogits, &p.weight(self.tree.lm_head), dx, false);
+        head.backward_input(enc, dlogits, self.matrix(self.tree.lm_head).get(), dx, false);
         if let Some(dw) = p.grad(self.tree.lm_head) {
             head.backward_weight(enc, dlogits, x, &dw, None);
         }

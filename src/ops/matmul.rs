@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Arg, Cost, Encoder, Kernel, Tensor, ACCUMULATE, WG};
+use crate::load::compact::{CompactFormat, QUANT_INCLUDES};
+use crate::ops::dequant::CompactWeight;
 
 const HAS_BIAS: u32 = 2;
 const HAS_RESID: u32 = 4;
@@ -26,17 +28,21 @@ pub const MATMUL: Kernel = Kernel {
         ("A_T", 0),
         ("B_T", 0),
         ("C_T", 0),
+        ("WFMT", CompactFormat::F32 as u32),
     ],
-    includes: &[],
+    includes: QUANT_INCLUDES,
 };
 
 /// The kernel file specialized to one layout: A stored transposed (`a_t`), B stored
-/// transposed (`b_t`), C written transposed (`c_t`). Eight at most, made on first use.
-fn layout_kernel(a_t: bool, b_t: bool, c_t: bool) -> &'static Kernel {
-    static KERNELS: [OnceLock<Kernel>; 8] = [const { OnceLock::new() }; 8];
-    KERNELS[(a_t as usize) << 2 | (b_t as usize) << 1 | c_t as usize].get_or_init(|| {
+/// transposed (`b_t`), C written transposed (`c_t`), and B's format. Made on first use.
+fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat) -> &'static Kernel {
+    const N: usize = 8 * CompactFormat::ALL.len();
+    static KERNELS: [OnceLock<Kernel>; N] = [const { OnceLock::new() }; N];
+    let layout = (a_t as usize) << 2 | (b_t as usize) << 1 | c_t as usize;
+    KERNELS[layout * CompactFormat::ALL.len() + b_format.code() as usize].get_or_init(|| {
         let t = |x: bool| if x { 'T' } else { 'N' };
         let name = format!("matmul.{}{}{}", t(a_t), t(b_t), t(c_t));
+        let name = if b_format == CompactFormat::F32 { name } else { format!("{name}@{}", b_format.name()) };
         let consts = vec![
             ("HAS_BIAS", HAS_BIAS),
             ("HAS_RESID", HAS_RESID),
@@ -45,11 +51,41 @@ fn layout_kernel(a_t: bool, b_t: bool, c_t: bool) -> &'static Kernel {
             ("A_T", a_t as u32),
             ("B_T", b_t as u32),
             ("C_T", c_t as u32),
+            ("WFMT", b_format.code()),
         ];
-        // The name and constants are leaked once per layout (eight at most): a kernel's
-        // fields are 'static, like the pipeline cache that keys on them.
-        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes: &[] }
+        // The name and constants are leaked once per specialization (88 at most): a
+        // kernel's fields are 'static, like the pipeline cache that keys on them.
+        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes: QUANT_INCLUDES }
     })
+}
+
+/// A weight operand: f32 values, or a frozen matrix kept compact on the GPU (read through
+/// the in-kernel dequantizers; only ever the B operand, and never given a gradient).
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    F32(&'a Tensor),
+    Compact(&'a CompactWeight),
+}
+
+impl<'a> From<&'a Tensor> for Weight<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        Weight::F32(t)
+    }
+}
+
+impl<'a> From<&'a CompactWeight> for Weight<'a> {
+    fn from(c: &'a CompactWeight) -> Self {
+        Weight::Compact(c)
+    }
+}
+
+impl<'a> Weight<'a> {
+    fn parts(self) -> (&'a Tensor, CompactFormat) {
+        match self {
+            Weight::F32(t) => (t, CompactFormat::F32),
+            Weight::Compact(c) => (&c.words, c.format),
+        }
+    }
 }
 
 #[repr(C)]
@@ -182,6 +218,8 @@ pub struct Extras<'a> {
     pub lora: Option<LoraEpilogue<'a>>,
     /// K may be split across threads although M is small (see `choose`).
     pub split_k: bool,
+    /// B's format when it is a compact weight's words (None: f32).
+    pub b_format: Option<CompactFormat>,
 }
 
 /// C(M,N) = op(A)(M,K) . op(B)(K,N) [+ bias(N)] [+ resid(M,N)], added into C when
@@ -198,7 +236,7 @@ pub fn matmul(
     c: &Tensor,
     accumulate: bool,
 ) {
-    let ex = Extras { bias, resid, lora: None, split_k: false };
+    let ex = Extras { bias, resid, lora: None, ..Default::default() };
     matmul_ex(enc, mnk, 1.0, a, a_op, b, b_op, ex, c, accumulate)
 }
 
@@ -217,7 +255,18 @@ pub fn matmul_scaled(
     c: &Tensor,
     accumulate: bool,
 ) {
-    matmul_ex(enc, mnk, alpha, a, a_op, b, b_op, Extras { bias, resid, lora: None, split_k: false }, c, accumulate)
+    matmul_ex(
+        enc,
+        mnk,
+        alpha,
+        a,
+        a_op,
+        b,
+        b_op,
+        Extras { bias, resid, lora: None, ..Default::default() },
+        c,
+        accumulate,
+    )
 }
 
 /// The general product, with the kernel from `choose`'s table for this adapter.
@@ -252,7 +301,10 @@ pub fn matmul_variant(
     c: &Tensor,
     accumulate: bool,
 ) {
-    debug_assert!(a.len >= m * k && b.len >= k * n && c.len >= m * n);
+    let b_format = ex.b_format.unwrap_or(CompactFormat::F32);
+    debug_assert!(a.len >= m * k && c.len >= m * n);
+    debug_assert!(b_format != CompactFormat::F32 || b.len >= k * n);
+    debug_assert!(variant != Variant::SkinnyT || b_format == CompactFormat::F32, "a compact weight is B, never A");
     if let Some(l) = &ex.lora {
         debug_assert!(l.u.len >= m * l.rank && l.b.len >= n * l.rank);
     }
@@ -301,7 +353,7 @@ pub fn matmul_variant(
     };
     let cost = Cost { flops: 2 * m64 * n64 * (k64 + r64), bytes: bytes + out_bytes + lora_bytes };
     let dummy = &enc.gpu().dummy.clone();
-    let kernel = layout_kernel(first_t, second_t, c_t);
+    let kernel = layout_kernel(first_t, second_t, c_t, b_format);
     let args = [
         Arg::R(first),
         Arg::R(second),
@@ -319,7 +371,7 @@ pub fn bias_backward(enc: &mut Encoder, m: usize, n: usize, dy: &Tensor, db: &Te
     let p = Params { m: m as u32, n: n as u32, flags: if accumulate { ACCUMULATE } else { 0 }, ..Zeroable::zeroed() };
     let cost = Cost { flops: (m * n) as u64, bytes: 4 * (m * n + 2 * n) as u64 };
     enc.dispatch(
-        layout_kernel(false, false, false),
+        layout_kernel(false, false, false, CompactFormat::F32),
         "bias_backward",
         &p,
         &[Arg::R(dy), Arg::W(db)],
@@ -347,39 +399,56 @@ pub struct Linear {
 
 impl Linear {
     /// y(rows, out) = x(rows, in) . W [+ b] [+ resid]; added into y when `accumulate`.
-    pub fn forward(
+    pub fn forward<'w>(
         &self,
         enc: &mut Encoder,
         x: &Tensor,
-        w: &Tensor,
+        w: impl Into<Weight<'w>>,
         b: Option<&Tensor>,
         resid: Option<&Tensor>,
         y: &Tensor,
         accumulate: bool,
     ) {
-        self.forward_ex(enc, x, w, Extras { bias: b, resid, lora: None, split_k: false }, y, accumulate)
+        self.forward_ex(enc, x, w, Extras { bias: b, resid, ..Default::default() }, y, accumulate)
     }
 
     /// `forward` with every extra of the epilogue (a LoRA adapter's s * u B^T included).
-    pub fn forward_ex(&self, enc: &mut Encoder, x: &Tensor, w: &Tensor, ex: Extras, y: &Tensor, accumulate: bool) {
+    pub fn forward_ex<'w>(
+        &self,
+        enc: &mut Encoder,
+        x: &Tensor,
+        w: impl Into<Weight<'w>>,
+        ex: Extras,
+        y: &Tensor,
+        accumulate: bool,
+    ) {
         let w_op = match self.layout {
             WeightLayout::OutIn => Op::T,
             WeightLayout::InOut => Op::N,
         };
+        let (w, format) = w.into().parts();
+        let ex = Extras { b_format: Some(format), ..ex };
         matmul_ex(enc, (self.rows, self.fan_out, self.fan_in), 1.0, x, Op::N, w, w_op, ex, y, accumulate);
     }
 
     /// dx(rows, in) [+]= dy . W^T. `accumulate` adds into dx (a residual branch's gradient).
-    pub fn backward_input(&self, enc: &mut Encoder, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool) {
+    pub fn backward_input<'w>(
+        &self,
+        enc: &mut Encoder,
+        dy: &Tensor,
+        w: impl Into<Weight<'w>>,
+        dx: &Tensor,
+        accumulate: bool,
+    ) {
         self.backward_input_ex(enc, dy, w, None, dx, accumulate)
     }
 
     /// `backward_input` with a LoRA adapter's share (s * g A) in the same dispatch.
-    pub fn backward_input_ex(
+    pub fn backward_input_ex<'w>(
         &self,
         enc: &mut Encoder,
         dy: &Tensor,
-        w: &Tensor,
+        w: impl Into<Weight<'w>>,
         lora: Option<LoraEpilogue>,
         dx: &Tensor,
         accumulate: bool,
@@ -388,7 +457,8 @@ impl Linear {
             WeightLayout::OutIn => Op::N,
             WeightLayout::InOut => Op::T,
         };
-        let ex = Extras { bias: None, resid: None, lora, split_k: false };
+        let (w, format) = w.into().parts();
+        let ex = Extras { lora, b_format: Some(format), ..Default::default() };
         matmul_ex(enc, (self.rows, self.fan_in, self.fan_out), 1.0, dy, Op::N, w, w_op, ex, dx, accumulate);
     }
 

@@ -164,3 +164,87 @@ fn smollm2_135m_lora_with_compact_bases() {
         assert!(e.frozen_weights < f32_base.frozen_weights);
     }
 }
+
+/// LoRA over a frozen base kept compact on the GPU trains exactly as over its f32
+/// expansion: every frozen matrix (the tied embedding / LM head included) quantized on
+/// load, one model reading the blocks in its kernels, the other the host-dequantized f32
+/// values. The losses of 5 AdamW steps and the adapter gradients after them are equal bit
+/// for bit, with dropout on, under activation checkpointing (no tolerance: the in-kernel
+/// dequantizers give the host's bits, and each product runs the same fmas in the same
+/// order).
+#[test]
+fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
+    use webtune::model::presets::preset;
+    use webtune::model::Model;
+    use webtune::train::{Example, TrainConfig, Trainer};
+    let g = gpu();
+    // tiny-llama: C 128, ffn 352, V 2048, tied: rows of 32-value blocks (K-quants need 256).
+    let cfg = preset("tiny-llama").unwrap();
+    let lora = LoraConfig { dropout: 0.1, seed: 3, ..LoraConfig::new(4, 8.0, &["all-linear"]) };
+    let format = |s: &ParamSpec| -> Option<CompactFormat> {
+        use CompactFormat::*;
+        if s.trainable || s.shape.len() != 2 {
+            return None;
+        }
+        Some(match () {
+            _ if s.name.contains("embed_tokens") => Q8_0,
+            _ if s.name.contains("self_attn") => Q4_0,
+            _ if s.name.contains("gate_proj") => F16,
+            _ if s.name.contains("up_proj") => BF16,
+            _ => Q4_0,
+        })
+    };
+    // The same random values for a name in both models.
+    let values = |s: &ParamSpec| {
+        let seed = s.name.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+        let mut rng = Rng::new(seed);
+        if s.shape.len() == 2 {
+            rng.vec(s.numel(), 0.05)
+        } else {
+            vec![1.0; s.numel()]
+        }
+    };
+    let quantized = |s: &ParamSpec, f: CompactFormat| {
+        CompactTensor::quantize(&s.name, f, s.shape[0], s.shape[1], &values(s)).unwrap()
+    };
+    let compact = Model::build_compact(g, cfg.clone(), Some(&lora), format, |s| {
+        Ok(match format(s) {
+            Some(f) => ParamInit::Compact(quantized(s, f)),
+            None => ParamInit::F32(values(s)),
+        })
+    })
+    .unwrap();
+    assert!(compact.params.compact_bytes() > 0, "nothing was kept compact");
+    let expanded = Model::build(g, cfg, Some(&lora), |s| {
+        Ok(match format(s) {
+            Some(f) => quantized(s, f).dequantize(),
+            None => values(s),
+        })
+    })
+    .unwrap();
+    assert_eq!(expanded.params.compact_bytes(), 0);
+
+    let mut rng = Rng::new(11);
+    let examples: Vec<Example> = (0..6)
+        .map(|i| {
+            let len = 9 + 5 * i;
+            let ids = (0..len).map(|_| (rng.next_u64() % 2048) as u32).collect();
+            Example::prompt_answer(ids, len / 2, format!("example {i}"))
+        })
+        .collect();
+    let train = |model: Model| {
+        let tc = TrainConfig { micro_batch: 4, recompute: true, ..Default::default() };
+        let mut t = Trainer::new(g, model, tc).unwrap();
+        let losses: Vec<u64> = (0..5).map(|_| block(t.step(&examples)).unwrap().loss.to_bits()).collect();
+        block(t.accumulate(&examples)).unwrap();
+        (losses, block(t.read_grads()).unwrap())
+    };
+    let (loss_c, grads_c) = train(compact);
+    let (loss_f, grads_f) = train(expanded);
+    assert_eq!(loss_c, loss_f, "losses over the compact base differ from its f32 expansion's");
+    assert!(!grads_c.is_empty() && grads_c.len() == grads_f.len());
+    for ((name, _, a), (_, _, b)) in grads_c.iter().zip(&grads_f) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: gradient not bit-identical");
+        assert!(a.iter().any(|&x| x != 0.0), "{name}: a zero gradient proves nothing");
+    }
+}

@@ -1,7 +1,11 @@
 use webtune::gpu::Encoder;
 use webtune::ops::matmul::{choose, matmul_variant, Adapter, Extras, Linear, LoraEpilogue, Op, Variant, WeightLayout};
 
+use webtune::load::compact::{CompactFormat, CompactTensor};
+use webtune::ops::dequant::CompactWeight;
+
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
+use crate::dequant::random_gguf;
 use crate::reference::matmul::{linear, linear_backward, transpose};
 use crate::reference::{assert_grad, dot, numeric_grad};
 
@@ -112,7 +116,7 @@ fn matmul_epilogue_bias_resid_lora_every_variant() {
         for variant in [Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot] {
             for b_t in [false, true] {
                 let lora = LoraEpilogue { u: &tu, b: if b_t { &tlbt } else { &tlb }, b_t, rank: r, scale: s };
-                let ex = Extras { bias: Some(&tbias), resid: Some(&tres), lora: Some(lora), split_k: false };
+                let ex = Extras { bias: Some(&tbias), resid: Some(&tres), lora: Some(lora), ..Default::default() };
                 let mut outs = Vec::new();
                 for _ in 0..2 {
                     let tc = t("c", &c0);
@@ -219,4 +223,42 @@ fn reference_linear_backward_matches_finite_differences() {
     assert_grad("linear dx", &dx, &numeric_grad(&x, h, |x| dot(&proj, &linear(x, &w, Some(&b), rows, fin, fout))));
     assert_grad("linear dW", &dw, &numeric_grad(&w, h, |w| dot(&proj, &linear(&x, w, Some(&b), rows, fin, fout))));
     assert_grad("linear db", &db, &numeric_grad(&b, h, |b| dot(&proj, &linear(&x, &w, Some(b), rows, fin, fout))));
+}
+
+/// A frozen weight kept compact as the B operand, in both of a Linear layer's products
+/// (x W^T and dy W), on every kernel that takes a weight and every format: the same bits
+/// as the same kernel over the host-dequantized f32 matrix. Exact, not a tolerance: the
+/// in-kernel dequantizer gives the host's bits (tests/ops/dequant.rs) and the kernel then
+/// runs the same fmas in the same order.
+#[test]
+fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    // W (out, in) = (37, 256): 256 holds every block size; 37 rows straddle no tile.
+    let (out, inp, rows) = (37, 256, 70);
+    for &f in CompactFormat::ALL {
+        let t = CompactTensor::from_gguf("w", f, out, inp, &random_gguf(&mut rng, f, out, inp)).unwrap();
+        let cw = CompactWeight::upload(g, "w", &t).unwrap();
+        let tw = g.upload_f32("w f32", &t.dequantize()).unwrap();
+        // (M, N, K), B's layout: the forward x W^T and the input gradient dy W.
+        for (mnk, b_op) in [((rows, out, inp), Op::T), ((rows, inp, out), Op::N)] {
+            let (m, n, k) = mnk;
+            let ta = g.upload_f32("a", &rng.vec(m * k, 1.0)).unwrap();
+            for variant in [Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot] {
+                let run = |b: &webtune::gpu::Tensor, b_format| {
+                    let tc = g.zeros("c", m * n).unwrap();
+                    let mut enc = Encoder::new(g);
+                    let ex = Extras { b_format, ..Default::default() };
+                    matmul_variant(&mut enc, variant, mnk, 1.0, &ta, Op::N, b, b_op, ex, &tc, false);
+                    enc.submit();
+                    block(g.read_f32(&tc)).unwrap()
+                };
+                let (got, want) = (run(&cw.words, Some(f)), run(&tw, None));
+                let what = format!("matmul {variant:?} {m}x{n}x{k} B{b_op:?} {}", f.name());
+                let bad = got.iter().zip(&want).position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(bad.is_none(), "{what}: element {bad:?} differs from the f32 expansion's");
+                assert!(want.iter().any(|&v| v != 0.0), "{what}: an all-zero product proves nothing");
+            }
+        }
+    }
 }
