@@ -167,6 +167,9 @@ impl Session {
                 if let Some(x) = o.get("rslora") {
                     patch["rslora"] = x.clone();
                 }
+                if let Some(x) = o.get("base") {
+                    patch["base"] = x.clone();
+                }
                 match o.get("targets") {
                     Some(Value::String(t)) => {
                         patch["lora_targets"] = json!(t.split(',').map(str::trim).collect::<Vec<_>>())

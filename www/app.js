@@ -84,7 +84,7 @@ function loraSettings() {
   const boxes = $$('#lora-targets input[type=checkbox]');
   const ticked = boxes.filter((b) => b.checked).map((b) => b.dataset.target);
   const targets = ticked.length === boxes.length || ticked.includes('all-linear') ? 'all-linear' : ticked;
-  return { rank: Math.round(Number(f.lora_rank)), alpha: Number(f.lora_alpha), targets };
+  return { rank: Math.round(Number(f.lora_rank)), alpha: Number(f.lora_alpha), targets, base: f.base || 'auto' };
 }
 
 // One box per linear layer the loaded model's architecture has, ticked as it was loaded.
@@ -107,7 +107,7 @@ function showTargets(info) {
 function settingsToForm(s) {
   const str = (x) => String(typeof x === 'number' ? Number(x.toPrecision(6)) : x);
   return {
-    method: s.method, lora_rank: str(s.lora_rank), lora_alpha: str(s.lora_alpha), loss: s.loss, lr: str(s.lr),
+    method: s.method, lora_rank: str(s.lora_rank), lora_alpha: str(s.lora_alpha), base: s.base, loss: s.loss, lr: str(s.lr),
     schedule: s.schedule, warmup: str(s.warmup), batch: str(s.batch), accum: str(s.grad_accum),
     length: str(s.steps != null ? s.steps : s.epochs), length_unit: s.steps != null ? 'steps' : 'epochs',
     max_len: str(s.max_len), max_grad_norm: str(s.max_grad_norm), weight_decay: str(s.weight_decay), seed: str(s.seed),
@@ -534,6 +534,7 @@ function showModelInfo(i, plan) {
       ['Architecture', `${i.arch}, ${i.layers} layers, hidden ${i.hidden}, ${i.heads}/${i.kv_heads} heads, FFN ${i.ffn}`],
       ['Parameters', `${fmtCount(i.params)}; trained: ${fmtCount(i.trainable)} (${lora})`],
       ['Vocabulary', `${i.vocab} tokens${i.tokenizer ? '' : ' (no tokenizer)'}, up to ${i.max_seq} positions${i.chat_template ? ', chat template' : ''}`],
+      ['Weights on the GPU', `${i.base_precision}: ${fmtBytes(i.weight_bytes)}`],
       ['GPU memory (est.)', memoryText((plan && plan.memory) || i.memory)],
     ]),
   );

@@ -242,6 +242,16 @@ impl CompactTensor {
         self.words.len() as u64 * 4
     }
 
+    /// The rows reordered: row i of the result is row `order[i]` of this tensor (rows are
+    /// whole blocks, so a permutation of rows, such as undoing llama.cpp's RoPE order,
+    /// moves words without touching a value). `order` must be a permutation of the rows.
+    pub fn permute_rows(&self, order: &[usize]) -> CompactTensor {
+        debug_assert_eq!(order.len(), self.rows);
+        let w = self.format.row_words(self.cols);
+        let words = order.iter().flat_map(|&r| self.words[r * w..(r + 1) * w].iter().copied()).collect();
+        CompactTensor { words, ..self.clone() }
+    }
+
     /// The GGUF bytes this tensor was packed from (the inverse of `from_gguf`).
     pub fn to_gguf(&self) -> Vec<u8> {
         let f = self.format;

@@ -8,6 +8,8 @@
 //!   `j * D/2 + i` moves to `2 * i + j`); Qwen2 and GPT-2 are not permuted.
 //! - GPT-2's Conv1D weights (in, out) were transposed to (out, in); they are transposed back.
 
+use super::base::Base;
+use super::compact::{CompactFormat, CompactTensor};
 use super::gguf::{Gguf, TensorInfo, Value};
 #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 pub use super::upload::model_from_gguf_file;
@@ -392,6 +394,55 @@ pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// The GGUF tensor behind a frozen matrix `spec` and its format, when `base` keeps it
+/// compact (a transposed GPT-2 weight stays f32: its blocks run along the wrong axis).
+pub fn compact_format_for(g: &Gguf, cfg: &ModelConfig, spec: &ParamSpec, base: Base) -> Option<CompactFormat> {
+    if spec.trainable || spec.shape.len() != 2 {
+        return None;
+    }
+    let (name, fix) = gguf_name(cfg, &spec.name)?;
+    if fix == Fix::Transpose {
+        return None;
+    }
+    let file = CompactFormat::from_name(g.tensor(&name)?.ty.name);
+    base.format_for(spec.shape[0], spec.shape[1], file)
+}
+
+/// Engine parameter `spec` from the GGUF file in compact `format` (`compact_format_for`):
+/// the file's blocks as they are (rows un-permuted where llama.cpp reordered them) when
+/// it has that format, else its values quantized.
+pub fn compact_tensor_for(
+    g: &Gguf,
+    cfg: &ModelConfig,
+    spec: &ParamSpec,
+    format: CompactFormat,
+) -> Result<CompactTensor> {
+    let (name, fix) = gguf_name(cfg, &spec.name)
+        .ok_or_else(|| Error::Weights(format!("{}: no GGUF tensor name for `{}`", g.file, spec.name)))?;
+    let info = g.tensor(&name).ok_or_else(|| Error::Weights(format!("{}: tensor `{name}` is missing", g.file)))?;
+    let file = CompactFormat::from_name(info.ty.name);
+    let (rows, cols) = (spec.shape[0], spec.shape[1]);
+    let raw = || {
+        let t = CompactTensor::from_gguf_tensor(info, g.tensor_bytes(info))?;
+        if (t.rows, t.cols) != (rows, cols) {
+            return Err(Error::Weights(format!(
+                "{}: tensor `{name}` is {} x {}, but `{}` needs {rows} x {cols}",
+                g.file, t.rows, t.cols, spec.name
+            )));
+        }
+        Ok(match fix {
+            Fix::Unpermute(heads) => {
+                // Where each HF row sits in the file: the f32 path's permutation of row indices.
+                let idx: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+                let order: Vec<usize> = unpermute_rope_rows(&idx, heads, 1).iter().map(|&r| r as usize).collect();
+                t.permute_rows(&order)
+            }
+            _ => t,
+        })
+    };
+    Base::tensor(&spec.name, format, (rows, cols), file, raw, || tensor_for(g, cfg, spec))
 }
 
 /// The values of engine parameter `spec` from the GGUF file: found under its llama.cpp

@@ -7,6 +7,7 @@
 //! a [`Model`](crate::model::Model) on the GPU from them is `upload`, behind the `gpu`
 //! feature.
 
+pub mod base;
 pub mod compact;
 pub mod dequant;
 pub mod gguf;
@@ -20,7 +21,8 @@ mod upload;
 pub use gguf_model::{GgufInfo, GgufTokenizer};
 #[cfg(feature = "gpu")]
 pub use upload::{
-    model_from_gguf_bytes, model_from_gguf_bytes_lora, model_from_hf_bytes, model_from_hf_bytes_lora, Loaded,
+    model_from_gguf_bytes, model_from_gguf_bytes_base, model_from_gguf_bytes_lora, model_from_hf_bytes,
+    model_from_hf_bytes_base, model_from_hf_bytes_lora, Loaded,
 };
 #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 pub use upload::{model_from_gguf_file, model_from_hf_dir, model_from_hf_dir_lora};

@@ -78,6 +78,37 @@ impl TensorRef<'_> {
         self.view.shape()
     }
 
+    /// The compact format of the stored dtype, when it has one other than f32 (F16, BF16).
+    pub fn compact_format(&self) -> Option<super::compact::CompactFormat> {
+        match self.view.dtype() {
+            Dtype::F16 => Some(super::compact::CompactFormat::F16),
+            Dtype::BF16 => Some(super::compact::CompactFormat::BF16),
+            _ => None,
+        }
+    }
+
+    /// An f16/bf16 matrix as it is stored, in the GPU's compact layout (GGUF's F16/BF16
+    /// encoding is the same little-endian halves), after checking the shape.
+    pub fn to_compact(&self, shape: &[usize]) -> Result<super::compact::CompactTensor> {
+        let format = self.compact_format().ok_or_else(|| {
+            Error::Weights(format!(
+                "{}: tensor `{}` ({:?}) has no compact form",
+                self.file,
+                self.name,
+                self.view.dtype()
+            ))
+        })?;
+        match (self.view.shape(), shape) {
+            (got, [r, c]) if got == shape => {
+                super::compact::CompactTensor::from_gguf(&self.name, format, *r, *c, self.view.data())
+            }
+            (got, _) => Err(Error::Weights(format!(
+                "{}: tensor `{}` has shape {got:?}, the config implies {shape:?}",
+                self.file, self.name
+            ))),
+        }
+    }
+
     /// The values as f32, after checking the shape.
     pub fn to_f32(&self, shape: &[usize]) -> Result<Vec<f32>> {
         if self.view.shape() != shape {

@@ -2,14 +2,16 @@
 //! safetensors shards, from a GGUF file, or from the hub (the `gpu` feature). The parsing
 //! itself is the host-side modules next to this one.
 
+use super::base::Base;
 use super::gguf::Gguf;
-use super::gguf_model::{config_from_gguf, tensor_for};
+use super::gguf_model::{compact_format_for, compact_tensor_for, config_from_gguf, tensor_for};
 #[cfg(not(target_arch = "wasm32"))]
 use super::{hf_tokenizer, shard_names, ModelSource};
 use super::{hub, safetensors, GgufInfo};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::model::{Arch, LoraConfig, Model, ModelConfig};
+use crate::model::params::ParamInit;
+use crate::model::{Arch, LoraConfig, Model, ModelConfig, ParamSpec};
 use crate::tokenize::Tokenizer;
 
 /// Build a model from `config.json` text and one or more safetensors files (shards).
@@ -17,27 +19,51 @@ pub fn model_from_hf_bytes(gpu: &Gpu, config_json: &str, shards: &[(&str, &[u8])
     model_from_hf_bytes_lora(gpu, config_json, shards, None)
 }
 
-/// `model_from_hf_bytes` with LoRA adapters on a frozen base when `lora` is given.
+/// `model_from_hf_bytes` with LoRA adapters on a frozen base when `lora` is given (the
+/// base kept as `Base::Auto` says: f16/bf16 tensors stay so on the GPU).
 pub fn model_from_hf_bytes_lora(
     gpu: &Gpu,
     config_json: &str,
     shards: &[(&str, &[u8])],
     lora: Option<&LoraConfig>,
 ) -> Result<Model> {
+    model_from_hf_bytes_base(gpu, config_json, shards, lora, Base::Auto)
+}
+
+/// `model_from_hf_bytes_lora` with the frozen base kept as `base` says.
+pub fn model_from_hf_bytes_base(
+    gpu: &Gpu,
+    config_json: &str,
+    shards: &[(&str, &[u8])],
+    lora: Option<&LoraConfig>,
+    base: Base,
+) -> Result<Model> {
     let cfg = ModelConfig::from_hf_json(config_json)?;
     let files = shards.iter().map(|(name, bytes)| safetensors::File::parse(name, bytes)).collect::<Result<Vec<_>>>()?;
-    Model::build(gpu, cfg, lora, |spec| {
-        for f in &files {
-            if let Some(t) = f.find(&spec.name) {
-                return t.to_f32(&spec.shape);
-            }
+    let find = |spec: &ParamSpec| {
+        files.iter().find_map(|f| f.find(&spec.name)).ok_or_else(|| {
+            Error::Weights(format!(
+                "tensor `{}` (shape {:?}) is missing from {}",
+                spec.name,
+                spec.shape,
+                shards.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+            ))
+        })
+    };
+    let compact_of = |spec: &ParamSpec| {
+        if spec.trainable || spec.shape.len() != 2 {
+            return None;
         }
-        Err(Error::Weights(format!(
-            "tensor `{}` (shape {:?}) is missing from {}",
-            spec.name,
-            spec.shape,
-            shards.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
-        )))
+        let file = find(spec).ok()?.compact_format();
+        base.format_for(spec.shape[0], spec.shape[1], file)
+    };
+    Model::build_compact(gpu, cfg, lora, compact_of, |spec| {
+        let t = find(spec)?;
+        let Some(format) = compact_of(spec) else { return t.to_f32(&spec.shape).map(ParamInit::F32) };
+        let (rows, cols) = (spec.shape[0], spec.shape[1]);
+        let raw = || t.to_compact(&spec.shape);
+        Base::tensor(&spec.name, format, (rows, cols), t.compact_format(), raw, || t.to_f32(&spec.shape))
+            .map(ParamInit::Compact)
     })
 }
 
@@ -83,12 +109,24 @@ pub fn model_from_gguf_bytes(gpu: &Gpu, name: &str, bytes: &[u8]) -> Result<(Mod
     model_from_gguf_bytes_lora(gpu, name, bytes, None)
 }
 
-/// `model_from_gguf_bytes` with LoRA adapters on a frozen base when `lora` is given.
+/// `model_from_gguf_bytes` with LoRA adapters on a frozen base when `lora` is given (the
+/// base's GGUF blocks kept compact on the GPU, `Base::Auto`).
 pub fn model_from_gguf_bytes_lora(
     gpu: &Gpu,
     name: &str,
     bytes: &[u8],
     lora: Option<&LoraConfig>,
+) -> Result<(Model, GgufInfo)> {
+    model_from_gguf_bytes_base(gpu, name, bytes, lora, Base::Auto)
+}
+
+/// `model_from_gguf_bytes_lora` with the frozen base kept as `base` says.
+pub fn model_from_gguf_bytes_base(
+    gpu: &Gpu,
+    name: &str,
+    bytes: &[u8],
+    lora: Option<&LoraConfig>,
+    base: Base,
 ) -> Result<(Model, GgufInfo)> {
     let g = Gguf::parse(name, bytes)?;
     let info = GgufInfo::from_gguf(&g)?;
@@ -105,7 +143,11 @@ pub fn model_from_gguf_bytes_lora(
         }
     }
     let model_cfg = cfg.clone();
-    let model = Model::build(gpu, cfg, lora, |spec| tensor_for(&g, &model_cfg, spec))?;
+    let compact_of = |spec: &ParamSpec| compact_format_for(&g, &model_cfg, spec, base);
+    let model = Model::build_compact(gpu, cfg, lora, compact_of, |spec| match compact_of(spec) {
+        Some(f) => compact_tensor_for(&g, &model_cfg, spec, f).map(ParamInit::Compact),
+        None => tensor_for(&g, &model_cfg, spec).map(ParamInit::F32),
+    })?;
     Ok((model, info))
 }
 

@@ -85,6 +85,18 @@ pub fn buffer_bytes(len: usize) -> u64 {
 /// per-row views at a chunk's start keep the 256-byte binding alignment.
 pub const HEAD_CHUNK: usize = 256;
 
+/// The most one chunk of logits may take before the chunk shrinks (to 64 rows at least):
+/// a 262K vocabulary at 256 rows would need 268 MiB, at 64 rows 64 MiB.
+const LOGITS_CHUNK_BYTES: usize = 16 << 20;
+
+/// Loss rows per head chunk for a vocabulary of `vocab` rows when `requested` are asked
+/// for: sized to the vocabulary (a multiple of 64, 64 at least). Chunking changes no bit
+/// of the results, only the memory.
+pub fn head_rows(requested: usize, vocab: usize) -> usize {
+    let fit = LOGITS_CHUNK_BYTES / (4 * vocab.max(1)) / 64 * 64;
+    requested.min(fit.max(64))
+}
+
 /// How a workspace trades memory for compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkspaceOpts {
@@ -182,7 +194,7 @@ impl Lens {
         }
         grads.extend([("d_o", rows * q), ("dh1", rows * f), ("dh2", rows * f), ("dact", rows * f), ("delta", bht)]);
         let n1 = n.max(1);
-        let hr = n1.min(opts.head_chunk);
+        let hr = n1.min(head_rows(opts.head_chunk, cfg.vocab));
         let logit_rows = if opts.all_logits { n1 } else { hr };
         let head = vec![
             ("hg", hr * c),
@@ -208,6 +220,8 @@ impl Lens {
 }
 
 pub struct Workspace {
+    /// Loss rows per head chunk (`head_rows` of the options and the vocabulary).
+    head_rows: usize,
     pub rows: usize,
     pub n: usize,
     pub bht: usize,
@@ -297,6 +311,7 @@ impl Workspace {
         let lora = lora.map(|l| LoraActs::new(gpu, &l, rows)).transpose()?;
         let h = &lens.head;
         Ok(Workspace {
+            head_rows: head_rows(opts.head_chunk, cfg.vocab),
             rows,
             n: n.max(1),
             bht: rows * cfg.heads,
@@ -328,7 +343,7 @@ impl Workspace {
 
     /// Loss rows of one head chunk.
     pub fn head_chunk(&self) -> usize {
-        self.opts.head_chunk
+        self.head_rows
     }
 
     /// Every buffer this workspace holds.

@@ -22,7 +22,7 @@ pub use report::{
     ExactItem, ExactMatch, GenOptions, Generated, LoraInfo, MemoryInfo, ModelInfo, Plan, Preview, PreviewToken, Prompt,
     ValidLoss,
 };
-pub use settings::{Format, Method, Settings};
+pub use settings::{Base, Format, Method, Settings};
 
 use crate::error::{Error, Result};
 use crate::export::peft::{import_adapter, parse_adapter_config, AdapterFiles};
@@ -142,7 +142,7 @@ impl<'g> Session<'g> {
             self.check_format(name, false)?;
         }
         let lora = self.settings.lora();
-        let (model, meta) = model_files::load(self.gpu, name, files, lora.as_ref())?;
+        let (model, meta) = model_files::load(self.gpu, name, files, lora.as_ref(), self.settings.base)?;
         self.install(model, meta)
     }
 
@@ -276,10 +276,14 @@ impl<'g> Session<'g> {
         let micro = self.settings.micro();
         let lora = self.loaded_lora.as_ref();
         let opts = self.workspace_opts();
-        let (e, error) = match memory::estimate_with(&m.cfg, lora, micro, seq, opts) {
+        // The frozen matrices the loaded model keeps compact, in their formats.
+        let compact_of =
+            |s: &crate::model::ParamSpec| m.params.id(&s.name).ok().and_then(|p| m.params.compact(p)).map(|c| c.format);
+        let (e, error) = match memory::estimate_compact(&m.cfg, lora, micro, seq, opts, compact_of) {
             Ok(e) => {
                 let rows = micro * seq;
-                let biggest = memory::largest_buffer(&m.cfg, rows, rows.min(opts.head_chunk));
+                let head = crate::model::head_rows(opts.head_chunk, m.cfg.vocab);
+                let biggest = memory::largest_buffer(&m.cfg, rows, rows.min(head));
                 let err = self
                     .gpu
                     .check_fits(&format!("activations of a micro-batch of {micro} x {seq} tokens"), biggest)
@@ -394,6 +398,18 @@ impl<'g> Session<'g> {
             return Err(Error::Usage("load a model first".into()));
         };
         let c = &m.cfg;
+        let mut formats: Vec<(&str, usize)> = Vec::new();
+        for p in 0..m.params.specs.len() {
+            let f = m.params.compact(p).map_or("f32", |c| c.format.name());
+            match formats.iter_mut().find(|(n, _)| *n == f) {
+                Some(e) => e.1 += 1,
+                None => formats.push((f, 1)),
+            }
+        }
+        let base_precision = match &formats[..] {
+            [("f32", _)] => "f32".to_string(),
+            _ => formats.iter().map(|(f, n)| format!("{f} x {n}")).collect::<Vec<_>>().join(", "),
+        };
         Ok(ModelInfo {
             name: meta.name.clone(),
             arch: format!("{:?}", c.arch),
@@ -407,6 +423,8 @@ impl<'g> Session<'g> {
             ffn: c.ffn,
             max_seq: m.max_seq(),
             tied_embeddings: c.tied,
+            base_precision,
+            weight_bytes: m.params.gpu_bytes(),
             params: m.params.num_params(),
             trainable: m.params.num_trainable(),
             method: if m.lora.is_some() { Method::Lora } else { Method::Full },

@@ -5,8 +5,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::load::gguf_model::{model_from_gguf_bytes_lora, GgufInfo};
-use crate::load::{hf_tokenizer, model_from_hf_bytes_lora, shard_names};
+use crate::load::base::Base;
+use crate::load::gguf_model::GgufInfo;
+use crate::load::{hf_tokenizer, shard_names};
+use crate::load::{model_from_gguf_bytes_base, model_from_hf_bytes_base};
 use crate::model::{LoraConfig, Model};
 use crate::tokenize::Tokenizer;
 
@@ -50,12 +52,13 @@ pub fn load(
     name: &str,
     files: &[(String, Vec<u8>)],
     lora: Option<&LoraConfig>,
+    base: Base,
 ) -> Result<(Model, ModelMeta)> {
-    let base = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
-    let all: Vec<(String, &[u8])> = files.iter().map(|(n, d)| (base(n), d.as_slice())).collect();
+    let file_name = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
+    let all: Vec<(String, &[u8])> = files.iter().map(|(n, d)| (file_name(n), d.as_slice())).collect();
     let find = |n: &str| all.iter().find(|(b, _)| b == n).map(|(_, d)| *d);
     if let Some((file, bytes)) = all.iter().find(|(b, _)| b.to_lowercase().ends_with(".gguf")) {
-        let (model, info) = model_from_gguf_bytes_lora(gpu, file, bytes, lora)?;
+        let (model, info) = model_from_gguf_bytes_base(gpu, file, bytes, lora, base)?;
         let tok = Tokenizer::from_gguf(&info.tokenizer, info.chat_template.as_deref())?;
         let meta = ModelMeta {
             name: name.to_string(),
@@ -85,7 +88,7 @@ pub fn load(
         let d = find(n).ok_or_else(|| Error::Usage(format!("{name}: {n} (listed in the index) is missing")))?;
         shards.push((n.as_str(), d));
     }
-    let model = model_from_hf_bytes_lora(gpu, &config, &shards, lora)?;
+    let model = model_from_hf_bytes_base(gpu, &config, &shards, lora, base)?;
     let own = |n: &str| find(n).map(|d| d.to_vec());
     let tokenizer = hf_tokenizer(own("tokenizer.json"), own("tokenizer_config.json"), own("chat_template.jinja"))?;
     let tokenizer_files = all

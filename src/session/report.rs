@@ -32,6 +32,12 @@ pub struct ModelInfo {
     pub tokenizer: bool,
     pub chat_template: bool,
     pub eos_token_ids: Vec<u32>,
+    /// How the weights sit on the GPU: "f32", or the frozen base's compact formats with
+    /// their tensor counts ("Q4_1 x 210, Q8_0 x 1, f32 x 61").
+    pub base_precision: String,
+    /// Bytes the parameters take on the GPU: the weights (compact or f32) and the
+    /// trainable ones' gradients and moments.
+    pub weight_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::load::base::Base;
 use crate::model::lora::{LoraConfig, ALL_LINEAR};
 use crate::ops::adamw::AdamW;
 use crate::train::{Length, LossMode, RunConfig, ScheduleKind};
@@ -58,6 +59,16 @@ macro_rules! str_enum {
     };
 }
 str_enum!(Method, "lora" => Method::Lora, "full" => Method::Full);
+str_enum!(
+    Base,
+    "auto" => Base::Auto,
+    "f32" => Base::F32,
+    "f16" => Base::F16,
+    "bf16" => Base::Bf16,
+    "q8_0" => Base::Q8_0,
+    "q4_0" => Base::Q4_0,
+    "q4_k" => Base::Q4K
+);
 str_enum!(Format, "auto" => Format::Auto, "peft" => Format::Peft, "merged" => Format::Merged, "gguf" => Format::Gguf);
 
 /// Everything a user decides about a run. Field names are the JSON keys.
@@ -120,6 +131,10 @@ pub struct Settings {
     /// Activation checkpointing (the same results, much less memory).
     pub recompute: bool,
     pub format: Format,
+    /// How LoRA keeps the frozen base on the GPU: `auto` (the file's GGUF blocks or
+    /// f16/bf16 as they are), `f32`, or quantized on load (`f16`, `bf16`, `q8_0`, `q4_0`,
+    /// `q4_k`). Fixed when the model loads.
+    pub base: Base,
 }
 
 impl Default for Settings {
@@ -154,6 +169,7 @@ impl Default for Settings {
             eval_every: 0,
             recompute: true,
             format: Format::Auto,
+            base: Base::Auto,
         }
     }
 }
@@ -223,6 +239,15 @@ impl Settings {
         }
         if !(0.0..1.0).contains(&self.val_share) {
             return Err(bad("val_share", format!("must be in [0, 1), not {}", self.val_share)));
+        }
+        if self.method == Method::Full && !matches!(self.base, Base::Auto | Base::F32) {
+            return Err(bad(
+                "base",
+                format!(
+                    "`{}` keeps a frozen base compact, which needs LoRA: full fine-tuning trains f32 weights",
+                    self.base
+                ),
+            ));
         }
         if self.method == Method::Lora {
             if self.lora_rank == 0 {

@@ -177,7 +177,7 @@ impl<'g> Trainer<'g> {
             return Ok(());
         }
         let cfg = &self.model.cfg;
-        let logit_rows = if all_logits { n } else { n.min(opts.head_chunk) };
+        let logit_rows = if all_logits { n } else { n.min(crate::model::head_rows(opts.head_chunk, cfg.vocab)) };
         let biggest = crate::model::memory::largest_buffer(cfg, rows, logit_rows);
         self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
         self.ws = None;

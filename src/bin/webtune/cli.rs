@@ -11,7 +11,7 @@ use webtune::load::hub::{Hub, Progress};
 use webtune::load::ModelSource;
 use webtune::model::Model;
 use webtune::session::model_files::read_source;
-use webtune::session::{Format, GenOptions, Method, Prompt, Session, Settings};
+use webtune::session::{Base, Format, GenOptions, Method, Prompt, Session, Settings};
 use webtune::tokenize::Message;
 use webtune::train::{LossMode, ScheduleKind};
 
@@ -219,6 +219,11 @@ pub struct SettingsArgs {
     /// Hugging Face folder; needs a Hugging Face base) or gguf (F16).
     #[arg(long)]
     format: Option<Format>,
+    /// How LoRA keeps the frozen base on the GPU: auto (default: a GGUF's blocks and
+    /// f16/bf16 tensors as the file has them), f32, or quantized on load into f16, bf16,
+    /// q8_0, q4_0 or q4_k (q4_0 where a row cannot hold 256-value blocks).
+    #[arg(long)]
+    base: Option<Base>,
 }
 
 impl SettingsArgs {
@@ -229,7 +234,7 @@ impl SettingsArgs {
             ($($f:ident),+) => { $(if let Some(x) = self.$f.clone() { s.$f = x; })+ };
         }
         set!(method, lora_rank, lora_alpha, lora_dropout, loss, batch, grad_accum, lr, warmup, schedule);
-        set!(max_len, pack, seed, weight_decay, max_grad_norm, val_share, val_limit, eval_every, format);
+        set!(max_len, pack, seed, weight_decay, max_grad_norm, val_share, val_limit, eval_every, format, base);
         if self.micro_batch.is_some() {
             s.micro_batch = self.micro_batch;
         }
