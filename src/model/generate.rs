@@ -20,7 +20,7 @@
 
 use super::config::Arch;
 use super::pass::Attend;
-use super::workspace::{LayerActs, LoraActs};
+use super::workspace::{LayerActs, LoraActs, QkNormActs};
 use super::{LoraIo, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{Encoder, Gpu, ReadBuffer, Tensor};
@@ -73,6 +73,16 @@ impl Scratch {
             mean1: mean.clone(),
             rstd1: rstd.clone(),
             qkv: if gpt2 { Some(z("gen.qkv", rows * 3 * c)?) } else { None },
+            qk_norm: if cfg.qk_norm {
+                Some(QkNormActs {
+                    q_raw: z("gen.q_raw", rows * qd)?,
+                    k_raw: z("gen.k_raw", rows * kd)?,
+                    rstd_q: z("gen.rstd_q", rows * cfg.heads)?,
+                    rstd_k: z("gen.rstd_k", rows * cfg.kv_heads)?,
+                })
+            } else {
+                None
+            },
             q: z("gen.q", rows * qd)?,
             k: z("gen.k", rows * kd)?,
             v: z("gen.v", rows * kd)?,
