@@ -144,7 +144,16 @@ impl<'a> Decoder<'a> {
             });
         }
         let chunk = DEFAULT_PREFILL_CHUNK.min(capacity.max(1));
-        let shape = CacheShape { b: batch, t: chunk, h: cfg.heads, hk: cfg.kv_heads, d: cfg.head_dim, cap: capacity };
+        let shape = CacheShape {
+            b: batch,
+            t: chunk,
+            h: cfg.heads,
+            hk: cfg.kv_heads,
+            d: cfg.head_dim,
+            cap: capacity,
+            window: None,
+            scale: None,
+        };
         shape.validate()?;
         let cache_len = batch * capacity * cfg.kv_dim();
         gpu.check_fits(&format!("a KV cache of {batch} x {capacity} positions"), cache_len as u64 * 4)?;
@@ -180,6 +189,8 @@ impl<'a> Decoder<'a> {
                 hk: self.model.cfg.kv_heads,
                 d: self.model.cfg.head_dim,
                 cap: self.capacity,
+                window: None,
+                scale: None,
             }
             .validate()?;
             self.scratch = Scratch::new(self.gpu, self.model, self.batch, chunk)?;
@@ -277,7 +288,16 @@ impl<'a> Decoder<'a> {
         let rows = b * t;
         debug_assert!(rows <= s.rows);
         m.embed_fwd(enc, rows, &s.ids, &s.pos, &s.x);
-        let shape = CacheShape { b, t, h: cfg.heads, hk: cfg.kv_heads, d: cfg.head_dim, cap: self.capacity };
+        let shape = CacheShape {
+            b,
+            t,
+            h: cfg.heads,
+            hk: cfg.kv_heads,
+            d: cfg.head_dim,
+            cap: self.capacity,
+            window: None,
+            scale: None,
+        };
         let lio = s.lora.as_ref().map(|acts| LoraIo { acts, salt: None });
         for (l, blk) in m.tree.blocks.iter().enumerate() {
             let (k_cache, v_cache) = (&self.k_cache[l], &self.v_cache[l]);

@@ -266,7 +266,7 @@ impl Model {
 
     fn attn_shape(&self, inp: &Inputs) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim }
+        AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim, window: None, scale: None }
     }
 
     /// x(rows, C) = the embeddings of the token ids `ids` (rows), plus GPT-2's learned
