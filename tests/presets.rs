@@ -63,3 +63,25 @@ fn the_new_families_have_their_own_shapes() {
     assert!((l.inv_freq[31] as f64 - plain[31] as f64 / 32.0).abs() < 1e-12 * plain[31] as f64 + 1e-20);
     assert!(l.tied);
 }
+
+/// Qwen3 configs the engine cannot run are typed errors, not panics: sliding-window
+/// attention switched on, a head size the attention kernel does not take; and Qwen3Config's
+/// own default head_dim (128) applies when config.json leaves it out.
+#[test]
+fn qwen3_configs_that_cannot_run_are_config_errors() {
+    let base = r#"{"architectures":["Qwen3ForCausalLM"],"vocab_size":97,"hidden_size":32,"intermediate_size":64,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128"#;
+    let cfg = |extra: &str| webtune::model::ModelConfig::from_hf_json(&format!("{base}{extra}}}"));
+    assert_eq!(cfg("").unwrap().head_dim, 128);
+    assert_eq!(cfg(r#","head_dim":16"#).unwrap().q_dim(), 64);
+    for (extra, needle) in [
+        (r#","use_sliding_window":true"#, "use_sliding_window"),
+        (r#","head_dim":130"#, "head size 130"),
+        (r#","head_dim":256"#, "head size 256"),
+    ] {
+        match cfg(extra) {
+            Err(webtune::Error::Config(m)) => assert!(m.contains(needle), "{extra}: {m}"),
+            other => panic!("{extra}: {other:?}"),
+        }
+    }
+}
