@@ -16,7 +16,7 @@
 struct Params {
     rows: u32,
     c: u32,
-    flags: u32,  // ACCUMULATE (dx only), PLUS_ONE
+    flags: u32,  // ACCUMULATE (y in the forward, dx in the backward), PLUS_ONE
     eps: f32,
 }
 
@@ -47,7 +47,10 @@ fn rmsnorm_forward(
     }
     let r = inverseSqrt(wg_sum(ss, lid.x) / f32(p.c) + p.eps);
     for (var i = lid.x; i < p.c; i += WG) {
-        y[base + i] = x[base + i] * r * weight_of(w[i]);
+        var v = x[base + i] * r * weight_of(w[i]);
+        // Gemma's post-norms add their output to the residual stream already in y.
+        if ((p.flags & ACCUMULATE) != 0u) { v += y[base + i]; }
+        y[base + i] = v;
     }
     if (lid.x == 0u) { rstd_out[row] = r; }
 }

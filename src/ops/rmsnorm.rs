@@ -38,10 +38,11 @@ struct Params {
 
 /// y(rows, C) = x * rstd * w(C), rstd(rows) = 1 / sqrt(mean(x^2) + eps), saved for backward.
 pub fn forward(enc: &mut Encoder, x: &Tensor, w: &Tensor, y: &Tensor, rstd: &Tensor, rows: usize, c: usize, eps: f32) {
-    forward_scaled(enc, x, w, Scale::W, y, rstd, rows, c, eps)
+    forward_scaled(enc, x, w, Scale::W, y, false, rstd, rows, c, eps)
 }
 
-/// `forward` with the weight applied as `scale` says.
+/// `forward` with the weight applied as `scale` says; with `accumulate_y`, y (+)= the
+/// normed rows (Gemma 3's post-norms, added to the residual stream already in y).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_scaled(
     enc: &mut Encoder,
@@ -49,13 +50,15 @@ pub fn forward_scaled(
     w: &Tensor,
     scale: Scale,
     y: &Tensor,
+    accumulate_y: bool,
     rstd: &Tensor,
     rows: usize,
     c: usize,
     eps: f32,
 ) {
     debug_assert!(x.len >= rows * c && w.len >= c && y.len >= rows * c && rstd.len >= rows);
-    let p = Params { rows: rows as u32, c: c as u32, flags: scale.flag(), eps };
+    let flags = scale.flag() | if accumulate_y { ACCUMULATE } else { 0 };
+    let p = Params { rows: rows as u32, c: c as u32, flags, eps };
     let (n, r) = ((rows * c) as u64, rows as u64);
     // x is read twice (sum of squares, then scale) and w once per row; y and rstd written.
     let cost = Cost { flops: 4 * n + 3 * r, bytes: 4 * (4 * n + 2 * r) };
