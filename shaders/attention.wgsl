@@ -2,7 +2,8 @@
 // (T, T) probabilities are never stored. The forward keeps a running max and sum per query
 // and saves the log-sum-exp; the backward recomputes each probability from it.
 //
-// Query (b, tq) of head h sees key (b, tk) of kv head h / (H/Hk) iff tk <= tq and
+// Query (b, tq) of head h sees key (b, tk) of kv head h / (H/Hk) iff tk <= tq,
+// tq - tk < window (sliding-window layers; u32::MAX otherwise) and
 // seg[b*T + tk] == seg[b*T + tq]. A query always sees itself, so no softmax is empty.
 //
 // One thread owns one query (forward, dQ) or one key (dK/dV) for a whole pass, with its
@@ -22,7 +23,11 @@ struct Params {
     dv: u32,    // D / 4, the pipeline's DV (kept in the struct the launcher shares)
     group: u32, // H / Hk query heads per kv head
     tile: u32,  // min(BLOCK, TILE_VEC / DV), the pipeline's TILE
-    scale: f32, // 1 / sqrt(D)
+    scale: f32, // 1 / sqrt(D), or the model's own (Gemma 3's query_pre_attn_scalar^-0.5)
+    window: u32, // keys a query sees at most, itself included; u32::MAX: no window
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -98,7 +103,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         var mt = NEG;
         for (var j = 0u; j < n; j++) {
             var x = NEG;
-            if (k0 + j <= tq && sh_seg[j] == sq) {
+            if (k0 + j <= tq && tq - (k0 + j) < p.window && sh_seg[j] == sq) {
                 var d4 = vec4<f32>(0.0);
                 for (var i = 0u; i < DV; i++) {
                     d4 = dot4(qr[i], sh_a[j * DV + i], d4);
@@ -205,7 +210,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         load_kv(b, kvh, k0, n, lid);
         workgroupBarrier();
         for (var j = 0u; j < n; j++) {
-            if (k0 + j <= tq && sh_seg[j] == sq) {
+            if (k0 + j <= tq && tq - (k0 + j) < p.window && sh_seg[j] == sq) {
                 var s4 = vec4<f32>(0.0);
                 var p4 = vec4<f32>(0.0);
                 for (var i = 0u; i < DV; i++) {
@@ -274,7 +279,7 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
             }
             workgroupBarrier();
             for (var j = 0u; j < n; j++) {
-                if (q0 + j >= tk && sh_seg[j] == sk) {
+                if (q0 + j >= tk && (q0 + j) - tk < p.window && sh_seg[j] == sk) {
                     var s4 = vec4<f32>(0.0);
                     var p4 = vec4<f32>(0.0);
                     for (var i = 0u; i < DV; i++) {
@@ -318,7 +323,11 @@ struct CacheParams {
     dv: u32,    // D / 4, the pipeline's DV
     group: u32, // H / Hk
     cap: u32,   // S: cache positions per sequence
-    scale: f32, // 1 / sqrt(D)
+    scale: f32, // as Params::scale
+    window: u32, // as Params::window
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> pc: CacheParams;
@@ -353,7 +362,7 @@ fn attention_kv_append(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 
 var<workgroup> sh_p: array<f32, BLOCK>;        // scores, then probabilities, of a key tile
 var<workgroup> sh_o: array<vec4<f32>, BLOCK>;  // partial outputs of the thread groups
-var<workgroup> sh_n: u32;                      // keys the query sees
+var<workgroup> sh_n: u32;                      // keys 0..sh_n precede the query (itself included)
 
 // Grid: (rows, H). Workgroup = one (new row, head). Keys go through in tiles of BLOCK:
 // thread j scores key k0 + j against the query, the tile's max updates the running max,
@@ -384,7 +393,9 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     var acc = vec4<f32>(0.0);
     var m = NEG;
     var l = 0.0;
-    for (var k0 = 0u; k0 < nk; k0 += BLOCK) {
+    // A sliding window starts at the first key it holds; that key is always visible.
+    let first = select(0u, nk - pc.window, nk > pc.window);
+    for (var k0 = first; k0 < nk; k0 += BLOCK) {
         let n = min(BLOCK, nk - k0);
         var s = NEG;
         if (lid < n) {
@@ -401,7 +412,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         for (var j = 0u; j < n; j++) {
             mt = max(mt, sh_p[j]);
         }
-        let mn = max(m, mt); // finite: key 0 is always visible
+        let mn = max(m, mt); // finite: the first key is always visible
         let alpha = exp(m - mn);
         workgroupBarrier();
         sh_p[lid] = exp(s - mn); // 0 past the tile's end

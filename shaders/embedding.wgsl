@@ -9,11 +9,18 @@
 // anyway; instead the host groups the rows by id (CSR: uniq, starts, rows) and one
 // workgroup owns each unique id, summing its rows in a fixed order.
 
+// `scale` multiplies the token rows (Gemma 3 scales its embeddings by sqrt(C), in the model
+// dtype, before anything else) and, in the backward, each dout element before it is summed,
+// as autograd's gradient of W[ids] * scale is; 1.0 (every other model) changes no bit.
 struct Params {
     rows: u32,
     c: u32,
     flags: u32,  // HAS_POS
     n_uniq: u32,
+    scale: f32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,7 +36,7 @@ fn embedding_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if (i >= p.rows * p.c) { return; }
     let r = i / p.c;
     let ch = i - r * p.c;
-    var v = wte[ids[r] * p.c + ch];
+    var v = wte[ids[r] * p.c + ch] * p.scale;
     if ((p.flags & HAS_POS) != 0u) {
         v += wpe[pos[r] * p.c + ch];
     }
@@ -74,7 +81,7 @@ fn embedding_backward(
     for (var ch = lid.x; ch < p.c; ch += WG) {
         var s = 0.0;
         for (var k = k0; k < k1; k++) {
-            s += dout[grp_rows[k] * p.c + ch];
+            s += dout[grp_rows[k] * p.c + ch] * p.scale;
         }
         dw[base + ch] += s;
     }

@@ -55,3 +55,42 @@ fn gelu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * xc * xc);
     dx[i] = dout[i] * (sg.x + xc * 2.0 * sg.y * du);
 }
+
+// GeGLU, the gated MLP of Gemma (`gelu_pytorch_tanh`, the same tanh GELU):
+//   out = gelu(gate) * up;  dgate = dout * up * gelu'(gate),  dup = dout * gelu(gate).
+// FLOPs ~ 11n forward and ~19n backward.
+
+// gelu(v) and gelu'(v) with the tails handled as in gelu_forward / gelu_backward.
+fn gelu_and_slope(v: f32) -> vec2<f32> {
+    let xc = clamp(v, -20.0, 20.0);
+    let sg = gelu_sig(xc);
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * xc * xc);
+    return vec2(select(v * sg.x, 0.0, v < -20.0), sg.x + xc * 2.0 * sg.y * du);
+}
+
+@group(0) @binding(1) var<storage, read> ggate: array<f32>;        // (n)
+@group(0) @binding(2) var<storage, read> gup: array<f32>;          // (n)
+@group(0) @binding(3) var<storage, read_write> gout: array<f32>;   // (n)
+
+@compute @workgroup_size(WG)
+fn geglu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg, WG);
+    if (i >= p.n) { return; }
+    gout[i] = gelu_and_slope(ggate[i]).x * gup[i];
+}
+
+@group(0) @binding(1) var<storage, read> bggate: array<f32>;        // (n)
+@group(0) @binding(2) var<storage, read> bgup: array<f32>;          // (n)
+@group(0) @binding(3) var<storage, read> gdout: array<f32>;         // (n)
+@group(0) @binding(4) var<storage, read_write> dggate: array<f32>;  // (n)
+@group(0) @binding(5) var<storage, read_write> dgup: array<f32>;    // (n)
+
+@compute @workgroup_size(WG)
+fn geglu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg, WG);
+    if (i >= p.n) { return; }
+    let a = gelu_and_slope(bggate[i]);
+    let d = gdout[i];
+    dggate[i] = d * bgup[i] * a.y;
+    dgup[i] = d * a.x;
+}

@@ -8,11 +8,20 @@
 // so it is deterministic with no atomics and the loads of a row coalesce across the
 // workgroup.
 
+// Gemma's RMSNorm scales by (1 + w) instead of w (weights stored as offsets from 1, as
+// transformers' Gemma3RMSNorm keeps them): with the PLUS_ONE flag (from src/ops/rmsnorm.rs)
+// every read of w becomes 1 + w, in f32 as transformers computes `1.0 + weight.float()`.
+// dw is unchanged: d/dw of x r (1 + w) is d/dw of x r w.
+
 struct Params {
     rows: u32,
     c: u32,
-    flags: u32,  // ACCUMULATE (dx only)
+    flags: u32,  // ACCUMULATE (y in the forward, dx in the backward), PLUS_ONE
     eps: f32,
+}
+
+fn weight_of(v: f32) -> f32 {
+    return select(v, 1.0 + v, (p.flags & PLUS_ONE) != 0u);
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,7 +47,10 @@ fn rmsnorm_forward(
     }
     let r = inverseSqrt(wg_sum(ss, lid.x) / f32(p.c) + p.eps);
     for (var i = lid.x; i < p.c; i += WG) {
-        y[base + i] = x[base + i] * r * w[i];
+        var v = x[base + i] * r * weight_of(w[i]);
+        // Gemma's post-norms add their output to the residual stream already in y.
+        if ((p.flags & ACCUMULATE) != 0u) { v += y[base + i]; }
+        y[base + i] = v;
     }
     if (lid.x == 0u) { rstd_out[row] = r; }
 }
@@ -61,11 +73,11 @@ fn rmsnorm_backward(
     let r = rstd[row];
     var gx = 0.0;
     for (var i = lid.x; i < p.c; i += WG) {
-        gx = fma(dy[base + i] * bw[i], bx[base + i], gx);
+        gx = fma(dy[base + i] * weight_of(bw[i]), bx[base + i], gx);
     }
     let k = r * r * wg_sum(gx, lid.x) / f32(p.c);
     for (var i = lid.x; i < p.c; i += WG) {
-        var v = r * (dy[base + i] * bw[i] - bx[base + i] * k);
+        var v = r * (dy[base + i] * weight_of(bw[i]) - bx[base + i] * k);
         if ((p.flags & ACCUMULATE) != 0u) { v += dx[base + i]; }
         dx[base + i] = v;
     }

@@ -284,6 +284,16 @@ fn tiny_fixtures_exported_and_reloaded_give_the_same_logits() {
                         assert_eq!(stored("blk.1.attn_q.weight"), hf_of(&format!("{q}.weight")));
                         assert_eq!(stored("blk.1.attn_q.bias"), hf_of(&format!("{q}.bias")));
                     }
+                    Arch::Qwen3 => {
+                        // NeoX RoPE: q, k and their per-head norms stored unpermuted.
+                        let a = "model.layers.1.self_attn";
+                        assert_eq!(stored("blk.1.attn_q.weight"), hf_of(&format!("{a}.q_proj.weight")));
+                        assert_eq!(stored("blk.1.attn_k.weight"), hf_of(&format!("{a}.k_proj.weight")));
+                        assert_eq!(stored("blk.1.attn_q_norm.weight"), hf_of(&format!("{a}.q_norm.weight")));
+                        assert_eq!(stored("blk.1.attn_k_norm.weight"), hf_of(&format!("{a}.k_norm.weight")));
+                        let d = model.cfg.head_dim as u64;
+                        assert_eq!(file.tensor("blk.1.attn_q_norm.weight").unwrap().dims, vec![d]);
+                    }
                     Arch::Gpt2 => {
                         let c = model.cfg.hidden;
                         let w = hf_of("transformer.h.1.attn.c_attn.weight"); // (C, 3C)

@@ -553,15 +553,18 @@ fn hand_count(cfg: &webtune::model::ModelConfig, lora: Option<&LoraConfig>, rows
         + b(r * h) // log-sum-exp per row and head
         + b(r * c); // the stream between attention and MLP
     let mlp = if gpt2 { 2 * b(r * f) } else { 3 * b(r * f) }; // fc (, up), activation
-    let block = norms + attention + mlp;
+                                                              // Qwen3's per-head q/k norms: their inputs (q_proj, k_proj outputs) and 1/rms per head row.
+    let qk_norm = if cfg.qk_norm { b(r * q) + b(r * kv) + b(r * h) + b(r * cfg.kv_heads) } else { 0 };
+    let block = norms + attention + mlp + qk_norm;
     // The backward's scratch, one set.
     let grads = 2 * b(r * c) // dres, dln
         + 2 * b(r * q) + 2 * b(r * kv) // dq, d_o; dk, dv
         + if gpt2 { b(r * 3 * c) } else { 0 }
         + 3 * b(r * f) // dh1, dh2, dact
-        + b(r * h); // delta
-                    // The head: gathered and normed hidden states and their gradients, final-norm
-                    // statistics, logits and per-row loss.
+        + b(r * h) // delta
+        + if cfg.qk_norm { b(r * q) + b(r * kv) } else { 0 }; // dq_raw, dk_raw (before the q/k norms)
+                                                              // The head: gathered and normed hidden states and their gradients, final-norm
+                                                              // statistics, logits and per-row loss.
     let head = 4 * b(r * c) + 2 * b(r) + b(r * v) + b(r);
     let adapters = lora.map_or(0, |l| {
         let (per_layer, max_in) = if gpt2 {

@@ -71,6 +71,11 @@ fn lora_config(arch: &str) -> LoraConfig {
         },
         // Conv1D layers: fan_in_fan_out; `c_proj` adapts attn.c_proj and mlp.c_proj.
         "gpt2" => LoraConfig { seed: 33, ..LoraConfig::new(2, 4.0, &["c_attn", "c_proj", "c_fc"]) },
+        // q_proj and k_proj feed the per-head norms; the MLP's gate and down, not up.
+        "qwen3" => LoraConfig {
+            seed: 34,
+            ..LoraConfig::new(4, 8.0, &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"])
+        },
         _ => unreachable!("{arch}"),
     }
 }

@@ -262,3 +262,52 @@ fn the_gguf_tokenizer_matches_transformers() {
     }
     assert!(n >= 8, "{n} renders");
 }
+
+/// The real Qwen3 and Gemma 3 chat templates (tests/fixtures/chat-templates, copied from
+/// TRL's originals by make_chat_template_fixture.py) render byte for byte as transformers
+/// renders them: Qwen3's reverse loop over `messages[::-1]`, `namespace`, string methods
+/// and reasoning stripping, its tools header with `tojson`; Gemma 3's system-prefix folding,
+/// `trim`, `<bos>` and its alternation error; Qwen3's `enable_thinking = false` as a
+/// template variable (`ChatTemplate::vars`).
+#[test]
+fn qwen3_and_gemma3_chat_templates_match_transformers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat-templates");
+    let fx: Value = serde_json::from_slice(&std::fs::read(dir.join("renders.json")).unwrap()).unwrap();
+    let template = |name: &str| {
+        let src = std::fs::read_to_string(dir.join(format!("{name}.jinja"))).unwrap();
+        let mut t = ChatTemplate::new(&src).unwrap_or_else(|e| panic!("{name}: {e}"));
+        t.bos_token = fx["bos_token"][name].as_str().map(str::to_owned);
+        t
+    };
+    let (qwen3, gemma3) = (template("qwen3"), template("gemma3"));
+    let mut no_thinking = template("qwen3");
+    no_thinking.vars.insert("enable_thinking".into(), Value::Bool(false));
+    let renders = fx["renders"].as_array().unwrap();
+    assert!(renders.len() >= 40, "{} renders", renders.len());
+    for r in renders {
+        let pick = |name: &str| match (name, r.get("vars")) {
+            ("qwen3", None) => &qwen3,
+            ("qwen3", Some(v)) => {
+                assert_eq!(v, &serde_json::json!({"enable_thinking": false}));
+                &no_thinking
+            }
+            _ => &gemma3,
+        };
+        let what = format!(
+            "{} / {} / agp={} / tools={}",
+            r["template"],
+            r["name"],
+            r["add_generation_prompt"],
+            r.get("tools").is_some()
+        );
+        let tmpl = pick(r["template"].as_str().unwrap());
+        let agp = r["add_generation_prompt"].as_bool().unwrap();
+        let got = tmpl.render_json(&r["messages"], agp, r.get("tools")).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_same_text(&what, &got, r["text"].as_str().unwrap());
+    }
+    let pick = |name: &str| if name == "qwen3" { &qwen3 } else { &gemma3 };
+    for e in fx["errors"].as_array().unwrap() {
+        let err = pick(e["template"].as_str().unwrap()).render_json(&e["messages"], false, None).unwrap_err();
+        assert!(err.to_string().contains(e["message"].as_str().unwrap()), "{err}");
+    }
+}

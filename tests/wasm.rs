@@ -459,6 +459,13 @@ async fn gpt2_training_steps_match_transformers() {
     training_steps_match_fixture(fixture!("gpt2"), "gpt2").await;
 }
 
+/// Qwen3's per-head q/k norms run the RMSNorm kernel over rows of D: the same check on
+/// WebGPU (Chromium's WGSL compiler and SwiftShader).
+#[wasm_bindgen_test]
+async fn qwen3_training_steps_match_transformers() {
+    training_steps_match_fixture(fixture!("qwen3"), "qwen3").await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Generation: greedy decoding with the KV cache in the browser against the argmax chain of
 // full forwards computed in the same test (the native tests/generate.rs holds the same

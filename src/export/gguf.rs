@@ -151,6 +151,7 @@ fn metadata(cfg: &ModelConfig, opts: &GgufExport, rope_theta: Option<f32>) -> Re
         Arch::Llama => "llama",
         Arch::Qwen2 => "qwen2",
         Arch::Gpt2 => "gpt2",
+        Arch::Qwen3 => "qwen3",
     };
     let k = |s: &str| format!("{a}.{s}");
     let mut m: Vec<(String, Value)> = vec![
@@ -167,11 +168,13 @@ fn metadata(cfg: &ModelConfig, opts: &GgufExport, rope_theta: Option<f32>) -> Re
     m.push((k("attention.head_count"), u32_of("head_count", cfg.heads)?));
     match cfg.arch {
         Arch::Gpt2 => m.push((k("attention.layer_norm_epsilon"), Value::F32(cfg.norm_eps))),
-        Arch::Llama | Arch::Qwen2 => {
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
             m.push((k("attention.head_count_kv"), u32_of("head_count_kv", cfg.kv_heads)?));
             m.push((k("rope.freq_base"), Value::F32(rope_theta.unwrap_or(10000.0))));
             m.push((k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.norm_eps)));
-            if cfg.head_dim * cfg.heads != cfg.hidden {
+            // convert_hf_to_gguf.py writes these whenever config.json has `head_dim`, which
+            // Qwen3's always has.
+            if cfg.head_dim * cfg.heads != cfg.hidden || cfg.arch == Arch::Qwen3 {
                 m.push((k("attention.key_length"), u32_of("key_length", cfg.head_dim)?));
                 m.push((k("attention.value_length"), u32_of("value_length", cfg.head_dim)?));
             }

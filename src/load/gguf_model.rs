@@ -136,8 +136,12 @@ fn arch_of(g: &Gguf) -> Result<(Arch, String)> {
         "llama" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
         "gpt2" => Arch::Gpt2,
+        "qwen3" => Arch::Qwen3,
         other => {
-            return Err(meta_err(g, format!("architecture `{other}` is not supported (supported: llama, qwen2, gpt2)")))
+            return Err(meta_err(
+                g,
+                format!("architecture `{other}` is not supported (supported: llama, qwen2, qwen3, gpt2)"),
+            ))
         }
     };
     Ok((arch, name))
@@ -208,12 +212,13 @@ pub fn config_from_gguf(g: &Gguf) -> Result<ModelConfig> {
                 qkv_bias: true,
                 o_bias: true,
                 mlp_bias: true,
+                qk_norm: false,
                 inv_freq: Vec::new(),
                 eos_token_ids: eos,
                 bos_token_id: bos,
             }
         }
-        Arch::Llama | Arch::Qwen2 => {
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
             if let Some(rd) = count(g, &k("rope.dimension_count"))? {
                 if rd != head_dim {
                     return Err(meta_err(
@@ -240,7 +245,10 @@ pub fn config_from_gguf(g: &Gguf) -> Result<ModelConfig> {
                 tied: !has("output.weight"),
                 qkv_bias: qwen || has("blk.0.attn_q.bias"),
                 o_bias: !qwen && has("blk.0.attn_output.bias"),
-                mlp_bias: !qwen && has("blk.0.ffn_gate.bias"),
+                mlp_bias: arch == Arch::Llama && has("blk.0.ffn_gate.bias"),
+                // llama.cpp's qwen3 always carries them; their absence is caught by name
+                // when the tensors are mapped.
+                qk_norm: arch == Arch::Qwen3,
                 inv_freq,
                 eos_token_ids: eos,
                 bos_token_id: bos,
@@ -306,8 +314,10 @@ pub(crate) fn gguf_name(cfg: &ModelConfig, hf: &str) -> Option<(String, Fix)> {
     let (stem, suffix) = hf.rsplit_once('.')?; // suffix: weight | bias
     let llama_rope = cfg.arch == Arch::Llama;
     let top = match (cfg.arch, stem) {
-        (Arch::Llama | Arch::Qwen2, "model.embed_tokens") | (Arch::Gpt2, "transformer.wte") => Some("token_embd"),
-        (Arch::Llama | Arch::Qwen2, "model.norm") | (Arch::Gpt2, "transformer.ln_f") => Some("output_norm"),
+        (Arch::Gpt2, "transformer.wte") => Some("token_embd"),
+        (Arch::Gpt2, "transformer.ln_f") => Some("output_norm"),
+        (Arch::Llama | Arch::Qwen2 | Arch::Qwen3, "model.embed_tokens") => Some("token_embd"),
+        (Arch::Llama | Arch::Qwen2 | Arch::Qwen3, "model.norm") => Some("output_norm"),
         (Arch::Gpt2, "transformer.wpe") => Some("position_embd"),
         (_, "lm_head") => Some("output"),
         _ => None,
@@ -335,6 +345,9 @@ pub(crate) fn gguf_name(cfg: &ModelConfig, hf: &str) -> Option<(String, Fix)> {
         (_, "self_attn.k_proj") => ("attn_k", if llama_rope { Fix::Unpermute(cfg.kv_heads) } else { Fix::None }),
         (_, "self_attn.v_proj") => ("attn_v", Fix::None),
         (_, "self_attn.o_proj") => ("attn_output", Fix::None),
+        // Qwen3: llama.cpp's names; the (D) weights are not permuted (NeoX-style RoPE).
+        (Arch::Qwen3, "self_attn.q_norm") => ("attn_q_norm", Fix::None),
+        (Arch::Qwen3, "self_attn.k_norm") => ("attn_k_norm", Fix::None),
         (_, "post_attention_layernorm") => ("ffn_norm", Fix::None),
         (_, "mlp.gate_proj") => ("ffn_gate", Fix::None),
         (_, "mlp.up_proj") => ("ffn_up", Fix::None),

@@ -26,7 +26,7 @@ pub struct NormP {
 
 #[derive(Clone, Debug)]
 pub enum AttnP {
-    /// q_proj, k_proj, v_proj (Llama, Qwen2).
+    /// q_proj, k_proj, v_proj (Llama, Qwen2, Qwen3).
     Separate { q: LinearP, k: LinearP, v: LinearP },
     /// GPT-2's c_attn: one (C, 3C) Conv1D whose output columns are [q | k | v].
     Fused { c_attn: LinearP },
@@ -44,6 +44,9 @@ pub enum MlpP {
 pub struct BlockP {
     pub ln1: NormP,
     pub attn: AttnP,
+    /// Qwen3's q_norm and k_norm: RMSNorm weights (D) applied to each head of q and k
+    /// before RoPE.
+    pub qk_norm: Option<(NormP, NormP)>,
     /// o_proj / attn.c_proj
     pub o: LinearP,
     pub ln2: NormP,
@@ -94,7 +97,7 @@ pub fn build(cfg: &ModelConfig) -> (Vec<ParamSpec>, ModelP) {
     let mut s = Specs { specs: Vec::new() };
     let (c, f) = (cfg.hidden, cfg.ffn);
     let tree = match cfg.arch {
-        Arch::Llama | Arch::Qwen2 => {
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
             let lin = WeightLayout::OutIn;
             let wte = s.add("model.embed_tokens.weight".into(), vec![cfg.vocab, c]);
             let blocks = (0..cfg.layers)
@@ -105,11 +108,26 @@ pub fn build(cfg: &ModelConfig) -> (Vec<ParamSpec>, ModelP) {
                     let k = s.linear(&format!("{p}.self_attn.k_proj"), c, cfg.kv_dim(), cfg.qkv_bias, lin);
                     let v = s.linear(&format!("{p}.self_attn.v_proj"), c, cfg.kv_dim(), cfg.qkv_bias, lin);
                     let o = s.linear(&format!("{p}.self_attn.o_proj"), cfg.q_dim(), c, cfg.o_bias, lin);
+                    // After o_proj, as Qwen3Attention registers them (the checkpoint's order).
+                    let qk_norm = cfg.qk_norm.then(|| {
+                        let d = cfg.head_dim;
+                        (
+                            s.norm(&format!("{p}.self_attn.q_norm"), d, false),
+                            s.norm(&format!("{p}.self_attn.k_norm"), d, false),
+                        )
+                    });
                     let ln2 = s.norm(&format!("{p}.post_attention_layernorm"), c, false);
                     let gate = s.linear(&format!("{p}.mlp.gate_proj"), c, f, cfg.mlp_bias, lin);
                     let up = s.linear(&format!("{p}.mlp.up_proj"), c, f, cfg.mlp_bias, lin);
                     let down = s.linear(&format!("{p}.mlp.down_proj"), f, c, cfg.mlp_bias, lin);
-                    BlockP { ln1, attn: AttnP::Separate { q, k, v }, o, ln2, mlp: MlpP::Gated { gate, up, down } }
+                    BlockP {
+                        ln1,
+                        attn: AttnP::Separate { q, k, v },
+                        qk_norm,
+                        o,
+                        ln2,
+                        mlp: MlpP::Gated { gate, up, down },
+                    }
                 })
                 .collect();
             let ln_f = s.norm("model.norm", c, false);
@@ -129,7 +147,7 @@ pub fn build(cfg: &ModelConfig) -> (Vec<ParamSpec>, ModelP) {
                     let ln2 = s.norm(&format!("{p}.ln_2"), c, true);
                     let fc = s.linear(&format!("{p}.mlp.c_fc"), c, f, true, conv);
                     let proj = s.linear(&format!("{p}.mlp.c_proj"), f, c, true, conv);
-                    BlockP { ln1, attn: AttnP::Fused { c_attn }, o, ln2, mlp: MlpP::Gelu { fc, proj } }
+                    BlockP { ln1, attn: AttnP::Fused { c_attn }, qk_norm: None, o, ln2, mlp: MlpP::Gelu { fc, proj } }
                 })
                 .collect();
             let ln_f = s.norm("transformer.ln_f", c, true);

@@ -22,6 +22,9 @@ pub enum Arch {
     Qwen2,
     /// GPT2LMHeadModel: LayerNorm, learned positions, GELU MLP, fused c_attn, Conv1D layout.
     Gpt2,
+    /// Qwen3ForCausalLM: Llama's shape (no q/k/v bias by default) with an RMSNorm over each
+    /// head of q and of k (weights of size D) before RoPE; `head_dim` set on its own.
+    Qwen3,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,8 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// RMSNorm over each head of q and k before RoPE (Qwen3's `q_norm`, `k_norm`, (D)).
+    pub qk_norm: bool,
     /// RoPE inverse frequencies (D/2), after any `rope_scaling`; empty for GPT-2.
     pub inv_freq: Vec<f32>,
     pub eos_token_ids: Vec<u32>,
@@ -109,9 +114,11 @@ impl ModelConfig {
             "LlamaForCausalLM" | "llama" | "MistralForCausalLM" | "mistral" => Arch::Llama,
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
             "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
+            "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
             other => {
                 return Err(Error::Config(format!(
-                    "architecture `{other}` is not supported (supported: LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)"
+                    "architecture `{other}` is not supported (supported: LlamaForCausalLM, Qwen2ForCausalLM, \
+                     Qwen3ForCausalLM, GPT2LMHeadModel)"
                 )))
             }
         };
@@ -140,18 +147,21 @@ impl ModelConfig {
                     qkv_bias: true,
                     o_bias: true,
                     mlp_bias: true,
+                    qk_norm: false,
                     inv_freq: Vec::new(),
                     eos_token_ids: token_ids(&v, "eos_token_id"),
                     bos_token_id: token_ids(&v, "bos_token_id").first().copied(),
                 }
             }
-            Arch::Llama | Arch::Qwen2 => {
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
                 let hidden = usize_field(&v, "hidden_size")?;
                 let heads = usize_field(&v, "num_attention_heads")?;
                 let kv_heads = opt_usize(&v, "num_key_value_heads")?.unwrap_or(heads);
-                let head_dim = opt_usize(&v, "head_dim")?.unwrap_or(hidden / heads);
+                // Qwen3Config's own default head_dim is 128, not hidden / heads.
+                let default_head_dim = if arch == Arch::Qwen3 { 128 } else { hidden / heads };
+                let head_dim = opt_usize(&v, "head_dim")?.unwrap_or(default_head_dim);
                 let qwen = arch == Arch::Qwen2;
-                if qwen && bool_field(&v, "use_sliding_window", false)? {
+                if arch != Arch::Llama && bool_field(&v, "use_sliding_window", false)? {
                     return Err(Error::Config("config.json `use_sliding_window` = true is not supported".into()));
                 }
                 // transformers 5 nests RoPE settings in `rope_parameters`; older configs
@@ -178,9 +188,12 @@ impl ModelConfig {
                     max_pos: usize_field(&v, "max_position_embeddings")?,
                     norm_eps: f64_field(&v, "rms_norm_eps", 1e-6)? as f32,
                     tied: bool_field(&v, "tie_word_embeddings", false)?,
+                    // Qwen2 always has q/k/v biases; Qwen3 follows `attention_bias` for q, k, v
+                    // and o alike, as Qwen3Attention does; Llama also has `mlp_bias`.
                     qkv_bias: qwen || attention_bias,
                     o_bias: !qwen && attention_bias,
-                    mlp_bias: !qwen && bool_field(&v, "mlp_bias", false)?,
+                    mlp_bias: arch == Arch::Llama && bool_field(&v, "mlp_bias", false)?,
+                    qk_norm: arch == Arch::Qwen3,
                     inv_freq,
                     eos_token_ids: token_ids(&v, "eos_token_id"),
                     bos_token_id: token_ids(&v, "bos_token_id").first().copied(),

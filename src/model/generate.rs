@@ -20,7 +20,7 @@
 
 use super::config::Arch;
 use super::pass::Attend;
-use super::workspace::{LayerActs, LoraActs};
+use super::workspace::{LayerActs, LoraActs, QkNormActs};
 use super::{LoraIo, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{Encoder, Gpu, ReadBuffer, Tensor};
@@ -73,6 +73,16 @@ impl Scratch {
             mean1: mean.clone(),
             rstd1: rstd.clone(),
             qkv: if gpt2 { Some(z("gen.qkv", rows * 3 * c)?) } else { None },
+            qk_norm: if cfg.qk_norm {
+                Some(QkNormActs {
+                    q_raw: z("gen.q_raw", rows * qd)?,
+                    k_raw: z("gen.k_raw", rows * kd)?,
+                    rstd_q: z("gen.rstd_q", rows * cfg.heads)?,
+                    rstd_k: z("gen.rstd_k", rows * cfg.kv_heads)?,
+                })
+            } else {
+                None
+            },
             q: z("gen.q", rows * qd)?,
             k: z("gen.k", rows * kd)?,
             v: z("gen.v", rows * kd)?,
@@ -134,7 +144,16 @@ impl<'a> Decoder<'a> {
             });
         }
         let chunk = DEFAULT_PREFILL_CHUNK.min(capacity.max(1));
-        let shape = CacheShape { b: batch, t: chunk, h: cfg.heads, hk: cfg.kv_heads, d: cfg.head_dim, cap: capacity };
+        let shape = CacheShape {
+            b: batch,
+            t: chunk,
+            h: cfg.heads,
+            hk: cfg.kv_heads,
+            d: cfg.head_dim,
+            cap: capacity,
+            window: None,
+            scale: None,
+        };
         shape.validate()?;
         let cache_len = batch * capacity * cfg.kv_dim();
         gpu.check_fits(&format!("a KV cache of {batch} x {capacity} positions"), cache_len as u64 * 4)?;
@@ -170,6 +189,8 @@ impl<'a> Decoder<'a> {
                 hk: self.model.cfg.kv_heads,
                 d: self.model.cfg.head_dim,
                 cap: self.capacity,
+                window: None,
+                scale: None,
             }
             .validate()?;
             self.scratch = Scratch::new(self.gpu, self.model, self.batch, chunk)?;
@@ -267,7 +288,16 @@ impl<'a> Decoder<'a> {
         let rows = b * t;
         debug_assert!(rows <= s.rows);
         m.embed_fwd(enc, rows, &s.ids, &s.pos, &s.x);
-        let shape = CacheShape { b, t, h: cfg.heads, hk: cfg.kv_heads, d: cfg.head_dim, cap: self.capacity };
+        let shape = CacheShape {
+            b,
+            t,
+            h: cfg.heads,
+            hk: cfg.kv_heads,
+            d: cfg.head_dim,
+            cap: self.capacity,
+            window: None,
+            scale: None,
+        };
         let lio = s.lora.as_ref().map(|acts| LoraIo { acts, salt: None, u_ready: false });
         for (l, blk) in m.tree.blocks.iter().enumerate() {
             let (k_cache, v_cache) = (&self.k_cache[l], &self.v_cache[l]);

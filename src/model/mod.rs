@@ -37,7 +37,7 @@ pub use params::ParamStore;
 pub use pass::{Head, LoraIo};
 pub use spec::{ParamSpec, Pid};
 #[cfg(feature = "gpu")]
-pub use workspace::{head_rows, Inputs, LayerActs, LoraActs, Workspace, WorkspaceOpts, HEAD_CHUNK};
+pub use workspace::{head_rows, Inputs, LayerActs, LoraActs, QkNormActs, Workspace, WorkspaceOpts, HEAD_CHUNK};
 
 #[cfg(feature = "gpu")]
 use crate::error::Result;

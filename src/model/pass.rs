@@ -11,7 +11,7 @@
 use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
 use super::lora::LoraP;
 use super::params::Pid;
-use super::workspace::{Grads, Inputs, LayerActs, LoraActs, Workspace};
+use super::workspace::{Grads, Inputs, LayerActs, LoraActs, QkNormActs, Workspace};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
@@ -284,9 +284,45 @@ impl Model {
         }
     }
 
+    /// Qwen3's per-head RMSNorm: y(rows*heads, D) = rmsnorm of each head's row of x
+    /// (rows, heads*D) with the weight w(D), the same kernel as the hidden-size norms over
+    /// rows of D; rstd (rows*heads) saved for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn head_norm_fwd(
+        &self,
+        enc: &mut Encoder,
+        n: &NormP,
+        rows: usize,
+        heads: usize,
+        x: &Tensor,
+        y: &Tensor,
+        rstd: &Tensor,
+    ) {
+        let (d, eps) = (self.cfg.head_dim, self.cfg.norm_eps);
+        rmsnorm::forward(enc, x, &self.params.weight(n.w), y, rstd, rows * heads, d, eps);
+    }
+
+    /// `head_norm_fwd` in reverse: dx (rows, heads*D) overwritten from dy, dw(D) added.
+    #[allow(clippy::too_many_arguments)]
+    fn head_norm_bwd(
+        &self,
+        enc: &mut Encoder,
+        n: &NormP,
+        rows: usize,
+        heads: usize,
+        x: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+    ) {
+        let (p, d) = (&self.params, self.cfg.head_dim);
+        let dw = p.grad(n.w);
+        rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, false, dw.as_ref(), rows * heads, d);
+    }
+
     fn attn_shape(&self, inp: &Inputs) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim }
+        AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim, window: None, scale: None }
     }
 
     /// x(rows, C) = the embeddings of the token ids `ids` (rows), plus GPT-2's learned
@@ -316,7 +352,8 @@ impl Model {
     }
 
     /// Block `blk`'s q, k, v (rows, H*D / Hk*D) from its normed input `x` (rows, C), RoPE
-    /// applied at the positions `pos` (rows). GPT-2 projects into `qkv` (rows, 3C) first.
+    /// applied at the positions `pos` (rows). GPT-2 projects into `qkv` (rows, 3C) first;
+    /// Qwen3 projects q and k into `qkn`'s buffers and normalizes each head into q, k.
     #[allow(clippy::too_many_arguments)]
     fn qkv_fwd(
         &self,
@@ -325,17 +362,28 @@ impl Model {
         rows: usize,
         x: &Tensor,
         qkv: Option<&Tensor>,
+        qkn: Option<&QkNormActs>,
         [q, k, v]: [&Tensor; 3],
         pos: &Tensor,
         lio: Option<LoraIo>,
     ) {
         let cfg = &self.cfg;
         match &blk.attn {
-            AttnP::Separate { q: wq, k: wk, v: wv } => {
-                self.linear_fwd(enc, wq, rows, x, None, q, lio);
-                self.linear_fwd(enc, wk, rows, x, None, k, lio);
-                self.linear_fwd(enc, wv, rows, x, None, v, lio);
-            }
+            AttnP::Separate { q: wq, k: wk, v: wv } => match (&blk.qk_norm, qkn) {
+                (Some((qn, kn)), Some(a)) => {
+                    self.linear_fwd(enc, wq, rows, x, None, &a.q_raw, lio);
+                    self.head_norm_fwd(enc, qn, rows, cfg.heads, &a.q_raw, q, &a.rstd_q);
+                    self.linear_fwd(enc, wk, rows, x, None, &a.k_raw, lio);
+                    self.head_norm_fwd(enc, kn, rows, cfg.kv_heads, &a.k_raw, k, &a.rstd_k);
+                    self.linear_fwd(enc, wv, rows, x, None, v, lio);
+                }
+                (Some(_), None) => panic!("q/k norms need their activation buffers (LayerActs::qk_norm)"),
+                (None, _) => {
+                    self.linear_fwd(enc, wq, rows, x, None, q, lio);
+                    self.linear_fwd(enc, wk, rows, x, None, k, lio);
+                    self.linear_fwd(enc, wv, rows, x, None, v, lio);
+                }
+            },
             AttnP::Fused { c_attn } => {
                 let c = cfg.hidden;
                 let qkv = qkv.expect("GPT-2's fused projection needs a (rows, 3C) buffer");
@@ -354,7 +402,9 @@ impl Model {
     /// `qkv_fwd` in reverse: dx (rows, C) = the gradient of the normed input from dq, dk,
     /// dv (RoPE undone in place; GPT-2 merges them into `dqkv` (rows, 3C) first), and the
     /// projections' gradients. The projections' input gradients are summed into dx in
-    /// the forward's order (q, k, v), as the bit-identity of the sums requires.
+    /// the forward's order (q, k, v), as the bit-identity of the sums requires. Qwen3's
+    /// per-head norms are undone between RoPE and the projections, into `g.dq_raw`,
+    /// `g.dk_raw`.
     #[allow(clippy::too_many_arguments)]
     fn qkv_bwd(
         &self,
@@ -362,26 +412,36 @@ impl Model {
         blk: &BlockP,
         rows: usize,
         x: &Tensor,
-        dqkv: Option<&Tensor>,
-        [dq, dk, dv]: [&Tensor; 3],
+        qkn: Option<&QkNormActs>,
+        g: &Grads,
         pos: &Tensor,
         dx: &Tensor,
         lio: Option<LoraIo>,
     ) {
         let cfg = &self.cfg;
+        let (dq, dk, dv) = (&g.dq, &g.dk, &g.dv);
         if let Some(table) = &self.rope {
             rope::backward(enc, dq, pos, table, rows, cfg.heads, cfg.head_dim);
             rope::backward(enc, dk, pos, table, rows, cfg.kv_heads, cfg.head_dim);
         }
         match &blk.attn {
             AttnP::Separate { q: wq, k: wk, v: wv } => {
+                let (dq, dk) = match (&blk.qk_norm, qkn, &g.dq_raw, &g.dk_raw) {
+                    (Some((qn, kn)), Some(a), Some(dq_raw), Some(dk_raw)) => {
+                        self.head_norm_bwd(enc, qn, rows, cfg.heads, &a.q_raw, &a.rstd_q, dq, dq_raw);
+                        self.head_norm_bwd(enc, kn, rows, cfg.kv_heads, &a.k_raw, &a.rstd_k, dk, dk_raw);
+                        (dq_raw, dk_raw)
+                    }
+                    (Some(_), ..) => panic!("q/k norms need their activation and gradient buffers"),
+                    (None, ..) => (dq, dk),
+                };
                 self.linear_bwd(enc, wq, rows, dq, x, Some((dx, false)), lio);
                 self.linear_bwd(enc, wk, rows, dk, x, Some((dx, true)), lio);
                 self.linear_bwd(enc, wv, rows, dv, x, Some((dx, true)), lio);
             }
             AttnP::Fused { c_attn } => {
                 let c = cfg.hidden;
-                let dqkv = dqkv.expect("GPT-2's fused projection needs a (rows, 3C) gradient buffer");
+                let dqkv = g.dqkv.as_ref().expect("GPT-2's fused projection needs a (rows, 3C) gradient buffer");
                 for (i, src) in [dq, dk, dv].into_iter().enumerate() {
                     copy2d::copy2d(enc, src, c, 0, dqkv, 3 * c, i * c, rows, c);
                 }
@@ -401,6 +461,7 @@ impl Model {
         rows: usize,
         x: &Tensor,
         qkv: Option<&Tensor>,
+        qkn: Option<&QkNormActs>,
         [q, k, v]: [&Tensor; 3],
         o: &Tensor,
         resid: &Tensor,
@@ -409,7 +470,7 @@ impl Model {
         attend: &Attend,
         lio: Option<LoraIo>,
     ) {
-        self.qkv_fwd(enc, blk, rows, x, qkv, [q, k, v], pos, lio);
+        self.qkv_fwd(enc, blk, rows, x, qkv, qkn, [q, k, v], pos, lio);
         match attend {
             Attend::Causal(Causal { shape, seg, lse }) => attention::forward(enc, shape, q, k, v, seg, o, lse),
             Attend::Cached { shape, k_cache, v_cache, visible } => {
@@ -433,6 +494,7 @@ impl Model {
         blk: &BlockP,
         rows: usize,
         x: &Tensor,
+        qkn: Option<&QkNormActs>,
         [q, k, v]: [&Tensor; 3],
         o: &Tensor,
         dout: &Tensor,
@@ -445,7 +507,7 @@ impl Model {
         let Causal { shape, seg, lse } = causal;
         self.linear_bwd(enc, &blk.o, rows, dout, o, Some((&g.d_o, false)), lio);
         attention::backward(enc, shape, q, k, v, seg, o, lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv);
-        self.qkv_bwd(enc, blk, rows, x, g.dqkv.as_ref(), [&g.dq, &g.dk, &g.dv], pos, dx, lio);
+        self.qkv_bwd(enc, blk, rows, x, qkn, g, pos, dx, lio);
     }
 
     /// out = resid + mlp(x): x (rows, C) normed, h1/h2/act (rows, F) saved for the
@@ -556,7 +618,8 @@ impl Model {
     ) {
         let qkv = [&a.q, &a.k, &a.v];
         self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
-        self.attn_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), qkv, &a.o, x, &a.x_mid, pos, attend, lio);
+        let qkn = a.qk_norm.as_ref();
+        self.attn_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), qkn, qkv, &a.o, x, &a.x_mid, pos, attend, lio);
         self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
         self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &a.x_mid, out, lio);
     }
@@ -581,7 +644,7 @@ impl Model {
         let qkv = [&a.q, &a.k, &a.v];
         self.mlp_bwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &g.dres, &g.dln, g, lio);
         self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true);
-        self.attn_bwd(enc, blk, rows, &a.ln1, qkv, &a.o, &g.dres, &g.dln, g, pos, causal, lio);
+        self.attn_bwd(enc, blk, rows, &a.ln1, a.qk_norm.as_ref(), qkv, &a.o, &g.dres, &g.dln, g, pos, causal, lio);
         self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true);
     }
 

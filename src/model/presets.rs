@@ -31,6 +31,48 @@ pub const PRESETS: &[(&str, &str)] = &[
             "num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":1024,
             "rope_theta":10000,"rms_norm_eps":1e-5,"tie_word_embeddings":true}"#,
     ),
+    // The 2026 small-model families (issue 9), as their config.json files give them.
+    // HuggingFaceTB/SmolLM2-360M(-Instruct).
+    (
+        "smollm2-360m",
+        r#"{"architectures":["LlamaForCausalLM"],"vocab_size":49152,"hidden_size":960,"intermediate_size":2560,
+            "num_hidden_layers":32,"num_attention_heads":15,"num_key_value_heads":5,"max_position_embeddings":8192,
+            "rope_theta":100000,"rms_norm_eps":1e-5,"tie_word_embeddings":true,"bos_token_id":1,"eos_token_id":2}"#,
+    ),
+    // Qwen/Qwen2.5-1.5B-Instruct (q/k/v biases come with the architecture).
+    (
+        "qwen2.5-1.5b",
+        r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":151936,"hidden_size":1536,"intermediate_size":8960,
+            "num_hidden_layers":28,"num_attention_heads":12,"num_key_value_heads":2,"max_position_embeddings":32768,
+            "rope_theta":1000000,"rms_norm_eps":1e-6,"tie_word_embeddings":true,"use_sliding_window":false,
+            "bos_token_id":151643,"eos_token_id":151645}"#,
+    ),
+    // meta-llama/Llama-3.2-1B(-Instruct): llama3 RoPE scaling, tied embeddings, head_dim 64.
+    (
+        "llama3.2-1b",
+        r#"{"architectures":["LlamaForCausalLM"],"vocab_size":128256,"hidden_size":2048,"intermediate_size":8192,
+            "num_hidden_layers":16,"num_attention_heads":32,"num_key_value_heads":8,"head_dim":64,
+            "max_position_embeddings":131072,"rope_theta":500000.0,"rms_norm_eps":1e-5,"tie_word_embeddings":true,
+            "rope_scaling":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,
+                "original_max_position_embeddings":8192,"rope_type":"llama3"},
+            "attention_bias":false,"mlp_bias":false,"bos_token_id":128000,"eos_token_id":128001}"#,
+    ),
+    // Qwen/Qwen3-0.6B: head_dim 128 with 16 heads over a hidden size of 1024.
+    (
+        "qwen3-0.6b",
+        r#"{"architectures":["Qwen3ForCausalLM"],"vocab_size":151936,"hidden_size":1024,"intermediate_size":3072,
+            "num_hidden_layers":28,"num_attention_heads":16,"num_key_value_heads":8,"head_dim":128,
+            "max_position_embeddings":40960,"rope_theta":1000000,"rms_norm_eps":1e-6,"tie_word_embeddings":true,
+            "attention_bias":false,"use_sliding_window":false,"bos_token_id":151643,"eos_token_id":151645}"#,
+    ),
+    // Qwen/Qwen3-1.7B.
+    (
+        "qwen3-1.7b",
+        r#"{"architectures":["Qwen3ForCausalLM"],"vocab_size":151936,"hidden_size":2048,"intermediate_size":6144,
+            "num_hidden_layers":28,"num_attention_heads":16,"num_key_value_heads":8,"head_dim":128,
+            "max_position_embeddings":40960,"rope_theta":1000000,"rms_norm_eps":1e-6,"tie_word_embeddings":true,
+            "attention_bias":false,"use_sliding_window":false,"bos_token_id":151643,"eos_token_id":151645}"#,
+    ),
 ];
 
 pub fn preset(name: &str) -> Result<ModelConfig> {

@@ -17,7 +17,9 @@ pub struct LayerActs {
     pub rstd1: Tensor,
     /// (rows, 3C) GPT-2's fused q|k|v projection.
     pub qkv: Option<Tensor>,
-    /// (rows, H*D), (rows, Hk*D), (rows, Hk*D): after RoPE.
+    /// Qwen3's per-head q/k norms: their inputs and statistics.
+    pub qk_norm: Option<QkNormActs>,
+    /// (rows, H*D), (rows, Hk*D), (rows, Hk*D): after RoPE (and the per-head norms).
     pub q: Tensor,
     pub k: Tensor,
     pub v: Tensor,
@@ -36,6 +38,17 @@ pub struct LayerActs {
     pub act: Tensor,
 }
 
+/// What the per-head q/k RMSNorm (Qwen3) saves: the projections before the norm, read by
+/// its backward, and each head row's 1/rms.
+pub struct QkNormActs {
+    /// (rows, H*D), (rows, Hk*D) q_proj / k_proj outputs.
+    pub q_raw: Tensor,
+    pub k_raw: Tensor,
+    /// (rows*H), (rows*Hk)
+    pub rstd_q: Tensor,
+    pub rstd_k: Tensor,
+}
+
 /// Backward scratch, shared by all layers (`block_bwd`, `attn_bwd`, `mlp_bwd`).
 pub struct Grads {
     /// (rows, C) the gradient of the residual stream, carried down the layers.
@@ -46,6 +59,10 @@ pub struct Grads {
     pub dk: Tensor,
     pub dv: Tensor,
     pub dqkv: Option<Tensor>,
+    /// (rows, H*D), (rows, Hk*D) the gradients of q_proj / k_proj outputs, before the
+    /// per-head norms (Qwen3).
+    pub dq_raw: Option<Tensor>,
+    pub dk_raw: Option<Tensor>,
     pub d_o: Tensor,
     pub dh1: Tensor,
     pub dh2: Tensor,
@@ -171,6 +188,10 @@ impl Lens {
         if gpt2 {
             layer.push(("qkv", rows * 3 * c));
         }
+        let (h, hk) = (cfg.heads, cfg.kv_heads);
+        if cfg.qk_norm {
+            layer.extend([("q_raw", rows * q), ("k_raw", rows * kv), ("rstd_q", rows * h), ("rstd_k", rows * hk)]);
+        }
         layer.extend([
             ("q", rows * q),
             ("k", rows * kv),
@@ -191,6 +212,9 @@ impl Lens {
             vec![("dres", rows * c), ("dln", rows * c), ("dq", rows * q), ("dk", rows * kv), ("dv", rows * kv)];
         if gpt2 {
             grads.push(("dqkv", rows * 3 * c));
+        }
+        if cfg.qk_norm {
+            grads.extend([("dq_raw", rows * q), ("dk_raw", rows * kv)]);
         }
         grads.extend([("d_o", rows * q), ("dh1", rows * f), ("dh2", rows * f), ("dact", rows * f), ("delta", bht)]);
         let n1 = n.max(1);
@@ -279,6 +303,16 @@ impl Workspace {
                     mean1: z(l, "mean1")?,
                     rstd1: z(l, "rstd1")?,
                     qkv: if gpt2 { Some(z(l, "qkv")?) } else { None },
+                    qk_norm: if cfg.qk_norm {
+                        Some(QkNormActs {
+                            q_raw: z(l, "q_raw")?,
+                            k_raw: z(l, "k_raw")?,
+                            rstd_q: z(l, "rstd_q")?,
+                            rstd_k: z(l, "rstd_k")?,
+                        })
+                    } else {
+                        None
+                    },
                     q: z(l, "q")?,
                     k: z(l, "k")?,
                     v: z(l, "v")?,
@@ -302,6 +336,8 @@ impl Workspace {
             dk: z(gl, "dk")?,
             dv: z(gl, "dv")?,
             dqkv: if gpt2 { Some(z(gl, "dqkv")?) } else { None },
+            dq_raw: if cfg.qk_norm { Some(z(gl, "dq_raw")?) } else { None },
+            dk_raw: if cfg.qk_norm { Some(z(gl, "dk_raw")?) } else { None },
             d_o: z(gl, "d_o")?,
             dh1: z(gl, "dh1")?,
             dh2: z(gl, "dh2")?,
@@ -352,6 +388,9 @@ impl Workspace {
         for a in &self.layers {
             out.extend([&a.ln1, &a.mean1, &a.rstd1]);
             out.extend(&a.qkv);
+            if let Some(n) = &a.qk_norm {
+                out.extend([&n.q_raw, &n.k_raw, &n.rstd_q, &n.rstd_k]);
+            }
             out.extend([&a.q, &a.k, &a.v, &a.o, &a.lse, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2, &a.h1]);
             out.extend(&a.h2);
             out.push(&a.act);
@@ -359,6 +398,7 @@ impl Workspace {
         let g = &self.grads;
         out.extend([&g.dres, &g.dln, &g.dq, &g.dk, &g.dv]);
         out.extend(&g.dqkv);
+        out.extend(g.dq_raw.iter().chain(&g.dk_raw));
         out.extend([&g.d_o, &g.dh1, &g.dh2, &g.dact, &g.delta]);
         out.extend([&self.hg, &self.hf, &self.meanf, &self.rstdf, &self.logits, &self.nll, &self.dhf, &self.dhg]);
         if let Some(l) = &self.lora {

@@ -67,6 +67,9 @@ struct Params {
     group: u32,
     tile: u32,
     scale: f32,
+    /// Keys a query sees at most (itself and the window - 1 before it); u32::MAX: all.
+    window: u32,
+    _pad: [u32; 3],
 }
 
 /// B sequences of T tokens, H query heads sharing Hk key/value heads, head size D.
@@ -77,13 +80,28 @@ pub struct AttnShape {
     pub h: usize,
     pub hk: usize,
     pub d: usize,
+    /// Sliding-window attention (Gemma 3's local layers): query tq sees keys tk with
+    /// tq - tk < window, as transformers' sliding-window causal mask; None: every earlier key.
+    pub window: Option<usize>,
+    /// The scores' scale; None: 1 / sqrt(D). (Gemma 3: query_pre_attn_scalar^-0.5.)
+    pub scale: Option<f32>,
+}
+
+/// The kernels' window parameter: u32::MAX for none (no difference tq - tk reaches it).
+fn window_param(w: Option<usize>) -> u32 {
+    w.map_or(u32::MAX, |w| w.min(u32::MAX as usize) as u32)
 }
 
 impl AttnShape {
     /// Whether the kernels can run this shape; a model loader should call this to turn an
     /// unsupported config into an error instead of the launchers' panic.
     pub fn validate(&self) -> Result<()> {
-        let AttnShape { b, t, h, hk, d } = *self;
+        let AttnShape { b, t, h, hk, d, window, scale } = *self;
+        if window == Some(0) || scale.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+            return Err(Error::Config(format!(
+                "attention needs a window of at least 1 key and a positive finite scale (got {window:?}, {scale:?})"
+            )));
+        }
         if b == 0 || t == 0 || h == 0 || hk == 0 || h % hk != 0 {
             return Err(Error::Config(format!(
                 "attention needs B, T, H, Hk > 0 and H a multiple of Hk (got B {b} T {t} H {h} Hk {hk})"
@@ -114,7 +132,9 @@ impl AttnShape {
             dv: dv as u32,
             group: (self.h / self.hk) as u32,
             tile: tile_rows(dv as u32),
-            scale: 1.0 / (self.d as f32).sqrt(),
+            scale: self.scale.unwrap_or(1.0 / (self.d as f32).sqrt()),
+            window: window_param(self.window),
+            _pad: [0; 3],
         }
     }
 
@@ -231,6 +251,8 @@ struct CacheParams {
     group: u32,
     cap: u32,
     scale: f32,
+    window: u32,
+    _pad: [u32; 3],
 }
 
 /// Attention of new tokens against a KV cache (generation): B sequences, each with T new
@@ -244,11 +266,15 @@ pub struct CacheShape {
     pub hk: usize,
     pub d: usize,
     pub cap: usize,
+    /// As in `AttnShape`: the row at position pos sees cached keys pos - window + 1 ..= pos.
+    pub window: Option<usize>,
+    pub scale: Option<f32>,
 }
 
 impl CacheShape {
     pub fn validate(&self) -> Result<()> {
-        AttnShape { b: self.b, t: self.t, h: self.h, hk: self.hk, d: self.d }.validate()?;
+        let (window, scale) = (self.window, self.scale);
+        AttnShape { b: self.b, t: self.t, h: self.h, hk: self.hk, d: self.d, window, scale }.validate()?;
         if self.cap == 0 || self.b * self.t > 65535 || self.h > 65535 {
             return Err(Error::Config(format!(
                 "cached attention grid unsupported: B*T = {} rows (at most 65535), H {}, cache of {} positions",
@@ -273,7 +299,9 @@ impl CacheShape {
             dv: (self.d / 4) as u32,
             group: (self.h / self.hk) as u32,
             cap: self.cap as u32,
-            scale: 1.0 / (self.d as f32).sqrt(),
+            scale: self.scale.unwrap_or(1.0 / (self.d as f32).sqrt()),
+            window: window_param(self.window),
+            _pad: [0; 3],
         }
     }
 }

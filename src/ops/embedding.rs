@@ -31,6 +31,9 @@ struct Params {
     c: u32,
     flags: u32,
     n_uniq: u32,
+    /// Multiplies the token rows (Gemma 3's sqrt(C)); 1.0 otherwise.
+    scale: f32,
+    _pad: [u32; 3],
 }
 
 /// The rows of a batch grouped by id, in CSR form: the rows holding `uniq[u]` are
@@ -83,10 +86,27 @@ pub fn forward(
     rows: usize,
     c: usize,
 ) {
+    forward_scaled(enc, ids, wte, 1.0, pos, out, rows, c)
+}
+
+/// out(rows, C) = wte(V, C)[ids(rows)] * scale (+ wpe(P, C)[pos(rows)]): Gemma 3's scaled
+/// embedding (scale = sqrt(C) rounded to f32, as transformers casts it to the model dtype).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_scaled(
+    enc: &mut Encoder,
+    ids: &Tensor,
+    wte: &Tensor,
+    scale: f32,
+    pos: Option<(&Tensor, &Tensor)>,
+    out: &Tensor,
+    rows: usize,
+    c: usize,
+) {
     debug_assert!(ids.len >= rows && out.len >= rows * c);
     let dummy = &enc.gpu().dummy.clone();
     let (pos_ids, wpe) = pos.unwrap_or((dummy, dummy));
-    let p = Params { rows: rows as u32, c: c as u32, flags: if pos.is_some() { HAS_POS } else { 0 }, n_uniq: 0 };
+    let flags = if pos.is_some() { HAS_POS } else { 0 };
+    let p = Params { rows: rows as u32, c: c as u32, flags, n_uniq: 0, scale, _pad: [0; 3] };
     let (n, tables) = ((rows * c) as u64, 1 + pos.is_some() as u64);
     let cost = Cost { flops: n * (tables - 1), bytes: 4 * (n * (tables + 1) + rows as u64 * tables) };
     enc.dispatch(
@@ -115,7 +135,10 @@ pub fn forward_compact(
     debug_assert!(ids.len >= rows && out.len >= rows * c);
     let dummy = &enc.gpu().dummy.clone();
     let (pos_ids, wpe) = pos.unwrap_or((dummy, dummy));
-    let p = Params { rows: rows as u32, c: c as u32, flags: if pos.is_some() { HAS_POS } else { 0 }, n_uniq: 0 };
+    // No scale: the compact gather serves models that do not scale their embeddings
+    // (Gemma 3's sqrt(C) is not on this path yet).
+    let flags = if pos.is_some() { HAS_POS } else { 0 };
+    let p = Params { rows: rows as u32, c: c as u32, flags, n_uniq: 0, scale: 1.0, _pad: [0; 3] };
     let (n, tables) = ((rows * c) as u64, 1 + pos.is_some() as u64);
     let row_bytes = wte.format.row_words(c) as u64 * 4;
     let cost = Cost { flops: n * tables, bytes: rows as u64 * row_bytes + 4 * (n * tables + rows as u64 * tables) };
@@ -132,10 +155,16 @@ pub fn forward_compact(
 /// dw(V, C) or (P, C) += for each id, the sum of the dout(rows, C) rows with that id.
 /// Always accumulates (gradient accumulation over micro-batches). Deterministic.
 pub fn backward(enc: &mut Encoder, index: &GroupIndex, dout: &Tensor, dw: &Tensor, c: usize) {
+    backward_scaled(enc, index, dout, 1.0, dw, c)
+}
+
+/// `backward` of `forward_scaled`: dw += for each id, the sum of its dout rows * scale.
+pub fn backward_scaled(enc: &mut Encoder, index: &GroupIndex, dout: &Tensor, scale: f32, dw: &Tensor, c: usize) {
     if index.n_uniq == 0 {
         return;
     }
-    let p = Params { rows: index.n as u32, c: c as u32, flags: 0, n_uniq: index.n_uniq as u32 };
+    let (rows, n_uniq) = (index.n as u32, index.n_uniq as u32);
+    let p = Params { rows, c: c as u32, flags: 0, n_uniq, scale, _pad: [0; 3] };
     let (n, u, c64) = (index.n as u64, index.n_uniq as u64, c as u64);
     let cost = Cost { flops: n * c64, bytes: 4 * (n * c64 + 2 * u * c64 + n + 2 * u + 1) };
     enc.dispatch(

@@ -28,3 +28,30 @@ pub fn backward(enc: &mut Encoder, x: &Tensor, dout: &Tensor, dx: &Tensor, n: us
     let args = [Arg::R(x), Arg::R(dout), Arg::W(dx)];
     enc.dispatch(&GELU, "gelu_backward", &Params { n: n as u32 }, &args, grid_1d(n, WG), cost);
 }
+
+/// GeGLU (Gemma's gated MLP): out(n) = gelu(gate(n)) * up(n), the same tanh GELU.
+pub fn geglu_forward(enc: &mut Encoder, gate: &Tensor, up: &Tensor, out: &Tensor, n: usize) {
+    debug_assert!(gate.len >= n && up.len >= n && out.len >= n && n <= u32::MAX as usize);
+    let n64 = n as u64;
+    let cost = Cost { flops: 11 * n64, bytes: 12 * n64 };
+    let args = [Arg::R(gate), Arg::R(up), Arg::W(out)];
+    enc.dispatch(&GELU, "geglu_forward", &Params { n: n as u32 }, &args, grid_1d(n, WG), cost);
+}
+
+/// dgate(n) = dout * up * gelu'(gate), dup(n) = dout * gelu(gate); both overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn geglu_backward(
+    enc: &mut Encoder,
+    gate: &Tensor,
+    up: &Tensor,
+    dout: &Tensor,
+    dgate: &Tensor,
+    dup: &Tensor,
+    n: usize,
+) {
+    debug_assert!(gate.len >= n && up.len >= n && dout.len >= n && dgate.len >= n && dup.len >= n);
+    let n64 = n as u64;
+    let cost = Cost { flops: 19 * n64, bytes: 20 * n64 };
+    let args = [Arg::R(gate), Arg::R(up), Arg::R(dout), Arg::W(dgate), Arg::W(dup)];
+    enc.dispatch(&GELU, "geglu_backward", &Params { n: n as u32 }, &args, grid_1d(n, WG), cost);
+}

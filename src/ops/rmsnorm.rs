@@ -4,7 +4,28 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, ACCUMULATE, WG};
 
-crate::kernel!(RMSNORM, "rmsnorm");
+crate::kernel!(RMSNORM, "rmsnorm", PLUS_ONE);
+
+/// Params::flags bit: scale by (1 + w) (Gemma's RMSNorm) instead of w.
+const PLUS_ONE: u32 = 2;
+
+/// How the norm's weight scales the normalized row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// x * rstd * w (Llama, Qwen2, Qwen3).
+    W,
+    /// x * rstd * (1 + w) (Gemma 3, whose checkpoints store w as an offset from 1).
+    OnePlusW,
+}
+
+impl Scale {
+    fn flag(self) -> u32 {
+        match self {
+            Scale::W => 0,
+            Scale::OnePlusW => PLUS_ONE,
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -17,8 +38,27 @@ struct Params {
 
 /// y(rows, C) = x * rstd * w(C), rstd(rows) = 1 / sqrt(mean(x^2) + eps), saved for backward.
 pub fn forward(enc: &mut Encoder, x: &Tensor, w: &Tensor, y: &Tensor, rstd: &Tensor, rows: usize, c: usize, eps: f32) {
+    forward_scaled(enc, x, w, Scale::W, y, false, rstd, rows, c, eps)
+}
+
+/// `forward` with the weight applied as `scale` says; with `accumulate_y`, y (+)= the
+/// normed rows (Gemma 3's post-norms, added to the residual stream already in y).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_scaled(
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    scale: Scale,
+    y: &Tensor,
+    accumulate_y: bool,
+    rstd: &Tensor,
+    rows: usize,
+    c: usize,
+    eps: f32,
+) {
     debug_assert!(x.len >= rows * c && w.len >= c && y.len >= rows * c && rstd.len >= rows);
-    let p = Params { rows: rows as u32, c: c as u32, flags: 0, eps };
+    let flags = scale.flag() | if accumulate_y { ACCUMULATE } else { 0 };
+    let p = Params { rows: rows as u32, c: c as u32, flags, eps };
     let (n, r) = ((rows * c) as u64, rows as u64);
     // x is read twice (sum of squares, then scale) and w once per row; y and rstd written.
     let cost = Cost { flops: 4 * n + 3 * r, bytes: 4 * (4 * n + 2 * r) };
@@ -46,10 +86,29 @@ pub fn backward(
     rows: usize,
     c: usize,
 ) {
+    backward_scaled(enc, x, w, Scale::W, rstd, dy, dx, accumulate_dx, dw, rows, c)
+}
+
+/// `backward` for a norm whose weight applies as `scale` says (dw is the same either way).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_scaled(
+    enc: &mut Encoder,
+    x: &Tensor,
+    w: &Tensor,
+    scale: Scale,
+    rstd: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    accumulate_dx: bool,
+    dw: Option<&Tensor>,
+    rows: usize,
+    c: usize,
+) {
     debug_assert!(x.len >= rows * c && dy.len >= rows * c && dx.len >= rows * c && rstd.len >= rows);
     let (n, r, c64) = ((rows * c) as u64, rows as u64, c as u64);
     let acc = accumulate_dx as u64;
-    let p = Params { rows: rows as u32, c: c as u32, flags: if accumulate_dx { ACCUMULATE } else { 0 }, eps: 0.0 };
+    let flags = if accumulate_dx { ACCUMULATE } else { 0 } | scale.flag();
+    let p = Params { rows: rows as u32, c: c as u32, flags, eps: 0.0 };
     // Two passes over the row, each reading x, dy and w; dx read too when accumulating.
     let cost = Cost { flops: (7 + acc) * n + 3 * r, bytes: 4 * ((6 + acc) * n + r) };
     enc.dispatch(

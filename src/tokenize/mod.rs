@@ -263,6 +263,10 @@ pub struct ChatTemplate {
     pub eos_token: Option<String>,
     pub unk_token: Option<String>,
     pub pad_token: Option<String>,
+    /// Further template variables, as transformers' `apply_chat_template(..., **kwargs)`
+    /// passes them: e.g. Qwen3's `enable_thinking` (false: the generation prompt gets an
+    /// empty `<think>` block). The named variables above win over these.
+    pub vars: serde_json::Map<String, Json>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -309,6 +313,7 @@ impl ChatTemplate {
             eos_token: None,
             unk_token: None,
             pad_token: None,
+            vars: serde_json::Map::new(),
         })
     }
 
@@ -333,6 +338,7 @@ impl ChatTemplate {
             eos_token => self.eos_token.clone().unwrap_or_default(),
             unk_token => self.unk_token.clone(),
             pad_token => self.pad_token.clone(),
+            ..Value::from_serialize(&self.vars)
         };
         tmpl.render(ctx).map_err(template_err)
     }

@@ -118,6 +118,7 @@ fn fixture_as_gguf(arch: &str) -> Vec<u8> {
             ]);
             if let Some(hd) = cfg["head_dim"].as_u64() {
                 meta.push(m("attention.key_length", Value::U32(hd as u32)));
+                meta.push(m("attention.value_length", Value::U32(hd as u32)));
                 meta.push(m("rope.dimension_count", Value::U32(hd as u32)));
             }
             for name in names {
@@ -136,6 +137,9 @@ fn fixture_as_gguf(arch: &str) -> Vec<u8> {
                             "self_attn.k_proj" => "attn_k",
                             "self_attn.v_proj" => "attn_v",
                             "self_attn.o_proj" => "attn_output",
+                            // Qwen3's per-head norms (convert_hf_to_gguf.py's Qwen3Model).
+                            "self_attn.q_norm" => "attn_q_norm",
+                            "self_attn.k_norm" => "attn_k_norm",
                             "post_attention_layernorm" => "ffn_norm",
                             "mlp.gate_proj" => "ffn_gate",
                             "mlp.up_proj" => "ffn_up",
@@ -175,7 +179,7 @@ const TINY_LOGITS: Tol = Tol { name: "TINY_LOGITS", abs: 1e-6, rel: 1e-5 };
 #[test]
 fn tiny_fixtures_as_gguf_match_transformers() {
     let g = gpu();
-    for arch in ["llama", "qwen2", "gpt2"] {
+    for arch in ["llama", "qwen2", "gpt2", "qwen3"] {
         let bytes = fixture_as_gguf(arch);
         let parsed = Gguf::parse(arch, &bytes).unwrap();
         let cfg = config_from_gguf(&parsed).unwrap();
@@ -247,6 +251,20 @@ fn mapping_errors_are_named() {
             m.contains("l.gguf: tensor `blk.1.attn_q.weight` has dims [48, 40] (innermost first), but `model.layers.1.self_attn.q_proj.weight` of shape [48, 48] needs [48, 48]"),
             "{m}"
         ),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A qwen3 file without one of its per-head norms.
+    let bytes = fixture_as_gguf("qwen3");
+    let p = Gguf::parse("q", &bytes).unwrap();
+    let ts: Vec<TensorSpec> = p
+        .tensors
+        .iter()
+        .filter(|t| t.name != "blk.0.attn_k_norm.weight")
+        .map(|t| tensor(&t.name, &t.dims, t.ty.id, p.tensor_bytes(t).to_vec()))
+        .collect();
+    let meta_ref: Vec<(&str, Value)> = p.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    match model_from_gguf_bytes(g, "q.gguf", &build(3, 32, &meta_ref, &ts)) {
+        Err(Error::Weights(m)) => assert!(m.contains("blk.0.attn_k_norm.weight") && m.contains("q.gguf"), "{m}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
 }

@@ -59,7 +59,7 @@ fn run_case(rng: &mut Rng, s: AttnShape, packed: bool, q_scale: f64, worst: &mut
     let v = rng.vec(kn, 1.0);
     let dout = rng.vec(qn, 1.0);
     let seg = if packed { packed_segments(rng, s.b, s.t) } else { vec![0; rows] };
-    let rs = Shape { b: s.b, t: s.t, h: s.h, hk: s.hk, d: s.d };
+    let rs = Shape { b: s.b, t: s.t, h: s.h, hk: s.hk, d: s.d, window: s.window, scale: s.scale.map(|x| x as f64) };
     let (qd, kd, vd, dod) = (f64s(&q), f64s(&k), f64s(&v), f64s(&dout));
     let (o_ref, lse_ref) = attention(&rs, &qd, &kd, &vd, &seg);
     let (dq_ref, dk_ref, dv_ref) = attention_backward(&rs, &qd, &kd, &vd, &seg, &dod);
@@ -77,13 +77,15 @@ fn run_case(rng: &mut Rng, s: AttnShape, packed: bool, q_scale: f64, worst: &mut
     backward(&mut enc, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tdelta, &tdq, &tdk, &tdv);
     enc.submit();
     let what = format!(
-        "attention B {} T {} H {} Hk {} D {} {} q*{q_scale}",
+        "attention B {} T {} H {} Hk {} D {} {} q*{q_scale} window {:?} scale {:?}",
         s.b,
         s.t,
         s.h,
         s.hk,
         s.d,
-        if packed { "packed" } else { "one segment" }
+        if packed { "packed" } else { "one segment" },
+        s.window,
+        s.scale
     );
     let rd = |t| block(g.read_f32(t)).unwrap();
     worst.fwd = worst.fwd.max(check(&format!("{what} o"), &rd(&to), &o_ref, ATTN_FWD));
@@ -105,7 +107,13 @@ fn attention_matches_reference() {
                     for packed in [false, true] {
                         // Sharper softmaxes every other case, so the running max moves.
                         let q_scale = if n % 2 == 0 { 1.0 } else { 3.0 };
-                        run_case(&mut rng, AttnShape { b, t, h, hk, d }, packed, q_scale, &mut worst);
+                        run_case(
+                            &mut rng,
+                            AttnShape { b, t, h, hk, d, window: None, scale: None },
+                            packed,
+                            q_scale,
+                            &mut worst,
+                        );
                         n += 1;
                     }
                 }
@@ -114,7 +122,13 @@ fn attention_matches_reference() {
     }
     // The largest head size, whose tile holds the fewest rows (15), across several tiles.
     for (t, packed) in [(70, false), (130, true)] {
-        run_case(&mut rng, AttnShape { b: 2, t, h: 3, hk: 1, d: 128 }, packed, 1.0, &mut worst);
+        run_case(
+            &mut rng,
+            AttnShape { b: 2, t, h: 3, hk: 1, d: 128, window: None, scale: None },
+            packed,
+            1.0,
+            &mut worst,
+        );
     }
     eprintln!(
         "attention: worst errors x max|want|: o {:.2e} ({}), lse {:.2e} ({}), grads {:.2e} ({})",
@@ -122,21 +136,58 @@ fn attention_matches_reference() {
     );
 }
 
+/// Sliding-window attention (Gemma 3's local layers) with an own scale: windows of 1 key
+/// (each query sees itself only), shorter than a tile, and crossing the 64-row blocks; packed
+/// and plain; forward and every gradient against the f64 reference with the window mask.
+#[test]
+fn sliding_window_attention_matches_reference() {
+    let mut rng = Rng::new(23);
+    let mut worst = Worst { fwd: 0.0, lse: 0.0, bwd: 0.0 };
+    for (t, window, d, packed) in
+        [(9, 1, 8, false), (33, 4, 24, true), (70, 17, 16, false), (130, 70, 8, true), (130, 64, 64, false)]
+    {
+        let s = AttnShape { b: 2, t, h: 4, hk: 2, d, window: Some(window), scale: Some(0.2) };
+        run_case(&mut rng, s, packed, 2.0, &mut worst);
+    }
+    eprintln!("sliding-window attention: worst o {:.2e}, lse {:.2e}, grads {:.2e}", worst.fwd, worst.lse, worst.bwd);
+    let bad = AttnShape { b: 1, t: 4, h: 2, hk: 1, d: 8, window: Some(0), scale: None };
+    assert!(bad.validate().unwrap_err().to_string().contains("window"));
+    let bad = AttnShape { window: None, scale: Some(f32::NAN), ..bad };
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn reference_window_attention_backward_matches_finite_differences() {
+    let mut rng = Rng::new(24);
+    let s = Shape { b: 1, t: 6, h: 2, hk: 1, d: 3, window: Some(2), scale: Some(0.7) };
+    let seg = [0u32; 6];
+    let q = f64s(&rng.vec(6 * 2 * 3, 1.0));
+    let k = f64s(&rng.vec(6 * 3, 1.0));
+    let v = f64s(&rng.vec(6 * 3, 1.0));
+    let proj = f64s(&rng.vec(6 * 2 * 3, 1.0));
+    let (dq, dk, dv) = attention_backward(&s, &q, &k, &v, &seg, &proj);
+    let h = 1e-5;
+    assert_grad("window dq", &dq, &numeric_grad(&q, h, |q| dot(&proj, &attention(&s, q, &k, &v, &seg).0)));
+    assert_grad("window dk", &dk, &numeric_grad(&k, h, |k| dot(&proj, &attention(&s, &q, k, &v, &seg).0)));
+    assert_grad("window dv", &dv, &numeric_grad(&v, h, |v| dot(&proj, &attention(&s, &q, &k, v, &seg).0)));
+}
+
 #[test]
 fn attention_rejects_unsupported_head_sizes() {
     for d in [0usize, 6, 130, 256] {
-        let err = AttnShape { b: 1, t: 4, h: 2, hk: 1, d }.validate().unwrap_err().to_string();
+        let err =
+            AttnShape { b: 1, t: 4, h: 2, hk: 1, d, window: None, scale: None }.validate().unwrap_err().to_string();
         assert!(err.contains("head size"), "D {d}: {err}");
     }
-    assert!(AttnShape { b: 1, t: 4, h: 3, hk: 2, d: 64 }.validate().is_err());
-    assert!(AttnShape { b: 1, t: 4, h: 4, hk: 2, d: 128 }.validate().is_ok());
+    assert!(AttnShape { b: 1, t: 4, h: 3, hk: 2, d: 64, window: None, scale: None }.validate().is_err());
+    assert!(AttnShape { b: 1, t: 4, h: 4, hk: 2, d: 128, window: None, scale: None }.validate().is_ok());
 }
 
 #[test]
 fn reference_attention_backward_matches_finite_differences() {
     let mut rng = Rng::new(22);
     // GQA (2 query heads per kv head), two sequences, one of them packed with two segments.
-    let s = Shape { b: 2, t: 4, h: 4, hk: 2, d: 3 };
+    let s = Shape { b: 2, t: 4, h: 4, hk: 2, d: 3, window: None, scale: None };
     let seg = [0u32, 0, 0, 0, 5, 5, 6, 6];
     let rows = s.b * s.t;
     let q = f64s(&rng.vec(rows * s.h * s.d, 1.0));
@@ -160,10 +211,17 @@ fn cached_decoding_matches_causal_attention() {
     let g = gpu();
     let mut rng = Rng::new(31);
     let mut worst = 0f64;
-    for &(b, t, h, hk, d, chunk) in
-        &[(2, 70, 4, 2, 96, 32), (1, 130, 2, 1, 128, 64), (2, 9, 3, 3, 4, 1), (1, 66, 6, 2, 64, 5)]
-    {
-        let rs = Shape { b, t, h, hk, d };
+    // The last two: sliding windows (Gemma 3's local layers) of 5 and 70 keys, with an own
+    // scale, over chunks that cross the window's start.
+    for &(b, t, h, hk, d, chunk, window, scale) in &[
+        (2, 70, 4, 2, 96, 32, None, None),
+        (1, 130, 2, 1, 128, 64, None, None),
+        (2, 9, 3, 3, 4, 1, None, None),
+        (1, 66, 6, 2, 64, 5, None, None),
+        (2, 40, 4, 1, 16, 3, Some(5), Some(0.125f32)),
+        (1, 150, 2, 2, 8, 64, Some(70), None),
+    ] {
+        let rs = Shape { b, t, h, hk, d, window, scale: scale.map(|x| x as f64) };
         let (q, k, v) = (rng.vec(b * t * h * d, 1.0), rng.vec(b * t * hk * d, 1.0), rng.vec(b * t * hk * d, 1.0));
         let (want, _) = attention(&rs, &f64s(&q), &f64s(&k), &f64s(&v), &vec![0; b * t]);
         let cap = t + 3;
@@ -178,7 +236,7 @@ fn cached_decoding_matches_causal_attention() {
                 (0..b).flat_map(|bi| x[(bi * t + c0) * w..(bi * t + c0 + tc) * w].to_vec()).collect()
             };
             let pos: Vec<u32> = (0..b).flat_map(|_| (c0..c0 + tc).map(|p| p as u32)).collect();
-            let s = CacheShape { b, t: tc, h, hk, d, cap };
+            let s = CacheShape { b, t: tc, h, hk, d, cap, window, scale };
             let (tq, tk, tv) = (take(&q, h * d), take(&k, hk * d), take(&v, hk * d));
             let tq = g.upload_f32("q", &tq).unwrap();
             let (tk, tv) = (g.upload_f32("k", &tk).unwrap(), g.upload_f32("v", &tv).unwrap());
@@ -195,7 +253,7 @@ fn cached_decoding_matches_causal_attention() {
             }
             c0 += tc;
         }
-        let what = format!("cached decoding B {b} T {t} H {h} Hk {hk} D {d} in chunks of {chunk}");
+        let what = format!("cached decoding B {b} T {t} H {h} Hk {hk} D {d} in chunks of {chunk}, window {window:?}");
         worst = worst.max(check(&what, &got, &want, ATTN_FWD));
     }
     eprintln!("cached decoding: worst relative error {worst:.2e}");

@@ -1,5 +1,5 @@
 use webtune::gpu::Encoder;
-use webtune::ops::embedding::{backward, forward, GroupIndex};
+use webtune::ops::embedding::{backward, backward_scaled, forward, forward_scaled, GroupIndex};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
 use crate::reference::embedding::{embedding, embedding_backward};
@@ -184,5 +184,37 @@ fn embedding_forward_compact_equals_f32_gather_of_host_dequantized_table() {
                 .collect();
             assert!(r[1] == want, "{what}: compact gather is not the host-dequantized rows");
         }
+    }
+}
+
+/// Gemma 3's scaled embedding: out = W[ids] * sqrt(C) (the scale rounded to f32 first, as
+/// transformers casts it to the model dtype), and dW += sum of dout * sqrt(C) per id,
+/// against the f64 reference with the same f32 scale. One more rounding each: EMBED's
+/// half ulp becomes one ulp, EMBED_GRAD is unchanged.
+#[test]
+fn scaled_embedding_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(14);
+    const EMBED_SCALED: Tol = Tol { name: "EMBED_SCALED", abs: 0.0, rel: 2.4e-7 };
+    for &(rows, c, v, _) in SHAPES {
+        let scale = (c as f32).sqrt();
+        let tok = ids(&mut rng, rows, v);
+        let (wte, dout, dw0) = (rng.vec(v * c, 1.0), rng.vec(rows * c, 1.0), rng.vec(v * c, 1.0));
+        let index = GroupIndex::build(g, &tok).unwrap();
+        let (ttok, twte) = (g.upload_u32("ids", &tok).unwrap(), g.upload_f32("wte", &wte).unwrap());
+        let (tdout, tdw) = (g.upload_f32("dout", &dout).unwrap(), g.upload_f32("dw", &dw0).unwrap());
+        let out = g.zeros("out", rows * c).unwrap();
+        let mut enc = Encoder::new(g);
+        forward_scaled(&mut enc, &ttok, &twte, scale, None, &out, rows, c);
+        backward_scaled(&mut enc, &index, &tdout, scale, &tdw, c);
+        enc.submit();
+        let s = scale as f64;
+        let want: Vec<f64> = embedding(&tok, &f64s(&wte), None, c).iter().map(|x| x * s).collect();
+        let what = format!("scaled embedding {rows}x{c} V{v}");
+        check(&what, &block(g.read_f32(&out)).unwrap(), &want, EMBED_SCALED);
+        let scaled: Vec<f64> = dout.iter().map(|&d| d as f64 * s).collect();
+        let want: Vec<f64> =
+            embedding_backward(&tok, &scaled, v, c).iter().zip(&dw0).map(|(d, w0)| d + *w0 as f64).collect();
+        check(&format!("{what} backward"), &block(g.read_f32(&tdw)).unwrap(), &want, EMBED_GRAD);
     }
 }

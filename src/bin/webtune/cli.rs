@@ -105,7 +105,8 @@ enum Cmd {
         /// A .gguf file, a Hugging Face folder, or a hub model id (`namespace/name[@revision]`).
         #[arg(long, conflicts_with = "preset")]
         model: Option<String>,
-        /// Random weights in a real model's shape: smollm2-135m, qwen2.5-0.5b, gpt2, tiny-llama.
+        /// Random weights in a real model's shape: smollm2-135m, smollm2-360m, qwen2.5-0.5b,
+        /// qwen2.5-1.5b, llama3.2-1b, qwen3-0.6b, qwen3-1.7b, gpt2, tiny-llama.
         #[arg(long)]
         preset: Option<String>,
         #[arg(long, default_value_t = 4)]

@@ -1,0 +1,87 @@
+//! Every preset is a real model's shape: it parses, builds its parameter specs, and
+//! `memory::estimate` sizes a LoRA and a full run of it (no GPU, nothing allocated; the
+//! big ones are not trained here).
+#![cfg(not(target_arch = "wasm32"))]
+
+use webtune::model::lora::LoraConfig;
+use webtune::model::memory::estimate;
+use webtune::model::presets::{preset, PRESETS};
+use webtune::model::{arch, Arch};
+
+/// (preset, parameters): transformers' count for the same config.json
+/// (`sum(p.numel() for p in Model(config).parameters())` on the meta device, tied heads
+/// once), which for the published checkpoints is their model card's size (SmolLM2-135M
+/// 134.5M, Qwen2.5-0.5B 494M, Llama-3.2-1B 1.24B, Qwen3-1.7B 1.72B with its tied head):
+/// an engine parameter tree that differs from transformers' shows as a wrong count.
+const PARAMS: &[(&str, usize)] = &[
+    ("smollm2-135m", 134_515_008),
+    ("smollm2-360m", 361_821_120),
+    ("qwen2.5-0.5b", 494_032_768),
+    ("qwen2.5-1.5b", 1_543_714_304),
+    ("llama3.2-1b", 1_235_814_400),
+    ("qwen3-0.6b", 596_049_920),
+    ("qwen3-1.7b", 1_720_574_976),
+];
+
+#[test]
+fn every_preset_parses_and_is_sized_before_allocation() {
+    for (name, _) in PRESETS {
+        let cfg = preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (specs, _) = arch::build(&cfg);
+        let n: usize = specs.iter().map(|s| s.numel()).sum();
+        if let Some((_, want)) = PARAMS.iter().find(|(p, _)| p == name) {
+            assert_eq!(n, *want, "{name}: parameter count");
+        }
+        let lora = LoraConfig { rank: 16, ..LoraConfig::new(16, 32.0, &["all-linear"]) };
+        let e = estimate(&cfg, Some(&lora), 4, 256).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The whole base is frozen, in f32, each tensor padded to 256 bytes at most.
+        let pad = 256 * specs.len() as u64;
+        assert!((4 * n as u64..=4 * n as u64 + pad).contains(&e.frozen_weights), "{name}: {e}");
+        let full = estimate(&cfg, None, 1, 128).unwrap();
+        assert_eq!(full.frozen_weights, 0, "{name}");
+        eprintln!("{name}: {n} parameters; LoRA r16 all-linear 4 x 256: {e}");
+    }
+    for name in PARAMS.iter().map(|p| p.0) {
+        assert!(PRESETS.iter().any(|(p, _)| *p == name), "preset {name} is missing");
+    }
+}
+
+/// The shapes that set the new families apart: Qwen3's head size apart from hidden / heads
+/// and its per-head norms, Llama 3.2's scaled RoPE.
+#[test]
+fn the_new_families_have_their_own_shapes() {
+    let q = preset("qwen3-0.6b").unwrap();
+    assert_eq!((q.arch, q.head_dim, q.q_dim(), q.hidden), (Arch::Qwen3, 128, 2048, 1024));
+    assert!(q.qk_norm && q.tied && !q.qkv_bias);
+    let (specs, _) = arch::build(&q);
+    let qn = specs.iter().find(|s| s.name == "model.layers.27.self_attn.q_norm.weight").unwrap();
+    assert_eq!(qn.shape, vec![128]);
+    let l = preset("llama3.2-1b").unwrap();
+    // llama3 scaling divides the low frequencies by 32 and keeps the high ones.
+    let plain = webtune::model::config::default_inv_freq(500000.0, 64);
+    assert_eq!(l.inv_freq[0], plain[0]);
+    assert!((l.inv_freq[31] as f64 - plain[31] as f64 / 32.0).abs() < 1e-12 * plain[31] as f64 + 1e-20);
+    assert!(l.tied);
+}
+
+/// Qwen3 configs the engine cannot run are typed errors, not panics: sliding-window
+/// attention switched on, a head size the attention kernel does not take; and Qwen3Config's
+/// own default head_dim (128) applies when config.json leaves it out.
+#[test]
+fn qwen3_configs_that_cannot_run_are_config_errors() {
+    let base = r#"{"architectures":["Qwen3ForCausalLM"],"vocab_size":97,"hidden_size":32,"intermediate_size":64,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128"#;
+    let cfg = |extra: &str| webtune::model::ModelConfig::from_hf_json(&format!("{base}{extra}}}"));
+    assert_eq!(cfg("").unwrap().head_dim, 128);
+    assert_eq!(cfg(r#","head_dim":16"#).unwrap().q_dim(), 64);
+    for (extra, needle) in [
+        (r#","use_sliding_window":true"#, "use_sliding_window"),
+        (r#","head_dim":130"#, "head size 130"),
+        (r#","head_dim":256"#, "head size 256"),
+    ] {
+        match cfg(extra) {
+            Err(webtune::Error::Config(m)) => assert!(m.contains(needle), "{extra}: {m}"),
+            other => panic!("{extra}: {other:?}"),
+        }
+    }
+}
