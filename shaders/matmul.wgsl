@@ -126,23 +126,6 @@ fn matmul_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     store(m, n, v);
 }
 
-// The bias gradient: db(N) [+]= sum over rows of dy(M, N). One thread per column, so the
-// loads of a row coalesce across the workgroup. Reuses Params: m, n, flags.
-@group(0) @binding(1) var<storage, read> dy: array<f32>;          // (M, N)
-@group(0) @binding(2) var<storage, read_write> dbias: array<f32>; // (N)
-
-@compute @workgroup_size(WG)
-fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n = gid.x;
-    if (n >= p.n) { return; }
-    var s = 0.0;
-    for (var m = 0u; m < p.m; m++) {
-        s += dy[m * p.n + n];
-    }
-    if ((p.flags & ACCUMULATE) != 0u) { s += dbias[n]; }
-    dbias[n] = s;
-}
-
 // The same product without workgroup memory: each thread accumulates its 4x4 block
 // straight from global memory (through the cache). CPU-backed adapters (SwiftShader,
 // lavapipe) pay dearly for every workgroupBarrier, and their "shared memory" is ordinary
