@@ -227,7 +227,8 @@ impl Model {
         match n.b {
             Some(b) => {
                 let db = p.grad(b);
-                layernorm::backward(enc, x, &p.weight(n.w), mean, rstd, dy, dx, acc, dw.as_ref(), db.as_ref(), rows, c)
+                let (dw, db) = (dw.as_ref(), db.as_ref());
+                layernorm::backward(enc, x, &p.weight(n.w), mean, rstd, dy, dx, acc, dw, db, Some(red), rows, c)
             }
             None => rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, acc, dw.as_ref(), Some(red), rows, c),
         }

@@ -6,8 +6,8 @@ use super::config::{Arch, ModelConfig};
 use super::lora::LoraShape;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::bias;
 use crate::ops::embedding::{self, GroupIndex};
+use crate::ops::{bias, layernorm};
 
 /// Saved activations of one block: what `block_fwd` writes and `block_bwd` reads (the
 /// decoder holds one set too, see `generate::Scratch`).
@@ -192,7 +192,11 @@ impl Lens {
         // Reductions across rows: biases (fan-out up to F, 3C, Q), norm weights (C) over
         // the micro-batch's rows or a head chunk's, and the embedding's segments.
         let widest = [c, f, q, kv, if gpt2 { 3 * c } else { 0 }].into_iter().max().unwrap_or(c);
-        let reduce = bias::scratch_len(rows.max(hr), widest).max(embedding::scratch_len(rows, c));
+        let mut reduce = bias::scratch_len(rows.max(hr), widest).max(embedding::scratch_len(rows, c));
+        if gpt2 {
+            // LayerNorm's dw and db partials side by side.
+            reduce = reduce.max(layernorm::scratch_len(rows.max(hr), c));
+        }
         grads.push(("reduce", reduce));
         let logit_rows = if opts.all_logits { n1 } else { hr };
         let head = vec![
