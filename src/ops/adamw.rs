@@ -70,8 +70,9 @@ struct Params {
     _pad: u32,
 }
 
-/// One AdamW step (its scalars in `sched`, written for this step) of `n` elements: param, m, v (n) updated in place from grad (n), clipped by the global
-/// norm in stats[0] (from grad_norm, same pass). If that norm is NaN or Inf, nothing
+/// One AdamW step (its scalars in `sched`, written for this step) of `n` elements: param,
+/// m, v (n) updated in place from grad (n), clipped by the global norm in stats[0] (from
+/// grad_norm, same pass). If that norm is NaN or Inf, nothing
 /// changes. `decay`: whether this tensor takes weight decay (biases and norms usually not).
 pub fn step(
     enc: &mut Encoder,
