@@ -7,6 +7,9 @@
 //   param = param - step_size * (m / (sqrt(v) / sqrt(bc2) + eps)),  step_size = lr / bc1
 // Scalars that torch computes as Python floats (1 - lr*wd, 1 - beta1, step_size, sqrt(bc2))
 // arrive precomputed in f64 and rounded once, as torch rounds them to the tensor's dtype.
+// Those that change every step (decay_mul, step_size, bc2_sqrt) come from `sched`, a small
+// buffer the host writes once per step, so the uniform (and the bind group) stays the same
+// from step to step.
 // The clip coefficient is computed here because torch computes it in f32 from a tensor.
 // If the norm is NaN or Inf nothing is written: the step is skipped, param, m, v keep
 // their bits, and the host (which reads the norm) reports it.
@@ -15,14 +18,12 @@
 struct Params {
     n: u32,
     flags: u32,         // DECAY | CLIP
-    decay_mul: f32,     // 1 - lr * weight_decay
     lerp_w: f32,        // 1 - beta1
     beta2: f32,
     one_m_beta2: f32,   // 1 - beta2
     eps: f32,
-    step_size: f32,     // lr / (1 - beta1^step)
-    bc2_sqrt: f32,      // sqrt(1 - beta2^step)
     max_norm: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -31,6 +32,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;     // (n) first moment
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;     // (n) second moment
 @group(0) @binding(5) var<storage, read> stats: array<f32>;       // (4) [0] = global grad norm
+// (4) [1 - lr * weight_decay, lr / (1 - beta1^step), sqrt(1 - beta2^step), 0]
+@group(0) @binding(6) var<storage, read> sched: array<f32>;
 
 @compute @workgroup_size(WG)
 fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -46,7 +49,7 @@ fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     var w = param[i];
     if ((p.flags & DECAY) != 0u) {
-        w = w * p.decay_mul;
+        w = w * sched[0];
     }
     var mi = m[i];
     // torch's lerp: the branch keeps the result exact at weight 0 and 1.
@@ -56,8 +59,8 @@ fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         mi = g - (g - mi) * (1.0 - p.lerp_w);
     }
     let vi = v[i] * p.beta2 + p.one_m_beta2 * (g * g);
-    let denom = sqrt(vi) / p.bc2_sqrt + p.eps;
-    w = w - p.step_size * (mi / denom);
+    let denom = sqrt(vi) / sched[2] + p.eps;
+    w = w - sched[1] * (mi / denom);
     param[i] = w;
     m[i] = mi;
     v[i] = vi;

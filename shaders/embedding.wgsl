@@ -6,8 +6,11 @@
 // wq_get (quant.wgsl), one pipeline per format.
 // Backward: dw[id] += sum of dout rows with that id. Scattering with atomics would make
 // the sum's order (and so its rounding) vary run to run, and WGSL has no float atomics
-// anyway; instead the host groups the rows by id (CSR: uniq, starts, rows) and one
-// workgroup owns each unique id, summing its rows in a fixed order.
+// anyway; instead the host groups the rows by id and cuts each id's rows into segments of
+// at most SEG rows. Stage 1: one workgroup per segment sums its rows in a fixed order
+// (into dw directly when the segment is its id's only one); stage 2: each id with
+// several segments adds their sums in order. So an id filling every row is summed by
+// rows/SEG workgroups, not serially by one.
 
 // `scale` multiplies the token rows (Gemma 3 scales its embeddings by sqrt(C), in the model
 // dtype, before anything else) and, in the backward, each dout element before it is summed,
@@ -16,7 +19,7 @@ struct Params {
     rows: u32,
     c: u32,
     flags: u32,  // HAS_POS
-    n_uniq: u32,
+    n_uniq: u32, // backward: the finals' capacity (rows: the segments')
     scale: f32,
     _p0: u32,
     _p1: u32,
@@ -59,14 +62,17 @@ fn embedding_forward_compact(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     out[i] = v;
 }
 
-@group(0) @binding(1) var<storage, read> uniq: array<u32>;        // (U) the distinct ids
-@group(0) @binding(2) var<storage, read> starts: array<u32>;      // (U + 1) into grp_rows
-@group(0) @binding(3) var<storage, read> grp_rows: array<u32>;    // (n) rows grouped by id
-@group(0) @binding(4) var<storage, read> dout: array<f32>;        // (rows, C)
-@group(0) @binding(5) var<storage, read_write> dw: array<f32>;    // (V, C) or (P, C)
+@group(0) @binding(1) var<storage, read> counts: array<u32>;     // (4) [segments, finals]
+@group(0) @binding(2) var<storage, read> segs: array<u32>;       // (4 * S) id, first, end, slot
+@group(0) @binding(3) var<storage, read> grp_rows: array<u32>;   // (n) rows grouped by id
+@group(0) @binding(4) var<storage, read> dout: array<f32>;       // (rows, C)
+@group(0) @binding(5) var<storage, read_write> dw: array<f32>;   // (V, C) or (P, C)
+@group(0) @binding(6) var<storage, read_write> part: array<f32>; // (slots, C) partial sums
 
-// One workgroup per unique id (the grid folded like grid_1d with a width of 1), threads
-// striding over C. Rows within a group are in ascending order, so the sum is deterministic.
+// Stage 1: one workgroup per segment (at most SEG rows of one id; the grid folded like
+// grid_1d with a width of 1, sized for the index's capacity, p.rows segments), threads
+// striding over C. Rows within a segment are ascending, so each sum is deterministic. An
+// id's only segment adds into dw; one of several writes its slot of `part`.
 @compute @workgroup_size(WG)
 fn embedding_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -74,15 +80,47 @@ fn embedding_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let u = flat_id(wid, nwg, 1u);
-    if (u >= p.n_uniq) { return; }
-    let base = uniq[u] * p.c;
-    let k0 = starts[u];
-    let k1 = starts[u + 1u];
+    if (u >= counts[0]) { return; }
+    let base = segs[4u * u] * p.c;
+    let k0 = segs[4u * u + 1u];
+    let k1 = segs[4u * u + 2u];
+    let slot = segs[4u * u + 3u];
     for (var ch = lid.x; ch < p.c; ch += WG) {
         var s = 0.0;
         for (var k = k0; k < k1; k++) {
             s += dout[grp_rows[k] * p.c + ch] * p.scale;
         }
-        dw[base + ch] += s;
+        if (slot == 0xffffffffu) {
+            dw[base + ch] += s;
+        } else {
+            part[slot * p.c + ch] = s;
+        }
+    }
+}
+
+@group(0) @binding(1) var<storage, read> fmeta: array<u32>;      // (4) [segments, finals]
+@group(0) @binding(2) var<storage, read> finals: array<u32>;     // (3 * F) id, first, end slot
+@group(0) @binding(3) var<storage, read> fpart: array<f32>;      // (slots, C)
+@group(0) @binding(4) var<storage, read_write> fdw: array<f32>;  // (V, C) or (P, C)
+
+// Stage 2: one workgroup per id with several segments (p.n_uniq of them at most), adding
+// its segments' sums in slot (= row) order.
+@compute @workgroup_size(WG)
+fn embedding_backward_finish(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let f = flat_id(wid, nwg, 1u);
+    if (f >= fmeta[1]) { return; }
+    let base = finals[3u * f] * p.c;
+    let s0 = finals[3u * f + 1u];
+    let s1 = finals[3u * f + 2u];
+    for (var ch = lid.x; ch < p.c; ch += WG) {
+        var s = 0.0;
+        for (var k = s0; k < s1; k++) {
+            s += fpart[k * p.c + ch];
+        }
+        fdw[base + ch] += s;
     }
 }

@@ -5,14 +5,20 @@
 //   dw = sum over rows of dy * xhat,  db = sum over rows of dy
 // The variance is a second pass over the row (sum of (x - mean)^2), not E[x^2] - mean^2,
 // which cancels catastrophically when |mean| >> std. Row reductions (wg_sum, wg_sum2 in
-// common.wgsl): one WG-thread workgroup per row; dw/db: one thread per column looping
-// over rows (deterministic).
+// common.wgsl): one WG-thread workgroup per row. dw/db across rows in two stages, with no
+// atomics (deterministic): one thread per (column, chunk of p.chunk rows) writes the
+// chunk's partial sums (PARTIAL: dw and db are then the two halves of a scratch), and
+// bias.wgsl's colsum_finish adds the chunks in order; with one chunk it adds into dw/db.
 
 struct Params {
     rows: u32,
     c: u32,
-    flags: u32,  // ACCUMULATE (dx) | HAS_DW | HAS_DB
+    flags: u32,  // ACCUMULATE (dx) | HAS_DW | HAS_DB | PARTIAL
     eps: f32,
+    chunk: u32,  // rows per partial sum of dw/db
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -90,20 +96,27 @@ fn layernorm_backward(
 @group(0) @binding(2) var<storage, read> wmean: array<f32>;       // (rows)
 @group(0) @binding(3) var<storage, read> wrstd: array<f32>;       // (rows)
 @group(0) @binding(4) var<storage, read> wdy: array<f32>;         // (rows, C)
-@group(0) @binding(5) var<storage, read_write> dw: array<f32>;    // (C), accumulated
-@group(0) @binding(6) var<storage, read_write> db: array<f32>;    // (C), accumulated
+@group(0) @binding(5) var<storage, read_write> dw: array<f32>;    // (C) accumulated, or (chunks, C)
+@group(0) @binding(6) var<storage, read_write> db: array<f32>;    // (C) accumulated, or (chunks, C)
 
 @compute @workgroup_size(WG)
 fn layernorm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ch = gid.x;
     if (ch >= p.c) { return; }
+    let r0 = gid.y * p.chunk;
+    let r1 = min(r0 + p.chunk, p.rows);
     var sw = 0.0;
     var sb = 0.0;
-    for (var row = 0u; row < p.rows; row++) {
+    for (var row = r0; row < r1; row++) {
         let o = row * p.c + ch;
         let g = wdy[o];
         sw = fma(g, (wx[o] - wmean[row]) * wrstd[row], sw);
         sb += g;
+    }
+    if ((p.flags & PARTIAL) != 0u) {
+        dw[gid.y * p.c + ch] = sw;
+        db[gid.y * p.c + ch] = sb;
+        return;
     }
     if ((p.flags & HAS_DW) != 0u) { dw[ch] += sw; }
     if ((p.flags & HAS_DB) != 0u) { db[ch] += sb; }

@@ -328,20 +328,3 @@ fn store_row4(m: u32, n0: u32, v: vec4<f32>) {
     if (n0 + 32u < p.n) { store(m, n0 + 32u, v.z); }
     if (n0 + 48u < p.n) { store(m, n0 + 48u, v.w); }
 }
-
-// The bias gradient: db(N) [+]= sum over rows of dy(M, N). One thread per column, so the
-// loads of a row coalesce across the workgroup. Reuses Params: m, n, flags.
-@group(0) @binding(1) var<storage, read> dy: array<f32>;          // (M, N)
-@group(0) @binding(2) var<storage, read_write> dbias: array<f32>; // (N)
-
-@compute @workgroup_size(WG)
-fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n = gid.x;
-    if (n >= p.n) { return; }
-    var s = 0.0;
-    for (var m = 0u; m < p.m; m++) {
-        s += dy[m * p.n + n];
-    }
-    if ((p.flags & ACCUMULATE) != 0u) { s += dbias[n]; }
-    dbias[n] = s;
-}

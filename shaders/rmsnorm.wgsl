@@ -4,9 +4,10 @@
 //   dx = rstd * (g - x * rstd^2 * mean(g * x))
 //   dw = sum over rows of dy * x * rstd
 // The row reductions (wg_sum, common.wgsl) take one WG-thread workgroup per row (rows
-// folded into y past 65535 workgroups); dw takes one thread per column looping over rows,
-// so it is deterministic with no atomics and the loads of a row coalesce across the
-// workgroup.
+// folded into y past 65535 workgroups). dw is reduced across rows in two stages with no
+// atomics, deterministic: here one thread per (column, chunk of p.chunk rows) writes the
+// chunk's partial sum (the loads of a row coalesce across the workgroup), and bias.wgsl's
+// colsum_finish adds the chunks in order; with a single chunk it adds into dw itself.
 
 // Gemma's RMSNorm scales by (1 + w) instead of w (weights stored as offsets from 1, as
 // transformers' Gemma3RMSNorm keeps them): with the PLUS_ONE flag (from src/ops/rmsnorm.rs)
@@ -16,8 +17,12 @@
 struct Params {
     rows: u32,
     c: u32,
-    flags: u32,  // ACCUMULATE (y in the forward, dx in the backward), PLUS_ONE
+    flags: u32,  // ACCUMULATE (y in the forward; dx; dw's first stage when it has one chunk), PLUS_ONE
     eps: f32,
+    chunk: u32,  // rows per partial sum of dw
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 fn weight_of(v: f32) -> f32 {
@@ -86,16 +91,20 @@ fn rmsnorm_backward(
 @group(0) @binding(1) var<storage, read> wx: array<f32>;          // (rows, C)
 @group(0) @binding(2) var<storage, read> wrstd: array<f32>;       // (rows)
 @group(0) @binding(3) var<storage, read> wdy: array<f32>;         // (rows, C)
-@group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (C), accumulated
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;    // (chunks, C) partials, or (C)
 
 @compute @workgroup_size(WG)
 fn rmsnorm_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ch = gid.x;
     if (ch >= p.c) { return; }
+    let r0 = gid.y * p.chunk;
+    let r1 = min(r0 + p.chunk, p.rows);
     var s = 0.0;
-    for (var row = 0u; row < p.rows; row++) {
+    for (var row = r0; row < r1; row++) {
         let o = row * p.c + ch;
         s = fma(wdy[o] * wx[o], wrstd[row], s);
     }
-    dw[ch] += s;
+    let o = gid.y * p.c + ch;
+    if ((p.flags & ACCUMULATE) != 0u) { s += dw[o]; }
+    dw[o] = s;
 }

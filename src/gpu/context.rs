@@ -36,6 +36,9 @@ pub struct Gpu {
     pub no_reuse: bool,
     /// Bound in place of an optional argument a dispatch does not use.
     pub dummy: Tensor,
+    /// 16 zero bytes that no kernel writes (`dummy` may be bound writable): read where an
+    /// optional input must read as zero (dropout's salt outside training).
+    pub zero: Tensor,
     /// Matmul kernels from the CPU-adapter column of `ops::matmul::choose` (no workgroup
     /// memory or barriers). Chosen from the adapter; `WEBTUNE_MATMUL=gpu|cpu` overrides it.
     pub matmul_cpu: bool,
@@ -97,6 +100,15 @@ impl Gpu {
             }),
             4,
         );
+        let zero = Tensor::whole(
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("zero"),
+                size: 16,
+                usage: Self::usage(),
+                mapped_at_creation: false,
+            }),
+            4,
+        );
         let matmul_cpu = match std::env::var("WEBTUNE_MATMUL").as_deref() {
             Ok("gpu") => false,
             Ok("cpu") => true,
@@ -112,6 +124,7 @@ impl Gpu {
             lost,
             matmul_cpu,
             dummy,
+            zero,
             info: GpuInfo {
                 name: info.name.clone(),
                 backend: format!("{:?}", info.backend),
@@ -126,6 +139,21 @@ impl Gpu {
             bind_groups: Mutex::new(HashMap::new()),
             no_reuse: std::env::var("WEBTUNE_NO_REUSE").map(|v| v == "1").unwrap_or(false),
         }
+    }
+
+    /// Pipelines built so far (one per kernel entry point and binding signature).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.lock().unwrap().len()
+    }
+
+    /// Bind groups held by the cache (`Encoder::cache_binds`).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.bind_groups.lock().unwrap().len()
+    }
+
+    /// Uniform buffers held by the cache (`Gpu::uniform`).
+    pub fn cached_uniforms(&self) -> usize {
+        self.uniforms.lock().unwrap().len()
     }
 
     /// Drop every cached bind group (and so the buffers only they held).

@@ -95,6 +95,11 @@ pub struct Encoder<'g> {
     /// Reuse bind groups across dispatches and steps (`Gpu::bind_groups`): for an owner
     /// whose buffers persist (the trainer), which forgets them when it frees those.
     pub cache_binds: bool,
+    /// Submit after this many dispatches (0: only when asked), so the GPU starts on the
+    /// first layers while the CPU still encodes the rest. Queue order is submission order,
+    /// so the results are the same bits either way.
+    pub submit_every: u64,
+    since_submit: u64,
 }
 
 /// (pipeline key, parameter bytes, (buffer id, offset, size) of each argument).
@@ -106,7 +111,16 @@ const MAX_BIND_GROUPS: usize = 16384;
 
 impl<'g> Encoder<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        Encoder { gpu, enc: None, pass: None, profile: None, dispatches: 0, cache_binds: false }
+        Encoder {
+            gpu,
+            enc: None,
+            pass: None,
+            profile: None,
+            dispatches: 0,
+            cache_binds: false,
+            submit_every: 0,
+            since_submit: 0,
+        }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -194,6 +208,10 @@ impl<'g> Encoder<'g> {
         if self.profile.is_some() {
             self.profile_flush(&format!("{}.{}", k.name, entry), cost);
         }
+        self.since_submit += 1;
+        if self.submit_every > 0 && self.since_submit >= self.submit_every {
+            self.submit();
+        }
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -255,6 +273,7 @@ impl<'g> Encoder<'g> {
     /// Submit everything recorded so far.
     pub fn submit(&mut self) {
         self.end_pass();
+        self.since_submit = 0;
         if let Some(enc) = self.enc.take() {
             Counters::add(&self.gpu.counters.submits, 1);
             self.gpu.queue.submit([enc.finish()]);

@@ -16,9 +16,11 @@ use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dequant::CompactWeight;
-use crate::ops::dropout::{self, Mask};
+use crate::ops::dropout::{self, Mask, Salts};
 use crate::ops::matmul::{matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, Weight, WeightLayout};
-use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu};
+use crate::ops::{
+    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu,
+};
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
 /// adapter buffers (`Workspace::lora`, made by `Model::workspace`) and the dropout salt
@@ -26,7 +28,7 @@ use crate::ops::{attention, copy2d, cross_entropy, embedding, fill, gather, gelu
 #[derive(Clone, Copy)]
 pub struct LoraIo<'a> {
     pub acts: &'a LoraActs,
-    pub salt: Option<u32>,
+    pub salt: Option<Salts<'a>>,
     /// Each adapter's u = drop(x) A^T already holds this micro-batch's values (kept per
     /// adapter site from the forward): a recomputing forward skips the dropout and the
     /// u product, which would write the same bits again.
@@ -34,8 +36,9 @@ pub struct LoraIo<'a> {
 }
 
 impl<'a> LoraIo<'a> {
-    pub fn of(ws: &'a Workspace, inp: &Inputs) -> Option<LoraIo<'a>> {
-        ws.lora.as_ref().map(|acts| LoraIo { acts, salt: inp.dropout_salt, u_ready: false })
+    pub fn of(ws: &'a Workspace, inp: &'a Inputs) -> Option<LoraIo<'a>> {
+        let salt = inp.dropout_salt.as_ref().map(|(buf, slot)| Salts { buf, slot: *slot });
+        ws.lora.as_ref().map(|acts| LoraIo { acts, salt, u_ready: false })
     }
 }
 
@@ -102,16 +105,13 @@ impl Model {
         Linear { rows, fan_in: l.fan_in, fan_out: l.fan_out, layout: l.layout }
     }
 
-    /// The dropout mask of adapter `lp` for this micro-batch, when dropout is on.
-    fn lora_mask(&self, lp: &LoraP, salt: Option<u32>) -> Option<Mask> {
+    /// The dropout mask of adapter `lp` for this micro-batch, when dropout is on: its salt
+    /// is the micro-batch's slot of the salt buffer (written by the trainer each step).
+    fn lora_mask<'a>(&self, lp: &LoraP, salt: Option<Salts<'a>>) -> Option<(Mask, Salts<'a>)> {
         let cfg = self.lora.as_ref()?;
         let salt = salt?;
-        (cfg.dropout > 0.0).then_some(Mask {
-            p: cfg.dropout,
-            seed: (cfg.seed ^ (cfg.seed >> 32)) as u32,
-            salt,
-            site: lp.site as u32,
-        })
+        let mask = Mask { p: cfg.dropout, seed: (cfg.seed ^ (cfg.seed >> 32)) as u32, salt: 0, site: lp.site as u32 };
+        (cfg.dropout > 0.0).then_some((mask, salt))
     }
 
     /// A weight matrix as the matmul reads it: compact when the parameter store keeps it so
@@ -154,8 +154,8 @@ impl Model {
         // + s * u . B^T in one dispatch (the adapter in the base product's epilogue).
         if !io.u_ready {
             let xin = match (self.lora_mask(lp, io.salt), io.acts.xd.as_ref()) {
-                (Some(mask), Some(xd)) => {
-                    dropout::forward(enc, &mask, x, xd, rows * l.fan_in);
+                (Some((mask, salts)), Some(xd)) => {
+                    dropout::forward_salted(enc, &mask, Some(salts), x, xd, rows * l.fan_in);
                     xd
                 }
                 _ => x,
@@ -180,16 +180,16 @@ impl Model {
         x: &Tensor,
         dx: Option<(&Tensor, bool)>,
         lora: Option<LoraIo>,
+        red: &Tensor,
     ) {
         let p = &self.params;
         let lin = self.lin(l, rows);
         let w = self.matrix(l.w);
-        let lora = Self::lora_io(l, lora);
-        let Some((lp, io)) = lora else {
+        let Some((lp, io)) = Self::lora_io(l, lora) else {
             if let Some((dx, acc)) = dx {
                 lin.backward_input(enc, dy, w.get(), dx, acc);
             }
-            self.linear_bwd_weight(enc, l, lin, dy, x);
+            self.linear_bwd_weight(enc, l, lin, dy, x, red);
             return;
         };
         let (r, s, (fi, fo)) = (lp.rank, lp.scale, (l.fan_in, l.fan_out));
@@ -202,10 +202,10 @@ impl Model {
         // rides in the base product's epilogue; with it, it goes through the mask first.
         if let Some((dx, acc)) = dx {
             match mask {
-                Some((m, xd)) => {
+                Some(((m, salts), xd)) => {
                     lin.backward_input(enc, dy, w.get(), dx, acc);
                     matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, xd, false);
-                    dropout::backward(enc, &m, xd, dx, rows * fi, true);
+                    dropout::backward_salted(enc, &m, Some(salts), xd, dx, rows * fi, true);
                 }
                 None => {
                     let lora = LoraEpilogue { u: g, b: &a, b_t: true, rank: r, scale: s };
@@ -213,7 +213,7 @@ impl Model {
                 }
             }
         }
-        self.linear_bwd_weight(enc, l, lin, dy, x);
+        self.linear_bwd_weight(enc, l, lin, dy, x, red);
         // dB(out, R) += s * dy^T . u
         if let Some(db) = p.grad(lp.b) {
             matmul_scaled(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, None, None, &db, true);
@@ -221,8 +221,8 @@ impl Model {
         if let Some(da) = p.grad(lp.a) {
             // dA(R, in) += s * g^T . drop(x), the dropped input rebuilt from its mask.
             let xin = match mask {
-                Some((m, xd)) => {
-                    dropout::forward(enc, &m, x, xd, rows * fi);
+                Some(((m, salts), xd)) => {
+                    dropout::forward_salted(enc, &m, Some(salts), x, xd, rows * fi);
                     xd
                 }
                 None => x,
@@ -233,12 +233,15 @@ impl Model {
         }
     }
 
-    /// The base layer's weight and bias gradients, when trainable (full fine-tuning).
-    fn linear_bwd_weight(&self, enc: &mut Encoder, l: &LinearP, lin: Linear, dy: &Tensor, x: &Tensor) {
+    /// The base layer's weight and bias gradients, when trainable (full fine-tuning); the
+    /// bias in two stages through the workspace's reduction scratch `red`.
+    fn linear_bwd_weight(&self, enc: &mut Encoder, l: &LinearP, lin: Linear, dy: &Tensor, x: &Tensor, red: &Tensor) {
         let p = &self.params;
         if let Some(dw) = p.grad(l.w) {
-            let db = l.b.and_then(|b| p.grad(b));
-            lin.backward_weight(enc, dy, x, &dw, db.as_ref());
+            lin.backward_weight(enc, dy, x, &dw, None);
+        }
+        if let Some(db) = l.b.and_then(|b| p.grad(b)) {
+            bias::backward(enc, lin.rows, l.fan_out, dy, &db, Some(red), true);
         }
     }
 
@@ -272,15 +275,17 @@ impl Model {
         dy: &Tensor,
         dx: &Tensor,
         acc: bool,
+        red: &Tensor,
     ) {
         let (p, c) = (&self.params, self.cfg.hidden);
         let dw = p.grad(n.w);
         match n.b {
             Some(b) => {
                 let db = p.grad(b);
-                layernorm::backward(enc, x, &p.weight(n.w), mean, rstd, dy, dx, acc, dw.as_ref(), db.as_ref(), rows, c)
+                let (dw, db) = (dw.as_ref(), db.as_ref());
+                layernorm::backward(enc, x, &p.weight(n.w), mean, rstd, dy, dx, acc, dw, db, Some(red), rows, c)
             }
-            None => rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, acc, dw.as_ref(), rows, c),
+            None => rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, acc, dw.as_ref(), Some(red), rows, c),
         }
     }
 
@@ -317,7 +322,8 @@ impl Model {
     ) {
         let (p, d) = (&self.params, self.cfg.head_dim);
         let dw = p.grad(n.w);
-        rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, false, dw.as_ref(), rows * heads, d);
+        // One stage: the workspace's reduction scratch is not passed down to the head norms.
+        rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, false, dw.as_ref(), None, rows * heads, d);
     }
 
     fn attn_shape(&self, inp: &Inputs) -> AttnShape {
@@ -339,14 +345,14 @@ impl Model {
 
     /// The embeddings' gradients from dx(rows, C), the gradient of `embed_fwd`'s output
     /// (the rows grouped by token id and by position: `Inputs::by_id`, `Inputs::by_pos`).
-    fn embed_bwd(&self, enc: &mut Encoder, inp: &Inputs, dx: &Tensor) {
+    fn embed_bwd(&self, enc: &mut Encoder, inp: &Inputs, dx: &Tensor, red: &Tensor) {
         let (p, c) = (&self.params, self.cfg.hidden);
         if let (Some(dw), Some(idx)) = (p.grad(self.tree.wte), &inp.by_id) {
-            embedding::backward(enc, idx, dx, &dw, c);
+            embedding::backward(enc, idx, dx, &dw, red, c);
         }
         if let (Some(wpe), Some(idx)) = (self.tree.wpe, &inp.by_pos) {
             if let Some(dw) = p.grad(wpe) {
-                embedding::backward(enc, idx, dx, &dw, c);
+                embedding::backward(enc, idx, dx, &dw, red, c);
             }
         }
     }
@@ -417,6 +423,7 @@ impl Model {
         pos: &Tensor,
         dx: &Tensor,
         lio: Option<LoraIo>,
+        red: &Tensor,
     ) {
         let cfg = &self.cfg;
         let (dq, dk, dv) = (&g.dq, &g.dk, &g.dv);
@@ -435,9 +442,9 @@ impl Model {
                     (Some(_), ..) => panic!("q/k norms need their activation and gradient buffers"),
                     (None, ..) => (dq, dk),
                 };
-                self.linear_bwd(enc, wq, rows, dq, x, Some((dx, false)), lio);
-                self.linear_bwd(enc, wk, rows, dk, x, Some((dx, true)), lio);
-                self.linear_bwd(enc, wv, rows, dv, x, Some((dx, true)), lio);
+                self.linear_bwd(enc, wq, rows, dq, x, Some((dx, false)), lio, red);
+                self.linear_bwd(enc, wk, rows, dk, x, Some((dx, true)), lio, red);
+                self.linear_bwd(enc, wv, rows, dv, x, Some((dx, true)), lio, red);
             }
             AttnP::Fused { c_attn } => {
                 let c = cfg.hidden;
@@ -445,7 +452,7 @@ impl Model {
                 for (i, src) in [dq, dk, dv].into_iter().enumerate() {
                     copy2d::copy2d(enc, src, c, 0, dqkv, 3 * c, i * c, rows, c);
                 }
-                self.linear_bwd(enc, c_attn, rows, dqkv, x, Some((dx, false)), lio);
+                self.linear_bwd(enc, c_attn, rows, dqkv, x, Some((dx, false)), lio, red);
             }
         }
     }
@@ -505,9 +512,10 @@ impl Model {
         lio: Option<LoraIo>,
     ) {
         let Causal { shape, seg, lse } = causal;
-        self.linear_bwd(enc, &blk.o, rows, dout, o, Some((&g.d_o, false)), lio);
+        let red = &g.reduce;
+        self.linear_bwd(enc, &blk.o, rows, dout, o, Some((&g.d_o, false)), lio, red);
         attention::backward(enc, shape, q, k, v, seg, o, lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv);
-        self.qkv_bwd(enc, blk, rows, x, qkn, g, pos, dx, lio);
+        self.qkv_bwd(enc, blk, rows, x, qkn, g, pos, dx, lio, &g.reduce);
     }
 
     /// out = resid + mlp(x): x (rows, C) normed, h1/h2/act (rows, F) saved for the
@@ -563,19 +571,19 @@ impl Model {
         g: &Grads,
         lio: Option<LoraIo>,
     ) {
-        let f = self.cfg.ffn;
+        let (f, red) = (self.cfg.ffn, &g.reduce);
         match &blk.mlp {
             MlpP::Gated { gate, up, down } => {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
-                self.linear_bwd(enc, down, rows, dout, act, Some((&g.dact, false)), lio);
+                self.linear_bwd(enc, down, rows, dout, act, Some((&g.dact, false)), lio, red);
                 swiglu::backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
-                self.linear_bwd(enc, gate, rows, &g.dh1, x, Some((dx, false)), lio);
-                self.linear_bwd(enc, up, rows, &g.dh2, x, Some((dx, true)), lio);
+                self.linear_bwd(enc, gate, rows, &g.dh1, x, Some((dx, false)), lio, red);
+                self.linear_bwd(enc, up, rows, &g.dh2, x, Some((dx, true)), lio, red);
             }
             MlpP::Gelu { fc, proj } => {
-                self.linear_bwd(enc, proj, rows, dout, act, Some((&g.dact, false)), lio);
+                self.linear_bwd(enc, proj, rows, dout, act, Some((&g.dact, false)), lio, red);
                 gelu::backward(enc, h1, &g.dact, &g.dh1, rows * f);
-                self.linear_bwd(enc, fc, rows, &g.dh1, x, Some((dx, false)), lio);
+                self.linear_bwd(enc, fc, rows, &g.dh1, x, Some((dx, false)), lio, red);
             }
         }
     }
@@ -643,9 +651,9 @@ impl Model {
     ) {
         let qkv = [&a.q, &a.k, &a.v];
         self.mlp_bwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &g.dres, &g.dln, g, lio);
-        self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true);
+        self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true, &g.reduce);
         self.attn_bwd(enc, blk, rows, &a.ln1, a.qk_norm.as_ref(), qkv, &a.o, &g.dres, &g.dln, g, pos, causal, lio);
-        self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true);
+        self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true, &g.reduce);
     }
 
     /// One head chunk's forward over k loss rows (their rows of the last block's output
@@ -662,7 +670,7 @@ impl Model {
     fn head_bwd(&self, enc: &mut Encoder, ws: &Workspace, k: usize, loss_rows: &Tensor, dlogits: &Tensor) {
         let (cfg, ln_f) = (&self.cfg, &self.tree.ln_f);
         self.lm_head_bwd(enc, k, &ws.hf, dlogits, &ws.dhf);
-        self.norm_bwd(enc, ln_f, k, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false);
+        self.norm_bwd(enc, ln_f, k, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false, &ws.grads.reduce);
         gather::scatter(enc, &ws.dhg, loss_rows, &ws.grads.dres, k, cfg.hidden);
     }
 
@@ -739,6 +747,6 @@ impl Model {
             }
             self.block_bwd(enc, blk, rows, x, a, &ws.grads, &inp.pos, &causal, lio);
         }
-        self.embed_bwd(enc, inp, &ws.grads.dres);
+        self.embed_bwd(enc, inp, &ws.grads.dres, &ws.grads.reduce);
     }
 }

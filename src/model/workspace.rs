@@ -6,7 +6,8 @@ use super::config::{Arch, ModelConfig};
 use super::lora::LoraShape;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::embedding::GroupIndex;
+use crate::ops::embedding::{self, GroupIndex};
+use crate::ops::{bias, layernorm};
 
 /// Saved activations of one block: what `block_fwd` writes and `block_bwd` reads (the
 /// decoder holds one set too, see `generate::Scratch`).
@@ -69,6 +70,10 @@ pub struct Grads {
     pub dact: Tensor,
     /// (B*H*T)
     pub delta: Tensor,
+    /// Partial sums of the two-stage reductions across rows (bias and norm weight
+    /// gradients: (rows / ROW_CHUNK, widest), the embedding's: one row per segment of a
+    /// frequent id), one reduction at a time.
+    pub reduce: Tensor,
 }
 
 /// The micro-batch on the GPU.
@@ -86,9 +91,10 @@ pub struct Inputs {
     /// Rows grouped by token id and by position, for the embedding gradients.
     pub by_id: Option<GroupIndex>,
     pub by_pos: Option<GroupIndex>,
-    /// Training micro-batches set this to turn LoRA dropout on: the mask's salt (distinct
-    /// per optimizer step and micro-batch). None (scoring, generation): no dropout.
-    pub dropout_salt: Option<u32>,
+    /// Training micro-batches set this to turn LoRA dropout on: u32 (slots) the masks'
+    /// salts (distinct per optimizer step and micro-batch, written by the trainer each
+    /// step), and this micro-batch's slot. None (scoring, generation): no dropout.
+    pub dropout_salt: Option<(Tensor, u32)>,
 }
 
 /// Bytes a buffer of `len` 32-bit elements takes on the GPU: `Gpu::zeros` allocates at
@@ -219,6 +225,15 @@ impl Lens {
         grads.extend([("d_o", rows * q), ("dh1", rows * f), ("dh2", rows * f), ("dact", rows * f), ("delta", bht)]);
         let n1 = n.max(1);
         let hr = n1.min(head_rows(opts.head_chunk, cfg.vocab));
+        // Reductions across rows: biases (fan-out up to F, 3C, Q), norm weights (C) over
+        // the micro-batch's rows or a head chunk's, and the embedding's segments.
+        let widest = [c, f, q, kv, if gpt2 { 3 * c } else { 0 }].into_iter().max().unwrap_or(c);
+        let mut reduce = bias::scratch_len(rows.max(hr), widest).max(embedding::scratch_len(rows, c));
+        if gpt2 {
+            // LayerNorm's dw and db partials side by side.
+            reduce = reduce.max(layernorm::scratch_len(rows.max(hr), c));
+        }
+        grads.push(("reduce", reduce));
         let logit_rows = if opts.all_logits { n1 } else { hr };
         let head = vec![
             ("hg", hr * c),
@@ -343,6 +358,7 @@ impl Workspace {
             dh2: z(gl, "dh2")?,
             dact: z(gl, "dact")?,
             delta: z(gl, "delta")?,
+            reduce: z(gl, "reduce")?,
         };
         let lora = lora.map(|l| LoraActs::new(gpu, &l, rows)).transpose()?;
         let h = &lens.head;
@@ -399,7 +415,7 @@ impl Workspace {
         out.extend([&g.dres, &g.dln, &g.dq, &g.dk, &g.dv]);
         out.extend(&g.dqkv);
         out.extend(g.dq_raw.iter().chain(&g.dk_raw));
-        out.extend([&g.d_o, &g.dh1, &g.dh2, &g.dact, &g.delta]);
+        out.extend([&g.d_o, &g.dh1, &g.dh2, &g.dact, &g.delta, &g.reduce]);
         out.extend([&self.hg, &self.hf, &self.meanf, &self.rstdf, &self.logits, &self.nll, &self.dhf, &self.dhg]);
         if let Some(l) = &self.lora {
             out.extend(l.tensors());

@@ -16,10 +16,13 @@ struct Params {
     threshold: u32,
     scale: f32,
     accumulate: u32,
-    _pad: u32,
+    slot: u32,
 }
 
 /// Which mask: the same (seed, salt, site) gives the same mask in forward and backward.
+/// The salt the kernel uses is `salt ^ salts[slot]` with `Salts` (training: a per-step
+/// value in a small buffer the host writes, so the uniform stays the same every step), or
+/// just `salt` without.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mask {
     /// Drop probability in [0, 1).
@@ -30,7 +33,7 @@ pub struct Mask {
 }
 
 impl Mask {
-    fn params(&self, n: usize, accumulate: bool) -> Params {
+    fn params(&self, n: usize, accumulate: bool, slot: u32) -> Params {
         assert!((0.0..1.0).contains(&self.p), "dropout probability {} not in [0, 1)", self.p);
         Params {
             n: n as u32,
@@ -40,7 +43,7 @@ impl Mask {
             threshold: threshold(self.p),
             scale: 1.0 / (1.0 - self.p),
             accumulate: accumulate as u32,
-            _pad: 0,
+            slot,
         }
     }
 
@@ -65,17 +68,59 @@ fn mix32(mut x: u32) -> u32 {
     x
 }
 
+/// Per-micro-batch salts on the GPU: u32 (slots), `buf[slot]` XORed into a mask's salt.
+#[derive(Clone, Copy)]
+pub struct Salts<'a> {
+    pub buf: &'a Tensor,
+    pub slot: u32,
+}
+
+/// The salt buffer and slot to bind: without, the device's `zero` (wgpu zero-initializes
+/// buffers, and no kernel writes it), so the salt stays `Mask::salt`.
+fn salt_arg<'a>(salts: Option<Salts<'a>>, zero: &'a Tensor) -> (&'a Tensor, u32) {
+    match salts {
+        Some(s) => {
+            debug_assert!((s.slot as usize) < s.buf.len);
+            (s.buf, s.slot)
+        }
+        None => (zero, 0),
+    }
+}
+
 /// y(n) = keep ? x / (1 - p) : 0.
 pub fn forward(enc: &mut Encoder, mask: &Mask, x: &Tensor, y: &Tensor, n: usize) {
+    forward_salted(enc, mask, None, x, y, n)
+}
+
+/// `forward` with the salt XORed with `salts` (training's per-step salt).
+pub fn forward_salted(enc: &mut Encoder, mask: &Mask, salts: Option<Salts>, x: &Tensor, y: &Tensor, n: usize) {
     debug_assert!(x.len >= n && y.len >= n && n <= u32::MAX as usize);
+    let zero = enc.gpu().zero.clone();
+    let (sb, slot) = salt_arg(salts, &zero);
     let cost = Cost { flops: n as u64, bytes: 8 * n as u64 };
-    enc.dispatch(&DROPOUT, "dropout_forward", &mask.params(n, false), &[Arg::R(x), Arg::W(y)], grid_1d(n, WG), cost);
+    let p = mask.params(n, false, slot);
+    enc.dispatch(&DROPOUT, "dropout_forward", &p, &[Arg::R(x), Arg::W(y), Arg::R(sb)], grid_1d(n, WG), cost);
 }
 
 /// dx(n) [+]= keep ? dy / (1 - p) : 0.
 pub fn backward(enc: &mut Encoder, mask: &Mask, dy: &Tensor, dx: &Tensor, n: usize, accumulate: bool) {
+    backward_salted(enc, mask, None, dy, dx, n, accumulate)
+}
+
+/// `backward` with the salt XORed with `salts`, as in `forward_salted`.
+pub fn backward_salted(
+    enc: &mut Encoder,
+    mask: &Mask,
+    salts: Option<Salts>,
+    dy: &Tensor,
+    dx: &Tensor,
+    n: usize,
+    accumulate: bool,
+) {
     debug_assert!(dy.len >= n && dx.len >= n && n <= u32::MAX as usize);
+    let zero = enc.gpu().zero.clone();
+    let (sb, slot) = salt_arg(salts, &zero);
     let cost = Cost { flops: n as u64, bytes: (8 + 4 * accumulate as u64) * n as u64 };
-    let p = mask.params(n, accumulate);
-    enc.dispatch(&DROPOUT, "dropout_backward", &p, &[Arg::R(dy), Arg::W(dx)], grid_1d(n, WG), cost);
+    let p = mask.params(n, accumulate, slot);
+    enc.dispatch(&DROPOUT, "dropout_backward", &p, &[Arg::R(dy), Arg::W(dx), Arg::R(sb)], grid_1d(n, WG), cost);
 }

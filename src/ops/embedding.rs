@@ -1,7 +1,8 @@
 //! Token and position embeddings (shaders/embedding.wgsl): a gather forward (from an f32
 //! table, or from a compact frozen one through the dequantizers of shaders/quant.wgsl),
 //! and a deterministic, atomic-free scatter-add backward driven by a host-built grouping
-//! of rows by id.
+//! of rows by id, in segments of at most `SEG` rows so that a frequent id is summed in
+//! parallel.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -36,43 +37,116 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// The rows of a batch grouped by id, in CSR form: the rows holding `uniq[u]` are
-/// `rows[starts[u]..starts[u + 1]]`, ascending. Built once per batch on the host (the ids
-/// come from the host anyway) and shared by every backward that uses the same ids.
+/// Rows per segment of the backward's first stage: a workgroup sums at most this many
+/// rows of one id, so an id that fills the whole batch is summed by many workgroups in
+/// parallel, not by one serially.
+pub const SEG: usize = 64;
+
+/// `slot` of a segment that is its id's only one: it adds into dw itself.
+const DIRECT: u32 = u32::MAX;
+
+/// The rows of a batch grouped by id and cut into segments of at most `SEG` rows, in
+/// persistent buffers sized for `cap` rows and rewritten for each batch (`write`), so a
+/// training step allocates nothing and binds the same buffers with the same parameters
+/// every step (the counts are in `meta`, not in the uniform).
+#[derive(Clone)]
 pub struct GroupIndex {
-    /// u32 (U): the distinct ids, ascending.
-    pub uniq: Tensor,
-    /// u32 (U + 1): offsets into `rows`.
-    pub starts: Tensor,
-    /// u32 (n): row indices grouped by id.
+    /// u32 (4 * segments_cap): per segment (id, first, end, slot) into `rows`; slot is
+    /// DIRECT when the id has one segment, else the row of the partial sums it writes.
+    pub segs: Tensor,
+    /// u32 (3 * finals_cap): per id with several segments (id, first slot, end slot).
+    pub finals: Tensor,
+    /// u32 (cap): row indices grouped by id, ascending within an id.
     pub rows: Tensor,
-    pub n_uniq: usize,
+    /// u32 (4): [segments, finals, 0, 0] of the current batch.
+    pub meta: Tensor,
+    pub cap: usize,
+    /// Rows and distinct ids of the current batch.
     pub n: usize,
+    pub n_uniq: usize,
+}
+
+/// The host side of `GroupIndex::write`: (rows grouped by id, segments, finals).
+pub type Plan = (Vec<u32>, Vec<[u32; 4]>, Vec<[u32; 3]>);
+
+/// Group `ids` by id (a stable sort, so rows stay ascending within an id and the GPU's
+/// sum order, and so its rounding, depends only on the batch) and cut each group into
+/// segments of `SEG` rows.
+pub fn plan(ids: &[u32]) -> Plan {
+    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+    order.sort_by_key(|&r| ids[r as usize]);
+    let (mut segs, mut finals) = (Vec::new(), Vec::new());
+    let mut slots = 0u32;
+    let mut k0 = 0;
+    while k0 < order.len() {
+        let id = ids[order[k0] as usize];
+        let mut k1 = k0;
+        while k1 < order.len() && ids[order[k1] as usize] == id {
+            k1 += 1;
+        }
+        if k1 - k0 <= SEG {
+            segs.push([id, k0 as u32, k1 as u32, DIRECT]);
+        } else {
+            let first = slots;
+            for a in (k0..k1).step_by(SEG) {
+                segs.push([id, a as u32, (a + SEG).min(k1) as u32, slots]);
+                slots += 1;
+            }
+            finals.push([id, first, slots]);
+        }
+        k0 = k1;
+    }
+    (order, segs, finals)
+}
+
+/// Most segments of `cap` rows: one per id with at most SEG rows, and fewer than
+/// 2 rows / SEG for the ids with more (each has more than SEG rows).
+fn segments_cap(cap: usize) -> usize {
+    cap + (2 * cap).div_ceil(SEG)
+}
+
+/// Most ids with several segments (each has more than SEG rows).
+fn finals_cap(cap: usize) -> usize {
+    cap.div_ceil(SEG + 1)
+}
+
+/// Elements of the scratch `backward` needs for batches of up to `rows` rows of C
+/// channels: one partial row per segment of an id that has several.
+pub fn scratch_len(rows: usize, c: usize) -> usize {
+    (2 * rows).div_ceil(SEG) * c
 }
 
 impl GroupIndex {
-    pub fn build(gpu: &Gpu, ids: &[u32]) -> Result<GroupIndex> {
-        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
-        // Stable, so rows stay ascending within an id: the GPU's sum order, and so its
-        // rounding, depends only on the batch.
-        order.sort_by_key(|&r| ids[r as usize]);
-        let mut uniq = Vec::new();
-        let mut starts = Vec::new();
-        for (k, &r) in order.iter().enumerate() {
-            let id = ids[r as usize];
-            if uniq.last() != Some(&id) {
-                uniq.push(id);
-                starts.push(k as u32);
-            }
-        }
-        starts.push(ids.len() as u32);
+    /// Empty buffers for batches of up to `cap` rows.
+    pub fn new(gpu: &Gpu, cap: usize) -> Result<GroupIndex> {
         Ok(GroupIndex {
-            uniq: gpu.upload_u32("embedding.uniq", &uniq)?,
-            starts: gpu.upload_u32("embedding.starts", &starts)?,
-            rows: gpu.upload_u32("embedding.rows", &order)?,
-            n_uniq: uniq.len(),
-            n: ids.len(),
+            segs: gpu.zeros("embedding.segs", 4 * segments_cap(cap))?,
+            finals: gpu.zeros("embedding.finals", 3 * finals_cap(cap))?,
+            rows: gpu.zeros("embedding.rows", cap)?,
+            meta: gpu.zeros("embedding.meta", 4)?,
+            cap,
+            n: 0,
+            n_uniq: 0,
         })
+    }
+
+    /// Group `ids` (at most `cap`) into these buffers (`write_buffer`: ordered before the
+    /// next submit, so the previous batch's backward must be submitted first). Returns the
+    /// index of this batch: the same buffers, with its counts.
+    pub fn write(&self, gpu: &Gpu, ids: &[u32]) -> GroupIndex {
+        assert!(ids.len() <= self.cap, "{} rows in a group index of {}", ids.len(), self.cap);
+        let (order, segs, finals) = plan(ids);
+        gpu.write_u32(&self.rows, &order);
+        gpu.write_u32(&self.segs, bytemuck::cast_slice(&segs));
+        gpu.write_u32(&self.finals, bytemuck::cast_slice(&finals));
+        gpu.write_u32(&self.meta, &[segs.len() as u32, finals.len() as u32, 0, 0]);
+        let n_uniq = segs.iter().filter(|s| s[3] == DIRECT).count() + finals.len();
+        GroupIndex { n: ids.len(), n_uniq, ..self.clone() }
+    }
+
+    /// `new` and `write` for one batch.
+    pub fn build(gpu: &Gpu, ids: &[u32]) -> Result<GroupIndex> {
+        Ok(GroupIndex::new(gpu, ids.len())?.write(gpu, ids))
     }
 }
 
@@ -153,26 +227,49 @@ pub fn forward_compact(
 }
 
 /// dw(V, C) or (P, C) += for each id, the sum of the dout(rows, C) rows with that id.
-/// Always accumulates (gradient accumulation over micro-batches). Deterministic.
-pub fn backward(enc: &mut Encoder, index: &GroupIndex, dout: &Tensor, dw: &Tensor, c: usize) {
-    backward_scaled(enc, index, dout, 1.0, dw, c)
+/// Always accumulates (gradient accumulation over micro-batches). Deterministic, in two
+/// stages: each segment of at most SEG rows of one id sums its rows (in row order) into
+/// dw, or, when its id has several segments, into its row of `scratch`
+/// (`scratch_len(index.cap, c)`); then each such id adds its segments' sums in order.
+pub fn backward(enc: &mut Encoder, index: &GroupIndex, dout: &Tensor, dw: &Tensor, scratch: &Tensor, c: usize) {
+    backward_scaled(enc, index, dout, 1.0, dw, scratch, c)
 }
 
 /// `backward` of `forward_scaled`: dw += for each id, the sum of its dout rows * scale.
-pub fn backward_scaled(enc: &mut Encoder, index: &GroupIndex, dout: &Tensor, scale: f32, dw: &Tensor, c: usize) {
-    if index.n_uniq == 0 {
+pub fn backward_scaled(
+    enc: &mut Encoder,
+    index: &GroupIndex,
+    dout: &Tensor,
+    scale: f32,
+    dw: &Tensor,
+    scratch: &Tensor,
+    c: usize,
+) {
+    if index.n == 0 {
         return;
     }
-    let (rows, n_uniq) = (index.n as u32, index.n_uniq as u32);
-    let p = Params { rows, c: c as u32, flags: 0, n_uniq, scale, _pad: [0; 3] };
+    debug_assert!(scratch.len >= scratch_len(index.cap, c));
+    let (sc, fc) = (segments_cap(index.cap), finals_cap(index.cap));
+    // Sized by capacity, not by this batch: the uniform and the grid stay the same from
+    // batch to batch (workgroups past meta's counts return at once).
+    let p = Params { rows: sc as u32, c: c as u32, flags: 0, n_uniq: fc as u32, scale, _pad: [0; 3] };
     let (n, u, c64) = (index.n as u64, index.n_uniq as u64, c as u64);
-    let cost = Cost { flops: n * c64, bytes: 4 * (n * c64 + 2 * u * c64 + n + 2 * u + 1) };
+    let cost = Cost { flops: n * c64, bytes: 4 * (n * c64 + 2 * u * c64 + n + 4 * u) };
     enc.dispatch(
         &EMBEDDING,
         "embedding_backward",
         &p,
-        &[Arg::R(&index.uniq), Arg::R(&index.starts), Arg::R(&index.rows), Arg::R(dout), Arg::W(dw)],
-        grid_1d(index.n_uniq, 1),
+        &[Arg::R(&index.meta), Arg::R(&index.segs), Arg::R(&index.rows), Arg::R(dout), Arg::W(dw), Arg::W(scratch)],
+        grid_1d(sc, 1),
+        cost,
+    );
+    let cost = Cost { flops: 2 * n * c64 / SEG as u64, bytes: 4 * 3 * n * c64 / SEG as u64 };
+    enc.dispatch(
+        &EMBEDDING,
+        "embedding_backward_finish",
+        &p,
+        &[Arg::R(&index.meta), Arg::R(&index.finals), Arg::R(scratch), Arg::W(dw)],
+        grid_1d(fc, 1),
         cost,
     );
 }

@@ -366,20 +366,6 @@ pub fn matmul_variant(
     enc.dispatch(kernel, variant.entry(), &p, &args, grid, cost);
 }
 
-/// db(N) [+]= column sums of dy(M,N).
-pub fn bias_backward(enc: &mut Encoder, m: usize, n: usize, dy: &Tensor, db: &Tensor, accumulate: bool) {
-    let p = Params { m: m as u32, n: n as u32, flags: if accumulate { ACCUMULATE } else { 0 }, ..Zeroable::zeroed() };
-    let cost = Cost { flops: (m * n) as u64, bytes: 4 * (m * n + 2 * n) as u64 };
-    enc.dispatch(
-        layout_kernel(false, false, false, CompactFormat::F32),
-        "bias_backward",
-        &p,
-        &[Arg::R(dy), Arg::W(db)],
-        [n.div_ceil(WG as usize) as u32, 1, 1],
-        cost,
-    );
-}
-
 /// How a weight matrix is stored: Hugging Face `nn.Linear` keeps (out, in); GPT-2's
 /// `Conv1D` keeps (in, out).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -476,7 +462,7 @@ impl Linear {
             }
         }
         if let Some(db) = db {
-            bias_backward(enc, self.rows, self.fan_out, dy, db, true);
+            crate::ops::bias::backward(enc, self.rows, self.fan_out, dy, db, None, true);
         }
     }
 }

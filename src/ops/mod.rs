@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod bias;
 pub mod copy2d;
 pub mod cross_entropy;
 pub mod dequant;
@@ -23,6 +24,7 @@ pub mod swiglu;
 pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &adamw::ADAMW,
     &attention::ATTENTION,
+    &bias::BIAS,
     &copy2d::COPY2D,
     &cross_entropy::CROSS_ENTROPY,
     &dequant::DEQUANT[0],

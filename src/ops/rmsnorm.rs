@@ -2,6 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::bias;
 use crate::gpu::{grid_1d, Arg, Cost, Encoder, Tensor, ACCUMULATE, WG};
 
 crate::kernel!(RMSNORM, "rmsnorm", PLUS_ONE);
@@ -34,6 +35,8 @@ struct Params {
     c: u32,
     flags: u32,
     eps: f32,
+    chunk: u32,
+    _pad: [u32; 3],
 }
 
 /// y(rows, C) = x * rstd * w(C), rstd(rows) = 1 / sqrt(mean(x^2) + eps), saved for backward.
@@ -58,7 +61,7 @@ pub fn forward_scaled(
 ) {
     debug_assert!(x.len >= rows * c && w.len >= c && y.len >= rows * c && rstd.len >= rows);
     let flags = scale.flag() | if accumulate_y { ACCUMULATE } else { 0 };
-    let p = Params { rows: rows as u32, c: c as u32, flags, eps };
+    let p = Params { rows: rows as u32, c: c as u32, flags, eps, chunk: 0, _pad: [0; 3] };
     let (n, r) = ((rows * c) as u64, rows as u64);
     // x is read twice (sum of squares, then scale) and w once per row; y and rstd written.
     let cost = Cost { flops: 4 * n + 3 * r, bytes: 4 * (4 * n + 2 * r) };
@@ -73,7 +76,10 @@ pub fn forward_scaled(
 }
 
 /// dx(rows, C) (+)= the input gradient, added when `accumulate_dx` (the residual stream's
-/// gradient already there); dw(C) += sum over rows of dy * x * rstd.
+/// gradient already there); dw(C) += sum over rows of dy * x * rstd, in two stages
+/// through `scratch` (`bias::scratch_len(rows, c)`): partial sums over chunks of
+/// `bias::ROW_CHUNK` rows, then their sum in order (one stage without scratch, or when
+/// the rows fit one chunk).
 pub fn backward(
     enc: &mut Encoder,
     x: &Tensor,
@@ -83,10 +89,11 @@ pub fn backward(
     dx: &Tensor,
     accumulate_dx: bool,
     dw: Option<&Tensor>,
+    scratch: Option<&Tensor>,
     rows: usize,
     c: usize,
 ) {
-    backward_scaled(enc, x, w, Scale::W, rstd, dy, dx, accumulate_dx, dw, rows, c)
+    backward_scaled(enc, x, w, Scale::W, rstd, dy, dx, accumulate_dx, dw, scratch, rows, c)
 }
 
 /// `backward` for a norm whose weight applies as `scale` says (dw is the same either way).
@@ -101,6 +108,7 @@ pub fn backward_scaled(
     dx: &Tensor,
     accumulate_dx: bool,
     dw: Option<&Tensor>,
+    scratch: Option<&Tensor>,
     rows: usize,
     c: usize,
 ) {
@@ -108,7 +116,7 @@ pub fn backward_scaled(
     let (n, r, c64) = ((rows * c) as u64, rows as u64, c as u64);
     let acc = accumulate_dx as u64;
     let flags = if accumulate_dx { ACCUMULATE } else { 0 } | scale.flag();
-    let p = Params { rows: rows as u32, c: c as u32, flags, eps: 0.0 };
+    let p = Params { rows: rows as u32, c: c as u32, flags, eps: 0.0, chunk: 0, _pad: [0; 3] };
     // Two passes over the row, each reading x, dy and w; dx read too when accumulating.
     let cost = Cost { flops: (7 + acc) * n + 3 * r, bytes: 4 * ((6 + acc) * n + r) };
     enc.dispatch(
@@ -121,14 +129,21 @@ pub fn backward_scaled(
     );
     if let Some(dw) = dw {
         debug_assert!(dw.len >= c);
+        let chunks = bias::chunks(rows);
         let cost = Cost { flops: 3 * n + c64, bytes: 4 * (2 * n + r * c64.div_ceil(WG as u64) + 2 * c64) };
-        enc.dispatch(
-            &RMSNORM,
-            "rmsnorm_backward_weight",
-            &p,
-            &[Arg::R(x), Arg::R(rstd), Arg::R(dy), Arg::W(dw)],
-            [c.div_ceil(WG as usize) as u32, 1, 1],
-            cost,
-        );
+        let entry = "rmsnorm_backward_weight";
+        let args = |dst| [Arg::R(x), Arg::R(rstd), Arg::R(dy), Arg::W(dst)];
+        match scratch {
+            Some(part) if chunks > 1 => {
+                debug_assert!(part.len >= bias::scratch_len(rows, c));
+                let p = Params { flags: 0, chunk: bias::ROW_CHUNK as u32, ..p };
+                enc.dispatch(&RMSNORM, entry, &p, &args(part), bias::partial_grid(rows, c), cost);
+                bias::finish(enc, part, chunks, c, dw, true);
+            }
+            _ => {
+                let p = Params { flags: ACCUMULATE, chunk: rows.max(1) as u32, ..p };
+                enc.dispatch(&RMSNORM, entry, &p, &args(dw), [c.div_ceil(WG as usize) as u32, 1, 1], cost);
+            }
+        }
     }
 }

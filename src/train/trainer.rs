@@ -68,6 +68,16 @@ pub struct Trainer<'g> {
     /// ids, pos, seg (rows) and loss_rows, targets, weights (loss rows), sized with the
     /// workspace for its largest micro-batch and written each micro-batch.
     inputs: Option<[Tensor; 6]>,
+    /// The rows grouped by token id and by position (the embeddings' backward), sized and
+    /// written like `inputs`.
+    groups: Option<[GroupIndex; 2]>,
+    /// AdamW's per-step scalars, written each step.
+    sched: adamw::Schedule,
+    /// u32 (micro-batches) LoRA dropout's salt of each micro-batch, written each step and
+    /// grown when a batch has more micro-batches.
+    salts: Tensor,
+    /// `Encoder::submit_every` of the micro-batches' encoders.
+    pub submit_every: u64,
     /// The step's readback buffer (`STATS` + loss rows) and its host-mappable twin, kept
     /// across steps and grown when a batch has more loss rows.
     out: Option<(Tensor, ReadBuffer)>,
@@ -101,6 +111,10 @@ impl<'g> Trainer<'g> {
             profile: None,
             last_tokens: (0, 0),
             inputs: None,
+            groups: None,
+            sched: adamw::Schedule::new(gpu)?,
+            salts: gpu.zeros("dropout_salts", 1)?,
+            submit_every: submit_every(),
             out: None,
             _binds: BindCache(gpu),
         })
@@ -182,6 +196,7 @@ impl<'g> Trainer<'g> {
         self.gpu.check_fits(&format!("activations of a micro-batch of {rows} tokens"), biggest)?;
         self.ws = None;
         self.inputs = None;
+        self.groups = None;
         self.gpu.forget_bind_groups();
         self.ws = Some(self.model.workspace_with(self.gpu, rows, n, opts)?);
         let g = self.gpu;
@@ -194,6 +209,7 @@ impl<'g> Trainer<'g> {
             g.zeros("targets", n)?,
             g.zeros("weights", n)?,
         ]);
+        self.groups = Some([GroupIndex::new(g, r)?, GroupIndex::new(g, r)?]);
         Ok(())
     }
 
@@ -235,6 +251,7 @@ impl<'g> Trainer<'g> {
         let wpe_trainable = tree.wpe.is_some_and(|w| p.grad(w).is_some());
         debug_assert!(mb.pos.len() == r && mb.seg.len() == r && mb.targets.len() == n && mb.weights.len() == n);
         g.write_f32(weights, &mb.weights);
+        let [by_id, by_pos] = self.groups.as_ref().expect("group indexes with the workspace");
         Ok(Inputs {
             b: mb.b,
             t: mb.t,
@@ -245,8 +262,8 @@ impl<'g> Trainer<'g> {
             loss_rows: put(loss_rows, &mb.loss_rows),
             targets: put(targets, &mb.targets),
             weights: weights.view(0, n),
-            by_id: if with_grads && wte_trainable { Some(GroupIndex::build(g, &mb.ids)?) } else { None },
-            by_pos: if with_grads && wpe_trainable { Some(GroupIndex::build(g, &mb.pos)?) } else { None },
+            by_id: (with_grads && wte_trainable).then(|| by_id.write(g, &mb.ids)),
+            by_pos: (with_grads && wpe_trainable).then(|| by_pos.write(g, &mb.pos)),
             dropout_salt: None,
         })
     }
@@ -269,19 +286,32 @@ impl<'g> Trainer<'g> {
         let gpu = self.gpu;
         let mut enc = Encoder::new(gpu);
         enc.cache_binds = true;
+        enc.submit_every = self.submit_every;
         enc.profile = self.profile.take();
         if grads {
             for a in self.model.params.arenas.iter().filter(|a| a.trainable) {
                 enc.clear(a.grads.as_ref().unwrap());
             }
         }
+        if grads {
+            // LoRA dropout: a fresh mask per optimizer step and micro-batch, its salt in a
+            // buffer written here (before this step's first submit, after the last step's
+            // last), so the dropout dispatches keep their parameters and bind groups.
+            if self.salts.len < batches.len() {
+                // The cached bind groups hold the old buffer: let them go with it.
+                gpu.forget_bind_groups();
+                self.salts = gpu.zeros("dropout_salts", batches.len())?;
+            }
+            let salts: Vec<u32> =
+                (0..batches.len() as u32).map(|i| (self.step as u32).wrapping_mul(0x9E37_79B9) ^ i).collect();
+            gpu.write_u32(&self.salts, &salts);
+        }
         let ws = self.ws.as_ref().unwrap();
         let mut at = STATS;
         for (i, mb) in batches.iter().enumerate() {
             let mut inp = self.write_inputs(mb, grads)?;
             if grads {
-                // LoRA dropout: a fresh mask per optimizer step and micro-batch.
-                inp.dropout_salt = Some((self.step as u32).wrapping_mul(0x9E37_79B9) ^ i as u32);
+                inp.dropout_salt = Some((self.salts.clone(), i as u32));
             }
             if grads {
                 self.model.forward(&mut enc, ws, &inp, Head::Train);
@@ -347,6 +377,7 @@ impl<'g> Trainer<'g> {
         let gpu = self.gpu;
         let t = self.step + 1;
         let hp = self.cfg.adamw;
+        self.sched.write(gpu, &hp, t);
         {
             let mut enc = Encoder::new(gpu);
             enc.cache_binds = true;
@@ -356,7 +387,7 @@ impl<'g> Trainer<'g> {
             grad_norm::grad_norm(&mut enc, &grads, &self.partials, &self.stats);
             for a in self.model.params.arenas.iter().filter(|a| a.trainable) {
                 let (g, m, v) = (a.grads.as_ref().unwrap(), a.m.as_ref().unwrap(), a.v.as_ref().unwrap());
-                adamw::step(&mut enc, &hp, t, &a.weights, g, m, v, &self.stats, a.len, a.decay);
+                adamw::step(&mut enc, &hp, &self.sched, &a.weights, g, m, v, &self.stats, a.len, a.decay);
             }
             // The norm beside the losses, so the step drains the GPU once, after the
             // optimizer is encoded.
@@ -389,6 +420,16 @@ impl<'g> Trainer<'g> {
         }
         Ok(out)
     }
+}
+
+/// Dispatches per submit inside a micro-batch (a SmolLM2-135M block is about 100 in the
+/// forward and backward together): the GPU starts on the first blocks while the CPU
+/// encodes the rest, at a few dozen submits per step. `WEBTUNE_SUBMIT_EVERY=n` overrides
+/// it (0: one submit per micro-batch), to measure the difference.
+pub const SUBMIT_EVERY: u64 = 256;
+
+fn submit_every() -> u64 {
+    std::env::var("WEBTUNE_SUBMIT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(SUBMIT_EVERY)
 }
 
 /// Elements at the start of a step's readback buffer for the statistics (`stats`).

@@ -1,5 +1,5 @@
 use webtune::gpu::Encoder;
-use webtune::ops::adamw::{step, AdamW};
+use webtune::ops::adamw::{step, AdamW, Schedule};
 use webtune::ops::grad_norm::{grad_norm, partials_len};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
@@ -68,10 +68,12 @@ fn adamw_three_steps_match_reference() {
                 for (tg, gr) in tg.iter().zip(&grads) {
                     g.write_f32(tg, gr);
                 }
+                let sched = Schedule::new(g).unwrap();
+                sched.write(g, &hp, t);
                 let mut enc = Encoder::new(g);
                 grad_norm(&mut enc, &tg, &partials, &stats);
                 for k in 0..2 {
-                    step(&mut enc, &hp, t, &tp[k], &tg[k], &tm[k], &tv[k], &stats, lens[k], decays[k]);
+                    step(&mut enc, &hp, &sched, &tp[k], &tg[k], &tm[k], &tv[k], &stats, lens[k], decays[k]);
                 }
                 enc.submit();
 
@@ -112,8 +114,10 @@ fn adamw_skips_step_on_non_finite_norm() {
                 (g.upload_f32("p", &param).unwrap(), g.upload_f32("m", &m).unwrap(), g.upload_f32("v", &v).unwrap());
             let tg = g.upload_f32("g", &grad).unwrap();
             let stats = g.upload_f32("stats", &[bad, 0.0, 0.0, 0.0]).unwrap();
+            let sched = Schedule::new(g).unwrap();
+            sched.write(g, &hp, 2);
             let mut enc = Encoder::new(g);
-            step(&mut enc, &hp, 2, &tp, &tg, &tm, &tv, &stats, n, true);
+            step(&mut enc, &hp, &sched, &tp, &tg, &tm, &tv, &stats, n, true);
             enc.submit();
             for (name, t, want) in [("param", &tp, &param), ("m", &tm, &m), ("v", &tv, &v)] {
                 let got = block(g.read_f32(t)).unwrap();
@@ -140,10 +144,13 @@ fn adamw_nan_gradient_skips_all_tensors() {
     let tv: Vec<_> = lens.iter().map(|&l| g.zeros("v", l).unwrap()).collect();
     let partials = g.zeros("partials", partials_len(&lens)).unwrap();
     let stats = g.zeros("stats", 4).unwrap();
+    let hp = AdamW { max_grad_norm: 1.0, ..HP };
+    let sched = Schedule::new(g).unwrap();
+    sched.write(g, &hp, 1);
     let mut enc = Encoder::new(g);
     grad_norm(&mut enc, &tg, &partials, &stats);
     for k in 0..2 {
-        step(&mut enc, &AdamW { max_grad_norm: 1.0, ..HP }, 1, &tp[k], &tg[k], &tm[k], &tv[k], &stats, lens[k], true);
+        step(&mut enc, &hp, &sched, &tp[k], &tg[k], &tm[k], &tv[k], &stats, lens[k], true);
     }
     enc.submit();
     assert!(block(g.read_f32(&stats)).unwrap()[0].is_nan());

@@ -1,5 +1,5 @@
 use webtune::gpu::Encoder;
-use webtune::ops::embedding::{backward, backward_scaled, forward, forward_scaled, GroupIndex};
+use webtune::ops::embedding::{backward, backward_scaled, forward, forward_scaled, plan, scratch_len, GroupIndex, SEG};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
 use crate::reference::embedding::{embedding, embedding_backward};
@@ -13,8 +13,24 @@ const EMBED_GRAD: Tol = Tol { name: "EMBED_GRAD", abs: 0.0, rel: 5e-7 };
 
 // (rows, C, V, P): V and P primes or 1, smaller than rows (repeated ids) or far larger
 // (unused ids).
-const SHAPES: &[(usize, usize, usize, usize)] =
-    &[(1, 1, 1, 1), (5, 3, 2, 5), (33, 7, 11, 40), (33, 129, 1000, 33), (5, 576, 7, 3), (33, 1000, 13, 64)];
+// The last three have ids with more than SEG (64) rows, summed in several segments: one id
+// in every row (V = 1), a few ids each filling hundreds of rows, and exactly 2 x SEG rows.
+const SHAPES: &[(usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1),
+    (5, 3, 2, 5),
+    (33, 7, 11, 40),
+    (33, 129, 1000, 33),
+    (5, 576, 7, 3),
+    (33, 1000, 13, 64),
+    (1000, 67, 1, 1),
+    (1000, 33, 3, 2),
+    (128, 257, 1, 1),
+];
+
+/// A scratch for `backward` with NaN in it: the first stage must write, not read, it.
+fn scratch(rows: usize, c: usize) -> webtune::gpu::Tensor {
+    gpu().upload_f32("scratch", &vec![f32::NAN; scratch_len(rows, c).max(1)]).unwrap()
+}
 
 fn ids(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
     (0..n).map(|_| rng.below(v) as u32).collect()
@@ -64,7 +80,7 @@ fn embedding_backward_accumulates_per_id() {
             let tdout = g.upload_f32("dout", &dout).unwrap();
             let tdw = g.upload_f32("dw", &dw0).unwrap();
             let mut enc = Encoder::new(g);
-            backward(&mut enc, &index, &tdout, &tdw, c);
+            backward(&mut enc, &index, &tdout, &tdw, &scratch(rows, c), c);
             enc.submit();
             let want: Vec<f64> = embedding_backward(&tok, &f64s(&dout), n_ids, c)
                 .iter()
@@ -79,16 +95,53 @@ fn embedding_backward_accumulates_per_id() {
 }
 
 #[test]
-fn group_index_is_csr_by_id() {
-    let g = gpu();
+fn group_index_groups_rows_by_id_in_segments() {
     let tok = [5u32, 2, 5, 9, 2, 5, 0];
-    let index = GroupIndex::build(g, &tok).unwrap();
+    let (order, segs, finals) = plan(&tok);
+    assert_eq!(order, [6, 1, 4, 0, 2, 5, 3]);
+    let d = u32::MAX;
+    assert_eq!(segs, [[0, 0, 1, d], [2, 1, 3, d], [5, 3, 6, d], [9, 6, 7, d]]);
+    assert!(finals.is_empty());
+    let index = GroupIndex::build(gpu(), &tok).unwrap();
     assert_eq!((index.n_uniq, index.n), (4, 7));
-    assert_eq!(block(g.read_u32(&index.uniq)).unwrap(), [0, 2, 5, 9]);
-    assert_eq!(block(g.read_u32(&index.starts)).unwrap(), [0, 1, 3, 6, 7]);
-    assert_eq!(block(g.read_u32(&index.rows)).unwrap(), [6, 1, 4, 0, 2, 5, 3]);
-    let empty = GroupIndex::build(g, &[]).unwrap();
+    let empty = GroupIndex::build(gpu(), &[]).unwrap();
     assert_eq!((empty.n_uniq, empty.n), (0, 0));
+    // One id in 2 * SEG + 1 rows and another once: three segments and one final for the
+    // first (slots 0..3), the other summed directly.
+    let mut tok = vec![7u32; 2 * SEG + 2];
+    tok[10] = 3;
+    let (order, segs, finals) = plan(&tok);
+    assert_eq!(order[0], 10);
+    let s = SEG as u32;
+    assert_eq!(segs, [[3, 0, 1, d], [7, 1, 1 + s, 0], [7, 1 + s, 1 + 2 * s, 1], [7, 1 + 2 * s, 2 + 2 * s, 2]]);
+    assert_eq!(finals, [[7, 0, 3]]);
+}
+
+/// The persistent index is rewritten batch after batch (as the trainer does), smaller and
+/// larger, and each backward sees only its own batch.
+#[test]
+fn embedding_backward_reuses_one_index() {
+    let g = gpu();
+    let mut rng = Rng::new(15);
+    let (cap, c, v) = (300, 19, 4);
+    let index = GroupIndex::new(g, cap).unwrap();
+    let scr = scratch(cap, c);
+    for rows in [300, 7, 130, 300] {
+        let tok = ids(&mut rng, rows, v);
+        let dout = rng.vec(rows * c, 1.0);
+        let (tdout, tdw) = (g.upload_f32("dout", &dout).unwrap(), g.zeros("dw", v * c).unwrap());
+        let batch = index.write(g, &tok);
+        let mut enc = Encoder::new(g);
+        backward(&mut enc, &batch, &tdout, &tdw, &scr, c);
+        enc.submit();
+        let want = embedding_backward(&tok, &f64s(&dout), v, c);
+        check(
+            &format!("embedding backward {rows} rows, index of {cap}"),
+            &block(g.read_f32(&tdw)).unwrap(),
+            &want,
+            EMBED_GRAD,
+        );
+    }
 }
 
 // More rows and more unique ids than one grid dimension's 65535 workgroups, so the grid
@@ -113,7 +166,7 @@ fn embedding_many_rows_and_ids_fold_the_grid() {
     let dw = g.zeros("dw", v * c).unwrap();
     let mut enc = Encoder::new(g);
     forward(&mut enc, &ttok, &twte, None, &out, rows, c);
-    backward(&mut enc, &index, &tdout, &dw, c);
+    backward(&mut enc, &index, &tdout, &dw, &scratch(rows, c), c);
     enc.submit();
     check("embedding 70001 rows", &block(g.read_f32(&out)).unwrap(), &embedding(&tok, &f64s(&wte), None, c), EMBED);
     let want = embedding_backward(&tok, &f64s(&dout), v, c);
@@ -206,7 +259,8 @@ fn scaled_embedding_matches_reference() {
         let out = g.zeros("out", rows * c).unwrap();
         let mut enc = Encoder::new(g);
         forward_scaled(&mut enc, &ttok, &twte, scale, None, &out, rows, c);
-        backward_scaled(&mut enc, &index, &tdout, scale, &tdw, c);
+        let part = scratch(rows, c);
+        backward_scaled(&mut enc, &index, &tdout, scale, &tdw, &part, c);
         enc.submit();
         let s = scale as f64;
         let want: Vec<f64> = embedding(&tok, &f64s(&wte), None, c).iter().map(|x| x * s).collect();

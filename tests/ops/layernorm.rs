@@ -1,5 +1,5 @@
 use webtune::gpu::Encoder;
-use webtune::ops::layernorm::{backward, forward};
+use webtune::ops::layernorm::{backward, forward, scratch_len};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
 use crate::reference::layernorm::{layernorm, layernorm_backward};
@@ -14,7 +14,10 @@ const LAYERNORM_GRAD: Tol = Tol { name: "LAYERNORM_GRAD", abs: 1e-7, rel: 4e-6 }
 
 const EPS: f32 = 1e-5; // GPT-2's layer_norm_epsilon
 
-const SHAPES: &[(usize, usize)] = &[(1, 1), (5, 1), (5, 3), (33, 7), (1, 129), (33, 129), (5, 576), (33, 1000)];
+// Rows past bias::ROW_CHUNK (32) take dw/db's two stages: ragged (33, 97), exact (64),
+// many chunks (1000).
+const SHAPES: &[(usize, usize)] =
+    &[(1, 1), (5, 1), (5, 3), (33, 7), (1, 129), (33, 129), (5, 576), (33, 1000), (64, 65), (97, 257), (1000, 5)];
 
 /// The GPU's forward and backward against the f64 reference. Rows get an offset of up to
 /// 4 standard deviations, as GPT-2's residual stream has, which a one-pass E[x^2] - mean^2
@@ -22,6 +25,12 @@ const SHAPES: &[(usize, usize)] = &[(1, 1), (5, 1), (5, 3), (33, 7), (1, 129), (
 /// redrawn: the f32 mean's rounding, |mean| 2^-24, is amplified by rstd in every output,
 /// so an f32 LayerNorm's error grows as |mean| / std whatever the implementation.
 fn run(rng: &mut Rng, rows: usize, c: usize, accumulate: bool, grads: (bool, bool)) {
+    run_with(rng, rows, c, accumulate, grads, true)
+}
+
+/// `two_stage`: dw/db through a scratch pre-filled with NaN (the first stage must write it,
+/// not read it).
+fn run_with(rng: &mut Rng, rows: usize, c: usize, accumulate: bool, grads: (bool, bool), two_stage: bool) {
     let g = gpu();
     let mut x = Vec::with_capacity(rows * c);
     while x.len() < rows * c {
@@ -53,12 +62,13 @@ fn run(rng: &mut Rng, rows: usize, c: usize, accumulate: bool, grads: (bool, boo
         (g.zeros("y", rows * c).unwrap(), g.zeros("mean", rows).unwrap(), g.zeros("rstd", rows).unwrap());
     // Overwriting must not read dx: NaN there would show it.
     let (tdx, tdw, tdb) = (up("dx", &dx0), up("dw", &dw0), up("db", &db0));
+    let scratch = two_stage.then(|| up("scratch", &vec![f32::NAN; scratch_len(rows, c)]));
     let mut enc = Encoder::new(g);
     forward(&mut enc, &tx, &tw, &tb, &ty, &tmean, &trstd, rows, c, EPS);
     let (dw_arg, db_arg) = (grads.0.then_some(&tdw), grads.1.then_some(&tdb));
-    backward(&mut enc, &tx, &tw, &tmean, &trstd, &tdy, &tdx, accumulate, dw_arg, db_arg, rows, c);
+    backward(&mut enc, &tx, &tw, &tmean, &trstd, &tdy, &tdx, accumulate, dw_arg, db_arg, scratch.as_ref(), rows, c);
     enc.submit();
-    let what = format!("layernorm {rows}x{c} acc={accumulate} grads={grads:?}");
+    let what = format!("layernorm {rows}x{c} acc={accumulate} grads={grads:?} two_stage={two_stage}");
     let read = |t| block(g.read_f32(t)).unwrap();
     let ey = check(&format!("{what} y"), &read(&ty), &y_ref, LAYERNORM);
     let em = check(&format!("{what} mean"), &read(&tmean), &mean_ref, LAYERNORM);
@@ -78,6 +88,7 @@ fn layernorm_matches_reference() {
     for &(rows, c) in SHAPES {
         run(&mut rng, rows, c, false, (true, true));
         run(&mut rng, rows, c, true, (true, true));
+        run_with(&mut rng, rows, c, true, (true, true), false);
     }
 }
 
@@ -86,6 +97,7 @@ fn layernorm_optional_weight_grads() {
     let mut rng = Rng::new(32);
     for grads in [(true, false), (false, true), (false, false)] {
         run(&mut rng, 5, 129, true, grads);
+        run(&mut rng, 97, 129, true, grads);
     }
 }
 

@@ -9,6 +9,7 @@ mod reference;
 
 mod adamw;
 mod attention;
+mod bias;
 mod copy2d;
 mod cross_entropy;
 mod dequant;

@@ -1,4 +1,5 @@
 use webtune::gpu::Encoder;
+use webtune::ops::bias;
 use webtune::ops::rmsnorm::{backward, backward_scaled, forward, forward_scaled, Scale};
 
 use crate::common::{block, check, f64s, gpu, Rng, Tol};
@@ -15,11 +16,15 @@ const RMSNORM_GRAD: Tol = Tol { name: "RMSNORM_GRAD", abs: 1e-6, rel: 1e-6 };
 
 const EPS: f32 = 1e-6; // Qwen2's rms_norm_eps
 
-const SHAPES: &[(usize, usize)] = &[(1, 1), (5, 1), (5, 3), (33, 7), (1, 129), (33, 129), (5, 576), (33, 1000)];
+// Rows past bias::ROW_CHUNK (32) take dw's two stages: a ragged last chunk (33, 97), an
+// exact one (64), many chunks (1000).
+const SHAPES: &[(usize, usize)] =
+    &[(1, 1), (5, 1), (5, 3), (33, 7), (1, 129), (33, 129), (5, 576), (33, 1000), (64, 65), (97, 257), (1000, 5)];
 
 /// Runs forward and backward on the GPU, with dx and dw pre-filled when accumulating, and
-/// checks every output against the f64 reference.
-fn run(rng: &mut Rng, rows: usize, c: usize, accumulate: bool) {
+/// checks every output against the f64 reference; `two_stage`: dw through a scratch
+/// (pre-filled with NaN, which the first stage must overwrite, not read).
+fn run(rng: &mut Rng, rows: usize, c: usize, accumulate: bool, two_stage: bool) {
     let g = gpu();
     let x = rng.vec(rows * c, 1.0);
     let w: Vec<f32> = rng.vec(c, 0.2).iter().map(|v| v + 1.0).collect();
@@ -41,11 +46,12 @@ fn run(rng: &mut Rng, rows: usize, c: usize, accumulate: bool) {
     // Overwriting must not read dx: NaN there would show it.
     let tdx = g.upload_f32("dx", &dx0).unwrap();
     let tdw = g.upload_f32("dw", &dw0).unwrap();
+    let scratch = two_stage.then(|| g.upload_f32("scratch", &vec![f32::NAN; bias::scratch_len(rows, c)]).unwrap());
     let mut enc = Encoder::new(g);
     forward(&mut enc, &tx, &tw, &ty, &trstd, rows, c, EPS);
-    backward(&mut enc, &tx, &tw, &trstd, &tdy, &tdx, accumulate, Some(&tdw), rows, c);
+    backward(&mut enc, &tx, &tw, &trstd, &tdy, &tdx, accumulate, Some(&tdw), scratch.as_ref(), rows, c);
     enc.submit();
-    let what = format!("rmsnorm {rows}x{c} acc={accumulate}");
+    let what = format!("rmsnorm {rows}x{c} acc={accumulate} two_stage={two_stage}");
     let ey = check(&format!("{what} y"), &block(g.read_f32(&ty)).unwrap(), &y_ref, RMSNORM);
     let er = check(&format!("{what} rstd"), &block(g.read_f32(&trstd)).unwrap(), &rstd_ref, RMSNORM);
     let edx = check(&format!("{what} dx"), &block(g.read_f32(&tdx)).unwrap(), &dx_ref, RMSNORM_GRAD);
@@ -57,8 +63,9 @@ fn run(rng: &mut Rng, rows: usize, c: usize, accumulate: bool) {
 fn rmsnorm_matches_reference() {
     let mut rng = Rng::new(21);
     for &(rows, c) in SHAPES {
-        run(&mut rng, rows, c, false);
-        run(&mut rng, rows, c, true);
+        run(&mut rng, rows, c, false, true);
+        run(&mut rng, rows, c, true, true);
+        run(&mut rng, rows, c, true, false);
     }
 }
 
@@ -89,7 +96,7 @@ fn run_without_dw(rng: &mut Rng, rows: usize, c: usize) {
         (g.zeros("y", rows * c).unwrap(), g.zeros("rstd", rows).unwrap(), g.zeros("dx", rows * c).unwrap());
     let mut enc = Encoder::new(g);
     forward(&mut enc, &tx, &tw, &ty, &trstd, rows, c, EPS);
-    backward(&mut enc, &tx, &tw, &trstd, &tdy, &tdx, false, None, rows, c);
+    backward(&mut enc, &tx, &tw, &trstd, &tdy, &tdx, false, None, None, rows, c);
     enc.submit();
     check(&format!("rmsnorm {rows}x{c} y"), &block(g.read_f32(&ty)).unwrap(), &y_ref, RMSNORM);
     check(&format!("rmsnorm {rows}x{c} dx"), &block(g.read_f32(&tdx)).unwrap(), &dx_ref, RMSNORM_GRAD);
@@ -144,7 +151,7 @@ fn rmsnorm_one_plus_w_matches_reference() {
             let mut enc = Encoder::new(g);
             forward_scaled(&mut enc, &tx, &tw, Scale::OnePlusW, &ty, accumulate, &trstd, rows, c, EPS);
             let dw = Some(&tdw);
-            backward_scaled(&mut enc, &tx, &tw, Scale::OnePlusW, &trstd, &tdy, &tdx, accumulate, dw, rows, c);
+            backward_scaled(&mut enc, &tx, &tw, Scale::OnePlusW, &trstd, &tdy, &tdx, accumulate, dw, None, rows, c);
             enc.submit();
             if accumulate {
                 y_ref.iter_mut().zip(&y0).for_each(|(y, y0)| *y += *y0 as f64);

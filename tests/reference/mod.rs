@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod bias;
 pub mod copy2d;
 pub mod cross_entropy;
 pub mod dropout;
