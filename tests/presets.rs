@@ -85,3 +85,37 @@ fn qwen3_configs_that_cannot_run_are_config_errors() {
         }
     }
 }
+
+/// Issue 9's memory targets with a 4-bit base (`--base q4_k`: Q4_K where a row holds
+/// 256-value blocks, Q4_0 elsewhere; `--base q4_0`), LoRA r16 on every linear layer,
+/// micro-batches of 4 x 256, activation checkpointing: what `memory::estimate_compact`
+/// (equal to what the workspace and parameter store allocate, tests/model/compact.rs and
+/// tests/lora.rs) says each model needs. The figures are printed by kind.
+#[test]
+fn a_four_bit_base_fits_the_issue_s_memory_targets() {
+    use webtune::load::base::Base;
+    use webtune::model::memory::{estimate_compact, param_specs};
+    use webtune::model::WorkspaceOpts;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    // (preset, target MiB)
+    for (name, target) in
+        [("qwen2.5-0.5b", 800.0), ("qwen3-0.6b", 900.0), ("llama3.2-1b", 1433.6), ("qwen2.5-1.5b", 1843.2)]
+    {
+        let cfg = preset(name).unwrap();
+        let lora = LoraConfig::new(16, 32.0, &["all-linear"]);
+        let mut best = f64::INFINITY;
+        for base in [Base::Q4K, Base::Q4_0] {
+            // The formats `--base` picks for each frozen matrix, as the loaders do.
+            let specs = param_specs(&cfg, Some(&lora)).unwrap();
+            let of = |s: &webtune::model::ParamSpec| {
+                let frozen_matrix = !s.trainable && s.shape.len() == 2;
+                frozen_matrix.then(|| base.format_for(s.shape[0], s.shape[1], None)).flatten()
+            };
+            assert!(specs.iter().any(|s| of(s).is_some()), "{name}: nothing compact");
+            let e = estimate_compact(&cfg, Some(&lora), 4, 256, WorkspaceOpts::default(), of).unwrap();
+            eprintln!("{name} LoRA r16 4x256 over a {base:?} base: {:.0} MiB ({e})", mib(e.total()));
+            best = best.min(mib(e.total()));
+        }
+        assert!(best <= target, "{name}: {best:.0} MiB over a 4-bit base, the issue's target {target} MiB");
+    }
+}
