@@ -123,9 +123,14 @@ const RUN = {
   method: 'lora', lora_rank: 8, lora_alpha: 16, length: 4, length_unit: 'steps', batch: 1, accum: 1, max_len: 64,
   lr: 0.002, warmup: 0, schedule: 'constant', eval_every: 2, val_limit: 2, eval_items: 2, sample_prompts: 1,
   sample_every: 0, sample_tokens: 4, checkpoint_every: 0,
+  // SwiftShader decodes the compact blocks per element too slowly for this test's budget
+  // (108 s a step against the f32 base's seconds): the run itself is over the f32 base,
+  // which also reloads the model through the page's base select. Training over the compact
+  // base is tested natively (tests/gguf/smollm2.rs) and its kernels in the browser.
+  base: 'f32',
 };
 
-test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume', { timeout: 15 * MIN }, async () => {
+test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume', { timeout: 25 * MIN }, async () => {
   await withPage('smollm2', [...WEBGPU, ...QUIET], {}, async (page) => {
     const t0 = Date.now();
     await page.waitForSelector('#gpu-badge[data-state=ok]', { timeout: MIN });
@@ -136,6 +141,9 @@ test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume
     assert.match(info, /SmolLM2-135M-Instruct/);
     assert.match(info, /Llama, 30 layers, hidden 576/);
     assert.match(info, /GPU memory/);
+    // LoRA over the default GGUF keeps its base compact on the GPU (the Q4_1 blocks and the
+    // Q8_0 embedding, read by the kernels); the page says so.
+    assert.match(info, /Weights on the GPU\s*(?=[^\n]*Q4_1 x \d+)(?=[^\n]*Q8_0 x 1\b)/);
     // The mask preview: token text, trained tokens, and the next example.
     assert.ok((await page.locator('#mask-preview .tok-trained').count()) > 0, 'the mask preview shows trained tokens');
     assert.match(await page.locator('#mask-preview').innerText(), /positive|negative/);
@@ -151,17 +159,17 @@ test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume
     await shot(page, 'before');
 
     await page.click('#train');
-    await until(page, () => Number(document.querySelector('#chart').dataset.points) >= 2, null, 6 * MIN);
+    await until(page, () => Number(document.querySelector('#chart').dataset.points) >= 2, null, 12 * MIN);
     // Pause holds the loop between steps; the state saved here is what we resume from.
     await page.click('#pause');
-    await until(page, () => window.webtune.state.training === 'paused', null, 2 * MIN);
+    await until(page, () => window.webtune.state.training === 'paused', null, 4 * MIN);
     await shot(page, 'during');
     const held = await page.evaluate(() => window.webtune.state.steps.length);
     const stateFile = await download(page, () => page.click('[data-export=state]'), 'paused.state');
     assert.equal(await page.evaluate(() => window.webtune.state.steps.length), held, 'no steps while paused');
     assert.equal(await page.locator('#pause').innerText(), 'Resume');
     await page.click('#pause');
-    await until(page, () => window.webtune.state.lastDone && window.webtune.state.training === 'idle', null, 6 * MIN);
+    await until(page, () => window.webtune.state.lastDone && window.webtune.state.training === 'idle', null, 12 * MIN);
     await shot(page, 'after');
 
     const run = await page.evaluate(() => ({
@@ -226,7 +234,7 @@ test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume
     const restored = await page.evaluate(() => window.webtune.state.restoredAt);
     assert.equal(restored, held, 'the state resumes at the step it was saved');
     await page.click('#train');
-    await until(page, () => window.webtune.state.lastDone && window.webtune.state.training === 'idle', null, 6 * MIN);
+    await until(page, () => window.webtune.state.lastDone && window.webtune.state.training === 'idle', null, 12 * MIN);
     const resumed = await page.evaluate(() => window.webtune.state.steps.map((s) => ({ step: s.step, loss: s.loss })));
     assert.deepEqual(resumed.map((s) => s.step), run.steps.filter((s) => s.step > held).map((s) => s.step));
     for (const s of resumed) {
