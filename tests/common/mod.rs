@@ -59,3 +59,32 @@ pub fn check(what: &str, got: &[f32], want: &[f64], tol: Tol) -> f64 {
         e
     }
 }
+
+/// Each loss and every gradient of a training run, as `train_bits` gives them.
+pub type RunBits = (Vec<u64>, Vec<(String, Vec<usize>, Vec<f32>)>);
+
+/// 5 AdamW steps on `examples` in micro-batches of `micro_batch` with activation
+/// checkpointing, then one more accumulation: each step's loss bits, and every trainable
+/// gradient after it (to compare two runs that must agree bit for bit).
+pub fn train_bits(
+    g: &Gpu,
+    model: webtune::model::Model,
+    examples: &[webtune::train::Example],
+    micro_batch: usize,
+) -> RunBits {
+    use webtune::train::{TrainConfig, Trainer};
+    let tc = TrainConfig { micro_batch, recompute: true, ..Default::default() };
+    let mut t = Trainer::new(g, model, tc).unwrap();
+    let losses = (0..5).map(|_| block(t.step(examples)).unwrap().loss.to_bits()).collect();
+    block(t.accumulate(examples)).unwrap();
+    (losses, block(t.read_grads()).unwrap())
+}
+
+/// Two runs' losses and gradients are equal bit for bit (`what` names the first run).
+pub fn assert_same_bits(what: &str, (loss_a, grads_a): &RunBits, (loss_b, grads_b): &RunBits) {
+    assert_eq!(loss_a, loss_b, "{what}: the losses differ");
+    assert_eq!(grads_a.len(), grads_b.len(), "{what}: not the same gradients");
+    for ((name, _, a), (_, _, b)) in grads_a.iter().zip(grads_b) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: {name} not bit-identical");
+    }
+}

@@ -7,7 +7,7 @@ use webtune::load::model_from_gguf_file;
 use webtune::model::{Arch, Model};
 use webtune::train::{Example, LossMode, TrainConfig, Trainer};
 
-use crate::common::{block, check, gpu, Tol};
+use crate::common::{assert_same_bits, block, check, gpu, train_bits, Tol};
 use crate::{all_logits, fixtures, read_f32_safetensors};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -169,18 +169,6 @@ fn smollm2_lora_over_its_compact_base_trains_as_over_f32() {
     // Short sequences, one micro-batch a step: 5 steps of a 30-layer model, twice.
     let examples: Vec<Example> =
         (0..3).map(|e| Example::prompt_answer((0..6 + 2 * e).map(|i| tok(i + 100 * e)).collect(), 3, "ex")).collect();
-    let train = |model: Model| {
-        let tc = TrainConfig { micro_batch: 3, recompute: true, ..Default::default() };
-        let mut t = Trainer::new(g, model, tc).unwrap();
-        let losses: Vec<u64> = (0..5).map(|_| block(t.step(&examples)).unwrap().loss.to_bits()).collect();
-        block(t.accumulate(&examples)).unwrap();
-        (losses, block(t.read_grads()).unwrap())
-    };
-    let (loss_c, grads_c) = train(compact);
-    let (loss_f, grads_f) = train(expanded);
-    assert_eq!(loss_c, loss_f, "losses over the compact base differ from the f32 base's");
-    assert_eq!(grads_c.len(), grads_f.len());
-    for ((name, _, a), (_, _, b)) in grads_c.iter().zip(&grads_f) {
-        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: gradient not bit-identical");
-    }
+    let run_c = train_bits(g, compact, &examples, 3);
+    assert_same_bits("LoRA over the compact base against the f32 base", &run_c, &train_bits(g, expanded, &examples, 3));
 }

@@ -11,7 +11,7 @@ use webtune::model::params::{ParamInit, ParamSpec, ParamStore};
 use webtune::model::LoraConfig;
 use webtune::ops::dequant::dequant_rows;
 
-use crate::common::{block, gpu, Rng};
+use crate::common::{assert_same_bits, block, gpu, train_bits, Rng};
 
 fn fixture_config(hidden: usize, ffn: usize) -> ModelConfig {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/qwen2/config.json");
@@ -176,7 +176,7 @@ fn smollm2_135m_lora_with_compact_bases() {
 fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
     use webtune::model::presets::preset;
     use webtune::model::Model;
-    use webtune::train::{Example, TrainConfig, Trainer};
+    use webtune::train::Example;
     let g = gpu();
     // tiny-llama: C 128, ffn 352, V 2048, tied: rows of 32-value blocks (K-quants need 256).
     let cfg = preset("tiny-llama").unwrap();
@@ -232,19 +232,14 @@ fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
             Example::prompt_answer(ids, len / 2, format!("example {i}"))
         })
         .collect();
-    let train = |model: Model| {
-        let tc = TrainConfig { micro_batch: 4, recompute: true, ..Default::default() };
-        let mut t = Trainer::new(g, model, tc).unwrap();
-        let losses: Vec<u64> = (0..5).map(|_| block(t.step(&examples)).unwrap().loss.to_bits()).collect();
-        block(t.accumulate(&examples)).unwrap();
-        (losses, block(t.read_grads()).unwrap())
-    };
-    let (loss_c, grads_c) = train(compact);
-    let (loss_f, grads_f) = train(expanded);
-    assert_eq!(loss_c, loss_f, "losses over the compact base differ from its f32 expansion's");
-    assert!(!grads_c.is_empty() && grads_c.len() == grads_f.len());
-    for ((name, _, a), (_, _, b)) in grads_c.iter().zip(&grads_f) {
-        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: gradient not bit-identical");
+    let run_c = train_bits(g, compact, &examples, 4);
+    assert_same_bits(
+        "LoRA over the compact base against its f32 expansion",
+        &run_c,
+        &train_bits(g, expanded, &examples, 4),
+    );
+    assert!(!run_c.1.is_empty());
+    for (name, _, a) in &run_c.1 {
         assert!(a.iter().any(|&x| x != 0.0), "{name}: a zero gradient proves nothing");
     }
 }
