@@ -282,14 +282,27 @@ fn matmul_dot(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 }
 
 // ---- CPU adapters (SwiftShader, lavapipe): the tile product without workgroup memory --
-// Each thread accumulates its 4x4 block (rows and columns 16 apart) straight from global
-// memory through the cache. CPU rasterizers pay dearly for every workgroupBarrier and
-// their "shared memory" is ordinary memory, so this runs several times faster there.
+// Each thread accumulates its 4x4 block straight from global memory through the cache.
+// CPU rasterizers pay dearly for every workgroupBarrier and their "shared memory" is
+// ordinary memory, so this runs several times faster there.
 // FLOPs 2*M*N*K; bytes as matmul_tiled.
+//
+// A compact B (WFMT != FMT_F32) is decoded four values at a time with wq_get4, so a
+// block's scale is decoded once per four values instead of once per value (per-value
+// decoding made a Q4_1 step several times slower than f32 on SwiftShader). wq_get4 reads
+// four consecutive values of one stored row: along k when B_T (x . W^T: k unrolled by 4),
+// along n otherwise (dy . W: the thread's four columns are consecutive, REG_NSTEP = 1).
+// Either way each output still sums its k in k order with one fma per k, so the bits are
+// those of the scalar loop.
+const REG_Q: bool = WFMT != FMT_F32;
+// Columns of one thread: n0 + REG_NSTEP * j, j = 0..3.
+const REG_NSTEP: u32 = select(16u, 1u, REG_Q && B_T == 0u);
+
 @compute @workgroup_size(16, 16)
 fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let m0 = wid.y * 64u + lid.y;
-    let n0 = wid.x * 64u + lid.x;
+    var n0 = wid.x * 64u + lid.x;
+    if (REG_NSTEP == 1u) { n0 = wid.x * 64u + 4u * lid.x; }
     // Out-of-range rows/columns are clamped to a valid index: they compute garbage that is
     // never stored, and the inner loop stays free of bounds checks. Named scalars and vec4
     // accumulators, not arrays: a software rasterizer's JIT keeps those in registers, where
@@ -299,15 +312,58 @@ fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let r2 = min(m0 + 32u, p.m - 1u);
     let r3 = min(m0 + 48u, p.m - 1u);
     let c0 = min(n0, p.n - 1u);
-    let c1 = min(n0 + 16u, p.n - 1u);
-    let c2 = min(n0 + 32u, p.n - 1u);
-    let c3 = min(n0 + 48u, p.n - 1u);
-    // acc_i[j] = sum_k A(m0 + 16i, k) B(k, n0 + 16j), one fma per k in k order.
+    let c1 = min(n0 + REG_NSTEP, p.n - 1u);
+    let c2 = min(n0 + 2u * REG_NSTEP, p.n - 1u);
+    let c3 = min(n0 + 3u * REG_NSTEP, p.n - 1u);
+    // acc_i[j] = sum_k A(m0 + 16i, k) B(k, n0 + REG_NSTEP j), one fma per k in k order.
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k = 0u; k < p.k; k++) {
+    var k = 0u;
+    if (REG_Q && B_T != 0u) {
+        // B(k .. k+3, c) = row c of W, values k .. k+3. K is a whole number of blocks for
+        // the block formats; f16/bf16 rows may end in 1-3 values, left to the scalar loop.
+        for (; k + 4u <= p.k; k += 4u) {
+            let w0 = wq_get4(c0, k, p.k);
+            let w1 = wq_get4(c1, k, p.k);
+            let w2 = wq_get4(c2, k, p.k);
+            let w3 = wq_get4(c3, k, p.k);
+            let b0 = vec4(w0.x, w1.x, w2.x, w3.x);
+            let b1 = vec4(w0.y, w1.y, w2.y, w3.y);
+            let b2 = vec4(w0.z, w1.z, w2.z, w3.z);
+            let b3 = vec4(w0.w, w1.w, w2.w, w3.w);
+            acc0 = fma(vec4<f32>(a_at(r0, k)), b0, acc0);
+            acc1 = fma(vec4<f32>(a_at(r1, k)), b0, acc1);
+            acc2 = fma(vec4<f32>(a_at(r2, k)), b0, acc2);
+            acc3 = fma(vec4<f32>(a_at(r3, k)), b0, acc3);
+            acc0 = fma(vec4<f32>(a_at(r0, k + 1u)), b1, acc0);
+            acc1 = fma(vec4<f32>(a_at(r1, k + 1u)), b1, acc1);
+            acc2 = fma(vec4<f32>(a_at(r2, k + 1u)), b1, acc2);
+            acc3 = fma(vec4<f32>(a_at(r3, k + 1u)), b1, acc3);
+            acc0 = fma(vec4<f32>(a_at(r0, k + 2u)), b2, acc0);
+            acc1 = fma(vec4<f32>(a_at(r1, k + 2u)), b2, acc1);
+            acc2 = fma(vec4<f32>(a_at(r2, k + 2u)), b2, acc2);
+            acc3 = fma(vec4<f32>(a_at(r3, k + 2u)), b2, acc3);
+            acc0 = fma(vec4<f32>(a_at(r0, k + 3u)), b3, acc0);
+            acc1 = fma(vec4<f32>(a_at(r1, k + 3u)), b3, acc1);
+            acc2 = fma(vec4<f32>(a_at(r2, k + 3u)), b3, acc2);
+            acc3 = fma(vec4<f32>(a_at(r3, k + 3u)), b3, acc3);
+        }
+    }
+    if (REG_NSTEP == 1u && p.n % 4u == 0u) {
+        // B(k, c0 .. c0+3) = row k of W, values c0 .. c0+3 (c0 = min(n0, N - 1) may land
+        // mid-group only for threads past the last column; clamp to the last group).
+        let cq = min(n0, p.n - 4u);
+        for (; k < p.k; k++) {
+            let bv = wq_get4(k, cq, p.n);
+            acc0 = fma(vec4<f32>(a_at(r0, k)), bv, acc0);
+            acc1 = fma(vec4<f32>(a_at(r1, k)), bv, acc1);
+            acc2 = fma(vec4<f32>(a_at(r2, k)), bv, acc2);
+            acc3 = fma(vec4<f32>(a_at(r3, k)), bv, acc3);
+        }
+    }
+    for (; k < p.k; k++) {
         let bv = vec4<f32>(b_at(k, c0), b_at(k, c1), b_at(k, c2), b_at(k, c3));
         acc0 = fma(vec4<f32>(a_at(r0, k)), bv, acc0);
         acc1 = fma(vec4<f32>(a_at(r1, k)), bv, acc1);
@@ -320,11 +376,11 @@ fn matmul_reg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     store_row4(m0 + 48u, n0, acc3);
 }
 
-// C(m, n0 + 16j) for j = 0..3, where in range.
+// C(m, n0 + REG_NSTEP j) for j = 0..3, where in range.
 fn store_row4(m: u32, n0: u32, v: vec4<f32>) {
     if (m >= p.m) { return; }
     if (n0 < p.n) { store(m, n0, v.x); }
-    if (n0 + 16u < p.n) { store(m, n0 + 16u, v.y); }
-    if (n0 + 32u < p.n) { store(m, n0 + 32u, v.z); }
-    if (n0 + 48u < p.n) { store(m, n0 + 48u, v.w); }
+    if (n0 + REG_NSTEP < p.n) { store(m, n0 + REG_NSTEP, v.y); }
+    if (n0 + 2u * REG_NSTEP < p.n) { store(m, n0 + 2u * REG_NSTEP, v.z); }
+    if (n0 + 3u * REG_NSTEP < p.n) { store(m, n0 + 3u * REG_NSTEP, v.w); }
 }

@@ -234,9 +234,16 @@ fn reference_linear_backward_matches_finite_differences() {
 fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
     let g = gpu();
     let mut rng = Rng::new(5);
-    // W (out, in) = (37, 256): 256 holds every block size; 37 rows straddle no tile.
-    let (out, inp, rows) = (37, 256, 70);
-    for &f in CompactFormat::ALL {
+    // W (out, in) = (37, 256): 256 holds every block size; 37 rows straddle no tile. Where
+    // the format allows, also in = 96 (a part-filled 64-wide tile of the input gradient)
+    // and in = 38 (rows that end mid-vec4: the CPU kernel's tails).
+    let rows = 70;
+    let shapes = |f: CompactFormat| match f.block_values() {
+        1 => vec![(37, 256), (37, 96), (37, 38)],
+        32 => vec![(37, 256), (37, 96)],
+        _ => vec![(37, 256)],
+    };
+    for (f, (out, inp)) in CompactFormat::ALL.iter().flat_map(|&f| shapes(f).into_iter().map(move |s| (f, s))) {
         let t = CompactTensor::from_gguf("w", f, out, inp, &random_gguf(&mut rng, f, out, inp)).unwrap();
         let cw = CompactWeight::upload(g, "w", &t).unwrap();
         let tw = g.upload_f32("w f32", &t.dequantize()).unwrap();
