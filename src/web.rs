@@ -359,9 +359,14 @@ impl Session {
         Ok(files_object(&self.core.export_project().await.map_err(js_err)?))
     }
 
-    /// The trained model with adapters merged, as one GGUF file (F16, or F32 when `f32`).
-    pub async fn export_gguf(&self, f32: bool) -> JsResult<Uint8Array> {
-        let dtype = if f32 { GgufDtype::F32 } else { GgufDtype::F16 };
+    /// The trained model with adapters merged, as one GGUF file whose matrices are
+    /// `gguf_type` (`f16`, `f32` or `q8_0`, as the `gguf_type` setting; missing: the
+    /// setting's value).
+    pub async fn export_gguf(&self, gguf_type: Option<String>) -> JsResult<Uint8Array> {
+        let dtype = match gguf_type {
+            Some(t) => t.parse::<GgufDtype>().map_err(js_err)?,
+            None => self.core.settings().gguf_type,
+        };
         let bytes = self.core.export_gguf(dtype).await.map_err(js_err)?;
         Ok(Uint8Array::from(bytes.as_slice()))
     }

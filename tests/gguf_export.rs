@@ -32,8 +32,10 @@ use webtune::export::gguf::{export_gguf, rope_theta_and_factors, GgufDtype, Gguf
 use webtune::export::merged::export_merged;
 use webtune::export::peft::{import_adapter, parse_adapter_config, AdapterFiles};
 use webtune::gpu::Gpu;
+use webtune::load::compact::{dequantize_gguf, CompactFormat};
 use webtune::load::gguf::{Gguf, Value};
 use webtune::load::gguf_model::config_from_gguf;
+use webtune::load::quantize::q8_0;
 use webtune::load::{model_from_gguf_bytes, model_from_gguf_file, GgufInfo, GgufTokenizer};
 use webtune::model::{Arch, Model, ModelConfig};
 use webtune::ops::rope::default_inv_freq;
@@ -65,6 +67,12 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 fn f16_round(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
+}
+
+/// The values a Q8_0 tensor holds: quantized (gguf-py's bytes, tests/gguf/quantize.rs) and
+/// dequantized on the host (ggml's dequantize_row_q8_0, tests/gguf/dequant.rs).
+fn q8_0_round(v: &[f32]) -> Vec<f32> {
+    dequantize_gguf(CompactFormat::Q8_0, &q8_0(v))
 }
 
 /// Everything in a config, floats bit for bit.
@@ -111,14 +119,15 @@ fn smollm2_path() -> Option<PathBuf> {
 }
 
 #[test]
-fn smollm2_round_trips_bit_exactly_in_f32_and_to_f16_rounding_in_f16() {
+fn smollm2_round_trips_bit_exactly_in_f32_and_to_f16_or_q8_0_rounding_in_f16_or_q8_0() {
     let Some(path) = smollm2_path() else { return };
     let g = gpu();
     let original = std::fs::read(&path).unwrap();
     let orig = Gguf::parse(SMOLLM2, &original).unwrap();
     let (model, info) = model_from_gguf_file(g, &path).unwrap();
     let want = params(g, &model);
-    for dtype in [GgufDtype::F32, GgufDtype::F16] {
+    let mut sizes = vec![];
+    for dtype in [GgufDtype::F32, GgufDtype::F16, GgufDtype::Q8_0] {
         let opts = GgufExport {
             dtype,
             name: info.name.as_deref().unwrap_or(""),
@@ -145,6 +154,8 @@ fn smollm2_round_trips_bit_exactly_in_f32_and_to_f16_rounding_in_f16() {
         let expect_types: Vec<(String, usize)> = match dtype {
             GgufDtype::F32 => vec![("F32".into(), 272)],
             GgufDtype::F16 => vec![("F16".into(), 211), ("F32".into(), 61)],
+            // SmolLM2's rows (576 and 1536 values) are whole 32-value blocks.
+            GgufDtype::Q8_0 => vec![("F32".into(), 61), ("Q8_0".into(), 211)],
         };
         let mut got_types = tensor_types(&bytes);
         got_types.sort();
@@ -180,20 +191,33 @@ fn smollm2_round_trips_bit_exactly_in_f32_and_to_f16_rounding_in_f16() {
         let mut rounded = 0;
         for ((n, w), (n2, v)) in want.iter().zip(&got) {
             assert_eq!(n, n2);
-            let f16_here = dtype == GgufDtype::F16 && !n.contains("norm");
-            let w = if f16_here { f16_round(w) } else { w.clone() };
-            rounded += f16_here as usize;
+            let matrix = !n.contains("norm");
+            let w = match dtype {
+                GgufDtype::F16 if matrix => f16_round(w),
+                GgufDtype::Q8_0 if matrix => q8_0_round(w),
+                _ => w.clone(),
+            };
+            rounded += (dtype != GgufDtype::F32 && matrix) as usize;
             assert!(bits(&w) == bits(v), "{dtype:?}: `{n}` differs after the round trip");
         }
         eprintln!(
             "SmolLM2 {dtype:?}: {} parameters bit-identical to the {}loaded weights",
             got.len(),
-            if dtype == GgufDtype::F16 { "f16-rounded " } else { "" }
+            match dtype {
+                GgufDtype::F32 => "",
+                GgufDtype::F16 => "f16-rounded ",
+                GgufDtype::Q8_0 => "Q8_0-rounded ",
+            }
         );
-        if dtype == GgufDtype::F16 {
+        if dtype != GgufDtype::F32 {
             assert_eq!(rounded, 211);
         }
+        sizes.push(bytes.len());
     }
+    // Q8_0 stores 34 bytes per 32 values against F16's 64 (and the file's F32 vectors).
+    let (f16, q8) = (sizes[1] as f64, sizes[2] as f64);
+    eprintln!("SmolLM2: F16 {} bytes, Q8_0 {} bytes ({:.2}x)", sizes[1], sizes[2], q8 / f16);
+    assert!(q8 < 0.56 * f16, "Q8_0 file {q8} bytes against F16 {f16}");
 }
 
 // ---- the tiny fixtures -------------------------------------------------------------------
@@ -323,7 +347,8 @@ fn tiny_fixtures_exported_and_reloaded_give_the_same_logits() {
                         let truth = &fx.expected[&format!("logits.{i}")].1;
                         check(&format!("{arch} exported logits {i}"), &got, truth, TINY_LOGITS);
                     }
-                    GgufDtype::F16 => {
+                    // (Q8_0: its own test below.)
+                    GgufDtype::F16 | GgufDtype::Q8_0 => {
                         let w = f64s(&want[i]);
                         worst = worst.max(check(&format!("{arch} F16 logits {i}"), &got, &w, F16_LOGITS));
                     }
@@ -331,9 +356,52 @@ fn tiny_fixtures_exported_and_reloaded_give_the_same_logits() {
             }
             match dtype {
                 GgufDtype::F32 => eprintln!("{arch} F32: weights and logits bit-identical after the round trip"),
-                GgufDtype::F16 => eprintln!("{arch} F16: worst logit difference {worst:.2e} of the largest"),
+                GgufDtype::F16 | GgufDtype::Q8_0 => {
+                    eprintln!("{arch} {dtype:?}: worst logit difference {worst:.2e} of the largest")
+                }
             }
         }
+    }
+}
+
+/// Q8_0 on the tiny fixtures: matrices whose file rows are whole 32-value blocks are Q8_0
+/// (qwen2's hidden 32), the others fall back to F16 as the converter's `--outtype q8_0`
+/// does (llama's hidden 48), vectors stay F32; the reloaded values are the host's
+/// quantize-then-dequantize of the weights (rows kept whole: llama's RoPE permutation
+/// moves whole rows, so per-row blocks are the same either way).
+#[test]
+fn q8_0_export_quantizes_whole_block_rows_and_keeps_the_rest_f16() {
+    let g = gpu();
+    for (arch, want_q8) in [("qwen2", true), ("llama", false)] {
+        let fx = Fixture::load(arch);
+        let model = fx.model(g);
+        let hf = params(g, &model);
+        let tok = toy_tokenizer(model.cfg.vocab);
+        let opts = GgufExport { dtype: GgufDtype::Q8_0, name: arch, tokenizer: Some(&tok), chat_template: None };
+        let bytes = block(export_gguf(g, &model, &opts)).unwrap();
+        save(&format!("{arch}-q8_0.gguf"), &bytes);
+        let file = Gguf::parse("x.gguf", &bytes).unwrap();
+        assert_eq!(file.get("general.file_type"), Some(&Value::U32(7)));
+        let types = tensor_types(&bytes);
+        let count = |n: &str| types.iter().find(|(t, _)| t == n).map_or(0, |(_, c)| *c);
+        let (back, _) = model_from_gguf_bytes(g, "x.gguf", &bytes).unwrap();
+        let mut q8 = 0;
+        for ((n, w), (_, v)) in hf.iter().zip(&params(g, &back)) {
+            let shape = &back.params.specs.iter().find(|s| &s.name == n).unwrap().shape;
+            let w = match shape.as_slice() {
+                [_, cols] if cols % 32 == 0 => {
+                    q8 += 1;
+                    q8_0_round(w)
+                }
+                [_, _] => f16_round(w),
+                _ => w.clone(),
+            };
+            assert!(bits(&w) == bits(v), "{arch} Q8_0: `{n}` after the round trip");
+        }
+        assert_eq!(count("Q8_0"), q8, "{arch}: Q8_0 tensors {types:?}");
+        assert_eq!(q8 > 0, want_q8, "{arch}: {types:?}");
+        assert!(count("F16") > 0 || want_q8, "{arch}: rows of 48 must fall back to F16: {types:?}");
+        eprintln!("{arch} Q8_0: {types:?}, values equal to the host's Q8_0 round trip");
     }
 }
 

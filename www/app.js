@@ -1126,7 +1126,7 @@ function wire() {
   for (const sel of ['#chat-max', '#chat-temp']) $(sel).addEventListener('change', savePage);
   $$('[data-export]').forEach((b) => {
     b.dataset.title = b.title;
-    b.addEventListener('click', () => send({ type: 'export', format: b.dataset.export }));
+    b.addEventListener('click', () => send({ type: 'export', format: b.dataset.export, ggufType: $('#gguf-type').value }));
   });
   window.addEventListener('error', (e) => showError('page', e.message));
   window.addEventListener('unhandledrejection', (e) => showError('page', (e.reason && e.reason.message) || String(e.reason)));

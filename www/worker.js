@@ -480,7 +480,7 @@ function download(name, bytes, mime) {
   post({ type: 'download', name, bytes, mime }, [bytes.buffer]);
 }
 
-async function handleExport({ format }) {
+async function handleExport({ format, ggufType }) {
   const stem = `${baseName(current.model ? current.model.name : 'model')}-webtune`;
   post({ type: 'export-status', text: `Preparing ${format}…` });
   const t0 = performance.now();
@@ -492,7 +492,8 @@ async function handleExport({ format }) {
     const files = await engine(() => session.export_merged());
     download(`${stem}-merged.zip`, zipStore(files), 'application/zip');
   } else if (format === 'gguf') {
-    download(`${stem}.f16.gguf`, await engine(() => session.export_gguf(false)), 'application/octet-stream');
+    const type = ggufType || 'f16';
+    download(`${stem}.${type}.gguf`, await engine(() => session.export_gguf(type)), 'application/octet-stream');
   } else if (format === 'project') {
     const files = await engine(() => session.export_project());
     download(`${stem}-trl-project.zip`, zipStore(files), 'application/zip');

@@ -1,4 +1,4 @@
-//! The model (LoRA merged in) as a GGUF v3 file, F32 or F16, written as llama.cpp's
+//! The model (LoRA merged in) as a GGUF v3 file, F32, F16 or Q8_0, written as llama.cpp's
 //! `convert_hf_to_gguf.py` writes a `llama`, `qwen2` or `gpt2` checkpoint, so llama.cpp
 //! (and every GGUF reader) loads it:
 //! - tensor names: llama.cpp's (`token_embd.weight`, `blk.N.attn_q.weight`, ...), the
@@ -8,7 +8,9 @@
 //!   interleaved RoPE layout (the converter's `LlamaModel.permute`; Qwen2 is not permuted),
 //!   GPT-2's Conv1D weights (in, out) transposed to (out, in); dims innermost first;
 //! - types: 1-D tensors, `*_norm.weight`, `position_embd.weight` and biases always F32 (as
-//!   the converter); the other matrices F32 or F16 (`general.file_type` 0 or 1);
+//!   the converter); the other matrices F32, F16 or Q8_0 (`general.file_type` 0, 1 or 7;
+//!   under Q8_0 a matrix whose rows are not whole 32-value blocks falls back to F16, as the
+//!   converter's `--outtype q8_0` does), Q8_0 with gguf-py's bytes (`load::quantize::q8_0`);
 //! - a tied model has no `output.weight` (llama.cpp reuses `token_embd.weight`);
 //! - the `{arch}.*` hyper-parameters, and the tokenizer and chat template the caller passes
 //!   (a [`GgufTokenizer`] from a loaded GGUF, or one the caller builds);
@@ -30,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::load::gguf::{Array, GgmlType, Value, DEFAULT_ALIGNMENT, MAGIC};
 use crate::load::gguf_model::{gguf_name, permute_rope_rows, transpose, Fix};
+use crate::load::quantize::q8_0;
 use crate::load::GgufTokenizer;
 use crate::model::{Arch, Model, ModelConfig, ParamSpec};
 use crate::ops::rope::default_inv_freq;
@@ -37,26 +40,46 @@ use crate::ops::rope::default_inv_freq;
 use super::merged::{base_params, merged_param};
 
 /// The type of the exported matrices (norms, vectors and positions are always F32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GgufDtype {
+    #[serde(rename = "f32")]
     F32,
+    #[serde(rename = "f16")]
     F16,
+    /// 8-bit blocks of 32 with an f16 scale: about half of F16's bytes, and what a merged
+    /// model of a compact-base run keeps close to its base's size.
+    #[serde(rename = "q8_0")]
+    Q8_0,
 }
 
 impl GgufDtype {
-    /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_ALL_F32` = 0, `MOSTLY_F16` = 1).
+    /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_ALL_F32` = 0, `MOSTLY_F16` = 1,
+    /// `MOSTLY_Q8_0` = 7).
     pub fn file_type(self) -> u32 {
         match self {
             GgufDtype::F32 => 0,
             GgufDtype::F16 => 1,
+            GgufDtype::Q8_0 => 7,
         }
     }
-    fn ggml(self) -> GgmlType {
-        GgmlType::by_name(match self {
+
+    /// The type a matrix with rows of `cols` values is written in.
+    fn ggml(self, cols: u64) -> GgmlType {
+        let name = match self {
             GgufDtype::F32 => "F32",
-            GgufDtype::F16 => "F16",
-        })
-        .expect("a ggml type")
+            GgufDtype::Q8_0 if cols.is_multiple_of(32) => "Q8_0",
+            GgufDtype::F16 | GgufDtype::Q8_0 => "F16",
+        };
+        GgmlType::by_name(name).expect("a ggml type")
+    }
+
+    /// The lowercase name used in settings, file names and the page (`f32`, `f16`, `q8_0`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufDtype::F32 => "f32",
+            GgufDtype::F16 => "f16",
+            GgufDtype::Q8_0 => "q8_0",
+        }
     }
 }
 
@@ -309,7 +332,7 @@ fn plan(cfg: &ModelConfig, specs: &[ParamSpec], skip: &dyn Fn(usize) -> bool, op
             || name.ends_with("_norm.weight")
             || name == "position_embd.weight"
             || !name.ends_with(".weight");
-        let ty = if f32_only { f32t } else { opts.dtype.ggml() };
+        let ty = if f32_only { f32t } else { opts.dtype.ggml(dims[0]) };
         tensors.push(Planned {
             name,
             dims,
@@ -323,7 +346,7 @@ fn plan(cfg: &ModelConfig, specs: &[ParamSpec], skip: &dyn Fn(usize) -> bool, op
     }
     let mut at = 0u64;
     for t in &mut tensors {
-        t.n_bytes = t.dims.iter().product::<u64>() * t.ty.block_bytes as u64;
+        t.n_bytes = t.dims.iter().product::<u64>() / t.ty.block_values as u64 * t.ty.block_bytes as u64;
         t.offset = at;
         at = (at + t.n_bytes).next_multiple_of(DEFAULT_ALIGNMENT);
     }
@@ -367,6 +390,9 @@ impl Plan {
         };
         match t.ty.name {
             "F16" => v.iter().for_each(|&x| out.extend(f16::from_f32(x).to_le_bytes())),
+            // Rows are whole blocks (`GgufDtype::ggml`), so the blocks of the flat file-order
+            // values are the rows' blocks.
+            "Q8_0" => out.extend(q8_0(&v)),
             _ => v.iter().for_each(|&x| out.extend(x.to_le_bytes())),
         }
         let data_start = self.head.len();

@@ -293,6 +293,23 @@ impl ParamStore {
 
     /// Read one parameter's values back (tests, export); a compact one is dequantized on
     /// the host (the values every kernel reads, bit for bit).
+    /// How the weights sit on the GPU: `f32`, or each format with its tensor count in
+    /// first-seen order (`q4_1 x 210, f32 x 61, q8_0 x 1`), as the page and `bench` show it.
+    pub fn precision_summary(&self) -> String {
+        let mut formats: Vec<(&str, usize)> = Vec::new();
+        for p in 0..self.specs.len() {
+            let f = self.compact(p).map_or("f32", |c| c.format.name());
+            match formats.iter_mut().find(|(n, _)| *n == f) {
+                Some(e) => e.1 += 1,
+                None => formats.push((f, 1)),
+            }
+        }
+        match &formats[..] {
+            [("f32", _)] => "f32".to_string(),
+            _ => formats.iter().map(|(f, n)| format!("{f} x {n}")).collect::<Vec<_>>().join(", "),
+        }
+    }
+
     pub async fn read(&self, gpu: &Gpu, p: Pid) -> Result<Vec<f32>> {
         if let Some(c) = self.compact(p) {
             let words = gpu.read_u32(&c.words).await?;

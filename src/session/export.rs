@@ -52,7 +52,7 @@ impl<'g> Session<'g> {
                 files.extend(meta.tokenizer_files.iter().cloned());
                 Ok(files)
             }
-            Format::Gguf => Ok(vec![("model.gguf".into(), self.export_gguf(GgufDtype::F16).await?)]),
+            Format::Gguf => Ok(vec![("model.gguf".into(), self.export_gguf(self.settings.gguf_type).await?)]),
         }
     }
 

@@ -22,7 +22,7 @@ pub use report::{
     ExactItem, ExactMatch, GenOptions, Generated, LoraInfo, MemoryInfo, ModelInfo, Plan, Preview, PreviewToken, Prompt,
     ValidLoss,
 };
-pub use settings::{Base, Format, Method, Settings};
+pub use settings::{Base, Format, GgufDtype, Method, Settings};
 
 use crate::error::{Error, Result};
 use crate::export::peft::{import_adapter, parse_adapter_config, AdapterFiles};
@@ -398,18 +398,6 @@ impl<'g> Session<'g> {
             return Err(Error::Usage("load a model first".into()));
         };
         let c = &m.cfg;
-        let mut formats: Vec<(&str, usize)> = Vec::new();
-        for p in 0..m.params.specs.len() {
-            let f = m.params.compact(p).map_or("f32", |c| c.format.name());
-            match formats.iter_mut().find(|(n, _)| *n == f) {
-                Some(e) => e.1 += 1,
-                None => formats.push((f, 1)),
-            }
-        }
-        let base_precision = match &formats[..] {
-            [("f32", _)] => "f32".to_string(),
-            _ => formats.iter().map(|(f, n)| format!("{f} x {n}")).collect::<Vec<_>>().join(", "),
-        };
         Ok(ModelInfo {
             name: meta.name.clone(),
             arch: format!("{:?}", c.arch),
@@ -423,7 +411,7 @@ impl<'g> Session<'g> {
             ffn: c.ffn,
             max_seq: m.max_seq(),
             tied_embeddings: c.tied,
-            base_precision,
+            base_precision: m.params.precision_summary(),
             weight_bytes: m.params.gpu_bytes(),
             params: m.params.num_params(),
             trainable: m.params.num_trainable(),

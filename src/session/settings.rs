@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::export::gguf::GgufDtype;
 pub use crate::load::base::Base;
 use crate::model::lora::{LoraConfig, ALL_LINEAR};
 use crate::ops::adamw::AdamW;
@@ -33,7 +34,7 @@ pub enum Format {
     Peft,
     /// A Hugging Face folder with the adapters merged in (needs a Hugging Face base).
     Merged,
-    /// One GGUF file (F16) with the adapters merged in.
+    /// One GGUF file with the adapters merged in, its matrices in `gguf_type`.
     Gguf,
 }
 
@@ -69,6 +70,7 @@ str_enum!(
     "q4_0" => Base::Q4_0,
     "q4_k" => Base::Q4K
 );
+str_enum!(GgufDtype, "f16" => GgufDtype::F16, "f32" => GgufDtype::F32, "q8_0" => GgufDtype::Q8_0);
 str_enum!(Format, "auto" => Format::Auto, "peft" => Format::Peft, "merged" => Format::Merged, "gguf" => Format::Gguf);
 
 /// Everything a user decides about a run. Field names are the JSON keys.
@@ -135,6 +137,9 @@ pub struct Settings {
     /// f16/bf16 as they are), `f32`, or quantized on load (`f16`, `bf16`, `q8_0`, `q4_0`,
     /// `q4_k`). Fixed when the model loads.
     pub base: Base,
+    /// The matrices' type in a GGUF export: `f16` (the default), `f32`, or `q8_0`
+    /// (matrices whose rows are not whole 32-value blocks stay F16).
+    pub gguf_type: GgufDtype,
 }
 
 impl Default for Settings {
@@ -170,6 +175,7 @@ impl Default for Settings {
             recompute: true,
             format: Format::Auto,
             base: Base::Auto,
+            gguf_type: GgufDtype::F16,
         }
     }
 }

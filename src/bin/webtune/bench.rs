@@ -8,26 +8,48 @@ use webtune::gpu::{Gpu, Profile, ProfileEntry};
 use webtune::model::presets::{preset, random_init};
 use webtune::model::{LoraConfig, Model};
 use webtune::rng::Rng;
+use webtune::session::{Base, Method, Settings};
 use webtune::train::{Example, LossMode, TrainConfig, Trainer};
 
-#[allow(clippy::too_many_arguments)]
+/// What is timed: the batch, how many steps, and whether a profiled step follows.
+pub struct Shape {
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub loss: LossMode,
+    pub profile: bool,
+}
+
 pub async fn bench(
     gpu: &Gpu,
     model: Option<String>,
     name: Option<String>,
-    batch: usize,
-    seq: usize,
-    steps: usize,
-    warmup: usize,
-    loss: LossMode,
-    profile: bool,
+    shape: Shape,
     lora: Option<LoraConfig>,
+    base: Base,
 ) -> Result<()> {
+    let Shape { batch, seq, steps, warmup, loss, profile } = shape;
     let (model, label) = match (model, name) {
-        (Some(_), _) if lora.is_some() => {
-            return Err(Error::Usage("bench --method lora runs on a --preset".into()));
+        (Some(m), _) => {
+            // Loaded as `train` loads it, so LoRA and the base precision mean the same.
+            let settings = match &lora {
+                Some(l) => Settings {
+                    method: Method::Lora,
+                    lora_rank: l.rank,
+                    lora_alpha: l.alpha,
+                    lora_targets: l.targets.clone(),
+                    base,
+                    ..Default::default()
+                },
+                None => Settings { method: Method::Full, base, ..Default::default() },
+            };
+            settings.check()?;
+            (crate::cli::load_model(gpu, &m, settings).await?, m)
         }
-        (Some(m), _) => (crate::cli::load_model(gpu, &m).await?, m),
+        (None, _) if base != Base::Auto && base != Base::F32 => {
+            return Err(Error::Usage(format!("bench --base {base} needs a --model (presets have random f32 weights)")));
+        }
         (None, n) => {
             let n = n.unwrap_or_else(|| "smollm2-135m".into());
             (Model::build(gpu, preset(&n)?, lora.as_ref(), random_init(0))?, format!("preset {n}"))
@@ -46,9 +68,10 @@ pub async fn bench(
         })
         .collect();
     println!(
-        "model: {label} ({} parameters, {:.1} MiB for weights, grads and AdamW)",
+        "model: {label} ({} parameters, {:.1} MiB for weights, grads and AdamW; base {})",
         model.params.num_params(),
-        model.params.gpu_bytes() as f64 / 1048576.0
+        model.params.gpu_bytes() as f64 / 1048576.0,
+        model.params.precision_summary()
     );
     println!("adapter: {} ({}, {})", gpu.info.name, gpu.info.backend, gpu.info.device_type);
     let method = match &lora {

@@ -11,7 +11,7 @@ use webtune::load::hub::{Hub, Progress};
 use webtune::load::ModelSource;
 use webtune::model::Model;
 use webtune::session::model_files::read_source;
-use webtune::session::{Base, Format, GenOptions, Method, Prompt, Session, Settings};
+use webtune::session::{Base, Format, GenOptions, GgufDtype, Method, Prompt, Session, Settings};
 use webtune::tokenize::Message;
 use webtune::train::{LossMode, ScheduleKind};
 
@@ -99,8 +99,8 @@ enum Cmd {
     /// Write the run as a transformers + TRL + PEFT + accelerate project in --out (train.py,
     /// the data, accelerate configs, requirements.txt, README.md). Needs no GPU.
     ExportRun(Box<ExportRunArgs>),
-    /// Time full fine-tuning steps after warm-up: tokens/s, ms per step and per kernel,
-    /// and the matmuls' GFLOP/s.
+    /// Time full fine-tuning or LoRA steps after warm-up: tokens/s, ms per step and per
+    /// kernel, the device work per step, and the matmuls' GFLOP/s.
     Bench {
         /// A .gguf file, a Hugging Face folder, or a hub model id (`namespace/name[@revision]`).
         #[arg(long, conflicts_with = "preset")]
@@ -122,9 +122,13 @@ enum Cmd {
         /// Skip the per-kernel profile (it submits and waits after every dispatch).
         #[arg(long)]
         no_profile: bool,
-        /// full (default) or lora (adapters on a frozen base; presets only).
+        /// full (default) or lora (adapters on a frozen base).
         #[arg(long, default_value = "full")]
         method: String,
+        /// Under LoRA on a --model: how the frozen base stays on the GPU, as `train --base`
+        /// (auto: a GGUF's blocks and f16/bf16 tensors as the file has them).
+        #[arg(long, default_value = "auto")]
+        base: Base,
         #[arg(long, default_value_t = 8)]
         lora_rank: usize,
         /// Comma-separated module names, or all-linear.
@@ -217,9 +221,14 @@ pub struct SettingsArgs {
     no_recompute: bool,
     /// How the trained model is written: auto (default: peft for LoRA; for full
     /// fine-tuning merged over a Hugging Face base, gguf over a GGUF base), peft, merged (a
-    /// Hugging Face folder; needs a Hugging Face base) or gguf (F16).
+    /// Hugging Face folder; needs a Hugging Face base) or gguf (one file, its matrices in
+    /// --gguf-type).
     #[arg(long)]
     format: Option<Format>,
+    /// The matrices' type in a GGUF export: f16 (default), f32, or q8_0 (matrices whose
+    /// rows are not whole 32-value blocks stay F16, as llama.cpp's converter does).
+    #[arg(long)]
+    gguf_type: Option<GgufDtype>,
     /// How LoRA keeps the frozen base on the GPU: auto (default: a GGUF's blocks and
     /// f16/bf16 tensors as the file has them), f32, or quantized on load into f16, bf16,
     /// q8_0, q4_0 or q4_k (q4_0 where a row cannot hold 256-value blocks).
@@ -235,7 +244,19 @@ impl SettingsArgs {
             ($($f:ident),+) => { $(if let Some(x) = self.$f.clone() { s.$f = x; })+ };
         }
         set!(method, lora_rank, lora_alpha, lora_dropout, loss, batch, grad_accum, lr, warmup, schedule);
-        set!(max_len, pack, seed, weight_decay, max_grad_norm, val_share, val_limit, eval_every, format, base);
+        set!(
+            max_len,
+            pack,
+            seed,
+            weight_decay,
+            max_grad_norm,
+            val_share,
+            val_limit,
+            eval_every,
+            format,
+            base,
+            gguf_type
+        );
         if self.micro_batch.is_some() {
             s.micro_batch = self.micro_batch;
         }
@@ -373,9 +394,10 @@ pub async fn load(session: &mut Session<'_>, arg: &str) -> Result<()> {
     Ok(())
 }
 
-/// The model alone (bench).
-pub async fn load_model(gpu: &Gpu, arg: &str) -> Result<Model> {
-    let mut s = Session::new(gpu, Settings { method: Method::Full, ..Default::default() })?;
+/// The model alone (bench), loaded as a run with `settings` would load it (its LoRA and
+/// base precision).
+pub async fn load_model(gpu: &Gpu, arg: &str, settings: Settings) -> Result<Model> {
+    let mut s = Session::new(gpu, settings)?;
     load(&mut s, arg).await?;
     s.drop_run();
     s.into_model().ok_or_else(|| Error::Usage(format!("{arg}: no model")))
@@ -508,9 +530,23 @@ pub async fn run() -> Result<()> {
         }
         Cmd::Train(args) => train::train(&gpu, *args).await?,
         Cmd::ExportRun(_) => return Err(Error::Usage("export-run is handled before the GPU is opened".into())),
-        Cmd::Bench { model, preset, batch, seq, steps, warmup, loss, no_profile, method, lora_rank, lora_targets } => {
+        Cmd::Bench {
+            model,
+            preset,
+            batch,
+            seq,
+            steps,
+            warmup,
+            loss,
+            no_profile,
+            method,
+            lora_rank,
+            lora_targets,
+            base,
+        } => {
             let lora = crate::bench::lora_config(&method, lora_rank, &lora_targets)?;
-            crate::bench::bench(&gpu, model, preset, batch, seq, steps, warmup, loss, !no_profile, lora).await?;
+            let shape = crate::bench::Shape { batch, seq, steps, warmup, loss, profile: !no_profile };
+            crate::bench::bench(&gpu, model, preset, shape, lora, base).await?;
         }
     }
     Ok(())
