@@ -90,6 +90,12 @@ pub struct Variant {
 /// |-------------|---------|-------------------------------|-----|
 /// | GPU         | 128     | split over heads and queries  | a GPU of 100+ compute units needs more than ceil(T/64) * B*Hk workgroups, and 4+ warps per workgroup |
 /// | CPU adapter | 64      | one workgroup per key block   | two to sixteen cores are filled anyway; the causal diagonal's masked lanes grow with the block, and the partials' extra pass costs time (measured in tests/ops/attention.rs `attention_timing`) |
+///
+/// Measured on lavapipe (2 shared cores, `attention_timing`, best of 3, noisy: the machine
+/// ran other builds), backward ms, 64 unsplit vs 128 split: SmolLM2's 4 x 128 (9 over 3
+/// heads, D 64) 567-614 vs 642-657; 4 x 256 1696-1924 vs 1843-1861; D 128 at 1 x 256 446-456
+/// vs 544-548; D 256 692-882 vs 916-1192. The 64-thread unsplit layout is the old kernel's
+/// (4 x 256 backward 1981-2110 ms in the same runs).
 pub fn choose(cpu_adapter: bool) -> Variant {
     if cpu_adapter {
         Variant { block: CPU_BLOCK, split: false }
