@@ -8,10 +8,11 @@
 //
 // One thread owns one query (forward, dQ) or one key (dK/dV) for a whole pass, with its
 // head row and accumulators in registers; the other side streams through workgroup memory
-// in tiles of `tile` rows, so a workgroup reads each K/V (or Q/dOut) row once for BLOCK rows.
-// Head rows are vec4s: D must be a multiple of 4, at most 128. DV = D / 4 and the tile rows
-// TILE are constants of each pipeline (one per head size, src/ops/attention.rs), so the
-// per-thread head rows and accumulators are fixed-size arrays walked by constant loops,
+// in tiles of TILE rows, so a workgroup reads each K/V (or Q/dOut) row once for BLOCK rows.
+// Head rows are vec4s: D must be a multiple of 4, at most 256. BLOCK (threads per
+// workgroup), DV = D / 4 and TILE are constants of each pipeline (one per head size and
+// variant, src/ops/attention.rs, whose table keeps the workgroup arrays within 16 KiB), so
+// the per-thread head rows and accumulators are fixed-size arrays walked by constant loops,
 // which GPUs keep in registers (a runtime length puts them in local memory).
 // FLOPs per visible (query, key) pair: forward 4D, dQ 6D, dK/dV 8D.
 
@@ -22,25 +23,25 @@ struct Params {
     hk: u32,
     dv: u32,    // D / 4, the pipeline's DV (kept in the struct the launcher shares)
     group: u32, // H / Hk query heads per kv head
-    tile: u32,  // min(BLOCK, TILE_VEC / DV), the pipeline's TILE
+    tile: u32,  // the pipeline's TILE
     scale: f32, // 1 / sqrt(D), or the model's own (Gemma 3's query_pre_attn_scalar^-0.5)
     window: u32, // keys a query sees at most, itself included; u32::MAX: no window
+    qchunk: u32, // dK/dV split: queries per partial (a multiple of BLOCK)
+    nchunk: u32, // dK/dV split: query chunks per head of a group (1: no split)
     _p0: u32,
-    _p1: u32,
-    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 
 // From src/ops/attention.rs: BLOCK threads per workgroup = queries (or keys) it owns; DV
-// vec4s per head row; TILE_VEC vec4s per tile (the workgroup
-// arrays stay under 16 KiB).
+// vec4s per head row; TILE rows per tile, TILE_VEC = TILE * DV vec4s (the table there keeps
+// sh_a + sh_b + sh_seg + sh_st within WebGPU's default 16 KiB).
 const NEG: f32 = -3.0e38;   // a masked score; finite so that NEG - NEG is not NaN
 
-var<workgroup> sh_a: array<vec4<f32>, TILE_VEC>; // K (forward, dQ) or Q (dK/dV) rows
-var<workgroup> sh_b: array<vec4<f32>, TILE_VEC>; // V (forward, dQ) or dOut (dK/dV) rows
-var<workgroup> sh_seg: array<u32, BLOCK>;        // segment of each tile row
-var<workgroup> sh_st: array<vec2<f32>, BLOCK>;   // (lse, delta) of each query row (dK/dV)
+var<workgroup> sh_a: array<vec4<f32>, TILE_VEC>; // (TILE, D) K (forward, dQ) or Q (dK/dV) rows
+var<workgroup> sh_b: array<vec4<f32>, TILE_VEC>; // (TILE, D) V (forward, dQ) or dOut (dK/dV) rows
+var<workgroup> sh_seg: array<u32, TILE>;         // segment of each tile row
+var<workgroup> sh_st: array<vec2<f32>, TILE>;    // (lse, delta) of each query row (dK/dV)
 
 fn dot4(a: vec4<f32>, b: vec4<f32>, acc: vec4<f32>) -> vec4<f32> {
     return fma(a, b, acc);
@@ -72,7 +73,13 @@ fn load_kv(b: u32, kvh: u32, k0: u32, n: u32, lid: u32) {
     }
 }
 
-// Grid: (ceil(T / 64), B*H). Thread = query.
+// The first key that query q0, the block's first, sees through the window: the keys
+// before it are masked for the whole block, so their tiles are skipped (no bits change).
+fn first_key(q0: u32) -> u32 {
+    return select(0u, q0 + 1u - p.window, q0 + 1u > p.window);
+}
+
+// Grid: (ceil(T / BLOCK), B*H). Thread = query.
 @compute @workgroup_size(BLOCK)
 fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
@@ -93,9 +100,9 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     }
     var m = NEG;
     var l = 0.0;
-    var s: array<f32, BLOCK>;
+    var s: array<f32, TILE>; // the scores of one key tile
     let kend = min(q0 + BLOCK, p.t); // the block's last query sees keys < kend
-    for (var k0 = 0u; k0 < kend; k0 += TILE) {
+    for (var k0 = first_key(q0); k0 < kend; k0 += TILE) {
         let n = min(TILE, kend - k0);
         load_kv(b, kvh, k0, n, lid);
         workgroupBarrier();
@@ -181,7 +188,7 @@ fn attention_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @group(0) @binding(7) var<storage, read> delta_r: array<f32>;          // (B*H*T)
 @group(0) @binding(8) var<storage, read_write> dq: array<vec4<f32>>;   // (rows, H*D)
 
-// Grid: (ceil(T / 64), B*H). Thread = query.
+// Grid: (ceil(T / BLOCK), B*H). Thread = query.
 @compute @workgroup_size(BLOCK)
 fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
@@ -205,7 +212,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         acc[i] = vec4<f32>(0.0);
     }
     let kend = min(q0 + BLOCK, p.t);
-    for (var k0 = 0u; k0 < kend; k0 += TILE) {
+    for (var k0 = first_key(q0); k0 < kend; k0 += TILE) {
         let n = min(TILE, kend - k0);
         load_kv(b, kvh, k0, n, lid);
         workgroupBarrier();
@@ -235,39 +242,41 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 // ---- backward: dK, dV ---------------------------------------------------------------------
 // Per key of kv head g, over the queries that see it, in every query head of g's group:
 // dV[tk] = sum P * dOut[tq];  dK[tk] = scale * sum P * (dOut[tq].V[tk] - delta[tq]) * Q[tq]
-// Each key is owned by one thread, so the sums need no atomics and are deterministic.
+// Each key is owned by one thread per workgroup, so the sums need no atomics. Unsplit
+// (CPU adapters), one workgroup walks every query head of the group and every query that
+// sees its keys, and writes dK/dV. Split (GPUs, which need more workgroups than
+// ceil(T / BLOCK) * B*Hk), a third grid dimension z = g * nchunk + c gives workgroup z the
+// queries [k0 + c*qchunk, +qchunk) of head g of the group alone; it writes its partial sums
+// to scratch, and attention_dkv_reduce adds the partials of each key in the fixed order
+// z = 0, 1, ...: deterministic, and the same bits for the same shape on every run.
 
 @group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;      // (B*H*T) (lse, delta), in dQ's buffer
 @group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;   // (rows, Hk*D)
 @group(0) @binding(8) var<storage, read_write> dvv: array<vec4<f32>>;  // (rows, Hk*D)
+// (2, S, rows, Hk*D): dK's partials, then dV's; S = group * nchunk.
+@group(0) @binding(7) var<storage, read_write> part_w: array<vec4<f32>>;
 
-// Grid: (ceil(T / 64), B*Hk). Thread = key.
-@compute @workgroup_size(BLOCK)
-fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let lid = lid3.x;
-    let b = wid.y / p.hk;
-    let kvh = wid.y % p.hk;
-    let k0 = wid.x * BLOCK;
-    let tk = min(k0 + lid, p.t - 1u);
-    let row = b * p.t + tk;
-    let base = (row * p.hk + kvh) * DV;
-    let sk = seg[row];
-    var kr: array<vec4<f32>, DV>;
-    var vr: array<vec4<f32>, DV>;
-    var gk: array<vec4<f32>, DV>;
-    var gv: array<vec4<f32>, DV>;
-    for (var i = 0u; i < DV; i++) {
-        kr[i] = k[base + i] * p.scale;
-        vr[i] = v[base + i];
-        gk[i] = vec4<f32>(0.0);
-        gv[i] = vec4<f32>(0.0);
-    }
-    for (var g = 0u; g < p.group; g++) {
+// The key thread's own rows and sums, shared by the two stage-one entry points.
+var<private> kr: array<vec4<f32>, DV>; // K[tk] * scale
+var<private> vr: array<vec4<f32>, DV>; // V[tk]
+var<private> gk: array<vec4<f32>, DV>; // sum dS * Q (unscaled)
+var<private> gv: array<vec4<f32>, DV>; // sum P * dOut
+
+// One past the last query that sees any key of the block starting at k0.
+fn query_limit(k0: u32) -> u32 {
+    if (p.window >= p.t) { return p.t; }
+    return min(p.t, k0 + BLOCK - 1u + p.window);
+}
+
+// Accumulate into gk, gv the pairs of key tk (clamped; row `row`, segment sk) with the
+// queries [qa, qb) of the heads g0..g1 of kv head kvh's group. Uniform over the workgroup.
+fn dkv_accumulate(b: u32, kvh: u32, tk: u32, g0: u32, g1: u32, qa: u32, qb: u32, lid: u32) {
+    let sk = seg[b * p.t + tk];
+    for (var g = g0; g < g1; g++) {
         let h = kvh * p.group + g;
         let bh = b * p.h + h;
-        // Queries before the block's first key see none of its keys.
-        for (var q0 = k0; q0 < p.t; q0 += TILE) {
-            let n = min(TILE, p.t - q0);
+        for (var q0 = qa; q0 < qb; q0 += TILE) {
+            let n = min(TILE, qb - q0);
             for (var e = lid; e < n * DV; e += BLOCK) {
                 let src = ((b * p.t + q0 + e / DV) * p.h + h) * DV + e % DV;
                 sh_a[e] = q[src];
@@ -298,12 +307,92 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
             workgroupBarrier();
         }
     }
+}
+
+// Load key tk's rows (clamped: threads past T compute a duplicate and discard it) and
+// zero its sums; the row's first vec4 in (rows, Hk*D).
+fn dkv_begin(b: u32, kvh: u32, tk: u32) -> u32 {
+    let base = ((b * p.t + tk) * p.hk + kvh) * DV;
+    for (var i = 0u; i < DV; i++) {
+        kr[i] = k[base + i] * p.scale;
+        vr[i] = v[base + i];
+        gk[i] = vec4<f32>(0.0);
+        gv[i] = vec4<f32>(0.0);
+    }
+    return base;
+}
+
+// Unsplit. Grid: (ceil(T / BLOCK), B*Hk). Thread = key.
+@compute @workgroup_size(BLOCK)
+fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let b = wid.y / p.hk;
+    let kvh = wid.y % p.hk;
+    let k0 = wid.x * BLOCK;
+    let tk = min(k0 + lid, p.t - 1u);
+    let base = dkv_begin(b, kvh, tk);
+    // Queries before the block's first key see none of its keys, nor those past the window.
+    dkv_accumulate(b, kvh, tk, 0u, p.group, k0, query_limit(k0), lid);
     if (k0 + lid < p.t) {
         for (var i = 0u; i < DV; i++) {
             dk[base + i] = gk[i] * p.scale;
             dvv[base + i] = gv[i];
         }
     }
+}
+
+// Split, stage one. Grid: (ceil(T / BLOCK), B*Hk, group * nchunk). Thread = key.
+@compute @workgroup_size(BLOCK)
+fn attention_backward_dkv_part(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let b = wid.y / p.hk;
+    let kvh = wid.y % p.hk;
+    let k0 = wid.x * BLOCK;
+    let g = wid.z / p.nchunk;
+    let qa = k0 + (wid.z % p.nchunk) * p.qchunk;
+    let lim = query_limit(k0);
+    if (qa >= lim) { return; } // an empty chunk: the reduction does not read its partial
+    let tk = min(k0 + lid, p.t - 1u);
+    let base = dkv_begin(b, kvh, tk);
+    dkv_accumulate(b, kvh, tk, g, g + 1u, qa, min(lim, qa + p.qchunk), lid);
+    if (k0 + lid < p.t) {
+        let plane = p.b * p.t * p.hk * DV; // vec4s of one partial
+        let dst = wid.z * plane + base;
+        let sv = p.group * p.nchunk * plane; // dV's partials after dK's
+        for (var i = 0u; i < DV; i++) {
+            part_w[dst + i] = gk[i];
+            part_w[sv + dst + i] = gv[i];
+        }
+    }
+}
+
+// Split, stage two: dK = scale * sum_z partial_z, dV = sum_z partial_z over the chunks z
+// that hold queries seeing the key's block, in the order of z.
+@group(0) @binding(1) var<storage, read> part_r: array<vec4<f32>>;       // (2, S, rows, Hk*D)
+@group(0) @binding(2) var<storage, read_write> dk_red: array<vec4<f32>>; // (rows, Hk*D)
+@group(0) @binding(3) var<storage, read_write> dv_red: array<vec4<f32>>; // (rows, Hk*D)
+
+// Grid: grid_1d(rows * Hk*D/4, WG). Thread = one vec4 of one key row's dK and dV.
+@compute @workgroup_size(WG)
+fn attention_dkv_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = flat_id(gid, nwg, WG);
+    let plane = p.b * p.t * p.hk * DV;
+    if (n >= plane) { return; }
+    let tk = (n / (p.hk * DV)) % p.t;
+    let k0 = tk / BLOCK * BLOCK;
+    let nc = min(p.nchunk, (query_limit(k0) - k0 + p.qchunk - 1u) / p.qchunk);
+    let sv = p.group * p.nchunk * plane;
+    var sk = vec4<f32>(0.0);
+    var sv4 = vec4<f32>(0.0);
+    for (var g = 0u; g < p.group; g++) {
+        for (var c = 0u; c < nc; c++) {
+            let z = (g * p.nchunk + c) * plane + n;
+            sk += part_r[z];
+            sv4 += part_r[sv + z];
+        }
+    }
+    dk_red[n] = sk * p.scale;
+    dv_red[n] = sv4;
 }
 
 // ---- decoding with a KV cache -----------------------------------------------------------

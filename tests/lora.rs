@@ -565,10 +565,12 @@ fn hand_count(cfg: &webtune::model::ModelConfig, lora: Option<&LoraConfig>, rows
         + if cfg.qk_norm { b(r * q) + b(r * kv) } else { 0 } // dq_raw, dk_raw (before the q/k norms)
         // Partial sums of the row reductions: chunks of 32 rows by the widest bias or norm
         // (F, 3C, Q, KV or C), the embedding's segments of 64 rows (2 r / 64 rows of C), or
-        // LayerNorm's dw and db partials (the first rounded up to 64 elements).
+        // LayerNorm's dw and db partials (the first rounded up to 64 elements), or the split
+        // attention backward's dK and dV partials (max(H/Hk, 4) of each, rows by KV).
         + b((r.div_ceil(32) * [c, f, q, kv, if gpt2 { 3 * c } else { 0 }].into_iter().max().unwrap())
             .max((2 * r).div_ceil(64) * c)
-            .max(if gpt2 { (r.div_ceil(32) * c).next_multiple_of(64) + r.div_ceil(32) * c } else { 0 }));
+            .max(if gpt2 { (r.div_ceil(32) * c).next_multiple_of(64) + r.div_ceil(32) * c } else { 0 })
+            .max(2 * (h / cfg.kv_heads).max(4) * r * kv));
     // The head: gathered and normed hidden states and their gradients, final-norm
     // statistics, logits and per-row loss.
     let head = 4 * b(r * c) + 2 * b(r) + b(r * v) + b(r);

@@ -318,6 +318,59 @@ async fn matmul_all_transposes_match_reference() {
     }
 }
 
+#[path = "reference/attention.rs"]
+mod attention_ref;
+
+/// As tests/ops/attention.rs's ATTN_FWD / ATTN_LSE / ATTN_BWD (the reasons are given there).
+const ATTN_FWD: Tol = Tol { name: "ATTN_FWD", abs: 1e-6, rel: 4e-6 };
+const ATTN_LSE: Tol = Tol { name: "ATTN_LSE", abs: 1e-6, rel: 2e-6 };
+const ATTN_BWD: Tol = Tol { name: "ATTN_BWD", abs: 5e-6, rel: 2e-5 };
+
+/// Attention's forward and backward under Tint in both layouts the table picks (64 threads
+/// unsplit; 128 threads with the dK/dV split over heads and query chunks and its reduction),
+/// at head sizes 8, 80 (tiles that do not divide) and Gemma 3's 256 (7-row tiles), GQA, a
+/// sliding window and T past one workgroup, against the f64 reference.
+#[wasm_bindgen_test]
+async fn attention_layouts_and_head_sizes_match_reference() {
+    use attention_ref::{attention, attention_backward, Shape};
+    use webtune::ops::attention::{backward_with, choose, forward_with, scratch_len, AttnShape};
+    let g = gpu().await;
+    let mut rng = Rng::new(3);
+    for &(b, t, h, hk, d, window) in
+        &[(2usize, 9usize, 4usize, 2usize, 8usize, None), (1, 131, 2, 1, 80, Some(40)), (1, 33, 4, 1, 256, None)]
+    {
+        let s = AttnShape { b, t, h, hk, d, window, scale: None };
+        let rs = Shape { b, t, h, hk, d, window, scale: None };
+        let rows = b * t;
+        let (qn, kn) = (rows * h * d, rows * hk * d);
+        let (q, k, v, dout) = (rng.vec(qn, 2.0), rng.vec(kn, 1.0), rng.vec(kn, 1.0), rng.vec(qn, 1.0));
+        let seg = vec![0u32; rows];
+        let f = |x: &[f32]| x.iter().map(|&y| y as f64).collect::<Vec<_>>();
+        let (o_ref, lse_ref) = attention(&rs, &f(&q), &f(&k), &f(&v), &seg);
+        let (dq_ref, dk_ref, dv_ref) = attention_backward(&rs, &f(&q), &f(&k), &f(&v), &seg, &f(&dout));
+        let up = |name: &str, x: &[f32]| g.upload_f32(name, x).unwrap();
+        let (tq, tk, tv, tdo) = (up("q", &q), up("k", &k), up("v", &v), up("dout", &dout));
+        let tseg = g.upload_u32("seg", &seg).unwrap();
+        for var in [choose(true), choose(false)] {
+            let (to, tlse, tdelta) =
+                (g.zeros("o", qn).unwrap(), g.zeros("lse", b * h * t).unwrap(), g.zeros("d", b * h * t).unwrap());
+            let tscr = g.zeros("scratch", scratch_len(rows, h, hk, d)).unwrap();
+            let (tdq, tdk, tdv) = (g.zeros("dq", qn).unwrap(), g.zeros("dk", kn).unwrap(), g.zeros("dv", kn).unwrap());
+            let mut enc = Encoder::new(&g);
+            forward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse);
+            backward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tdelta, &tscr, &tdq, &tdk, &tdv);
+            enc.submit();
+            let what = format!("attention {var:?} B {b} T {t} H {h} Hk {hk} D {d} window {window:?}");
+            let mut worst = check(&format!("{what} o"), &g.read_f32(&to).await.unwrap(), &o_ref, ATTN_FWD);
+            worst = worst.max(check(&format!("{what} lse"), &g.read_f32(&tlse).await.unwrap(), &lse_ref, ATTN_LSE));
+            for (name, t, want) in [("dq", &tdq, &dq_ref), ("dk", &tdk, &dk_ref), ("dv", &tdv, &dv_ref)] {
+                worst = worst.max(check(&format!("{what} {name}"), &g.read_f32(t).await.unwrap(), want, ATTN_BWD));
+            }
+            console_log!("{what}: worst relative error {worst:.2e}");
+        }
+    }
+}
+
 /// Bias and residual epilogue: C = A . B^T + bias + resid (a Linear layer's forward).
 #[wasm_bindgen_test]
 async fn matmul_bias_residual_match_reference() {

@@ -5,8 +5,8 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 /// The largest head size the attention kernel (shaders/attention.wgsl) takes: it keeps a
-/// head's row in registers as at most 32 vec4s.
-pub const MAX_HEAD_SIZE: usize = 128;
+/// head's row in registers as at most 64 vec4s (Gemma 3's head_dim 256).
+pub const MAX_HEAD_SIZE: usize = 256;
 
 /// HF's `1 / theta^(arange(0, d, 2) / d)`, each step in f32 as torch computes it, so the
 /// angles (and hence the model's outputs) match the checkpoint's training bit for bit.

@@ -514,7 +514,7 @@ impl Model {
         let Causal { shape, seg, lse } = causal;
         let red = &g.reduce;
         self.linear_bwd(enc, &blk.o, rows, dout, o, Some((&g.d_o, false)), lio, red);
-        attention::backward(enc, shape, q, k, v, seg, o, lse, &g.d_o, &g.delta, &g.dq, &g.dk, &g.dv);
+        attention::backward(enc, shape, q, k, v, seg, o, lse, &g.d_o, &g.delta, red, &g.dq, &g.dk, &g.dv);
         self.qkv_bwd(enc, blk, rows, x, qkn, g, pos, dx, lio, &g.reduce);
     }
 

@@ -7,7 +7,7 @@ use super::lora::LoraShape;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::embedding::{self, GroupIndex};
-use crate::ops::{bias, layernorm};
+use crate::ops::{attention, bias, layernorm};
 
 /// Saved activations of one block: what `block_fwd` writes and `block_bwd` reads (the
 /// decoder holds one set too, see `generate::Scratch`).
@@ -233,6 +233,8 @@ impl Lens {
             // LayerNorm's dw and db partials side by side.
             reduce = reduce.max(layernorm::scratch_len(rows.max(hr), c));
         }
+        // The split attention backward's dK/dV partials (GPUs), between two of its passes.
+        reduce = reduce.max(attention::scratch_len(rows, cfg.heads, cfg.kv_heads, cfg.head_dim));
         grads.push(("reduce", reduce));
         let logit_rows = if opts.all_logits { n1 } else { hr };
         let head = vec![
