@@ -294,6 +294,22 @@ fn tiny_fixtures_exported_and_reloaded_give_the_same_logits() {
                         let d = model.cfg.head_dim as u64;
                         assert_eq!(file.tensor("blk.1.attn_q_norm.weight").unwrap().dims, vec![d]);
                     }
+                    Arch::Gemma3 => {
+                        // The converter's norms are w + 1 (llama.cpp scales by the stored value).
+                        let a = "model.layers.1";
+                        for (gguf, hf_name) in [
+                            ("blk.1.attn_q_norm", format!("{a}.self_attn.q_norm")),
+                            ("blk.1.post_attention_norm", format!("{a}.post_attention_layernorm")),
+                            ("blk.1.ffn_norm", format!("{a}.pre_feedforward_layernorm")),
+                            ("blk.1.post_ffw_norm", format!("{a}.post_feedforward_layernorm")),
+                            ("output_norm", "model.norm".into()),
+                        ] {
+                            let plus_one: Vec<f32> =
+                                hf_of(&format!("{hf_name}.weight")).iter().map(|w| w + 1.0).collect();
+                            assert_eq!(stored(&format!("{gguf}.weight")), plus_one, "{gguf}");
+                        }
+                        assert_eq!(stored("blk.1.attn_q.weight"), hf_of(&format!("{a}.self_attn.q_proj.weight")));
+                    }
                     Arch::Gpt2 => {
                         let c = model.cfg.hidden;
                         let w = hf_of("transformer.h.1.attn.c_attn.weight"); // (C, 3C)
