@@ -145,3 +145,33 @@ fn a_four_bit_base_fits_the_issue_s_memory_targets() {
         assert!(best <= target, "{name}: {best:.0} MiB over a 4-bit base, the issue's target {target} MiB");
     }
 }
+
+/// Gemma 3 configs the engine cannot run are typed errors naming the setting, not panics
+/// or silently different models; Gemma3TextConfig's defaults apply where config.json
+/// leaves a field out (head_dim 256, every 6th layer global).
+#[test]
+fn gemma3_configs_that_cannot_run_are_config_errors() {
+    let base = r#"{"architectures":["Gemma3ForCausalLM"],"vocab_size":97,"hidden_size":32,"intermediate_size":64,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128"#;
+    let cfg = |extra: &str| webtune::model::ModelConfig::from_hf_json(&format!("{base}{extra}}}"));
+    let d = cfg("").unwrap();
+    assert_eq!((d.head_dim, d.gemma.as_ref().unwrap().sliding.clone()), (256, vec![true, true]));
+    assert_eq!(cfg(r#","sliding_window_pattern":2"#).unwrap().gemma.unwrap().sliding, vec![true, false]);
+    for (extra, needle) in [
+        (r#","attn_logit_softcapping":50.0"#, "attn_logit_softcapping"),
+        (r#","hidden_activation":"gelu""#, "hidden_activation"),
+        (r#","use_bidirectional_attention":true"#, "use_bidirectional_attention"),
+        (r#","layer_types":["sliding_attention"]"#, "layer_types"),
+        (r#","layer_types":["sliding_attention","chunked_attention"]"#, "layer_types"),
+        (r#","final_logit_softcapping":-1.0"#, "final_logit_softcapping"),
+        (r#","query_pre_attn_scalar":0"#, "query_pre_attn_scalar"),
+        (r#","rope_scaling":{"rope_type":"linear","factor":8.0}"#, "rope_scaling"),
+        (r#","rope_parameters":{"full_attention":{"rope_type":"linear","factor":8.0,"rope_theta":1e6}}"#, "linear"),
+        (r#","sliding_window":0"#, "sliding_window"),
+    ] {
+        match cfg(extra) {
+            Err(webtune::Error::Config(m)) => assert!(m.contains(needle), "{extra}: {m}"),
+            other => panic!("{extra}: {other:?}"),
+        }
+    }
+}
