@@ -55,7 +55,9 @@ fn embedding_forward_compact(@builtin(global_invocation_id) gid: vec3<u32>, @bui
     if (i >= p.rows * p.c) { return; }
     let r = i / p.c;
     let ch = i - r * p.c;
-    var v = wq_get(ids[r], ch, p.c);
+    // The dequantized value times the scale, as `embedding_forward` does with the f32 row:
+    // the same bits as the f32 gather over the host-dequantized table.
+    var v = wq_get(ids[r], ch, p.c) * p.scale;
     if ((p.flags & HAS_POS) != 0u) {
         v += wpe[pos[r] * p.c + ch];
     }

@@ -555,7 +555,10 @@ fn hand_count(cfg: &webtune::model::ModelConfig, lora: Option<&LoraConfig>, rows
     let mlp = if gpt2 { 2 * b(r * f) } else { 3 * b(r * f) }; // fc (, up), activation
                                                               // Qwen3's per-head q/k norms: their inputs (q_proj, k_proj outputs) and 1/rms per head row.
     let qk_norm = if cfg.qk_norm { b(r * q) + b(r * kv) + b(r * h) + b(r * cfg.kv_heads) } else { 0 };
-    let block = norms + attention + mlp + qk_norm;
+    // Gemma 3's post-norms: o_proj's and down_proj's outputs and their 1/rms per row.
+    let gemma = cfg.arch == Arch::Gemma3;
+    let post = if gemma { 2 * (b(r * c) + b(r)) } else { 0 };
+    let block = norms + attention + mlp + qk_norm + post;
     // The backward's scratch, one set.
     let grads = 2 * b(r * c) // dres, dln
         + 2 * b(r * q) + 2 * b(r * kv) // dq, d_o; dk, dv
@@ -563,6 +566,7 @@ fn hand_count(cfg: &webtune::model::ModelConfig, lora: Option<&LoraConfig>, rows
         + 3 * b(r * f) // dh1, dh2, dact
         + b(r * h) // delta
         + if cfg.qk_norm { b(r * q) + b(r * kv) } else { 0 } // dq_raw, dk_raw (before the q/k norms)
+        + if gemma { b(r * c) } else { 0 } // dpost: a post-normed sublayer's output gradient
         // Partial sums of the row reductions: chunks of 32 rows by the widest bias or norm
         // (F, 3C, Q, KV or C), the embedding's segments of 64 rows (2 r / 64 rows of C), or
         // LayerNorm's dw and db partials (the first rounded up to 64 elements), or the split
@@ -573,7 +577,9 @@ fn hand_count(cfg: &webtune::model::ModelConfig, lora: Option<&LoraConfig>, rows
             .max(2 * (h / cfg.kv_heads).max(4) * r * kv));
     // The head: gathered and normed hidden states and their gradients, final-norm
     // statistics, logits and per-row loss.
-    let head = 4 * b(r * c) + 2 * b(r) + b(r * v) + b(r);
+    let head = 4 * b(r * c) + 2 * b(r) + b(r * v) + b(r)
+        // Gemma 3's soft-capped head keeps the logits before the cap too.
+        + if cfg.gemma.as_ref().is_some_and(|g| g.final_softcap.is_some()) { b(r * v) } else { 0 };
     let adapters = lora.map_or(0, |l| {
         let (per_layer, max_in) = if gpt2 {
             (4, c.max(f)) // c_attn, attn.c_proj, c_fc, mlp.c_proj (fan-in f)

@@ -76,6 +76,13 @@ fn lora_config(arch: &str) -> LoraConfig {
             seed: 34,
             ..LoraConfig::new(4, 8.0, &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"])
         },
+        // Gemma 3: o_proj and down_proj feed the post-norms; up_proj and q_proj, not gate
+        // or k; rsLoRA.
+        "gemma3" => LoraConfig {
+            seed: 35,
+            rslora: true,
+            ..LoraConfig::new(4, 8.0, &["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+        },
         _ => unreachable!("{arch}"),
     }
 }

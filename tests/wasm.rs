@@ -519,6 +519,13 @@ async fn qwen3_training_steps_match_transformers() {
     training_steps_match_fixture(fixture!("qwen3"), "qwen3").await;
 }
 
+/// Gemma 3 (the soft-cap kernel, (1 + w) norms, post-norms, GeGLU, a sliding-window layer):
+/// the same check on WebGPU.
+#[wasm_bindgen_test]
+async fn gemma3_training_steps_match_transformers() {
+    training_steps_match_fixture(fixture!("gemma3"), "gemma3").await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Generation: greedy decoding with the KV cache in the browser against the argmax chain of
 // full forwards computed in the same test (the native tests/generate.rs holds the same

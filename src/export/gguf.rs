@@ -175,6 +175,7 @@ fn metadata(cfg: &ModelConfig, opts: &GgufExport, rope_theta: Option<f32>) -> Re
         Arch::Qwen2 => "qwen2",
         Arch::Gpt2 => "gpt2",
         Arch::Qwen3 => "qwen3",
+        Arch::Gemma3 => "gemma3",
     };
     let k = |s: &str| format!("{a}.{s}");
     let mut m: Vec<(String, Value)> = vec![
@@ -191,6 +192,34 @@ fn metadata(cfg: &ModelConfig, opts: &GgufExport, rope_theta: Option<f32>) -> Re
     m.push((k("attention.head_count"), u32_of("head_count", cfg.heads)?));
     match cfg.arch {
         Arch::Gpt2 => m.push((k("attention.layer_norm_epsilon"), Value::F32(cfg.norm_eps))),
+        Arch::Gemma3 => {
+            // convert_hf_to_gguf.py's Gemma3Model keys; the layer pattern (every 6th
+            // global), the local RoPE base (10000) and query_pre_attn_scalar = head_dim
+            // are llama.cpp's fixed choices for the family, so a model that differs
+            // cannot be written faithfully.
+            let g = cfg.gemma.as_ref().ok_or_else(|| Error::Config("GGUF export: Gemma 3 settings missing".into()))?;
+            let pattern: Vec<bool> = (0..cfg.layers).map(|i| (i + 1) % 6 != 0).collect();
+            let scale = (cfg.head_dim as f64).powf(-0.5) as f32;
+            if g.sliding != pattern
+                || g.local_inv_freq != default_inv_freq(10_000.0, cfg.head_dim)
+                || g.attn_scale != scale
+            {
+                return Err(Error::Config(
+                    "GGUF export: llama.cpp's gemma3 fixes the layer pattern (every 6th layer global), the local \
+                     RoPE base (10000) and query_pre_attn_scalar (= head_dim); this model differs"
+                        .into(),
+                ));
+            }
+            m.push((k("attention.head_count_kv"), u32_of("head_count_kv", cfg.kv_heads)?));
+            m.push((k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.norm_eps)));
+            m.push((k("attention.key_length"), u32_of("key_length", cfg.head_dim)?));
+            m.push((k("attention.value_length"), u32_of("value_length", cfg.head_dim)?));
+            m.push((k("rope.freq_base"), Value::F32(rope_theta.unwrap_or(1_000_000.0))));
+            m.push((k("attention.sliding_window"), u32_of("sliding_window", g.window)?));
+            if let Some(cap) = g.final_softcap {
+                m.push((k("final_logit_softcapping"), Value::F32(cap)));
+            }
+        }
         Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
             m.push((k("attention.head_count_kv"), u32_of("head_count_kv", cfg.kv_heads)?));
             m.push((k("rope.freq_base"), Value::F32(rope_theta.unwrap_or(10000.0))));
@@ -387,6 +416,7 @@ impl Plan {
                 permute_rope_rows(&v, heads, cols)
             }
             Fix::Transpose => transpose(&v, t.shape[0], t.shape[1]),
+            Fix::PlusOne => v.iter().map(|x| x + 1.0).collect(),
         };
         match t.ty.name {
             "F16" => v.iter().for_each(|&x| out.extend(f16::from_f32(x).to_le_bytes())),

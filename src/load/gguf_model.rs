@@ -137,10 +137,11 @@ fn arch_of(g: &Gguf) -> Result<(Arch, String)> {
         "qwen2" => Arch::Qwen2,
         "gpt2" => Arch::Gpt2,
         "qwen3" => Arch::Qwen3,
+        "gemma3" => Arch::Gemma3,
         other => {
             return Err(meta_err(
                 g,
-                format!("architecture `{other}` is not supported (supported: llama, qwen2, qwen3, gpt2)"),
+                format!("architecture `{other}` is not supported (supported: llama, qwen2, qwen3, gemma3, gpt2)"),
             ))
         }
     };
@@ -213,6 +214,7 @@ pub fn config_from_gguf(g: &Gguf) -> Result<ModelConfig> {
                 o_bias: true,
                 mlp_bias: true,
                 qk_norm: false,
+                gemma: None,
                 inv_freq: Vec::new(),
                 eos_token_ids: eos,
                 bos_token_id: bos,
@@ -249,14 +251,71 @@ pub fn config_from_gguf(g: &Gguf) -> Result<ModelConfig> {
                 // llama.cpp's qwen3 always carries them; their absence is caught by name
                 // when the tensors are mapped.
                 qk_norm: arch == Arch::Qwen3,
+                gemma: None,
                 inv_freq,
                 eos_token_ids: eos,
                 bos_token_id: bos,
             }
         }
+        Arch::Gemma3 => gemma3_config(g, &a, [vocab, hidden, layers, heads, kv_heads, head_dim, ffn], eos, bos)?,
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Gemma 3 from llama.cpp's `gemma3.*` metadata. What convert_hf_to_gguf.py leaves out,
+/// llama.cpp fixes for the family, and so does this: every 6th layer global (the others
+/// sliding), the local RoPE base 10000 (unless `rope.freq_base_swa` says otherwise) and
+/// query_pre_attn_scalar = head_dim (the converter asserts it for these sizes). Tied
+/// unless the file has `output.weight`.
+fn gemma3_config(g: &Gguf, a: &str, dims: [usize; 7], eos: Vec<u32>, bos: Option<u32>) -> Result<ModelConfig> {
+    use crate::model::config::Gemma;
+    let [vocab, hidden, layers, heads, kv_heads, head_dim, ffn] = dims;
+    let k = |s: &str| format!("{a}.{s}");
+    if let Some(rd) = count(g, &k("rope.dimension_count"))? {
+        if rd != head_dim {
+            return Err(meta_err(g, format!("RoPE over {rd} of {head_dim} head dimensions is not supported")));
+        }
+    }
+    if opt_f64(g, &k("attn_logit_softcapping"))?.is_some_and(|c| c != 0.0) {
+        return Err(meta_err(g, "attention-logit soft-capping is not supported".into()));
+    }
+    let global = opt_f64(g, &k("rope.freq_base"))?.unwrap_or(1_000_000.0) as f32;
+    let local = opt_f64(g, &k("rope.freq_base_swa"))?.unwrap_or(10_000.0) as f32;
+    let window = req_count(g, &k("attention.sliding_window"))?;
+    let cap = match opt_f64(g, &k("final_logit_softcapping"))? {
+        Some(c) if c.is_finite() && c > 0.0 => Some(c as f32),
+        Some(c) => return Err(meta_err(g, format!("final_logit_softcapping must be positive, found {c}"))),
+        None => None,
+    };
+    Ok(ModelConfig {
+        arch: Arch::Gemma3,
+        vocab,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        ffn,
+        max_pos: req_count(g, &k("context_length"))?,
+        norm_eps: req_f64(g, &k("attention.layer_norm_rms_epsilon"))? as f32,
+        tied: g.tensor("output.weight").is_none(),
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: true,
+        gemma: Some(Gemma {
+            sliding: (0..layers).map(|i| (i + 1) % 6 != 0).collect(),
+            window,
+            local_inv_freq: default_inv_freq(local, head_dim),
+            attn_scale: (head_dim as f64).powf(-0.5) as f32,
+            final_softcap: cap,
+            embed_scale: (hidden as f64).sqrt() as f32,
+        }),
+        inv_freq: default_inv_freq(global, head_dim),
+        eos_token_ids: eos,
+        bos_token_id: bos,
+    })
 }
 
 /// `{arch}.rope.scaling.*` (none / linear) and llama.cpp's `rope_freqs.weight` (Llama 3.x
@@ -307,6 +366,10 @@ pub(crate) enum Fix {
     Unpermute(usize),
     /// (out, in) back to GPT-2's Conv1D (in, out).
     Transpose,
+    /// Gemma's norm weights: convert_hf_to_gguf.py stores w + 1 (llama.cpp then scales by
+    /// the stored value), the engine keeps transformers' w (and scales by 1 + w); loading
+    /// subtracts 1, as transformers' own GGUF loader does, and export adds it back.
+    PlusOne,
 }
 
 /// The GGUF tensor name for an engine (Hugging Face) parameter name, and how to fix it up.
@@ -316,7 +379,8 @@ pub(crate) fn gguf_name(cfg: &ModelConfig, hf: &str) -> Option<(String, Fix)> {
     let top = match (cfg.arch, stem) {
         (Arch::Gpt2, "transformer.wte") => Some("token_embd"),
         (Arch::Gpt2, "transformer.ln_f") => Some("output_norm"),
-        (Arch::Llama | Arch::Qwen2 | Arch::Qwen3, "model.embed_tokens") => Some("token_embd"),
+        (Arch::Gemma3, "model.norm") => return Some(("output_norm.weight".into(), Fix::PlusOne)),
+        (Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3, "model.embed_tokens") => Some("token_embd"),
         (Arch::Llama | Arch::Qwen2 | Arch::Qwen3, "model.norm") => Some("output_norm"),
         (Arch::Gpt2, "transformer.wpe") => Some("position_embd"),
         (_, "lm_head") => Some("output"),
@@ -340,6 +404,13 @@ pub(crate) fn gguf_name(cfg: &ModelConfig, hf: &str) -> Option<(String, Fix)> {
         (Arch::Gpt2, "mlp.c_fc") => ("ffn_up", Fix::Transpose),
         (Arch::Gpt2, "mlp.c_proj") => ("ffn_down", Fix::Transpose),
         (Arch::Gpt2, _) => return None,
+        // Gemma 3: its four norms per block and the q/k norms, all stored as w + 1.
+        (Arch::Gemma3, "input_layernorm") => ("attn_norm", Fix::PlusOne),
+        (Arch::Gemma3, "post_attention_layernorm") => ("post_attention_norm", Fix::PlusOne),
+        (Arch::Gemma3, "pre_feedforward_layernorm") => ("ffn_norm", Fix::PlusOne),
+        (Arch::Gemma3, "post_feedforward_layernorm") => ("post_ffw_norm", Fix::PlusOne),
+        (Arch::Gemma3, "self_attn.q_norm") => ("attn_q_norm", Fix::PlusOne),
+        (Arch::Gemma3, "self_attn.k_norm") => ("attn_k_norm", Fix::PlusOne),
         (_, "input_layernorm") => ("attn_norm", Fix::None),
         (_, "self_attn.q_proj") => ("attn_q", if llama_rope { Fix::Unpermute(cfg.heads) } else { Fix::None }),
         (_, "self_attn.k_proj") => ("attn_k", if llama_rope { Fix::Unpermute(cfg.kv_heads) } else { Fix::None }),
@@ -497,6 +568,7 @@ pub fn tensor_for(g: &Gguf, cfg: &ModelConfig, spec: &ParamSpec) -> Result<Vec<f
             unpermute_rope_rows(&v, heads, cols)
         }
         Fix::Transpose => transpose(&v, spec.shape[1], spec.shape[0]),
+        Fix::PlusOne => v.iter().map(|x| x - 1.0).collect(),
     })
 }
 

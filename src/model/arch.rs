@@ -49,8 +49,15 @@ pub struct BlockP {
     pub qk_norm: Option<(NormP, NormP)>,
     /// o_proj / attn.c_proj
     pub o: LinearP,
+    /// Before the MLP: post_attention_layernorm (Llama, Qwen) / ln_2 (GPT-2) /
+    /// pre_feedforward_layernorm (Gemma 3).
     pub ln2: NormP,
     pub mlp: MlpP,
+    /// Gemma 3's post_attention_layernorm and post_feedforward_layernorm (C): each applied
+    /// to its sublayer's output before the residual add.
+    pub post: Option<(NormP, NormP)>,
+    /// Gemma 3's local layers: sliding-window attention with the local RoPE base.
+    pub sliding: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +134,46 @@ pub fn build(cfg: &ModelConfig) -> (Vec<ParamSpec>, ModelP) {
                         o,
                         ln2,
                         mlp: MlpP::Gated { gate, up, down },
+                        post: None,
+                        sliding: false,
+                    }
+                })
+                .collect();
+            let ln_f = s.norm("model.norm", c, false);
+            let lm_head = if cfg.tied { wte } else { s.add("lm_head.weight".into(), vec![cfg.vocab, c]) };
+            ModelP { wte, wpe: None, blocks, ln_f, lm_head }
+        }
+        Arch::Gemma3 => {
+            let lin = WeightLayout::OutIn;
+            let (q_dim, kv_dim, d) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+            let wte = s.add("model.embed_tokens.weight".into(), vec![cfg.vocab, c]);
+            let blocks = (0..cfg.layers)
+                .map(|i| {
+                    // Gemma3DecoderLayer's registration order (the checkpoint's): attention,
+                    // MLP, then the four norms.
+                    let p = format!("model.layers.{i}");
+                    let q = s.linear(&format!("{p}.self_attn.q_proj"), c, q_dim, false, lin);
+                    let k = s.linear(&format!("{p}.self_attn.k_proj"), c, kv_dim, false, lin);
+                    let v = s.linear(&format!("{p}.self_attn.v_proj"), c, kv_dim, false, lin);
+                    let o = s.linear(&format!("{p}.self_attn.o_proj"), q_dim, c, false, lin);
+                    let qn = s.norm(&format!("{p}.self_attn.q_norm"), d, false);
+                    let kn = s.norm(&format!("{p}.self_attn.k_norm"), d, false);
+                    let gate = s.linear(&format!("{p}.mlp.gate_proj"), c, f, false, lin);
+                    let up = s.linear(&format!("{p}.mlp.up_proj"), c, f, false, lin);
+                    let down = s.linear(&format!("{p}.mlp.down_proj"), f, c, false, lin);
+                    let ln1 = s.norm(&format!("{p}.input_layernorm"), c, false);
+                    let post_attn = s.norm(&format!("{p}.post_attention_layernorm"), c, false);
+                    let ln2 = s.norm(&format!("{p}.pre_feedforward_layernorm"), c, false);
+                    let post_mlp = s.norm(&format!("{p}.post_feedforward_layernorm"), c, false);
+                    BlockP {
+                        ln1,
+                        attn: AttnP::Separate { q, k, v },
+                        qk_norm: Some((qn, kn)),
+                        o,
+                        ln2,
+                        mlp: MlpP::Gated { gate, up, down },
+                        post: Some((post_attn, post_mlp)),
+                        sliding: cfg.is_sliding(i),
                     }
                 })
                 .collect();
@@ -147,7 +194,16 @@ pub fn build(cfg: &ModelConfig) -> (Vec<ParamSpec>, ModelP) {
                     let ln2 = s.norm(&format!("{p}.ln_2"), c, true);
                     let fc = s.linear(&format!("{p}.mlp.c_fc"), c, f, true, conv);
                     let proj = s.linear(&format!("{p}.mlp.c_proj"), f, c, true, conv);
-                    BlockP { ln1, attn: AttnP::Fused { c_attn }, qk_norm: None, o, ln2, mlp: MlpP::Gelu { fc, proj } }
+                    BlockP {
+                        ln1,
+                        attn: AttnP::Fused { c_attn },
+                        qk_norm: None,
+                        o,
+                        ln2,
+                        mlp: MlpP::Gelu { fc, proj },
+                        post: None,
+                        sliding: false,
+                    }
                 })
                 .collect();
             let ln_f = s.norm("transformer.ln_f", c, true);

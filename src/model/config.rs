@@ -25,6 +25,33 @@ pub enum Arch {
     /// Qwen3ForCausalLM: Llama's shape (no q/k/v bias by default) with an RMSNorm over each
     /// head of q and of k (weights of size D) before RoPE; `head_dim` set on its own.
     Qwen3,
+    /// Gemma3ForCausalLM (text): the embedding scaled by sqrt(C), every RMSNorm as
+    /// x * rstd * (1 + w), per-head q/k norms, norms after attention and after the MLP as
+    /// well as before, GeGLU (tanh GELU), sliding-window attention on the layers the
+    /// config marks (with their own RoPE base), `query_pre_attn_scalar`, and the final
+    /// logits soft-capped when the config says so. See `Gemma`.
+    Gemma3,
+}
+
+/// What Gemma 3 adds to the shared decoder shape (`ModelConfig::gemma`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemma {
+    /// Per layer: true for a sliding-window (local) layer, false for a global one
+    /// (`layer_types`, or `sliding_window_pattern`: every pattern-th layer is global).
+    pub sliding: Vec<bool>,
+    /// Keys a local layer's query sees: itself and the `window - 1` before it
+    /// (transformers' `kv_idx > q_idx - sliding_window`).
+    pub window: usize,
+    /// RoPE inverse frequencies (D/2) of the local layers (`rope_local_base_freq`); the
+    /// global layers use `ModelConfig::inv_freq` (`rope_theta`).
+    pub local_inv_freq: Vec<f32>,
+    /// The attention scores' scale, query_pre_attn_scalar^-0.5 (not 1/sqrt(D)).
+    pub attn_scale: f32,
+    /// `final_logit_softcapping`: logits = cap * tanh(logits / cap) when set.
+    pub final_softcap: Option<f32>,
+    /// The embedding's scale: sqrt(C) rounded to f32, as transformers' buffer
+    /// `torch.tensor(hidden_size ** 0.5)` (a float32 tensor) holds it.
+    pub embed_scale: f32,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +79,8 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// RMSNorm over each head of q and k before RoPE (Qwen3's `q_norm`, `k_norm`, (D)).
     pub qk_norm: bool,
+    /// Gemma 3's settings; None for every other family.
+    pub gemma: Option<Gemma>,
     /// RoPE inverse frequencies (D/2), after any `rope_scaling`; empty for GPT-2.
     pub inv_freq: Vec<f32>,
     pub eos_token_ids: Vec<u32>,
@@ -115,10 +144,11 @@ impl ModelConfig {
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
             "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
             "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
+            "Gemma3ForCausalLM" | "gemma3_text" => Arch::Gemma3,
             other => {
                 return Err(Error::Config(format!(
                     "architecture `{other}` is not supported (supported: LlamaForCausalLM, Qwen2ForCausalLM, \
-                     Qwen3ForCausalLM, GPT2LMHeadModel)"
+                     Qwen3ForCausalLM, Gemma3ForCausalLM, GPT2LMHeadModel)"
                 )))
             }
         };
@@ -148,6 +178,7 @@ impl ModelConfig {
                     o_bias: true,
                     mlp_bias: true,
                     qk_norm: false,
+                    gemma: None,
                     inv_freq: Vec::new(),
                     eos_token_ids: token_ids(&v, "eos_token_id"),
                     bos_token_id: token_ids(&v, "bos_token_id").first().copied(),
@@ -194,11 +225,13 @@ impl ModelConfig {
                     o_bias: !qwen && attention_bias,
                     mlp_bias: arch == Arch::Llama && bool_field(&v, "mlp_bias", false)?,
                     qk_norm: arch == Arch::Qwen3,
+                    gemma: None,
                     inv_freq,
                     eos_token_ids: token_ids(&v, "eos_token_id"),
                     bos_token_id: token_ids(&v, "bos_token_id").first().copied(),
                 }
             }
+            Arch::Gemma3 => gemma3_from_json(&v)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -217,14 +250,43 @@ impl ModelConfig {
                 self.hidden, self.heads
             )));
         }
-        // The attention kernel keeps a head's row in registers, 4 lanes at a time.
-        if !self.head_dim.is_multiple_of(4) || self.head_dim > MAX_HEAD_SIZE {
+        // The attention kernel reads a head's row 4 lanes at a time.
+        if !self.head_dim.is_multiple_of(4) {
+            return Err(Error::Config(format!(
+                "head size {} is not supported (a multiple of 4, at most {})",
+                self.head_dim, MAX_HEAD_SIZE
+            )));
+        }
+        if let Some(g) = &self.gemma {
+            if g.sliding.len() != self.layers || g.window == 0 || g.local_inv_freq.len() != self.inv_freq.len() {
+                return Err(Error::Config(format!(
+                    "Gemma 3 settings do not fit the model: {} layer types for {} layers, sliding window {}",
+                    g.sliding.len(),
+                    self.layers,
+                    g.window
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the kernels can run this model (checked when a model is built, not when a
+    /// config is parsed, so that the memory of a shape can be estimated before the kernels
+    /// take it): the attention kernel keeps a head's row in registers, at most
+    /// MAX_HEAD_SIZE wide.
+    pub fn check_kernels(&self) -> Result<()> {
+        if self.head_dim > MAX_HEAD_SIZE {
             return Err(Error::Config(format!(
                 "head size {} is not supported (a multiple of 4, at most {})",
                 self.head_dim, MAX_HEAD_SIZE
             )));
         }
         Ok(())
+    }
+
+    /// Whether `layer` is a sliding-window (local) layer of a Gemma 3 model.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.gemma.as_ref().is_some_and(|g| g.sliding.get(layer).copied().unwrap_or(false))
     }
 
     /// Query projection width H*D, and key/value width Hk*D.
@@ -234,6 +296,124 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+}
+
+/// Gemma3ForCausalLM's config.json: transformers 5's form (`rope_parameters` per layer
+/// type) or the published checkpoints' (`rope_theta`, `rope_local_base_freq`); `layer_types`
+/// or `sliding_window_pattern`. What the engine cannot run (RoPE scaling, attention-logit
+/// soft-capping, bidirectional attention, another activation) is refused by name.
+fn gemma3_from_json(v: &Value) -> Result<ModelConfig> {
+    let hidden = usize_field(v, "hidden_size")?;
+    let heads = opt_usize(v, "num_attention_heads")?.unwrap_or(8);
+    let kv_heads = opt_usize(v, "num_key_value_heads")?.unwrap_or(heads);
+    // Gemma3TextConfig's defaults where config.json leaves a field out.
+    let head_dim = opt_usize(v, "head_dim")?.unwrap_or(256);
+    let layers = usize_field(v, "num_hidden_layers")?;
+    let act = v.get("hidden_activation").and_then(|a| a.as_str()).unwrap_or("gelu_pytorch_tanh");
+    if act != "gelu_pytorch_tanh" {
+        return Err(Error::Config(format!(
+            "config.json `hidden_activation` is `{act}`; Gemma 3 runs with gelu_pytorch_tanh only"
+        )));
+    }
+    if f64_field(v, "attn_logit_softcapping", 0.0)? != 0.0 {
+        return Err(Error::Config(
+            "config.json `attn_logit_softcapping` is set: soft-capped attention scores are not supported".into(),
+        ));
+    }
+    if bool_field(v, "use_bidirectional_attention", false)? {
+        return Err(Error::Config("config.json `use_bidirectional_attention` = true is not supported".into()));
+    }
+    if bool_field(v, "attention_bias", false)? {
+        return Err(Error::Config("config.json `attention_bias` = true is not supported for Gemma 3".into()));
+    }
+    let sliding: Vec<bool> = match v.get("layer_types").filter(|t| !t.is_null()) {
+        Some(Value::Array(types)) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(Error::Config(format!("config.json `layer_types` has an unknown layer type {t}"))),
+            })
+            .collect::<Result<_>>()?,
+        Some(other) => return Err(Error::Config(format!("config.json `layer_types` must be a list, found {other}"))),
+        None => {
+            let pattern = match opt_usize(v, "sliding_window_pattern")? {
+                Some(p) => p,
+                None => opt_usize(v, "_sliding_window_pattern")?.unwrap_or(6),
+            };
+            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+    };
+    if sliding.len() != layers {
+        return Err(Error::Config(format!(
+            "config.json `layer_types` lists {} layers for num_hidden_layers = {layers}",
+            sliding.len()
+        )));
+    }
+    // RoPE: transformers 5 keeps one parameter set per layer type; older configs give
+    // the global base as `rope_theta` and the local one as `rope_local_base_freq`.
+    let rope_params = v.get("rope_parameters").filter(|r| r.is_object());
+    let theta_of = |kind: &str, old: &str, default: f64| -> Result<f32> {
+        let p = rope_params.and_then(|r| r.get(kind)).filter(|p| p.is_object());
+        if let Some(p) = p {
+            let t = p.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+            if t != "default" {
+                return Err(Error::Config(format!("Gemma 3 `{kind}` RoPE type `{t}` is not supported")));
+            }
+            return Ok(f64_field(p, "rope_theta", default)? as f32);
+        }
+        Ok(f64_field(v, old, default)? as f32)
+    };
+    let global = theta_of("full_attention", "rope_theta", 1_000_000.0)?;
+    let local = theta_of("sliding_attention", "rope_local_base_freq", 10_000.0)?;
+    if v.get("rope_scaling").is_some_and(|s| !s.is_null()) {
+        return Err(Error::Config("config.json `rope_scaling` is not supported for Gemma 3".into()));
+    }
+    let scalar = f64_field(v, "query_pre_attn_scalar", 256.0)?;
+    if !(scalar.is_finite() && scalar > 0.0) {
+        return Err(Error::Config(format!("config.json `query_pre_attn_scalar` must be positive, found {scalar}")));
+    }
+    let cap = match v.get("final_logit_softcapping") {
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            let c = f64_field(v, "final_logit_softcapping", 0.0)?;
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::Config(format!(
+                    "config.json `final_logit_softcapping` must be positive, found {c}"
+                )));
+            }
+            Some(c as f32)
+        }
+    };
+    let gemma = Gemma {
+        sliding,
+        window: opt_usize(v, "sliding_window")?.unwrap_or(4096),
+        local_inv_freq: default_inv_freq(local, head_dim),
+        attn_scale: scalar.powf(-0.5) as f32,
+        final_softcap: cap,
+        embed_scale: (hidden as f64).sqrt() as f32,
+    };
+    Ok(ModelConfig {
+        arch: Arch::Gemma3,
+        vocab: opt_usize(v, "vocab_size")?.unwrap_or(262_208),
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        ffn: usize_field(v, "intermediate_size")?,
+        max_pos: opt_usize(v, "max_position_embeddings")?.unwrap_or(131_072),
+        norm_eps: f64_field(v, "rms_norm_eps", 1e-6)? as f32,
+        tied: bool_field(v, "tie_word_embeddings", true)?,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: true,
+        gemma: Some(gemma),
+        inv_freq: default_inv_freq(global, head_dim),
+        eos_token_ids: token_ids(v, "eos_token_id"),
+        bos_token_id: token_ids(v, "bos_token_id").first().copied(),
+    })
 }
 
 /// `rope_scaling` of Llama 3.x (`rope_type: llama3`), as transformers'

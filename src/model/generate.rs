@@ -20,7 +20,7 @@
 
 use super::config::Arch;
 use super::pass::Attend;
-use super::workspace::{LayerActs, LoraActs, QkNormActs};
+use super::workspace::{softcap, LayerActs, LoraActs, PostNormActs, QkNormActs};
 use super::{LoraIo, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{Encoder, Gpu, ReadBuffer, Tensor};
@@ -54,6 +54,8 @@ struct Scratch {
     meanf: Tensor,
     rstdf: Tensor,
     logits: Tensor,
+    /// (B, V) the logits before Gemma 3's final soft-cap, when the config sets one.
+    zcap: Option<Tensor>,
     /// LoRA's (rows, R) buffers when the model has adapters (no dropout in generation).
     lora: Option<LoraActs>,
 }
@@ -95,6 +97,16 @@ impl Scratch {
             h1: z("gen.h1", rows * f)?,
             h2: if gpt2 { None } else { Some(z("gen.h2", rows * f)?) },
             act: z("gen.act", rows * f)?,
+            post: if cfg.arch == Arch::Gemma3 {
+                Some(PostNormActs {
+                    attn_out: z("gen.attn_out", rows * c)?,
+                    rstd_attn: z("gen.rstd_attn", rows)?,
+                    mlp_out: z("gen.mlp_out", rows * c)?,
+                    rstd_mlp: z("gen.rstd_mlp", rows)?,
+                })
+            } else {
+                None
+            },
         };
         Ok(Scratch {
             lora: model.lora_shape().map(|l| LoraActs::new(gpu, &l, rows)).transpose()?,
@@ -109,8 +121,20 @@ impl Scratch {
             meanf: z("gen.meanf", batch)?,
             rstdf: z("gen.rstdf", batch)?,
             logits: z("gen.logits", batch * cfg.vocab)?,
+            zcap: if softcap(cfg).is_some() { Some(z("gen.zcap", batch * cfg.vocab)?) } else { None },
         })
     }
+}
+
+/// The cached attention's shape for `t` new rows of `b` sequences: block `blk`'s window
+/// and score scale (None: the model's widest, for validation).
+fn cache_shape(model: &Model, b: usize, t: usize, cap: usize, blk: Option<&super::arch::BlockP>) -> CacheShape {
+    let cfg = &model.cfg;
+    let (window, scale) = match blk {
+        Some(blk) => model.attn_window_scale(blk),
+        None => (None, cfg.gemma.as_ref().map(|g| g.attn_scale)),
+    };
+    CacheShape { b, t, h: cfg.heads, hk: cfg.kv_heads, d: cfg.head_dim, cap, window, scale }
 }
 
 /// Incremental decoding of B sequences with a KV cache on the GPU. Borrow the model of a
@@ -144,17 +168,7 @@ impl<'a> Decoder<'a> {
             });
         }
         let chunk = DEFAULT_PREFILL_CHUNK.min(capacity.max(1));
-        let shape = CacheShape {
-            b: batch,
-            t: chunk,
-            h: cfg.heads,
-            hk: cfg.kv_heads,
-            d: cfg.head_dim,
-            cap: capacity,
-            window: None,
-            scale: None,
-        };
-        shape.validate()?;
+        cache_shape(model, batch, chunk, capacity, None).validate()?;
         let cache_len = batch * capacity * cfg.kv_dim();
         gpu.check_fits(&format!("a KV cache of {batch} x {capacity} positions"), cache_len as u64 * 4)?;
         let mut k_cache = Vec::with_capacity(cfg.layers);
@@ -182,17 +196,7 @@ impl<'a> Decoder<'a> {
     pub fn set_prefill_chunk(&mut self, chunk: usize) -> Result<()> {
         let chunk = chunk.clamp(1, self.capacity.max(1));
         if chunk != self.chunk {
-            CacheShape {
-                b: self.batch,
-                t: chunk,
-                h: self.model.cfg.heads,
-                hk: self.model.cfg.kv_heads,
-                d: self.model.cfg.head_dim,
-                cap: self.capacity,
-                window: None,
-                scale: None,
-            }
-            .validate()?;
+            cache_shape(self.model, self.batch, chunk, self.capacity, None).validate()?;
             self.scratch = Scratch::new(self.gpu, self.model, self.batch, chunk)?;
             self.chunk = chunk;
         }
@@ -288,18 +292,11 @@ impl<'a> Decoder<'a> {
         let rows = b * t;
         debug_assert!(rows <= s.rows);
         m.embed_fwd(enc, rows, &s.ids, &s.pos, &s.x);
-        let shape = CacheShape {
-            b,
-            t,
-            h: cfg.heads,
-            hk: cfg.kv_heads,
-            d: cfg.head_dim,
-            cap: self.capacity,
-            window: None,
-            scale: None,
-        };
         let lio = s.lora.as_ref().map(|acts| LoraIo { acts, salt: None, u_ready: false });
         for (l, blk) in m.tree.blocks.iter().enumerate() {
+            // Gemma 3's local layers keep every position in their cache, but each query
+            // sees only the window (the decode kernel's mask, as in training).
+            let shape = cache_shape(m, b, t, self.capacity, Some(blk));
             let (k_cache, v_cache) = (&self.k_cache[l], &self.v_cache[l]);
             let attend = Attend::Cached { shape: &shape, k_cache, v_cache, visible };
             m.block_fwd(enc, blk, rows, &s.x, &s.acts, &s.x, &s.pos, &attend, lio);
@@ -314,7 +311,7 @@ impl<'a> Decoder<'a> {
             &s.hg
         };
         m.norm_fwd(enc, &m.tree.ln_f, b, last, &s.hf, &s.meanf, &s.rstdf);
-        m.lm_head_fwd(enc, b, &s.hf, &s.logits);
+        m.lm_head_fwd(enc, b, &s.hf, s.zcap.as_ref(), &s.logits);
     }
 
     /// Generate from `prompt` with sequence 0 of this decoder (B = 1), starting from an

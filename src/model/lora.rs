@@ -47,7 +47,7 @@ impl LoraConfig {
     /// Every linear layer of the blocks of `arch` (the usual "all-linear" choice).
     pub fn all_linear(arch: Arch) -> &'static [&'static str] {
         match arch {
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => {
                 &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
             }
             Arch::Gpt2 => &["c_attn", "c_proj", "c_fc"],

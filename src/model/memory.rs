@@ -113,7 +113,9 @@ pub fn estimate_compact(
     e.activations = Workspace::bytes(cfg, shape, rows, rows, opts);
     e.lora_activations = shape.map_or(0, |s| s.bytes(rows));
     if !cfg.inv_freq.is_empty() {
-        e.tables = 4 * (2 * cfg.max_pos.min(super::MAX_ROPE_POSITIONS) * cfg.inv_freq.len()) as u64;
+        // Gemma 3 has a second table for its local layers (`Model::rope_local`).
+        let tables = if cfg.gemma.is_some() { 2 } else { 1 };
+        e.tables = tables * 4 * (2 * cfg.max_pos.min(super::MAX_ROPE_POSITIONS) * cfg.inv_freq.len()) as u64;
     }
     Ok(e)
 }

@@ -37,7 +37,9 @@ pub use params::ParamStore;
 pub use pass::{Head, LoraIo};
 pub use spec::{ParamSpec, Pid};
 #[cfg(feature = "gpu")]
-pub use workspace::{head_rows, Inputs, LayerActs, LoraActs, QkNormActs, Workspace, WorkspaceOpts, HEAD_CHUNK};
+pub use workspace::{
+    head_rows, Inputs, LayerActs, LoraActs, PostNormActs, QkNormActs, Workspace, WorkspaceOpts, HEAD_CHUNK,
+};
 
 #[cfg(feature = "gpu")]
 use crate::error::Result;
@@ -60,6 +62,8 @@ pub struct Model {
     pub params: ParamStore,
     pub tree: ModelP,
     pub(crate) rope: Option<RopeTable>,
+    /// Gemma 3's local layers' table (`Gemma::local_inv_freq`); None for other models.
+    pub(crate) rope_local: Option<RopeTable>,
     /// The LoRA configuration when the model carries adapters (its base is then frozen).
     pub lora: Option<LoraConfig>,
 }
@@ -95,6 +99,7 @@ impl Model {
         compact_of: impl Fn(&ParamSpec) -> Option<CompactFormat>,
         mut tensor: impl FnMut(&ParamSpec) -> Result<ParamInit>,
     ) -> Result<Model> {
+        cfg.check_kernels()?;
         let (mut specs, mut tree) = arch::build(&cfg);
         // PEFT's `all-linear`: every linear layer of this architecture but the head.
         let resolved = lora.map(|l| l.expanded(cfg.arch));
@@ -114,7 +119,11 @@ impl Model {
         } else {
             Some(RopeTable::new(gpu, &cfg.inv_freq, cfg.max_pos.min(MAX_ROPE_POSITIONS))?)
         };
-        Ok(Model { cfg, params, tree, rope, lora: lora.cloned() })
+        let rope_local = match &cfg.gemma {
+            Some(g) => Some(RopeTable::new(gpu, &g.local_inv_freq, cfg.max_pos.min(MAX_ROPE_POSITIONS))?),
+            None => None,
+        };
+        Ok(Model { cfg, params, tree, rope, rope_local, lora: lora.cloned() })
     }
 
     /// The longest sequence the model can take (learned positions or the RoPE table).

@@ -9,17 +9,20 @@
 //! the gradients once per optimizer step.
 
 use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
+use super::config::Arch;
 use super::lora::LoraP;
 use super::params::Pid;
-use super::workspace::{Grads, Inputs, LayerActs, LoraActs, QkNormActs, Workspace};
+use super::workspace::{softcap as softcap_of, Grads, Inputs, LayerActs, LoraActs, QkNormActs, Workspace};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dequant::CompactWeight;
 use crate::ops::dropout::{self, Mask, Salts};
 use crate::ops::matmul::{matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, Weight, WeightLayout};
+use crate::ops::rmsnorm::Scale;
+use crate::ops::rope::RopeTable;
 use crate::ops::{
-    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu,
+    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, softcap, swiglu,
 };
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -259,8 +262,44 @@ impl Model {
         let (p, c, eps) = (&self.params, self.cfg.hidden, self.cfg.norm_eps);
         match n.b {
             Some(b) => layernorm::forward(enc, x, &p.weight(n.w), &p.weight(b), y, mean, rstd, rows, c, eps),
-            None => rmsnorm::forward(enc, x, &p.weight(n.w), y, rstd, rows, c, eps),
+            None => rmsnorm::forward_scaled(enc, x, &p.weight(n.w), self.norm_scale(), y, false, rstd, rows, c, eps),
         }
+    }
+
+    /// How the RMSNorm weights apply: (1 + w) for Gemma 3, w for the others.
+    fn norm_scale(&self) -> Scale {
+        if self.cfg.arch == Arch::Gemma3 {
+            Scale::OnePlusW
+        } else {
+            Scale::W
+        }
+    }
+
+    /// Gemma 3's post-norms: y(rows, C) += rmsnorm(x) (1 + w), x the sublayer's output and
+    /// y the residual stream; rstd (rows) saved for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn post_norm_fwd(&self, enc: &mut Encoder, n: &NormP, rows: usize, x: &Tensor, y: &Tensor, rstd: &Tensor) {
+        let (p, c, eps) = (&self.params, self.cfg.hidden, self.cfg.norm_eps);
+        rmsnorm::forward_scaled(enc, x, &p.weight(n.w), self.norm_scale(), y, true, rstd, rows, c, eps);
+    }
+
+    /// `post_norm_fwd` in reverse: dx(rows, C) (overwritten) from dy, the residual
+    /// stream's gradient (which passes to the residual unchanged, left to the caller).
+    #[allow(clippy::too_many_arguments)]
+    fn post_norm_bwd(
+        &self,
+        enc: &mut Encoder,
+        n: &NormP,
+        rows: usize,
+        x: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        red: &Tensor,
+    ) {
+        let (p, c) = (&self.params, self.cfg.hidden);
+        let (w, dw) = (p.weight(n.w), p.grad(n.w));
+        rmsnorm::backward_scaled(enc, x, &w, self.norm_scale(), rstd, dy, dx, false, dw.as_ref(), Some(red), rows, c);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -285,7 +324,10 @@ impl Model {
                 let (dw, db) = (dw.as_ref(), db.as_ref());
                 layernorm::backward(enc, x, &p.weight(n.w), mean, rstd, dy, dx, acc, dw, db, Some(red), rows, c)
             }
-            None => rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, acc, dw.as_ref(), Some(red), rows, c),
+            None => {
+                let (w, scale) = (p.weight(n.w), self.norm_scale());
+                rmsnorm::backward_scaled(enc, x, &w, scale, rstd, dy, dx, acc, dw.as_ref(), Some(red), rows, c)
+            }
         }
     }
 
@@ -304,7 +346,8 @@ impl Model {
         rstd: &Tensor,
     ) {
         let (d, eps) = (self.cfg.head_dim, self.cfg.norm_eps);
-        rmsnorm::forward(enc, x, &self.params.weight(n.w), y, rstd, rows * heads, d, eps);
+        let (w, scale) = (self.params.weight(n.w), self.norm_scale());
+        rmsnorm::forward_scaled(enc, x, &w, scale, y, false, rstd, rows * heads, d, eps);
     }
 
     /// `head_norm_fwd` in reverse: dx (rows, heads*D) overwritten from dy, dw(D) added.
@@ -323,12 +366,39 @@ impl Model {
         let (p, d) = (&self.params, self.cfg.head_dim);
         let dw = p.grad(n.w);
         // One stage: the workspace's reduction scratch is not passed down to the head norms.
-        rmsnorm::backward(enc, x, &p.weight(n.w), rstd, dy, dx, false, dw.as_ref(), None, rows * heads, d);
+        let (w, scale) = (p.weight(n.w), self.norm_scale());
+        rmsnorm::backward_scaled(enc, x, &w, scale, rstd, dy, dx, false, dw.as_ref(), None, rows * heads, d);
     }
 
-    fn attn_shape(&self, inp: &Inputs) -> AttnShape {
+    /// Block `blk`'s causal attention over the micro-batch: Gemma 3's local layers see a
+    /// sliding window, and its scores scale by query_pre_attn_scalar^-0.5.
+    fn attn_shape(&self, inp: &Inputs, blk: &BlockP) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim, window: None, scale: None }
+        let (window, scale) = self.attn_window_scale(blk);
+        AttnShape { b: inp.b, t: inp.t, h: c.heads, hk: c.kv_heads, d: c.head_dim, window, scale }
+    }
+
+    /// Block `blk`'s attention window (None: every earlier key) and score scale (None:
+    /// 1/sqrt(D)), shared by training's attention and the decoder's.
+    pub(crate) fn attn_window_scale(&self, blk: &BlockP) -> (Option<usize>, Option<f32>) {
+        match &self.cfg.gemma {
+            Some(g) => (blk.sliding.then_some(g.window), Some(g.attn_scale)),
+            None => (None, None),
+        }
+    }
+
+    /// Block `blk`'s RoPE table: Gemma 3's local layers have their own base.
+    fn rope_of(&self, blk: &BlockP) -> Option<&RopeTable> {
+        if blk.sliding {
+            self.rope_local.as_ref()
+        } else {
+            self.rope.as_ref()
+        }
+    }
+
+    /// Gemma 3's embedding scale (sqrt(C) in f32); 1 for the others.
+    fn embed_scale(&self) -> f32 {
+        self.cfg.gemma.as_ref().map_or(1.0, |g| g.embed_scale)
     }
 
     /// x(rows, C) = the embeddings of the token ids `ids` (rows), plus GPT-2's learned
@@ -337,9 +407,10 @@ impl Model {
         let p = &self.params;
         let wpe = self.tree.wpe.map(|w| p.weight(w));
         let pos = wpe.as_ref().map(|w| (pos, w));
+        let scale = self.embed_scale();
         match p.compact(self.tree.wte) {
-            Some(wte) => embedding::forward_compact(enc, ids, &wte, pos, x, rows),
-            None => embedding::forward(enc, ids, &p.weight(self.tree.wte), pos, x, rows, self.cfg.hidden),
+            Some(wte) => embedding::forward_compact_scaled(enc, ids, &wte, scale, pos, x, rows),
+            None => embedding::forward_scaled(enc, ids, &p.weight(self.tree.wte), scale, pos, x, rows, self.cfg.hidden),
         }
     }
 
@@ -348,7 +419,7 @@ impl Model {
     fn embed_bwd(&self, enc: &mut Encoder, inp: &Inputs, dx: &Tensor, red: &Tensor) {
         let (p, c) = (&self.params, self.cfg.hidden);
         if let (Some(dw), Some(idx)) = (p.grad(self.tree.wte), &inp.by_id) {
-            embedding::backward(enc, idx, dx, &dw, red, c);
+            embedding::backward_scaled(enc, idx, dx, self.embed_scale(), &dw, red, c);
         }
         if let (Some(wpe), Some(idx)) = (self.tree.wpe, &inp.by_pos) {
             if let Some(dw) = p.grad(wpe) {
@@ -399,7 +470,7 @@ impl Model {
                 }
             }
         }
-        if let Some(table) = &self.rope {
+        if let Some(table) = self.rope_of(blk) {
             rope::forward(enc, q, pos, table, rows, cfg.heads, cfg.head_dim);
             rope::forward(enc, k, pos, table, rows, cfg.kv_heads, cfg.head_dim);
         }
@@ -427,7 +498,7 @@ impl Model {
     ) {
         let cfg = &self.cfg;
         let (dq, dk, dv) = (&g.dq, &g.dk, &g.dv);
-        if let Some(table) = &self.rope {
+        if let Some(table) = self.rope_of(blk) {
             rope::backward(enc, dq, pos, table, rows, cfg.heads, cfg.head_dim);
             rope::backward(enc, dk, pos, table, rows, cfg.kv_heads, cfg.head_dim);
         }
@@ -457,7 +528,7 @@ impl Model {
         }
     }
 
-    /// out = resid + attn(x) W_o: x (rows, C) normed; q, k, v (and GPT-2's qkv) and the
+    /// out = [resid +] attn(x) W_o: x (rows, C) normed; q, k, v (and GPT-2's qkv) and the
     /// attention output o (rows, H*D) saved for the backward; `attend` says which keys the
     /// queries see (the micro-batch's own, or a decoder's cache).
     #[allow(clippy::too_many_arguments)]
@@ -471,7 +542,7 @@ impl Model {
         qkn: Option<&QkNormActs>,
         [q, k, v]: [&Tensor; 3],
         o: &Tensor,
-        resid: &Tensor,
+        resid: Option<&Tensor>,
         out: &Tensor,
         pos: &Tensor,
         attend: &Attend,
@@ -486,7 +557,7 @@ impl Model {
                 attention::decode(enc, shape, q, k_cache, v_cache, pos, o, *visible);
             }
         }
-        self.linear_fwd(enc, &blk.o, rows, o, Some(resid), out, lio);
+        self.linear_fwd(enc, &blk.o, rows, o, resid, out, lio);
     }
 
     /// `attn_fwd` in reverse, from dout (rows, C), the gradient of its output: dx (rows,
@@ -518,7 +589,7 @@ impl Model {
         self.qkv_bwd(enc, blk, rows, x, qkn, g, pos, dx, lio, &g.reduce);
     }
 
-    /// out = resid + mlp(x): x (rows, C) normed, h1/h2/act (rows, F) saved for the
+    /// out = [resid +] mlp(x): x (rows, C) normed, h1/h2/act (rows, F) saved for the
     /// backward (h2 for the gated MLP only).
     #[allow(clippy::too_many_arguments)]
     fn mlp_fwd(
@@ -530,7 +601,7 @@ impl Model {
         h1: &Tensor,
         h2: Option<&Tensor>,
         act: &Tensor,
-        resid: &Tensor,
+        resid: Option<&Tensor>,
         out: &Tensor,
         lio: Option<LoraIo>,
     ) {
@@ -540,13 +611,18 @@ impl Model {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
                 self.linear_fwd(enc, gate, rows, x, None, h1, lio);
                 self.linear_fwd(enc, up, rows, x, None, h2, lio);
-                swiglu::forward(enc, h1, h2, act, rows * f);
-                self.linear_fwd(enc, down, rows, act, Some(resid), out, lio);
+                // Gemma's GeGLU (tanh GELU) where the others gate with SiLU.
+                if self.cfg.arch == Arch::Gemma3 {
+                    gelu::geglu_forward(enc, h1, h2, act, rows * f);
+                } else {
+                    swiglu::forward(enc, h1, h2, act, rows * f);
+                }
+                self.linear_fwd(enc, down, rows, act, resid, out, lio);
             }
             MlpP::Gelu { fc, proj } => {
                 self.linear_fwd(enc, fc, rows, x, None, h1, lio);
                 gelu::forward(enc, h1, act, rows * f);
-                self.linear_fwd(enc, proj, rows, act, Some(resid), out, lio);
+                self.linear_fwd(enc, proj, rows, act, resid, out, lio);
             }
         }
     }
@@ -576,7 +652,11 @@ impl Model {
             MlpP::Gated { gate, up, down } => {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
                 self.linear_bwd(enc, down, rows, dout, act, Some((&g.dact, false)), lio, red);
-                swiglu::backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
+                if self.cfg.arch == Arch::Gemma3 {
+                    gelu::geglu_backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
+                } else {
+                    swiglu::backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
+                }
                 self.linear_bwd(enc, gate, rows, &g.dh1, x, Some((dx, false)), lio, red);
                 self.linear_bwd(enc, up, rows, &g.dh2, x, Some((dx, true)), lio, red);
             }
@@ -588,9 +668,19 @@ impl Model {
         }
     }
 
-    /// logits(rows, V) = x(rows, C) . lm_head^T (the final-normed hidden states).
-    pub(crate) fn lm_head_fwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, logits: &Tensor) {
-        self.lm_head(rows).forward(enc, x, self.matrix(self.tree.lm_head).get(), None, None, logits, false);
+    /// logits(rows, V) = x(rows, C) . lm_head^T (the final-normed hidden states); with
+    /// Gemma 3's final soft-cap, cap * tanh(z / cap) of those products z, which go to `z`
+    /// (rows, V) first (kept for the cap's backward).
+    pub(crate) fn lm_head_fwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, z: Option<&Tensor>, logits: &Tensor) {
+        let w = self.matrix(self.tree.lm_head);
+        match (softcap_of(&self.cfg), z) {
+            (Some(cap), Some(z)) => {
+                self.lm_head(rows).forward(enc, x, w.get(), None, None, z, false);
+                softcap::forward(enc, z, logits, cap, rows * self.cfg.vocab);
+            }
+            (Some(_), None) => panic!("a soft-capped head needs a buffer for the logits before the cap"),
+            (None, _) => self.lm_head(rows).forward(enc, x, w.get(), None, None, logits, false),
+        }
     }
 
     /// `lm_head_fwd` in reverse: dx(rows, C) from dlogits(rows, V) (overwritten), and the
@@ -627,9 +717,41 @@ impl Model {
         let qkv = [&a.q, &a.k, &a.v];
         self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
         let qkn = a.qk_norm.as_ref();
-        self.attn_fwd(enc, blk, rows, &a.ln1, a.qkv.as_ref(), qkn, qkv, &a.o, x, &a.x_mid, pos, attend, lio);
-        self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
-        self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &a.x_mid, out, lio);
+        let (ln1, h2) = (&a.ln1, a.h2.as_ref());
+        match (&blk.post, &a.post) {
+            // Gemma 3: x_mid = x + post_attn(attn(ln1(x))), out = x_mid + post_mlp(mlp(ln2(x_mid))),
+            // each sublayer's output kept for its post-norm's backward.
+            (Some((post_attn, post_mlp)), Some(pn)) => {
+                let c = self.cfg.hidden;
+                self.attn_fwd(
+                    enc,
+                    blk,
+                    rows,
+                    ln1,
+                    a.qkv.as_ref(),
+                    qkn,
+                    qkv,
+                    &a.o,
+                    None,
+                    &pn.attn_out,
+                    pos,
+                    attend,
+                    lio,
+                );
+                copy2d::copy2d(enc, x, c, 0, &a.x_mid, c, 0, rows, c);
+                self.post_norm_fwd(enc, post_attn, rows, &pn.attn_out, &a.x_mid, &pn.rstd_attn);
+                self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
+                self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, h2, &a.act, None, &pn.mlp_out, lio);
+                copy2d::copy2d(enc, &a.x_mid, c, 0, out, c, 0, rows, c);
+                self.post_norm_fwd(enc, post_mlp, rows, &pn.mlp_out, out, &pn.rstd_mlp);
+            }
+            (Some(_), None) => panic!("post-norms need their activation buffers (LayerActs::post)"),
+            (None, _) => {
+                self.attn_fwd(enc, blk, rows, ln1, a.qkv.as_ref(), qkn, qkv, &a.o, Some(x), &a.x_mid, pos, attend, lio);
+                self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
+                self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, h2, &a.act, Some(&a.x_mid), out, lio);
+            }
+        }
     }
 
     /// `block_fwd` in reverse, from its saved activations `a` and input `x`: `g.dres`
@@ -650,10 +772,32 @@ impl Model {
         lio: Option<LoraIo>,
     ) {
         let qkv = [&a.q, &a.k, &a.v];
-        self.mlp_bwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, &g.dres, &g.dln, g, lio);
-        self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true, &g.reduce);
-        self.attn_bwd(enc, blk, rows, &a.ln1, a.qk_norm.as_ref(), qkv, &a.o, &g.dres, &g.dln, g, pos, causal, lio);
-        self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true, &g.reduce);
+        let (qkn, red) = (a.qk_norm.as_ref(), &g.reduce);
+        // Gemma 3's post-norms first turn the residual's gradient into their sublayer's
+        // output gradient (dpost); the others' sublayers see dres itself.
+        let post = match (&blk.post, &a.post, &g.dpost) {
+            (Some(norms), Some(pn), Some(dpost)) => Some((norms, pn, dpost)),
+            (Some(_), ..) => panic!("post-norms need their activation and gradient buffers"),
+            (None, ..) => None,
+        };
+        let dmlp = match post {
+            Some(((_, post_mlp), pn, dpost)) => {
+                self.post_norm_bwd(enc, post_mlp, rows, &pn.mlp_out, &pn.rstd_mlp, &g.dres, dpost, red);
+                dpost
+            }
+            None => &g.dres,
+        };
+        self.mlp_bwd(enc, blk, rows, &a.ln2, &a.h1, a.h2.as_ref(), &a.act, dmlp, &g.dln, g, lio);
+        self.norm_bwd(enc, &blk.ln2, rows, &a.x_mid, &a.mean2, &a.rstd2, &g.dln, &g.dres, true, red);
+        let dattn = match post {
+            Some(((post_attn, _), pn, dpost)) => {
+                self.post_norm_bwd(enc, post_attn, rows, &pn.attn_out, &pn.rstd_attn, &g.dres, dpost, red);
+                dpost
+            }
+            None => &g.dres,
+        };
+        self.attn_bwd(enc, blk, rows, &a.ln1, qkn, qkv, &a.o, dattn, &g.dln, g, pos, causal, lio);
+        self.norm_bwd(enc, &blk.ln1, rows, x, &a.mean1, &a.rstd1, &g.dln, &g.dres, true, red);
     }
 
     /// One head chunk's forward over k loss rows (their rows of the last block's output
@@ -662,14 +806,24 @@ impl Model {
         let (cfg, ln_f) = (&self.cfg, &self.tree.ln_f);
         gather::forward(enc, &ws.xs[cfg.layers], loss_rows, &ws.hg, k, cfg.hidden);
         self.norm_fwd(enc, ln_f, k, &ws.hg, &ws.hf, &ws.meanf, &ws.rstdf);
-        self.lm_head_fwd(enc, k, &ws.hf, logits);
+        let z = ws.zcap.as_ref().map(|z| z.view(0, k * cfg.vocab));
+        self.lm_head_fwd(enc, k, &ws.hf, z.as_ref(), logits);
     }
 
     /// `head_fwd` in reverse, from its logits' gradient (k, V): the LM head, the final
     /// norm, and the scatter of its rows into the residual stream's gradient `ws.grads.dres`.
     fn head_bwd(&self, enc: &mut Encoder, ws: &Workspace, k: usize, loss_rows: &Tensor, dlogits: &Tensor) {
         let (cfg, ln_f) = (&self.cfg, &self.tree.ln_f);
-        self.lm_head_bwd(enc, k, &ws.hf, dlogits, &ws.dhf);
+        // Through the soft-cap: its input z (kept by the forward) becomes dz in place.
+        let dz = match (softcap_of(cfg), &ws.zcap) {
+            (Some(cap), Some(z)) => {
+                let dz = z.view(0, k * cfg.vocab);
+                softcap::backward(enc, &dz, dlogits, cap, k * cfg.vocab);
+                Some(dz)
+            }
+            _ => None,
+        };
+        self.lm_head_bwd(enc, k, &ws.hf, dz.as_ref().unwrap_or(dlogits), &ws.dhf);
         self.norm_bwd(enc, ln_f, k, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false, &ws.grads.reduce);
         gather::scatter(enc, &ws.dhg, loss_rows, &ws.grads.dres, k, cfg.hidden);
     }
@@ -680,11 +834,10 @@ impl Model {
     pub fn forward(&self, enc: &mut Encoder, ws: &Workspace, inp: &Inputs, head_kind: Head) {
         let cfg = &self.cfg;
         let (rows, c) = (inp.b * inp.t, cfg.hidden);
-        let shape = self.attn_shape(inp);
         let lio = LoraIo::of(ws, inp);
         self.embed_fwd(enc, rows, &inp.ids, &inp.pos, &ws.xs[0]);
         for (l, blk) in self.tree.blocks.iter().enumerate() {
-            let a = ws.acts(l);
+            let (a, shape) = (ws.acts(l), self.attn_shape(inp, blk));
             let attend = Attend::Causal(Causal { shape, seg: &inp.seg, lse: &a.lse });
             self.block_fwd(enc, blk, rows, &ws.xs[l], a, &ws.xs[l + 1], &inp.pos, &attend, lio);
         }
@@ -733,10 +886,9 @@ impl Model {
             return;
         }
         let rows = inp.b * inp.t;
-        let shape = self.attn_shape(inp);
         let lio = LoraIo::of(ws, inp);
         for (l, blk) in self.tree.blocks.iter().enumerate().rev() {
-            let (a, x) = (ws.acts(l), &ws.xs[l]);
+            let (a, x, shape) = (ws.acts(l), &ws.xs[l], self.attn_shape(inp, blk));
             let causal = Causal { shape, seg: &inp.seg, lse: &a.lse };
             if ws.opts.recompute && l + 1 < self.cfg.layers {
                 // Rewrites xs[l + 1] with the bits it already holds (no later block reads it).

@@ -73,6 +73,27 @@ pub const PRESETS: &[(&str, &str)] = &[
             "max_position_embeddings":40960,"rope_theta":1000000,"rms_norm_eps":1e-6,"tie_word_embeddings":true,
             "attention_bias":false,"use_sliding_window":false,"bos_token_id":151643,"eos_token_id":151645}"#,
     ),
+    // google/gemma-3-270m(-it), config.json as published (its old-style RoPE keys): every
+    // 6th layer global (sliding_window_pattern 6), head_dim 256 over a hidden size of 640.
+    (
+        "gemma3-270m",
+        r#"{"architectures":["Gemma3ForCausalLM"],"model_type":"gemma3_text","vocab_size":262144,"hidden_size":640,
+            "intermediate_size":2048,"num_hidden_layers":18,"num_attention_heads":4,"num_key_value_heads":1,
+            "head_dim":256,"max_position_embeddings":32768,"query_pre_attn_scalar":256,"sliding_window":512,
+            "sliding_window_pattern":6,"rope_theta":1000000.0,"rope_local_base_freq":10000.0,"rope_scaling":null,
+            "rms_norm_eps":1e-6,"hidden_activation":"gelu_pytorch_tanh","final_logit_softcapping":null,
+            "attn_logit_softcapping":null,"tie_word_embeddings":true,"bos_token_id":2,"eos_token_id":[1,106]}"#,
+    ),
+    // google/gemma-3-1b(-it).
+    (
+        "gemma3-1b",
+        r#"{"architectures":["Gemma3ForCausalLM"],"model_type":"gemma3_text","vocab_size":262144,"hidden_size":1152,
+            "intermediate_size":6912,"num_hidden_layers":26,"num_attention_heads":4,"num_key_value_heads":1,
+            "head_dim":256,"max_position_embeddings":32768,"query_pre_attn_scalar":256,"sliding_window":512,
+            "sliding_window_pattern":6,"rope_theta":1000000.0,"rope_local_base_freq":10000.0,"rope_scaling":null,
+            "rms_norm_eps":1e-6,"hidden_activation":"gelu_pytorch_tanh","final_logit_softcapping":null,
+            "attn_logit_softcapping":null,"tie_word_embeddings":true,"bos_token_id":2,"eos_token_id":[1,106]}"#,
+    ),
 ];
 
 pub fn preset(name: &str) -> Result<ModelConfig> {
@@ -85,7 +106,8 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
     ModelConfig::from_hf_json(json)
 }
 
-/// Random weights like a fresh HF model: N(0, 0.02) matrices, unit norm weights, zero biases.
+/// Random weights like a fresh HF model: N(0, 0.02) matrices, unit norm weights, zero biases
+/// (for Gemma 3, whose norms scale by 1 + w, that is a scale of 2: harmless for a bench).
 pub fn random_init(seed: u64) -> impl FnMut(&ParamSpec) -> Result<Vec<f32>> {
     let mut rng = Rng::new(seed);
     move |spec: &ParamSpec| {

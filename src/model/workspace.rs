@@ -37,6 +37,21 @@ pub struct LayerActs {
     pub h1: Tensor,
     pub h2: Option<Tensor>,
     pub act: Tensor,
+    /// Gemma 3's post-norms: their inputs and statistics.
+    pub post: Option<PostNormActs>,
+}
+
+/// What Gemma 3's post_attention_layernorm and post_feedforward_layernorm save: the
+/// sublayer outputs they normalize (o_proj's, down_proj's) and each row's 1/rms.
+pub struct PostNormActs {
+    /// (rows, C) o_proj output, before its norm joins the residual stream.
+    pub attn_out: Tensor,
+    /// (rows)
+    pub rstd_attn: Tensor,
+    /// (rows, C) down_proj output, before its norm joins the residual stream.
+    pub mlp_out: Tensor,
+    /// (rows)
+    pub rstd_mlp: Tensor,
 }
 
 /// What the per-head q/k RMSNorm (Qwen3) saves: the projections before the norm, read by
@@ -64,6 +79,9 @@ pub struct Grads {
     /// per-head norms (Qwen3).
     pub dq_raw: Option<Tensor>,
     pub dk_raw: Option<Tensor>,
+    /// (rows, C) the gradient of a post-normed sublayer's output (o_proj's or down_proj's,
+    /// Gemma 3).
+    pub dpost: Option<Tensor>,
     pub d_o: Tensor,
     pub dh1: Tensor,
     pub dh2: Tensor,
@@ -118,6 +136,11 @@ const LOGITS_CHUNK_BYTES: usize = 16 << 20;
 pub fn head_rows(requested: usize, vocab: usize) -> usize {
     let fit = LOGITS_CHUNK_BYTES / (4 * vocab.max(1)) / 64 * 64;
     requested.min(fit.max(64))
+}
+
+/// Gemma 3's final-logit soft-cap, when the config sets one.
+pub(crate) fn softcap(cfg: &ModelConfig) -> Option<f32> {
+    cfg.gemma.as_ref().and_then(|g| g.final_softcap)
 }
 
 /// How a workspace trades memory for compute.
@@ -214,6 +237,10 @@ impl Lens {
             layer.push(("h2", rows * f));
         }
         layer.push(("act", rows * f));
+        let post = cfg.arch == Arch::Gemma3;
+        if post {
+            layer.extend([("attn_out", rows * c), ("rstd_attn", rows), ("mlp_out", rows * c), ("rstd_mlp", rows)]);
+        }
         let mut grads =
             vec![("dres", rows * c), ("dln", rows * c), ("dq", rows * q), ("dk", rows * kv), ("dv", rows * kv)];
         if gpt2 {
@@ -221,6 +248,9 @@ impl Lens {
         }
         if cfg.qk_norm {
             grads.extend([("dq_raw", rows * q), ("dk_raw", rows * kv)]);
+        }
+        if post {
+            grads.push(("dpost", rows * c));
         }
         grads.extend([("d_o", rows * q), ("dh1", rows * f), ("dh2", rows * f), ("dact", rows * f), ("delta", bht)]);
         let n1 = n.max(1);
@@ -237,7 +267,7 @@ impl Lens {
         reduce = reduce.max(attention::scratch_len(rows, cfg.heads, cfg.kv_heads, cfg.head_dim));
         grads.push(("reduce", reduce));
         let logit_rows = if opts.all_logits { n1 } else { hr };
-        let head = vec![
+        let mut head = vec![
             ("hg", hr * c),
             ("hf", hr * c),
             ("meanf", hr),
@@ -247,6 +277,9 @@ impl Lens {
             ("dhf", hr * c),
             ("dhg", hr * c),
         ];
+        if softcap(cfg).is_some() {
+            head.push(("zcap", hr * cfg.vocab));
+        }
         let layers = if opts.recompute { cfg.layers.min(1) } else { cfg.layers };
         Lens { xs: rows * c, layer, grads, head, layers }
     }
@@ -285,6 +318,9 @@ pub struct Workspace {
     pub nll: Tensor,
     pub dhf: Tensor,
     pub dhg: Tensor,
+    /// (chunk, V) with a final-logit soft-cap: one chunk's logits before the cap (the head
+    /// writes them here, the cap into `logits`), overwritten by their gradient in training.
+    pub zcap: Option<Tensor>,
     pub grads: Grads,
     pub lora: Option<LoraActs>,
 }
@@ -307,6 +343,7 @@ impl Workspace {
     ) -> Result<Workspace> {
         let lens = Lens::new(cfg, rows, n, opts);
         let gpt2 = cfg.arch == Arch::Gpt2;
+        let post = cfg.arch == Arch::Gemma3;
         let z = |list: &[(&'static str, usize)], name: &str| {
             let &(label, len) = list.iter().find(|(l, _)| *l == name).expect("a listed buffer");
             gpu.zeros(label, len)
@@ -342,6 +379,16 @@ impl Workspace {
                     h1: z(l, "h1")?,
                     h2: if gpt2 { None } else { Some(z(l, "h2")?) },
                     act: z(l, "act")?,
+                    post: if post {
+                        Some(PostNormActs {
+                            attn_out: z(l, "attn_out")?,
+                            rstd_attn: z(l, "rstd_attn")?,
+                            mlp_out: z(l, "mlp_out")?,
+                            rstd_mlp: z(l, "rstd_mlp")?,
+                        })
+                    } else {
+                        None
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -355,6 +402,7 @@ impl Workspace {
             dqkv: if gpt2 { Some(z(gl, "dqkv")?) } else { None },
             dq_raw: if cfg.qk_norm { Some(z(gl, "dq_raw")?) } else { None },
             dk_raw: if cfg.qk_norm { Some(z(gl, "dk_raw")?) } else { None },
+            dpost: if post { Some(z(gl, "dpost")?) } else { None },
             d_o: z(gl, "d_o")?,
             dh1: z(gl, "dh1")?,
             dh2: z(gl, "dh2")?,
@@ -380,6 +428,7 @@ impl Workspace {
             nll: z(h, "nll")?,
             dhf: z(h, "dhf")?,
             dhg: z(h, "dhg")?,
+            zcap: if softcap(cfg).is_some() { Some(z(h, "zcap")?) } else { None },
             grads,
             lora,
         })
@@ -412,13 +461,18 @@ impl Workspace {
             out.extend([&a.q, &a.k, &a.v, &a.o, &a.lse, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2, &a.h1]);
             out.extend(&a.h2);
             out.push(&a.act);
+            if let Some(p) = &a.post {
+                out.extend([&p.attn_out, &p.rstd_attn, &p.mlp_out, &p.rstd_mlp]);
+            }
         }
         let g = &self.grads;
         out.extend([&g.dres, &g.dln, &g.dq, &g.dk, &g.dv]);
         out.extend(&g.dqkv);
         out.extend(g.dq_raw.iter().chain(&g.dk_raw));
+        out.extend(&g.dpost);
         out.extend([&g.d_o, &g.dh1, &g.dh2, &g.dact, &g.delta, &g.reduce]);
         out.extend([&self.hg, &self.hf, &self.meanf, &self.rstdf, &self.logits, &self.nll, &self.dhf, &self.dhg]);
+        out.extend(&self.zcap);
         if let Some(l) = &self.lora {
             out.extend(l.tensors());
         }

@@ -205,14 +205,26 @@ pub fn forward_compact(
     out: &Tensor,
     rows: usize,
 ) {
+    forward_compact_scaled(enc, ids, wte, 1.0, pos, out, rows)
+}
+
+/// `forward_compact` with the token rows times `scale` (Gemma 3's sqrt(C)): equals
+/// `forward_scaled` over the host-dequantized table bit for bit.
+pub fn forward_compact_scaled(
+    enc: &mut Encoder,
+    ids: &Tensor,
+    wte: &CompactWeight,
+    scale: f32,
+    pos: Option<(&Tensor, &Tensor)>,
+    out: &Tensor,
+    rows: usize,
+) {
     let c = wte.cols;
     debug_assert!(ids.len >= rows && out.len >= rows * c);
     let dummy = &enc.gpu().dummy.clone();
     let (pos_ids, wpe) = pos.unwrap_or((dummy, dummy));
-    // No scale: the compact gather serves models that do not scale their embeddings
-    // (Gemma 3's sqrt(C) is not on this path yet).
     let flags = if pos.is_some() { HAS_POS } else { 0 };
-    let p = Params { rows: rows as u32, c: c as u32, flags, n_uniq: 0, scale: 1.0, _pad: [0; 3] };
+    let p = Params { rows: rows as u32, c: c as u32, flags, n_uniq: 0, scale, _pad: [0; 3] };
     let (n, tables) = ((rows * c) as u64, 1 + pos.is_some() as u64);
     let row_bytes = wte.format.row_words(c) as u64 * 4;
     let cost = Cost { flops: n * tables, bytes: rows as u64 * row_bytes + 4 * (n * tables + rows as u64 * tables) };

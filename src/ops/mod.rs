@@ -17,6 +17,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
+pub mod softcap;
 pub mod swiglu;
 
 /// Every kernel file, so a test can compile each one on every backend (naga natively,
@@ -58,5 +59,6 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &matmul::MATMUL,
     &rmsnorm::RMSNORM,
     &rope::ROPE,
+    &softcap::SOFTCAP,
     &swiglu::SWIGLU,
 ];

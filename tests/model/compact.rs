@@ -171,15 +171,25 @@ fn smollm2_135m_lora_with_compact_bases() {
 /// values. The losses of 5 AdamW steps and the adapter gradients after them are equal bit
 /// for bit, with dropout on, under activation checkpointing (no tolerance: the in-kernel
 /// dequantizers give the host's bits, and each product runs the same fmas in the same
-/// order).
+/// order). Also for a tiny Gemma 3 (its scaled compact embedding gather, the compact tied
+/// head under the final soft-cap, sliding and global layers).
 #[test]
 fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
     use webtune::model::presets::preset;
+    // tiny-llama: C 128, ffn 352, V 2048, tied: rows of 32-value blocks (K-quants need 256).
+    compact_against_f32_expansion(preset("tiny-llama").unwrap());
+    let gemma = r#"{"architectures":["Gemma3ForCausalLM"],"vocab_size":2048,"hidden_size":128,
+        "intermediate_size":352,"num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,
+        "head_dim":32,"max_position_embeddings":1024,"query_pre_attn_scalar":24,"sliding_window":8,
+        "layer_types":["sliding_attention","sliding_attention","full_attention","sliding_attention"],
+        "final_logit_softcapping":10.0,"tie_word_embeddings":true}"#;
+    compact_against_f32_expansion(ModelConfig::from_hf_json(gemma).unwrap());
+}
+
+fn compact_against_f32_expansion(cfg: ModelConfig) {
     use webtune::model::Model;
     use webtune::train::Example;
     let g = gpu();
-    // tiny-llama: C 128, ffn 352, V 2048, tied: rows of 32-value blocks (K-quants need 256).
-    let cfg = preset("tiny-llama").unwrap();
     let lora = LoraConfig { dropout: 0.1, seed: 3, ..LoraConfig::new(4, 8.0, &["all-linear"]) };
     let format = |s: &ParamSpec| -> Option<CompactFormat> {
         use CompactFormat::*;
@@ -215,6 +225,7 @@ fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
     })
     .unwrap();
     assert!(compact.params.compact_bytes() > 0, "nothing was kept compact");
+    let cfg_arch = cfg.arch;
     let expanded = Model::build(g, cfg, Some(&lora), |s| {
         Ok(match format(s) {
             Some(f) => quantized(s, f).dequantize(),
@@ -234,7 +245,7 @@ fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
         .collect();
     let run_c = train_bits(g, compact, &examples, 4);
     assert_same_bits(
-        "LoRA over the compact base against its f32 expansion",
+        &format!("{:?}: LoRA over the compact base against its f32 expansion", cfg_arch),
         &run_c,
         &train_bits(g, expanded, &examples, 4),
     );

@@ -8,7 +8,7 @@ use webtune::gpu::Gpu;
 use webtune::model::Model;
 use webtune::train::{AdamW, Example, LossMode, TrainConfig, Trainer};
 
-pub const ARCHS: &[&str] = &["llama", "qwen2", "gpt2", "qwen3"];
+pub const ARCHS: &[&str] = &["llama", "qwen2", "gpt2", "qwen3", "gemma3"];
 pub const MODES: &[LossMode] = &[LossMode::PerExample, LossMode::PerToken, LossMode::AllTokens];
 
 pub struct Fixture {

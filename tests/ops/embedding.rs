@@ -196,7 +196,7 @@ fn reference_embedding_backward_matches_finite_differences() {
 fn embedding_forward_compact_equals_f32_gather_of_host_dequantized_table() {
     use webtune::load::compact::{dequantize_gguf, CompactFormat, CompactTensor};
     use webtune::ops::dequant::CompactWeight;
-    use webtune::ops::embedding::forward_compact;
+    use webtune::ops::embedding::{forward_compact, forward_compact_scaled, forward_scaled};
     let g = gpu();
     let mut rng = Rng::new(15);
     for &f in CompactFormat::ALL {
@@ -217,18 +217,25 @@ fn embedding_forward_compact_equals_f32_gather_of_host_dequantized_table() {
             let wq = CompactWeight::upload(g, "wq", &t).unwrap();
             let (ttok, tpos) = (g.upload_u32("ids", &tok).unwrap(), g.upload_u32("pos", &pos).unwrap());
             let (twte, twpe) = (g.upload_f32("wte", &table).unwrap(), g.upload_f32("wpe", &wpe).unwrap());
-            let outs: Vec<_> = (0..4).map(|_| g.zeros("out", rows * c).unwrap()).collect();
+            let outs: Vec<_> = (0..6).map(|_| g.zeros("out", rows * c).unwrap()).collect();
+            // Gemma 3's scale, sqrt(C) rounded to f32 (the 270M model's C = 640).
+            let scale = (640f64).sqrt() as f32;
             let mut enc = Encoder::new(g);
             forward(&mut enc, &ttok, &twte, None, &outs[0], rows, c);
             forward_compact(&mut enc, &ttok, &wq, None, &outs[1], rows);
             forward(&mut enc, &ttok, &twte, Some((&tpos, &twpe)), &outs[2], rows, c);
             forward_compact(&mut enc, &ttok, &wq, Some((&tpos, &twpe)), &outs[3], rows);
+            forward_scaled(&mut enc, &ttok, &twte, scale, None, &outs[4], rows, c);
+            forward_compact_scaled(&mut enc, &ttok, &wq, scale, None, &outs[5], rows);
             enc.submit();
             let r: Vec<Vec<u32>> =
                 outs.iter().map(|o| block(g.read_f32(o)).unwrap().iter().map(|x| x.to_bits()).collect()).collect();
             let what = format!("{} embedding {rows}x{c} V{v}", f.name());
             assert!(r[0] == r[1], "{what}: compact gather differs from the f32 gather");
             assert!(r[2] == r[3], "{what} +pos: compact gather differs from the f32 gather");
+            assert!(r[4] == r[5], "{what} scaled: compact gather differs from the f32 gather");
+            let scaled: Vec<u32> = r[1].iter().map(|&b| (f32::from_bits(b) * scale).to_bits()).collect();
+            assert!(r[5] == scaled, "{what} scaled: not the rows times the f32 scale");
             // And the f32 gather is the table's rows (so neither side is trivially empty).
             let want: Vec<u32> = tok
                 .iter()

@@ -24,6 +24,7 @@ mod layernorm;
 mod matmul;
 mod rmsnorm;
 mod rope;
+mod softcap;
 mod swiglu;
 
 /// Every kernel file compiles under naga (the browser test does the same under Tint).

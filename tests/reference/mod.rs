@@ -17,6 +17,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
+pub mod softcap;
 pub mod swiglu;
 
 /// Central finite differences of a scalar function `f` at `x`, along every coordinate.

@@ -106,7 +106,7 @@ enum Cmd {
         #[arg(long, conflicts_with = "preset")]
         model: Option<String>,
         /// Random weights in a real model's shape: smollm2-135m, smollm2-360m, qwen2.5-0.5b,
-        /// qwen2.5-1.5b, llama3.2-1b, qwen3-0.6b, qwen3-1.7b, gpt2, tiny-llama.
+        /// qwen2.5-1.5b, llama3.2-1b, qwen3-0.6b, qwen3-1.7b, gemma3-270m, gemma3-1b, gpt2, tiny-llama.
         #[arg(long)]
         preset: Option<String>,
         #[arg(long, default_value_t = 4)]
