@@ -400,8 +400,7 @@ impl Model {
             }
         }
         if let Some(table) = &self.rope {
-            rope::forward(enc, q, pos, table, rows, cfg.heads, cfg.head_dim);
-            rope::forward(enc, k, pos, table, rows, cfg.kv_heads, cfg.head_dim);
+            rope::forward_qk(enc, (q, cfg.heads), (k, cfg.kv_heads), pos, table, rows, cfg.head_dim);
         }
     }
 
@@ -428,8 +427,7 @@ impl Model {
         let cfg = &self.cfg;
         let (dq, dk, dv) = (&g.dq, &g.dk, &g.dv);
         if let Some(table) = &self.rope {
-            rope::backward(enc, dq, pos, table, rows, cfg.heads, cfg.head_dim);
-            rope::backward(enc, dk, pos, table, rows, cfg.kv_heads, cfg.head_dim);
+            rope::backward_qk(enc, (dq, cfg.heads), (dk, cfg.kv_heads), pos, table, rows, cfg.head_dim);
         }
         match &blk.attn {
             AttnP::Separate { q: wq, k: wk, v: wv } => {
