@@ -17,7 +17,9 @@ use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dequant::CompactWeight;
 use crate::ops::dropout::{self, Mask, Salts};
-use crate::ops::matmul::{matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, Weight, WeightLayout};
+use crate::ops::matmul::{
+    matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, SwigluEpilogue, Weight, WeightLayout,
+};
 use crate::ops::{
     attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu,
 };
@@ -40,6 +42,17 @@ impl<'a> LoraIo<'a> {
         let salt = inp.dropout_salt.as_ref().map(|(buf, slot)| Salts { buf, slot: *slot });
         ws.lora.as_ref().map(|acts| LoraIo { acts, salt, u_ready: false })
     }
+}
+
+/// SwiGLU's backward riding on a gated MLP's down projection (`Model::linear_bwd_glu`):
+/// the saved gate (h1) and up (h2) (rows, F), dup's buffer, and dact's scratch for the
+/// path that cannot fuse (LoRA dropout on the down projection).
+#[derive(Clone, Copy)]
+struct GluBwd<'a> {
+    gate: &'a Tensor,
+    up: &'a Tensor,
+    dact: &'a Tensor,
+    dup: &'a Tensor,
 }
 
 /// A weight matrix held for one product (`Model::matrix`).
@@ -142,11 +155,35 @@ impl Model {
         y: &Tensor,
         lora: Option<LoraIo>,
     ) {
+        self.linear_fwd_glu(enc, l, rows, x, resid, y, None, lora)
+    }
+
+    /// `linear_fwd`, and with `glu` (a gated MLP's up projection, y = up) also
+    /// act = silu(gate) * y in the same dispatch.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fwd_glu(
+        &self,
+        enc: &mut Encoder,
+        l: &LinearP,
+        rows: usize,
+        x: &Tensor,
+        resid: Option<&Tensor>,
+        y: &Tensor,
+        glu: Option<SwigluEpilogue>,
+        lora: Option<LoraIo>,
+    ) {
         let p = &self.params;
         let b = l.b.map(|b| p.weight(b));
         let w = self.matrix(l.w);
+        // The epilogue reads SwiGLU's operands through the bias and resid bindings.
+        let glu_ok = glu.is_none() || (b.is_none() && resid.is_none());
+        let swiglu = glu.filter(|_| glu_ok);
         let Some((lp, io)) = Self::lora_io(l, lora) else {
-            self.lin(l, rows).forward(enc, x, w.get(), b.as_ref(), resid, y, false);
+            let ex = Extras { bias: b.as_ref(), resid, swiglu, ..Default::default() };
+            self.lin(l, rows).forward_ex(enc, x, w.get(), ex, y, false);
+            if !glu_ok {
+                self.swiglu_unfused_fwd(enc, glu, y, rows);
+            }
             return;
         };
         let (r, u) = (lp.rank, &io.acts.u[lp.site]);
@@ -164,8 +201,19 @@ impl Model {
         }
         let lb = p.weight(lp.b);
         let lora = LoraEpilogue { u, b: &lb, b_t: false, rank: r, scale: lp.scale };
-        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), ..Default::default() };
+        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), swiglu, ..Default::default() };
         self.lin(l, rows).forward_ex(enc, x, w.get(), ex, y, false);
+        if !glu_ok {
+            self.swiglu_unfused_fwd(enc, glu, y, rows);
+        }
+    }
+
+    /// SwiGLU's forward as its own pass, where the up projection's epilogue cannot hold it
+    /// (an up projection with a bias): act = silu(gate) * up.
+    fn swiglu_unfused_fwd(&self, enc: &mut Encoder, glu: Option<SwigluEpilogue>, up: &Tensor, rows: usize) {
+        if let Some(SwigluEpilogue::Forward { gate, act }) = glu {
+            swiglu::forward(enc, gate, up, act, rows * self.cfg.ffn);
+        }
     }
 
     /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable;
@@ -182,12 +230,34 @@ impl Model {
         lora: Option<LoraIo>,
         red: &Tensor,
     ) {
+        self.linear_bwd_glu(enc, l, rows, dy, x, dx, None, lora, red)
+    }
+
+    /// `linear_bwd`, and with `glu` (a gated MLP's down projection) SwiGLU's backward
+    /// after it: `dx` (overwritten) receives dgate and `glu.dup` dup instead of the
+    /// projection's input gradient dact, in the base product's epilogue where it can
+    /// (else through `glu.dact` and a SwiGLU pass).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd_glu(
+        &self,
+        enc: &mut Encoder,
+        l: &LinearP,
+        rows: usize,
+        dy: &Tensor,
+        x: &Tensor,
+        dx: Option<(&Tensor, bool)>,
+        glu: Option<GluBwd>,
+        lora: Option<LoraIo>,
+        red: &Tensor,
+    ) {
         let p = &self.params;
         let lin = self.lin(l, rows);
         let w = self.matrix(l.w);
+        debug_assert!(glu.is_none() || dx.is_some_and(|(_, acc)| !acc), "SwiGLU's gradients are overwritten");
+        let swiglu = glu.map(|g| SwigluEpilogue::Backward { gate: g.gate, up: g.up, dup: g.dup });
         let Some((lp, io)) = Self::lora_io(l, lora) else {
             if let Some((dx, acc)) = dx {
-                lin.backward_input(enc, dy, w.get(), dx, acc);
+                lin.backward_input_with(enc, dy, w.get(), Extras { swiglu, ..Default::default() }, dx, acc);
             }
             self.linear_bwd_weight(enc, l, lin, dy, x, red);
             return;
@@ -203,13 +273,19 @@ impl Model {
         if let Some((dx, acc)) = dx {
             match mask {
                 Some(((m, salts), xd)) => {
-                    lin.backward_input(enc, dy, w.get(), dx, acc);
+                    // SwiGLU after the dropout's share: dact first, then its own pass.
+                    let dact = glu.map_or(dx, |gl| gl.dact);
+                    lin.backward_input(enc, dy, w.get(), dact, acc);
                     matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, xd, false);
-                    dropout::backward_salted(enc, &m, Some(salts), xd, dx, rows * fi, true);
+                    dropout::backward_salted(enc, &m, Some(salts), xd, dact, rows * fi, true);
+                    if let Some(gl) = glu {
+                        swiglu::backward(enc, gl.gate, gl.up, dact, dx, gl.dup, rows * fi);
+                    }
                 }
                 None => {
                     let lora = LoraEpilogue { u: g, b: &a, b_t: true, rank: r, scale: s };
-                    lin.backward_input_ex(enc, dy, w.get(), Some(lora), dx, acc);
+                    let ex = Extras { lora: Some(lora), swiglu, ..Default::default() };
+                    lin.backward_input_with(enc, dy, w.get(), ex, dx, acc);
                 }
             }
         }
@@ -517,7 +593,9 @@ impl Model {
     }
 
     /// out = resid + mlp(x): x (rows, C) normed, h1/h2/act (rows, F) saved for the
-    /// backward (h2 for the gated MLP only).
+    /// backward (h2 for the gated MLP only). Without `out` the output projection is skipped
+    /// (a recomputing forward: the output is already there, and the backward needs only
+    /// the projection's input `act`).
     #[allow(clippy::too_many_arguments)]
     fn mlp_fwd(
         &self,
@@ -529,7 +607,7 @@ impl Model {
         h2: Option<&Tensor>,
         act: &Tensor,
         resid: &Tensor,
-        out: &Tensor,
+        out: Option<&Tensor>,
         lio: Option<LoraIo>,
     ) {
         let f = self.cfg.ffn;
@@ -537,14 +615,19 @@ impl Model {
             MlpP::Gated { gate, up, down } => {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
                 self.linear_fwd(enc, gate, rows, x, None, h1, lio);
-                self.linear_fwd(enc, up, rows, x, None, h2, lio);
-                swiglu::forward(enc, h1, h2, act, rows * f);
-                self.linear_fwd(enc, down, rows, act, Some(resid), out, lio);
+                // act = silu(h1) * h2 in the up projection's epilogue.
+                let glu = SwigluEpilogue::Forward { gate: h1, act };
+                self.linear_fwd_glu(enc, up, rows, x, None, h2, Some(glu), lio);
+                if let Some(out) = out {
+                    self.linear_fwd(enc, down, rows, act, Some(resid), out, lio);
+                }
             }
             MlpP::Gelu { fc, proj } => {
                 self.linear_fwd(enc, fc, rows, x, None, h1, lio);
                 gelu::forward(enc, h1, act, rows * f);
-                self.linear_fwd(enc, proj, rows, act, Some(resid), out, lio);
+                if let Some(out) = out {
+                    self.linear_fwd(enc, proj, rows, act, Some(resid), out, lio);
+                }
             }
         }
     }
@@ -573,8 +656,9 @@ impl Model {
         match &blk.mlp {
             MlpP::Gated { gate, up, down } => {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
-                self.linear_bwd(enc, down, rows, dout, act, Some((&g.dact, false)), lio, red);
-                swiglu::backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
+                // dh1, dh2 from SwiGLU's backward in the down projection's epilogue.
+                let glu = GluBwd { gate: h1, up: h2, dact: &g.dact, dup: &g.dh2 };
+                self.linear_bwd_glu(enc, down, rows, dout, act, Some((&g.dh1, false)), Some(glu), lio, red);
                 self.linear_bwd(enc, gate, rows, &g.dh1, x, Some((dx, false)), lio, red);
                 self.linear_bwd(enc, up, rows, &g.dh2, x, Some((dx, true)), lio, red);
             }
@@ -618,6 +702,25 @@ impl Model {
         x: &Tensor,
         a: &LayerActs,
         out: &Tensor,
+        pos: &Tensor,
+        attend: &Attend,
+        lio: Option<LoraIo>,
+    ) {
+        self.block_fwd_to(enc, blk, rows, x, a, Some(out), pos, attend, lio);
+    }
+
+    /// `block_fwd`, or without `out` the recomputing forward of activation checkpointing:
+    /// every activation the backward reads, but not the block's output (already held,
+    /// and read by no backward), so the MLP's output projection is skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn block_fwd_to(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        a: &LayerActs,
+        out: Option<&Tensor>,
         pos: &Tensor,
         attend: &Attend,
         lio: Option<LoraIo>,
@@ -737,11 +840,11 @@ impl Model {
             let (a, x) = (ws.acts(l), &ws.xs[l]);
             let causal = Causal { shape, seg: &inp.seg, lse: &a.lse };
             if ws.opts.recompute && l + 1 < self.cfg.layers {
-                // Rewrites xs[l + 1] with the bits it already holds (no later block reads it).
-                // The adapters' u are kept per site, so they are not recomputed.
+                // Leaves xs[l + 1] as it is (its bits would be the same). The adapters' u are
+                // kept per site, so they are not recomputed.
                 let attend = Attend::Causal(causal);
                 let lio_re = lio.map(|io| LoraIo { u_ready: true, ..io });
-                self.block_fwd(enc, blk, rows, x, a, &ws.xs[l + 1], &inp.pos, &attend, lio_re);
+                self.block_fwd_to(enc, blk, rows, x, a, None, &inp.pos, &attend, lio_re);
             }
             self.block_bwd(enc, blk, rows, x, a, &ws.grads, &inp.pos, &causal, lio);
         }
