@@ -21,7 +21,7 @@ use crate::ops::matmul::{
     matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, SwigluEpilogue, Weight, WeightLayout,
 };
 use crate::ops::{
-    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, swiglu,
+    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, lora_grad, rmsnorm, rope, swiglu,
 };
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -266,8 +266,19 @@ impl Model {
         let (u, g) = (&io.acts.u[lp.site], &io.acts.g);
         let (a, b) = (p.weight(lp.a), p.weight(lp.b));
         let mask = self.lora_mask(lp, io.salt).zip(io.acts.xd.as_ref());
-        // g(rows, R) = dy(rows, out) . B(out, R)
-        matmul(enc, (rows, r, fo), dy, Op::N, &b, Op::N, None, None, g, false);
+        // g(rows, R) = dy(rows, out) . B(out, R), and dB(out, R) += s * dy^T . u with it
+        // in one dispatch where the kernel table allows (`lora_grad::applies`).
+        let db = p.grad(lp.b);
+        let db_fused = match &db {
+            Some(db) if lora_grad::applies(enc.gpu(), r) => {
+                lora_grad::backward(enc, (rows, fo, r), s, dy, &b, u, g, db);
+                true
+            }
+            _ => {
+                matmul(enc, (rows, r, fo), dy, Op::N, &b, Op::N, None, None, g, false);
+                false
+            }
+        };
         // dx(rows, in) [+]= dy W + drop'(s * g . A): without dropout the adapter's share
         // rides in the base product's epilogue; with it, it goes through the mask first.
         if let Some((dx, acc)) = dx {
@@ -291,7 +302,7 @@ impl Model {
         }
         self.linear_bwd_weight(enc, l, lin, dy, x, red);
         // dB(out, R) += s * dy^T . u
-        if let Some(db) = p.grad(lp.b) {
+        if let Some(db) = db.filter(|_| !db_fused) {
             matmul_scaled(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, None, None, &db, true);
         }
         if let Some(da) = p.grad(lp.a) {

@@ -14,6 +14,7 @@ pub mod gather;
 pub mod gelu;
 pub mod grad_norm;
 pub mod layernorm;
+pub mod lora_grad;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
@@ -55,6 +56,7 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &gelu::GELU,
     &grad_norm::GRAD_NORM,
     &layernorm::LAYERNORM,
+    &lora_grad::LORA_GRAD,
     &matmul::MATMUL,
     &rmsnorm::RMSNORM,
     &rope::ROPE,

@@ -21,6 +21,7 @@ mod gather;
 mod gelu;
 mod grad_norm;
 mod layernorm;
+mod lora_grad;
 mod matmul;
 mod rmsnorm;
 mod rope;
