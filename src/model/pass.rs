@@ -21,7 +21,8 @@ use crate::ops::matmul::{
     matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, SwigluEpilogue, Weight, WeightLayout,
 };
 use crate::ops::{
-    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, lora_grad, rmsnorm, rope, swiglu,
+    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, lora_grad, lora_siblings,
+    rmsnorm, rope, swiglu,
 };
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -142,6 +143,91 @@ impl Model {
         Some((lp, io))
     }
 
+    /// Sibling adapters (layers sharing one input, in forward order) whose u and dA products
+    /// can share a dispatch (`ops::lora_siblings`): each adapted, one rank and scale, no
+    /// dropout (each adapter drops its input with its own mask), their A (and dA) in one
+    /// arena, on an adapter where the kernel table gives those products `matmul_dot`.
+    fn siblings<'l>(&self, gpu: &crate::gpu::Gpu, ls: &[&'l LinearP], lora: Option<LoraIo>) -> Option<Vec<&'l LoraP>> {
+        let io = lora?;
+        let lps: Vec<&LoraP> = ls.iter().map(|l| l.lora.as_ref()).collect::<Option<_>>()?;
+        let (r, s) = (lps[0].rank, lps[0].scale);
+        let same = lps.iter().all(|lp| lp.rank == r && lp.scale == s && self.lora_mask(lp, io.salt).is_none());
+        let fan_in = ls.iter().all(|l| l.fan_in == ls[0].fan_in);
+        let ok = same && fan_in && ls.len() <= lora_siblings::MAX && lora_grad::applies(gpu, r);
+        (ok && self.sibling_span(&lps, false).is_some()).then_some(lps)
+    }
+
+    /// The A matrices (or with `grads` their gradients) of `lps` as one view of their arena.
+    fn sibling_span(&self, lps: &[&LoraP], grads: bool) -> Option<lora_siblings::Span> {
+        let p = &self.params;
+        if lps.iter().any(|lp| p.compact(lp.a).is_some()) {
+            return None;
+        }
+        let arena = p.slots[lps[0].a].arena;
+        if lps.iter().any(|lp| p.slots[lp.a].arena != arena) {
+            return None;
+        }
+        let base = lps.iter().map(|lp| p.slots[lp.a].offset).min()?;
+        let end = lps.iter().map(|lp| p.slots[lp.a].offset + p.specs[lp.a].numel()).max()?;
+        let a = &p.arenas[arena];
+        let t = if grads { a.grads.as_ref()? } else { &a.weights };
+        let offsets = lps.iter().map(|lp| p.slots[lp.a].offset - base).collect();
+        Some(lora_siblings::Span { span: t.view(base, end - base), offsets })
+    }
+
+    /// The forward's u of sibling adapters sharing the input x (rows, in) in one dispatch,
+    /// when they can (`siblings`): returns the adapter buffers with `u_ready` set for them.
+    fn siblings_fwd<'a>(
+        &self,
+        enc: &mut Encoder,
+        ls: &[&LinearP],
+        rows: usize,
+        x: &Tensor,
+        lora: Option<LoraIo<'a>>,
+    ) -> Option<LoraIo<'a>> {
+        let io = lora?;
+        if io.u_ready {
+            return lora;
+        }
+        let Some(lps) = self.siblings(enc.gpu(), ls, lora) else { return lora };
+        let span = self.sibling_span(&lps, false)?;
+        let u: Vec<&Tensor> = lps.iter().map(|lp| &io.acts.u[lp.site]).collect();
+        lora_siblings::forward(enc, (rows, ls[0].fan_in, lps[0].rank), x, &span, &u);
+        Some(LoraIo { u_ready: true, ..io })
+    }
+
+    /// The backward of sibling adapters sharing the input x: `linear_bwd` on each, in order
+    /// (`dys[j]`, dx overwritten by the first and added to by the others), with their dA
+    /// in one dispatch after them when they can (`siblings`). Each sibling's g must outlive
+    /// the later siblings' backward, so the first uses the workspace's g scratch and each
+    /// later one the u of the sibling before it, whose last reader (its dB) has run.
+    #[allow(clippy::too_many_arguments)]
+    fn siblings_bwd(
+        &self,
+        enc: &mut Encoder,
+        ls: &[&LinearP],
+        rows: usize,
+        dys: &[&Tensor],
+        x: &Tensor,
+        dx: &Tensor,
+        lora: Option<LoraIo>,
+        red: &Tensor,
+    ) {
+        let joint = self.siblings(enc.gpu(), ls, lora).and_then(|lps| Some((self.sibling_span(&lps, true)?, lps)));
+        let Some(((da, lps), io)) = joint.zip(lora) else {
+            for (j, (l, dy)) in ls.iter().zip(dys).enumerate() {
+                self.linear_bwd(enc, l, rows, dy, x, Some((dx, j > 0)), lora, red);
+            }
+            return;
+        };
+        let gs: Vec<&Tensor> =
+            (0..ls.len()).map(|j| if j == 0 { &io.acts.g } else { &io.acts.u[lps[j - 1].site] }).collect();
+        for (j, (l, dy)) in ls.iter().zip(dys).enumerate() {
+            self.linear_bwd_glu(enc, l, rows, dy, x, Some((dx, j > 0)), None, Some(gs[j]), lora, red);
+        }
+        lora_siblings::backward(enc, (rows, ls[0].fan_in, lps[0].rank), lps[0].scale, x, &gs, &da);
+    }
+
     /// y = x W [+ b] [+ resid] [+ s * (drop(x) A^T) B^T with a LoRA adapter, saving
     /// u = drop(x) A^T (rows, R) for the backward].
     #[allow(clippy::too_many_arguments)]
@@ -230,13 +316,14 @@ impl Model {
         lora: Option<LoraIo>,
         red: &Tensor,
     ) {
-        self.linear_bwd_glu(enc, l, rows, dy, x, dx, None, lora, red)
+        self.linear_bwd_glu(enc, l, rows, dy, x, dx, None, None, lora, red)
     }
 
     /// `linear_bwd`, and with `glu` (a gated MLP's down projection) SwiGLU's backward
     /// after it: `dx` (overwritten) receives dgate and `glu.dup` dup instead of the
     /// projection's input gradient dact, in the base product's epilogue where it can
-    /// (else through `glu.dact` and a SwiGLU pass).
+    /// (else through `glu.dact` and a SwiGLU pass). With `sib_g` (a sibling adapter, see
+    /// `lora_siblings`), the adapter's g is written there and its dA left to the caller.
     #[allow(clippy::too_many_arguments)]
     fn linear_bwd_glu(
         &self,
@@ -247,6 +334,7 @@ impl Model {
         x: &Tensor,
         dx: Option<(&Tensor, bool)>,
         glu: Option<GluBwd>,
+        sib_g: Option<&Tensor>,
         lora: Option<LoraIo>,
         red: &Tensor,
     ) {
@@ -263,7 +351,7 @@ impl Model {
             return;
         };
         let (r, s, (fi, fo)) = (lp.rank, lp.scale, (l.fan_in, l.fan_out));
-        let (u, g) = (&io.acts.u[lp.site], &io.acts.g);
+        let (u, g) = (&io.acts.u[lp.site], sib_g.unwrap_or(&io.acts.g));
         let (a, b) = (p.weight(lp.a), p.weight(lp.b));
         let mask = self.lora_mask(lp, io.salt).zip(io.acts.xd.as_ref());
         // g(rows, R) = dy(rows, out) . B(out, R), and dB(out, R) += s * dy^T . u with it
@@ -305,7 +393,7 @@ impl Model {
         if let Some(db) = db.filter(|_| !db_fused) {
             matmul_scaled(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, None, None, &db, true);
         }
-        if let Some(da) = p.grad(lp.a) {
+        if let Some(da) = p.grad(lp.a).filter(|_| sib_g.is_none()) {
             // dA(R, in) += s * g^T . drop(x), the dropped input rebuilt from its mask.
             let xin = match mask {
                 Some(((m, salts), xd)) => {
@@ -462,21 +550,23 @@ impl Model {
     ) {
         let cfg = &self.cfg;
         match &blk.attn {
-            AttnP::Separate { q: wq, k: wk, v: wv } => match (&blk.qk_norm, qkn) {
-                (Some((qn, kn)), Some(a)) => {
-                    self.linear_fwd(enc, wq, rows, x, None, &a.q_raw, lio);
-                    self.head_norm_fwd(enc, qn, rows, cfg.heads, &a.q_raw, q, &a.rstd_q);
-                    self.linear_fwd(enc, wk, rows, x, None, &a.k_raw, lio);
-                    self.head_norm_fwd(enc, kn, rows, cfg.kv_heads, &a.k_raw, k, &a.rstd_k);
-                    self.linear_fwd(enc, wv, rows, x, None, v, lio);
+            AttnP::Separate { q: wq, k: wk, v: wv } => {
+                match (&blk.qk_norm, qkn, self.siblings_fwd(enc, &[wq, wk, wv], rows, x, lio)) {
+                    (Some((qn, kn)), Some(a), lio) => {
+                        self.linear_fwd(enc, wq, rows, x, None, &a.q_raw, lio);
+                        self.head_norm_fwd(enc, qn, rows, cfg.heads, &a.q_raw, q, &a.rstd_q);
+                        self.linear_fwd(enc, wk, rows, x, None, &a.k_raw, lio);
+                        self.head_norm_fwd(enc, kn, rows, cfg.kv_heads, &a.k_raw, k, &a.rstd_k);
+                        self.linear_fwd(enc, wv, rows, x, None, v, lio);
+                    }
+                    (Some(_), None, _) => panic!("q/k norms need their activation buffers (LayerActs::qk_norm)"),
+                    (None, _, lio) => {
+                        self.linear_fwd(enc, wq, rows, x, None, q, lio);
+                        self.linear_fwd(enc, wk, rows, x, None, k, lio);
+                        self.linear_fwd(enc, wv, rows, x, None, v, lio);
+                    }
                 }
-                (Some(_), None) => panic!("q/k norms need their activation buffers (LayerActs::qk_norm)"),
-                (None, _) => {
-                    self.linear_fwd(enc, wq, rows, x, None, q, lio);
-                    self.linear_fwd(enc, wk, rows, x, None, k, lio);
-                    self.linear_fwd(enc, wv, rows, x, None, v, lio);
-                }
-            },
+            }
             AttnP::Fused { c_attn } => {
                 let c = cfg.hidden;
                 let qkv = qkv.expect("GPT-2's fused projection needs a (rows, 3C) buffer");
@@ -527,9 +617,7 @@ impl Model {
                     (Some(_), ..) => panic!("q/k norms need their activation and gradient buffers"),
                     (None, ..) => (dq, dk),
                 };
-                self.linear_bwd(enc, wq, rows, dq, x, Some((dx, false)), lio, red);
-                self.linear_bwd(enc, wk, rows, dk, x, Some((dx, true)), lio, red);
-                self.linear_bwd(enc, wv, rows, dv, x, Some((dx, true)), lio, red);
+                self.siblings_bwd(enc, &[wq, wk, wv], rows, &[dq, dk, dv], x, dx, lio, red);
             }
             AttnP::Fused { c_attn } => {
                 let c = cfg.hidden;
@@ -625,10 +713,11 @@ impl Model {
         match &blk.mlp {
             MlpP::Gated { gate, up, down } => {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
-                self.linear_fwd(enc, gate, rows, x, None, h1, lio);
+                let sib = self.siblings_fwd(enc, &[gate, up], rows, x, lio);
+                self.linear_fwd(enc, gate, rows, x, None, h1, sib);
                 // act = silu(h1) * h2 in the up projection's epilogue.
                 let glu = SwigluEpilogue::Forward { gate: h1, act };
-                self.linear_fwd_glu(enc, up, rows, x, None, h2, Some(glu), lio);
+                self.linear_fwd_glu(enc, up, rows, x, None, h2, Some(glu), sib);
                 if let Some(out) = out {
                     self.linear_fwd(enc, down, rows, act, Some(resid), out, lio);
                 }
@@ -669,9 +758,8 @@ impl Model {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
                 // dh1, dh2 from SwiGLU's backward in the down projection's epilogue.
                 let glu = GluBwd { gate: h1, up: h2, dact: &g.dact, dup: &g.dh2 };
-                self.linear_bwd_glu(enc, down, rows, dout, act, Some((&g.dh1, false)), Some(glu), lio, red);
-                self.linear_bwd(enc, gate, rows, &g.dh1, x, Some((dx, false)), lio, red);
-                self.linear_bwd(enc, up, rows, &g.dh2, x, Some((dx, true)), lio, red);
+                self.linear_bwd_glu(enc, down, rows, dout, act, Some((&g.dh1, false)), Some(glu), None, lio, red);
+                self.siblings_bwd(enc, &[gate, up], rows, &[&g.dh1, &g.dh2], x, dx, lio, red);
             }
             MlpP::Gelu { fc, proj } => {
                 self.linear_bwd(enc, proj, rows, dout, act, Some((&g.dact, false)), lio, red);

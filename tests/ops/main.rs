@@ -22,6 +22,7 @@ mod gelu;
 mod grad_norm;
 mod layernorm;
 mod lora_grad;
+mod lora_siblings;
 mod matmul;
 mod rmsnorm;
 mod rope;
