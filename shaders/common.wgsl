@@ -84,3 +84,26 @@ fn wg_max_sum(ms: vec2<f32>, t: u32) -> vec2<f32> {
     workgroupBarrier();
     return r;
 }
+
+// ---- SwiGLU (shaders/swiglu.wgsl, and the matmul epilogue that fuses it) --------------
+//   silu(g) = g * sigmoid(g);  silu'(g) = s * (1 + g * (1 - s)),  s = sigmoid(g)
+
+// (sigmoid(v), 1 - sigmoid(v)), each without cancellation (1 - s computed by subtraction
+// loses all its digits for large v), and with exp of a non-positive argument only, so no
+// intermediate overflows to infinity (which WGSL lets an implementation assume never happens).
+fn sigmoid2(v: f32) -> vec2<f32> {
+    let e = exp(-abs(v));
+    let q = 1.0 / (1.0 + e);
+    return select(vec2(e * q, q), vec2(q, e * q), v >= 0.0);
+}
+
+// silu(g) * u
+fn swiglu_out(g: f32, u: f32) -> f32 {
+    return g * sigmoid2(g).x * u;
+}
+
+// (dgate, dup) = (d * u * silu'(g), d * silu(g))
+fn swiglu_grads(g: f32, u: f32, d: f32) -> vec2<f32> {
+    let s = sigmoid2(g);
+    return vec2(d * u * s.x * (1.0 + g * s.y), d * g * s.x);
+}

@@ -19,7 +19,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    flags: u32,       // ACCUMULATE | HAS_BIAS | HAS_RESID | HAS_LORA | LORA_BT
+    flags: u32,       // ACCUMULATE | HAS_BIAS | HAS_RESID | HAS_LORA | LORA_BT | SWIGLU_FWD | SWIGLU_BWD
     r: u32,           // R, the LoRA rank of the fused epilogue
     _pad0: u32,
     alpha: f32,       // C = alpha * A . B [+ ...]; 1.0 leaves the product bit-identical
@@ -29,11 +29,15 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> wq: array<u32>;     // B, as f32 bits
-@group(0) @binding(3) var<storage, read> bias: array<f32>;   // (N)
-@group(0) @binding(4) var<storage, read> resid: array<f32>;  // (M, N)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;   // (N); SWIGLU_BWD: up (M, N)
+@group(0) @binding(4) var<storage, read> resid: array<f32>;  // (M, N); SWIGLU_*: gate (M, N)
 @group(0) @binding(5) var<storage, read_write> c: array<f32>; // (M, N), or (N, M) when C_T
 @group(0) @binding(6) var<storage, read> lu: array<f32>;     // (M, R) LoRA's u = drop(x) A^T
 @group(0) @binding(7) var<storage, read> lb: array<f32>;     // (N, R), or (R, N) when LORA_BT
+// SWIGLU_FWD: act (M, N); SWIGLU_BWD: dup (M, N); otherwise bound to c and never touched.
+// (The SwiGLU operands reuse the bias and resid bindings, which those products do not
+// use: WebGPU's default limit is 8 storage buffers per stage, and this is the 8th.)
+@group(0) @binding(8) var<storage, read_write> c2: array<f32>;
 
 // op(A)(m, k): A stored (M, K), or (K, M) when A_T.
 fn a_at(m: u32, k: u32) -> f32 {
@@ -53,6 +57,10 @@ fn b_at(k: u32, n: u32) -> f32 {
 // [+ s * sum_r U(m, r) LB(n, r)] (LB stored (R, N) when LORA_BT: LoRA's A in the input
 // gradient dx = dy W + s g A), in this order, which is the order of the unfused
 // product followed by an accumulating LoRA product (so fusing changes no bit).
+// Then a gated MLP's SwiGLU, with common.wgsl's arithmetic (the bits of shaders/swiglu.wgsl):
+// SWIGLU_FWD (the up projection): C = v = up, and c2 = act = silu(gate) * up;
+// SWIGLU_BWD (the down projection's input gradient): v = dact, C = dgate and c2 = dup.
+// Neither comes with bias, resid, ACCUMULATE or C_T (their bindings hold the operands).
 fn store(m: u32, n: u32, prod: f32) {
     var v = prod * p.alpha;
     if ((p.flags & HAS_BIAS) != 0u) { v += bias[n]; }
@@ -68,6 +76,14 @@ fn store(m: u32, n: u32, prod: f32) {
             l = fma(lu[m * p.r + r], lb[bi], l);
         }
         v = p.lora_scale * l + v;
+    }
+    if ((p.flags & SWIGLU_FWD) != 0u) {
+        c2[o] = swiglu_out(resid[o], v);
+    }
+    if ((p.flags & SWIGLU_BWD) != 0u) {
+        let dg = swiglu_grads(resid[o], bias[o], v);
+        c2[o] = dg.y;
+        v = dg.x;
     }
     c[o] = v;
 }

@@ -9,14 +9,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// (sigmoid(v), 1 - sigmoid(v)), each without cancellation (1 - s computed by subtraction
-// loses all its digits for large v), and with exp of a non-positive argument only, so no
-// intermediate overflows to infinity (which WGSL lets an implementation assume never happens).
-fn sigmoid2(v: f32) -> vec2<f32> {
-    let e = exp(-abs(v));
-    let q = 1.0 / (1.0 + e);
-    return select(vec2(e * q, q), vec2(q, e * q), v >= 0.0);
-}
+// The arithmetic is common.wgsl's `swiglu_out` / `swiglu_grads`, which the matmul epilogue
+// shares (a gated MLP's up projection writes act, its down projection's input gradient
+// dgate and dup, in their epilogues), so the fused and unfused paths give the same bits.
 
 @group(0) @binding(1) var<storage, read> gate: array<f32>;       // (n)
 @group(0) @binding(2) var<storage, read> up: array<f32>;         // (n)
@@ -26,8 +21,7 @@ fn sigmoid2(v: f32) -> vec2<f32> {
 fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
-    let g = gate[i];
-    out[i] = g * sigmoid2(g).x * up[i];
+    out[i] = swiglu_out(gate[i], up[i]);
 }
 
 @group(0) @binding(1) var<storage, read> bgate: array<f32>;        // (n)
@@ -40,9 +34,7 @@ fn swiglu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg, WG);
     if (i >= p.n) { return; }
-    let g = bgate[i];
-    let s = sigmoid2(g);
-    let d = dout[i];
-    dgate[i] = d * bup[i] * s.x * (1.0 + g * s.y);
-    dup[i] = d * g * s.x;
+    let dg = swiglu_grads(bgate[i], bup[i], dout[i]);
+    dgate[i] = dg.x;
+    dup[i] = dg.y;
 }

@@ -396,6 +396,134 @@ async fn matmul_bias_residual_match_reference() {
     check("matmul + bias + resid", &g.read_f32(&tc).await.unwrap(), &want, MATMUL);
 }
 
+/// A gated MLP's SwiGLU fused into the matmul epilogue (up projection: act = silu(gate) *
+/// up; down projection's input gradient: dgate, dup), on every kernel of the family that
+/// holds the shape, against float64 applied to the product the GPU computed (the product
+/// itself is the plain matmul, tested above).
+#[wasm_bindgen_test]
+async fn matmul_swiglu_epilogue_matches_reference() {
+    use webtune::ops::matmul::SwigluEpilogue;
+    const SWIGLU: Tol = Tol { name: "SWIGLU", abs: 1e-36, rel: 5e-7 };
+    let g = gpu().await;
+    let mut rng = Rng::new(5);
+    let (m, n, k) = (19, 13, 33);
+    let (x, w) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0)); // W stored (n, k): op T
+    let (gate, up) = (rng.vec(m * n, 3.0), rng.vec(m * n, 1.0));
+    let t = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
+    let (tx, tw, tgate, tup) = (t("x", &x), t("w", &w), t("gate", &gate), t("up", &up));
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    for v in [Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot, Variant::Skinny] {
+        let (prod, c, c2) =
+            (g.zeros("prod", m * n).unwrap(), g.zeros("c", m * n).unwrap(), g.zeros("c2", m * n).unwrap());
+        let mut enc = Encoder::new(&g);
+        matmul_variant(&mut enc, v, (m, n, k), 1.0, &tx, Op::N, &tw, Op::T, Extras::default(), &prod, false);
+        let fwd = Extras { swiglu: Some(SwigluEpilogue::Forward { gate: &tgate, act: &c2 }), ..Default::default() };
+        matmul_variant(&mut enc, v, (m, n, k), 1.0, &tx, Op::N, &tw, Op::T, fwd, &c, false);
+        enc.submit();
+        let p = g.read_f32(&prod).await.unwrap();
+        let act: Vec<f64> = gate.iter().zip(&p).map(|(&gv, &u)| gv as f64 * sig(gv as f64) * u as f64).collect();
+        let what = format!("swiglu epilogue {v:?} {m}x{n}x{k}");
+        let same = g.read_f32(&c).await.unwrap().iter().zip(&p).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{what}: the forward's C is not the product");
+        check(&format!("{what} act"), &g.read_f32(&c2).await.unwrap(), &act, SWIGLU);
+        let mut enc = Encoder::new(&g);
+        let sw = SwigluEpilogue::Backward { gate: &tgate, up: &tup, dup: &c2 };
+        let bwd = Extras { swiglu: Some(sw), ..Default::default() };
+        matmul_variant(&mut enc, v, (m, n, k), 1.0, &tx, Op::N, &tw, Op::T, bwd, &c, false);
+        enc.submit();
+        let (mut dg, mut du) = (Vec::new(), Vec::new());
+        for i in 0..m * n {
+            let (gv, uv, d) = (gate[i] as f64, up[i] as f64, p[i] as f64);
+            let s = sig(gv);
+            dg.push(d * uv * s * (1.0 + gv * (1.0 - s)));
+            du.push(d * gv * s);
+        }
+        check(&format!("{what} dgate"), &g.read_f32(&c).await.unwrap(), &dg, SWIGLU);
+        check(&format!("{what} dup"), &g.read_f32(&c2).await.unwrap(), &du, SWIGLU);
+        console_log!("{what}: ok");
+    }
+}
+
+/// A LoRA linear's g = dy B and dB += s dy^T u in one dispatch (`ops::lora_grad`), against
+/// float64.
+#[wasm_bindgen_test]
+async fn lora_grad_matches_reference() {
+    let g = gpu().await;
+    let mut rng = Rng::new(7);
+    let (rows, out, r, s) = (21, 37, 3, 1.3f32);
+    let (dy, b, u, db0) =
+        (rng.vec(rows * out, 1.0), rng.vec(out * r, 1.0), rng.vec(rows * r, 1.0), rng.vec(out * r, 1.0));
+    let g_ref = matmul_ref(&logical(&dy, Op::N, rows, out), &logical(&b, Op::N, out, r), rows, r, out);
+    let p = matmul_ref(&logical(&dy, Op::T, out, rows), &logical(&u, Op::N, rows, r), out, r, rows);
+    let db_ref: Vec<f64> = p.iter().zip(&db0).map(|(v, c)| s as f64 * v + *c as f64).collect();
+    let t = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
+    let (tdy, tb, tu, tg, tdb) = (t("dy", &dy), t("b", &b), t("u", &u), g.zeros("g", rows * r).unwrap(), t("db", &db0));
+    let mut enc = Encoder::new(&g);
+    webtune::ops::lora_grad::backward(&mut enc, (rows, out, r), s, &tdy, &tb, &tu, &tg, &tdb);
+    enc.submit();
+    check("lora_grad g", &g.read_f32(&tg).await.unwrap(), &g_ref, MATMUL);
+    check("lora_grad dB", &g.read_f32(&tdb).await.unwrap(), &db_ref, MATMUL);
+}
+
+/// Sibling adapters' u_j = x A_j^T and dA_j += s g_j^T x in one dispatch each
+/// (`ops::lora_siblings`), A_j at 64-aligned offsets of one buffer, against float64.
+#[wasm_bindgen_test]
+async fn lora_siblings_match_reference() {
+    use webtune::ops::lora_siblings::{backward, forward, Span};
+    let g = gpu().await;
+    let mut rng = Rng::new(8);
+    let (rows, c, r, s) = (13, 19, 3, 0.7f32);
+    let offsets = vec![0usize, 64, 128];
+    let (arena, da0, x) = (rng.vec(192, 1.0), rng.vec(192, 1.0), rng.vec(rows * c, 1.0));
+    let gs: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(rows * r, 1.0)).collect();
+    let t = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
+    let (tx, ta, tda) = (t("x", &x), t("arena", &arena), t("da", &da0));
+    let tu: Vec<_> = (0..3).map(|_| g.zeros("u", rows * r).unwrap()).collect();
+    let tg: Vec<_> = gs.iter().map(|v| t("g", v)).collect();
+    let mut enc = Encoder::new(&g);
+    forward(&mut enc, (rows, c, r), &tx, &Span { span: ta, offsets: offsets.clone() }, &tu.iter().collect::<Vec<_>>());
+    let dspan = Span { span: tda.clone(), offsets: offsets.clone() };
+    backward(&mut enc, (rows, c, r), s, &tx, &tg.iter().collect::<Vec<_>>(), &dspan);
+    enc.submit();
+    let da = g.read_f32(&tda).await.unwrap();
+    for j in 0..3 {
+        let a_j = &arena[offsets[j]..offsets[j] + r * c]; // (R, C): op T gives (C, R)
+        let u_ref = matmul_ref(&logical(&x, Op::N, rows, c), &logical(a_j, Op::T, c, r), rows, r, c);
+        check(&format!("lora_siblings u{j}"), &g.read_f32(&tu[j]).await.unwrap(), &u_ref, MATMUL);
+        let p = matmul_ref(&logical(&gs[j], Op::T, r, rows), &logical(&x, Op::N, rows, c), r, c, rows);
+        let want: Vec<f64> = p.iter().zip(&da0[offsets[j]..]).map(|(v, c0)| s as f64 * v + *c0 as f64).collect();
+        check(&format!("lora_siblings dA{j}"), &da[offsets[j]..offsets[j] + r * c], &want, MATMUL);
+    }
+}
+
+/// q and k rotated by RoPE in one dispatch, bit for bit as one dispatch each (the
+/// single-tensor kernel is held to float64 natively, tests/ops/rope.rs).
+#[wasm_bindgen_test]
+async fn rope_qk_in_one_dispatch_matches_single() {
+    use webtune::ops::rope::{backward, backward_qk, default_inv_freq, forward, forward_qk, RopeTable};
+    let g = gpu().await;
+    let mut rng = Rng::new(6);
+    let (rows, h, hk, d) = (11, 3, 2, 8);
+    let table = RopeTable::new(&g, &default_inv_freq(10000.0, d), 64).unwrap();
+    let pos: Vec<u32> = (0..rows as u32).map(|r| (r * 5) % 64).collect();
+    let tpos = g.upload_u32("pos", &pos).unwrap();
+    let (q, k) = (rng.vec(rows * h * d, 1.0), rng.vec(rows * hk * d, 1.0));
+    let t = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
+    let (tq, tk, tq1, tk1) = (t("q", &q), t("k", &k), t("q1", &q), t("k1", &k));
+    let mut enc = Encoder::new(&g);
+    forward_qk(&mut enc, (&tq, h), (&tk, hk), &tpos, &table, rows, d);
+    forward(&mut enc, &tq1, &tpos, &table, rows, h, d);
+    forward(&mut enc, &tk1, &tpos, &table, rows, hk, d);
+    backward_qk(&mut enc, (&tq, h), (&tk, hk), &tpos, &table, rows, d);
+    backward(&mut enc, &tq1, &tpos, &table, rows, h, d);
+    backward(&mut enc, &tk1, &tpos, &table, rows, hk, d);
+    enc.submit();
+    for (a, b, name) in [(&tq, &tq1, "q"), (&tk, &tk1, "k")] {
+        let (x, y) = (g.read_f32(a).await.unwrap(), g.read_f32(b).await.unwrap());
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "rope qk: {name} differs");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Model: full training steps of the fixture models in the browser, against the same
 // float64 PyTorch/transformers fixture the native tests use (tests/fixtures), so the

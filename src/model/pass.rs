@@ -18,11 +18,14 @@ use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dequant::CompactWeight;
 use crate::ops::dropout::{self, Mask, Salts};
-use crate::ops::matmul::{matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, Weight, WeightLayout};
+use crate::ops::matmul::{
+    matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, SwigluEpilogue, Weight, WeightLayout,
+};
 use crate::ops::rmsnorm::Scale;
 use crate::ops::rope::RopeTable;
 use crate::ops::{
-    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, rmsnorm, rope, softcap, swiglu,
+    attention, bias, copy2d, cross_entropy, embedding, fill, gather, gelu, layernorm, lora_grad, lora_siblings,
+    rmsnorm, rope, softcap, swiglu,
 };
 
 /// What a layer with a LoRA adapter needs besides its input and output: the workspace's
@@ -43,6 +46,17 @@ impl<'a> LoraIo<'a> {
         let salt = inp.dropout_salt.as_ref().map(|(buf, slot)| Salts { buf, slot: *slot });
         ws.lora.as_ref().map(|acts| LoraIo { acts, salt, u_ready: false })
     }
+}
+
+/// SwiGLU's backward riding on a gated MLP's down projection (`Model::linear_bwd_glu`):
+/// the saved gate (h1) and up (h2) (rows, F), dup's buffer, and dact's scratch for the
+/// path that cannot fuse (LoRA dropout on the down projection).
+#[derive(Clone, Copy)]
+struct GluBwd<'a> {
+    gate: &'a Tensor,
+    up: &'a Tensor,
+    dact: &'a Tensor,
+    dup: &'a Tensor,
 }
 
 /// A weight matrix held for one product (`Model::matrix`).
@@ -132,6 +146,91 @@ impl Model {
         Some((lp, io))
     }
 
+    /// Sibling adapters (layers sharing one input, in forward order) whose u and dA products
+    /// can share a dispatch (`ops::lora_siblings`): each adapted, one rank and scale, no
+    /// dropout (each adapter drops its input with its own mask), their A (and dA) in one
+    /// arena, on an adapter where the kernel table gives those products `matmul_dot`.
+    fn siblings<'l>(&self, gpu: &crate::gpu::Gpu, ls: &[&'l LinearP], lora: Option<LoraIo>) -> Option<Vec<&'l LoraP>> {
+        let io = lora?;
+        let lps: Vec<&LoraP> = ls.iter().map(|l| l.lora.as_ref()).collect::<Option<_>>()?;
+        let (r, s) = (lps[0].rank, lps[0].scale);
+        let same = lps.iter().all(|lp| lp.rank == r && lp.scale == s && self.lora_mask(lp, io.salt).is_none());
+        let fan_in = ls.iter().all(|l| l.fan_in == ls[0].fan_in);
+        let ok = same && fan_in && ls.len() <= lora_siblings::MAX && lora_grad::applies(gpu, r);
+        (ok && self.sibling_span(&lps, false).is_some()).then_some(lps)
+    }
+
+    /// The A matrices (or with `grads` their gradients) of `lps` as one view of their arena.
+    fn sibling_span(&self, lps: &[&LoraP], grads: bool) -> Option<lora_siblings::Span> {
+        let p = &self.params;
+        if lps.iter().any(|lp| p.compact(lp.a).is_some()) {
+            return None;
+        }
+        let arena = p.slots[lps[0].a].arena;
+        if lps.iter().any(|lp| p.slots[lp.a].arena != arena) {
+            return None;
+        }
+        let base = lps.iter().map(|lp| p.slots[lp.a].offset).min()?;
+        let end = lps.iter().map(|lp| p.slots[lp.a].offset + p.specs[lp.a].numel()).max()?;
+        let a = &p.arenas[arena];
+        let t = if grads { a.grads.as_ref()? } else { &a.weights };
+        let offsets = lps.iter().map(|lp| p.slots[lp.a].offset - base).collect();
+        Some(lora_siblings::Span { span: t.view(base, end - base), offsets })
+    }
+
+    /// The forward's u of sibling adapters sharing the input x (rows, in) in one dispatch,
+    /// when they can (`siblings`): returns the adapter buffers with `u_ready` set for them.
+    fn siblings_fwd<'a>(
+        &self,
+        enc: &mut Encoder,
+        ls: &[&LinearP],
+        rows: usize,
+        x: &Tensor,
+        lora: Option<LoraIo<'a>>,
+    ) -> Option<LoraIo<'a>> {
+        let io = lora?;
+        if io.u_ready {
+            return lora;
+        }
+        let Some(lps) = self.siblings(enc.gpu(), ls, lora) else { return lora };
+        let span = self.sibling_span(&lps, false)?;
+        let u: Vec<&Tensor> = lps.iter().map(|lp| &io.acts.u[lp.site]).collect();
+        lora_siblings::forward(enc, (rows, ls[0].fan_in, lps[0].rank), x, &span, &u);
+        Some(LoraIo { u_ready: true, ..io })
+    }
+
+    /// The backward of sibling adapters sharing the input x: `linear_bwd` on each, in order
+    /// (`dys[j]`, dx overwritten by the first and added to by the others), with their dA
+    /// in one dispatch after them when they can (`siblings`). Each sibling's g must outlive
+    /// the later siblings' backward, so the first uses the workspace's g scratch and each
+    /// later one the u of the sibling before it, whose last reader (its dB) has run.
+    #[allow(clippy::too_many_arguments)]
+    fn siblings_bwd(
+        &self,
+        enc: &mut Encoder,
+        ls: &[&LinearP],
+        rows: usize,
+        dys: &[&Tensor],
+        x: &Tensor,
+        dx: &Tensor,
+        lora: Option<LoraIo>,
+        red: &Tensor,
+    ) {
+        let joint = self.siblings(enc.gpu(), ls, lora).and_then(|lps| Some((self.sibling_span(&lps, true)?, lps)));
+        let Some(((da, lps), io)) = joint.zip(lora) else {
+            for (j, (l, dy)) in ls.iter().zip(dys).enumerate() {
+                self.linear_bwd(enc, l, rows, dy, x, Some((dx, j > 0)), lora, red);
+            }
+            return;
+        };
+        let gs: Vec<&Tensor> =
+            (0..ls.len()).map(|j| if j == 0 { &io.acts.g } else { &io.acts.u[lps[j - 1].site] }).collect();
+        for (j, (l, dy)) in ls.iter().zip(dys).enumerate() {
+            self.linear_bwd_glu(enc, l, rows, dy, x, Some((dx, j > 0)), None, Some(gs[j]), lora, red);
+        }
+        lora_siblings::backward(enc, (rows, ls[0].fan_in, lps[0].rank), lps[0].scale, x, &gs, &da);
+    }
+
     /// y = x W [+ b] [+ resid] [+ s * (drop(x) A^T) B^T with a LoRA adapter, saving
     /// u = drop(x) A^T (rows, R) for the backward].
     #[allow(clippy::too_many_arguments)]
@@ -145,11 +244,35 @@ impl Model {
         y: &Tensor,
         lora: Option<LoraIo>,
     ) {
+        self.linear_fwd_glu(enc, l, rows, x, resid, y, None, lora)
+    }
+
+    /// `linear_fwd`, and with `glu` (a gated MLP's up projection, y = up) also
+    /// act = silu(gate) * y in the same dispatch.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fwd_glu(
+        &self,
+        enc: &mut Encoder,
+        l: &LinearP,
+        rows: usize,
+        x: &Tensor,
+        resid: Option<&Tensor>,
+        y: &Tensor,
+        glu: Option<SwigluEpilogue>,
+        lora: Option<LoraIo>,
+    ) {
         let p = &self.params;
         let b = l.b.map(|b| p.weight(b));
         let w = self.matrix(l.w);
+        // The epilogue reads SwiGLU's operands through the bias and resid bindings.
+        let glu_ok = glu.is_none() || (b.is_none() && resid.is_none());
+        let swiglu = glu.filter(|_| glu_ok);
         let Some((lp, io)) = Self::lora_io(l, lora) else {
-            self.lin(l, rows).forward(enc, x, w.get(), b.as_ref(), resid, y, false);
+            let ex = Extras { bias: b.as_ref(), resid, swiglu, ..Default::default() };
+            self.lin(l, rows).forward_ex(enc, x, w.get(), ex, y, false);
+            if !glu_ok {
+                self.swiglu_unfused_fwd(enc, glu, y, rows);
+            }
             return;
         };
         let (r, u) = (lp.rank, &io.acts.u[lp.site]);
@@ -167,8 +290,19 @@ impl Model {
         }
         let lb = p.weight(lp.b);
         let lora = LoraEpilogue { u, b: &lb, b_t: false, rank: r, scale: lp.scale };
-        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), ..Default::default() };
+        let ex = Extras { bias: b.as_ref(), resid, lora: Some(lora), swiglu, ..Default::default() };
         self.lin(l, rows).forward_ex(enc, x, w.get(), ex, y, false);
+        if !glu_ok {
+            self.swiglu_unfused_fwd(enc, glu, y, rows);
+        }
+    }
+
+    /// SwiGLU's forward as its own pass, where the up projection's epilogue cannot hold it
+    /// (an up projection with a bias): act = silu(gate) * up.
+    fn swiglu_unfused_fwd(&self, enc: &mut Encoder, glu: Option<SwigluEpilogue>, up: &Tensor, rows: usize) {
+        if let Some(SwigluEpilogue::Forward { gate, act }) = glu {
+            swiglu::forward(enc, gate, up, act, rows * self.cfg.ffn);
+        }
     }
 
     /// dx [+]= dy W^T (when `dx` is given), and the weight/bias gradients when trainable;
@@ -185,43 +319,84 @@ impl Model {
         lora: Option<LoraIo>,
         red: &Tensor,
     ) {
+        self.linear_bwd_glu(enc, l, rows, dy, x, dx, None, None, lora, red)
+    }
+
+    /// `linear_bwd`, and with `glu` (a gated MLP's down projection) SwiGLU's backward
+    /// after it: `dx` (overwritten) receives dgate and `glu.dup` dup instead of the
+    /// projection's input gradient dact, in the base product's epilogue where it can
+    /// (else through `glu.dact` and a SwiGLU pass). With `sib_g` (a sibling adapter, see
+    /// `lora_siblings`), the adapter's g is written there and its dA left to the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd_glu(
+        &self,
+        enc: &mut Encoder,
+        l: &LinearP,
+        rows: usize,
+        dy: &Tensor,
+        x: &Tensor,
+        dx: Option<(&Tensor, bool)>,
+        glu: Option<GluBwd>,
+        sib_g: Option<&Tensor>,
+        lora: Option<LoraIo>,
+        red: &Tensor,
+    ) {
         let p = &self.params;
         let lin = self.lin(l, rows);
         let w = self.matrix(l.w);
+        debug_assert!(glu.is_none() || dx.is_some_and(|(_, acc)| !acc), "SwiGLU's gradients are overwritten");
+        let swiglu = glu.map(|g| SwigluEpilogue::Backward { gate: g.gate, up: g.up, dup: g.dup });
         let Some((lp, io)) = Self::lora_io(l, lora) else {
             if let Some((dx, acc)) = dx {
-                lin.backward_input(enc, dy, w.get(), dx, acc);
+                lin.backward_input_with(enc, dy, w.get(), Extras { swiglu, ..Default::default() }, dx, acc);
             }
             self.linear_bwd_weight(enc, l, lin, dy, x, red);
             return;
         };
         let (r, s, (fi, fo)) = (lp.rank, lp.scale, (l.fan_in, l.fan_out));
-        let (u, g) = (&io.acts.u[lp.site], &io.acts.g);
+        let (u, g) = (&io.acts.u[lp.site], sib_g.unwrap_or(&io.acts.g));
         let (a, b) = (p.weight(lp.a), p.weight(lp.b));
         let mask = self.lora_mask(lp, io.salt).zip(io.acts.xd.as_ref());
-        // g(rows, R) = dy(rows, out) . B(out, R)
-        matmul(enc, (rows, r, fo), dy, Op::N, &b, Op::N, None, None, g, false);
+        // g(rows, R) = dy(rows, out) . B(out, R), and dB(out, R) += s * dy^T . u with it
+        // in one dispatch where the kernel table allows (`lora_grad::applies`).
+        let db = p.grad(lp.b);
+        let db_fused = match &db {
+            Some(db) if lora_grad::applies(enc.gpu(), r) => {
+                lora_grad::backward(enc, (rows, fo, r), s, dy, &b, u, g, db);
+                true
+            }
+            _ => {
+                matmul(enc, (rows, r, fo), dy, Op::N, &b, Op::N, None, None, g, false);
+                false
+            }
+        };
         // dx(rows, in) [+]= dy W + drop'(s * g . A): without dropout the adapter's share
         // rides in the base product's epilogue; with it, it goes through the mask first.
         if let Some((dx, acc)) = dx {
             match mask {
                 Some(((m, salts), xd)) => {
-                    lin.backward_input(enc, dy, w.get(), dx, acc);
+                    // SwiGLU after the dropout's share: dact first, then its own pass.
+                    let dact = glu.map_or(dx, |gl| gl.dact);
+                    lin.backward_input(enc, dy, w.get(), dact, acc);
                     matmul_scaled(enc, (rows, fi, r), s, g, Op::N, &a, Op::N, None, None, xd, false);
-                    dropout::backward_salted(enc, &m, Some(salts), xd, dx, rows * fi, true);
+                    dropout::backward_salted(enc, &m, Some(salts), xd, dact, rows * fi, true);
+                    if let Some(gl) = glu {
+                        swiglu::backward(enc, gl.gate, gl.up, dact, dx, gl.dup, rows * fi);
+                    }
                 }
                 None => {
                     let lora = LoraEpilogue { u: g, b: &a, b_t: true, rank: r, scale: s };
-                    lin.backward_input_ex(enc, dy, w.get(), Some(lora), dx, acc);
+                    let ex = Extras { lora: Some(lora), swiglu, ..Default::default() };
+                    lin.backward_input_with(enc, dy, w.get(), ex, dx, acc);
                 }
             }
         }
         self.linear_bwd_weight(enc, l, lin, dy, x, red);
         // dB(out, R) += s * dy^T . u
-        if let Some(db) = p.grad(lp.b) {
+        if let Some(db) = db.filter(|_| !db_fused) {
             matmul_scaled(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, None, None, &db, true);
         }
-        if let Some(da) = p.grad(lp.a) {
+        if let Some(da) = p.grad(lp.a).filter(|_| sib_g.is_none()) {
             // dA(R, in) += s * g^T . drop(x), the dropped input rebuilt from its mask.
             let xin = match mask {
                 Some(((m, salts), xd)) => {
@@ -446,21 +621,23 @@ impl Model {
     ) {
         let cfg = &self.cfg;
         match &blk.attn {
-            AttnP::Separate { q: wq, k: wk, v: wv } => match (&blk.qk_norm, qkn) {
-                (Some((qn, kn)), Some(a)) => {
-                    self.linear_fwd(enc, wq, rows, x, None, &a.q_raw, lio);
-                    self.head_norm_fwd(enc, qn, rows, cfg.heads, &a.q_raw, q, &a.rstd_q);
-                    self.linear_fwd(enc, wk, rows, x, None, &a.k_raw, lio);
-                    self.head_norm_fwd(enc, kn, rows, cfg.kv_heads, &a.k_raw, k, &a.rstd_k);
-                    self.linear_fwd(enc, wv, rows, x, None, v, lio);
+            AttnP::Separate { q: wq, k: wk, v: wv } => {
+                match (&blk.qk_norm, qkn, self.siblings_fwd(enc, &[wq, wk, wv], rows, x, lio)) {
+                    (Some((qn, kn)), Some(a), lio) => {
+                        self.linear_fwd(enc, wq, rows, x, None, &a.q_raw, lio);
+                        self.head_norm_fwd(enc, qn, rows, cfg.heads, &a.q_raw, q, &a.rstd_q);
+                        self.linear_fwd(enc, wk, rows, x, None, &a.k_raw, lio);
+                        self.head_norm_fwd(enc, kn, rows, cfg.kv_heads, &a.k_raw, k, &a.rstd_k);
+                        self.linear_fwd(enc, wv, rows, x, None, v, lio);
+                    }
+                    (Some(_), None, _) => panic!("q/k norms need their activation buffers (LayerActs::qk_norm)"),
+                    (None, _, lio) => {
+                        self.linear_fwd(enc, wq, rows, x, None, q, lio);
+                        self.linear_fwd(enc, wk, rows, x, None, k, lio);
+                        self.linear_fwd(enc, wv, rows, x, None, v, lio);
+                    }
                 }
-                (Some(_), None) => panic!("q/k norms need their activation buffers (LayerActs::qk_norm)"),
-                (None, _) => {
-                    self.linear_fwd(enc, wq, rows, x, None, q, lio);
-                    self.linear_fwd(enc, wk, rows, x, None, k, lio);
-                    self.linear_fwd(enc, wv, rows, x, None, v, lio);
-                }
-            },
+            }
             AttnP::Fused { c_attn } => {
                 let c = cfg.hidden;
                 let qkv = qkv.expect("GPT-2's fused projection needs a (rows, 3C) buffer");
@@ -471,8 +648,7 @@ impl Model {
             }
         }
         if let Some(table) = self.rope_of(blk) {
-            rope::forward(enc, q, pos, table, rows, cfg.heads, cfg.head_dim);
-            rope::forward(enc, k, pos, table, rows, cfg.kv_heads, cfg.head_dim);
+            rope::forward_qk(enc, (q, cfg.heads), (k, cfg.kv_heads), pos, table, rows, cfg.head_dim);
         }
     }
 
@@ -499,8 +675,7 @@ impl Model {
         let cfg = &self.cfg;
         let (dq, dk, dv) = (&g.dq, &g.dk, &g.dv);
         if let Some(table) = self.rope_of(blk) {
-            rope::backward(enc, dq, pos, table, rows, cfg.heads, cfg.head_dim);
-            rope::backward(enc, dk, pos, table, rows, cfg.kv_heads, cfg.head_dim);
+            rope::backward_qk(enc, (dq, cfg.heads), (dk, cfg.kv_heads), pos, table, rows, cfg.head_dim);
         }
         match &blk.attn {
             AttnP::Separate { q: wq, k: wk, v: wv } => {
@@ -513,9 +688,7 @@ impl Model {
                     (Some(_), ..) => panic!("q/k norms need their activation and gradient buffers"),
                     (None, ..) => (dq, dk),
                 };
-                self.linear_bwd(enc, wq, rows, dq, x, Some((dx, false)), lio, red);
-                self.linear_bwd(enc, wk, rows, dk, x, Some((dx, true)), lio, red);
-                self.linear_bwd(enc, wv, rows, dv, x, Some((dx, true)), lio, red);
+                self.siblings_bwd(enc, &[wq, wk, wv], rows, &[dq, dk, dv], x, dx, lio, red);
             }
             AttnP::Fused { c_attn } => {
                 let c = cfg.hidden;
@@ -590,7 +763,9 @@ impl Model {
     }
 
     /// out = [resid +] mlp(x): x (rows, C) normed, h1/h2/act (rows, F) saved for the
-    /// backward (h2 for the gated MLP only).
+    /// backward (h2 for the gated MLP only). Without `out` the output projection is skipped
+    /// (a recomputing forward: the output is already there, and the backward needs only
+    /// the projection's input `act`).
     #[allow(clippy::too_many_arguments)]
     fn mlp_fwd(
         &self,
@@ -602,27 +777,35 @@ impl Model {
         h2: Option<&Tensor>,
         act: &Tensor,
         resid: Option<&Tensor>,
-        out: &Tensor,
+        out: Option<&Tensor>,
         lio: Option<LoraIo>,
     ) {
         let f = self.cfg.ffn;
         match &blk.mlp {
             MlpP::Gated { gate, up, down } => {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
-                self.linear_fwd(enc, gate, rows, x, None, h1, lio);
-                self.linear_fwd(enc, up, rows, x, None, h2, lio);
-                // Gemma's GeGLU (tanh GELU) where the others gate with SiLU.
+                let sib = self.siblings_fwd(enc, &[gate, up], rows, x, lio);
+                self.linear_fwd(enc, gate, rows, x, None, h1, sib);
                 if self.cfg.arch == Arch::Gemma3 {
+                    // Gemma's GeGLU (tanh GELU) where the others gate with SiLU: its own pass
+                    // (the up projection's epilogue fuses SwiGLU only).
+                    self.linear_fwd(enc, up, rows, x, None, h2, sib);
                     gelu::geglu_forward(enc, h1, h2, act, rows * f);
                 } else {
-                    swiglu::forward(enc, h1, h2, act, rows * f);
+                    // act = silu(h1) * h2 in the up projection's epilogue.
+                    let glu = SwigluEpilogue::Forward { gate: h1, act };
+                    self.linear_fwd_glu(enc, up, rows, x, None, h2, Some(glu), sib);
                 }
-                self.linear_fwd(enc, down, rows, act, resid, out, lio);
+                if let Some(out) = out {
+                    self.linear_fwd(enc, down, rows, act, resid, out, lio);
+                }
             }
             MlpP::Gelu { fc, proj } => {
                 self.linear_fwd(enc, fc, rows, x, None, h1, lio);
                 gelu::forward(enc, h1, act, rows * f);
-                self.linear_fwd(enc, proj, rows, act, resid, out, lio);
+                if let Some(out) = out {
+                    self.linear_fwd(enc, proj, rows, act, resid, out, lio);
+                }
             }
         }
     }
@@ -651,14 +834,15 @@ impl Model {
         match &blk.mlp {
             MlpP::Gated { gate, up, down } => {
                 let h2 = h2.expect("the gated MLP needs its up-projection buffer");
-                self.linear_bwd(enc, down, rows, dout, act, Some((&g.dact, false)), lio, red);
                 if self.cfg.arch == Arch::Gemma3 {
+                    self.linear_bwd(enc, down, rows, dout, act, Some((&g.dact, false)), lio, red);
                     gelu::geglu_backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
                 } else {
-                    swiglu::backward(enc, h1, h2, &g.dact, &g.dh1, &g.dh2, rows * f);
+                    // dh1, dh2 from SwiGLU's backward in the down projection's epilogue.
+                    let glu = GluBwd { gate: h1, up: h2, dact: &g.dact, dup: &g.dh2 };
+                    self.linear_bwd_glu(enc, down, rows, dout, act, Some((&g.dh1, false)), Some(glu), None, lio, red);
                 }
-                self.linear_bwd(enc, gate, rows, &g.dh1, x, Some((dx, false)), lio, red);
-                self.linear_bwd(enc, up, rows, &g.dh2, x, Some((dx, true)), lio, red);
+                self.siblings_bwd(enc, &[gate, up], rows, &[&g.dh1, &g.dh2], x, dx, lio, red);
             }
             MlpP::Gelu { fc, proj } => {
                 self.linear_bwd(enc, proj, rows, dout, act, Some((&g.dact, false)), lio, red);
@@ -714,6 +898,25 @@ impl Model {
         attend: &Attend,
         lio: Option<LoraIo>,
     ) {
+        self.block_fwd_to(enc, blk, rows, x, a, Some(out), pos, attend, lio);
+    }
+
+    /// `block_fwd`, or without `out` the recomputing forward of activation checkpointing:
+    /// every activation the backward reads, but not the block's output (already held,
+    /// and read by no backward), so the MLP's output projection is skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn block_fwd_to(
+        &self,
+        enc: &mut Encoder,
+        blk: &BlockP,
+        rows: usize,
+        x: &Tensor,
+        a: &LayerActs,
+        out: Option<&Tensor>,
+        pos: &Tensor,
+        attend: &Attend,
+        lio: Option<LoraIo>,
+    ) {
         let qkv = [&a.q, &a.k, &a.v];
         self.norm_fwd(enc, &blk.ln1, rows, x, &a.ln1, &a.mean1, &a.rstd1);
         let qkn = a.qk_norm.as_ref();
@@ -741,7 +944,10 @@ impl Model {
                 copy2d::copy2d(enc, x, c, 0, &a.x_mid, c, 0, rows, c);
                 self.post_norm_fwd(enc, post_attn, rows, &pn.attn_out, &a.x_mid, &pn.rstd_attn);
                 self.norm_fwd(enc, &blk.ln2, rows, &a.x_mid, &a.ln2, &a.mean2, &a.rstd2);
-                self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, h2, &a.act, None, &pn.mlp_out, lio);
+                self.mlp_fwd(enc, blk, rows, &a.ln2, &a.h1, h2, &a.act, None, Some(&pn.mlp_out), lio);
+                // The post-norm's rstd (read by its backward) comes from the pass that adds it
+                // to the output, so a recompute writes the output too (see the backward).
+                let out = out.expect("Gemma 3's recompute rewrites the block's output");
                 copy2d::copy2d(enc, &a.x_mid, c, 0, out, c, 0, rows, c);
                 self.post_norm_fwd(enc, post_mlp, rows, &pn.mlp_out, out, &pn.rstd_mlp);
             }
@@ -891,11 +1097,14 @@ impl Model {
             let (a, x, shape) = (ws.acts(l), &ws.xs[l], self.attn_shape(inp, blk));
             let causal = Causal { shape, seg: &inp.seg, lse: &a.lse };
             if ws.opts.recompute && l + 1 < self.cfg.layers {
-                // Rewrites xs[l + 1] with the bits it already holds (no later block reads it).
-                // The adapters' u are kept per site, so they are not recomputed.
+                // Leaves xs[l + 1] as it is (its bits would be the same). The adapters' u are
+                // kept per site, so they are not recomputed.
                 let attend = Attend::Causal(causal);
                 let lio_re = lio.map(|io| LoraIo { u_ready: true, ..io });
-                self.block_fwd(enc, blk, rows, x, a, &ws.xs[l + 1], &inp.pos, &attend, lio_re);
+                // Gemma 3's post-norms keep their rstd from the pass that writes the output:
+                // there xs[l + 1] is rewritten with the bits it already holds.
+                let out = blk.post.is_some().then_some(&ws.xs[l + 1]);
+                self.block_fwd_to(enc, blk, rows, x, a, out, &inp.pos, &attend, lio_re);
             }
             self.block_bwd(enc, blk, rows, x, a, &ws.grads, &inp.pos, &causal, lio);
         }

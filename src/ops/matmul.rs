@@ -12,6 +12,8 @@ const HAS_BIAS: u32 = 2;
 const HAS_RESID: u32 = 4;
 const HAS_LORA: u32 = 8;
 const LORA_BT: u32 = 16;
+const SWIGLU_FWD: u32 = 32;
+const SWIGLU_BWD: u32 = 64;
 
 const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"));
 
@@ -25,6 +27,8 @@ pub const MATMUL: Kernel = Kernel {
         ("HAS_RESID", HAS_RESID),
         ("HAS_LORA", HAS_LORA),
         ("LORA_BT", LORA_BT),
+        ("SWIGLU_FWD", SWIGLU_FWD),
+        ("SWIGLU_BWD", SWIGLU_BWD),
         ("A_T", 0),
         ("B_T", 0),
         ("C_T", 0),
@@ -48,6 +52,8 @@ fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat) -> &'
             ("HAS_RESID", HAS_RESID),
             ("HAS_LORA", HAS_LORA),
             ("LORA_BT", LORA_BT),
+            ("SWIGLU_FWD", SWIGLU_FWD),
+            ("SWIGLU_BWD", SWIGLU_BWD),
             ("A_T", a_t as u32),
             ("B_T", b_t as u32),
             ("C_T", c_t as u32),
@@ -208,6 +214,17 @@ pub struct LoraEpilogue<'a> {
     pub scale: f32,
 }
 
+/// A gated MLP's SwiGLU fused into the epilogue of a product (common.wgsl's arithmetic, the
+/// bits of `ops::swiglu`). Not with bias, resid, accumulation or a transposed C.
+#[derive(Clone, Copy)]
+pub enum SwigluEpilogue<'a> {
+    /// The up projection: C(M,N) = up as usual, and act(M,N) = silu(gate) * up.
+    Forward { gate: &'a Tensor, act: &'a Tensor },
+    /// The down projection's input gradient: the product is dact; C(M,N) receives dgate =
+    /// dact * up * silu'(gate), and dup(M,N) = dact * silu(gate).
+    Backward { gate: &'a Tensor, up: &'a Tensor, dup: &'a Tensor },
+}
+
 /// A product's optional extras, all applied in the one epilogue of every kernel.
 #[derive(Clone, Copy, Default)]
 pub struct Extras<'a> {
@@ -220,6 +237,7 @@ pub struct Extras<'a> {
     pub split_k: bool,
     /// B's format when it is a compact weight's words (None: f32).
     pub b_format: Option<CompactFormat>,
+    pub swiglu: Option<SwigluEpilogue<'a>>,
 }
 
 /// C(M,N) = op(A)(M,K) . op(B)(K,N) [+ bias(N)] [+ resid(M,N)], added into C when
@@ -312,7 +330,12 @@ pub fn matmul_variant(
         | if ex.bias.is_some() { HAS_BIAS } else { 0 }
         | if ex.resid.is_some() { HAS_RESID } else { 0 }
         | if ex.lora.is_some() { HAS_LORA } else { 0 }
-        | if ex.lora.is_some_and(|l| l.b_t) { LORA_BT } else { 0 };
+        | if ex.lora.is_some_and(|l| l.b_t) { LORA_BT } else { 0 }
+        | match ex.swiglu {
+            Some(SwigluEpilogue::Forward { .. }) => SWIGLU_FWD,
+            Some(SwigluEpilogue::Backward { .. }) => SWIGLU_BWD,
+            None => 0,
+        };
     let (m64, n64, k64) = (m as u64, n as u64, k as u64);
     let r64 = ex.lora.map_or(0, |l| l.rank as u64);
     let out_bytes = 4 * m64 * n64 * (1 + accumulate as u64 + ex.resid.is_some() as u64);
@@ -324,8 +347,12 @@ pub fn matmul_variant(
         _ => (m, n, a, a_op == Op::T, b, b_op == Op::T, false),
     };
     debug_assert!(
-        !c_t || (ex.bias.is_none() && ex.lora.is_none()),
-        "the transposed product has no bias or LoRA epilogue"
+        !c_t || (ex.bias.is_none() && ex.lora.is_none() && ex.swiglu.is_none()),
+        "the transposed product has no bias, LoRA or SwiGLU epilogue"
+    );
+    debug_assert!(
+        ex.swiglu.is_none() || (ex.bias.is_none() && ex.resid.is_none() && !accumulate),
+        "the SwiGLU epilogue reads its operands through the bias and resid bindings"
     );
     debug_assert!(!matches!(variant, Variant::Skinny | Variant::SkinnyT) || cols <= SKINNY);
     let (grid, bytes) = match variant {
@@ -351,17 +378,35 @@ pub fn matmul_variant(
         alpha,
         lora_scale: ex.lora.map_or(0.0, |l| l.scale),
     };
-    let cost = Cost { flops: 2 * m64 * n64 * (k64 + r64), bytes: bytes + out_bytes + lora_bytes };
+    // SwiGLU: ~6 (forward) or ~12 (backward) FLOPs and 2 or 3 more (M, N) tensors.
+    let (glu_flops, glu_bytes) = match ex.swiglu {
+        Some(SwigluEpilogue::Forward { .. }) => (6, 8),
+        Some(SwigluEpilogue::Backward { .. }) => (12, 12),
+        None => (0, 0),
+    };
+    let cost = Cost {
+        flops: 2 * m64 * n64 * (k64 + r64) + glu_flops * m64 * n64,
+        bytes: bytes + out_bytes + lora_bytes + glu_bytes * m64 * n64,
+    };
     let dummy = &enc.gpu().dummy.clone();
     let kernel = layout_kernel(first_t, second_t, c_t, b_format);
+    // The SwiGLU operands ride in the bias and resid bindings (see shaders/matmul.wgsl);
+    // without one, c2 is C itself (a second writable binding of one buffer is allowed,
+    // where the dummy may already be bound read-only).
+    let (bias, resid, c2) = match ex.swiglu {
+        Some(SwigluEpilogue::Forward { gate, act }) => (dummy, gate, act),
+        Some(SwigluEpilogue::Backward { gate, up, dup }) => (up, gate, dup),
+        None => (ex.bias.unwrap_or(dummy), ex.resid.unwrap_or(dummy), c),
+    };
     let args = [
         Arg::R(first),
         Arg::R(second),
-        Arg::R(ex.bias.unwrap_or(dummy)),
-        Arg::R(ex.resid.unwrap_or(dummy)),
+        Arg::R(bias),
+        Arg::R(resid),
         Arg::W(c),
         Arg::R(ex.lora.map_or(dummy, |l| l.u)),
         Arg::R(ex.lora.map_or(dummy, |l| l.b)),
+        Arg::W(c2),
     ];
     enc.dispatch(kernel, variant.entry(), &p, &args, grid, cost);
 }
@@ -439,12 +484,27 @@ impl Linear {
         dx: &Tensor,
         accumulate: bool,
     ) {
+        self.backward_input_with(enc, dy, w, Extras { lora, ..Default::default() }, dx, accumulate);
+    }
+
+    /// `backward_input` with the epilogue's extras (`ex.lora`: the adapter's s * g A;
+    /// `ex.swiglu`: a gated MLP's SwiGLU backward after the down projection, dx then
+    /// receiving dgate).
+    pub fn backward_input_with<'w>(
+        &self,
+        enc: &mut Encoder,
+        dy: &Tensor,
+        w: impl Into<Weight<'w>>,
+        ex: Extras,
+        dx: &Tensor,
+        accumulate: bool,
+    ) {
         let w_op = match self.layout {
             WeightLayout::OutIn => Op::N,
             WeightLayout::InOut => Op::T,
         };
         let (w, format) = w.into().parts();
-        let ex = Extras { lora, b_format: Some(format), ..Default::default() };
+        let ex = Extras { b_format: Some(format), ..ex };
         matmul_ex(enc, (self.rows, self.fan_in, self.fan_out), 1.0, dy, Op::N, w, w_op, ex, dx, accumulate);
     }
 

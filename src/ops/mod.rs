@@ -14,6 +14,8 @@ pub mod gather;
 pub mod gelu;
 pub mod grad_norm;
 pub mod layernorm;
+pub mod lora_grad;
+pub mod lora_siblings;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
@@ -56,6 +58,8 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &gelu::GELU,
     &grad_norm::GRAD_NORM,
     &layernorm::LAYERNORM,
+    &lora_grad::LORA_GRAD,
+    &lora_siblings::LORA_SIBLINGS,
     &matmul::MATMUL,
     &rmsnorm::RMSNORM,
     &rope::ROPE,

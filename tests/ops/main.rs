@@ -21,6 +21,8 @@ mod gather;
 mod gelu;
 mod grad_norm;
 mod layernorm;
+mod lora_grad;
+mod lora_siblings;
 mod matmul;
 mod rmsnorm;
 mod rope;

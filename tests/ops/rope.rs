@@ -82,3 +82,45 @@ fn reference_rope_backward_matches_finite_differences() {
     let num = numeric_grad(&x, 1e-5, |x| dot(&proj, &rope(x, &pos, &inv, rows, heads, d)));
     assert_grad("rope dx", &dx, &num);
 }
+
+/// q and k rotated in one dispatch (`forward_qk` / `backward_qk`, a block's two tensors
+/// at the same positions, different head counts): against float64, and bit for bit what
+/// one dispatch per tensor gives.
+#[test]
+fn rope_qk_in_one_dispatch_matches_reference_and_single_bits() {
+    use webtune::ops::rope::{backward_qk, forward_qk};
+    let g = gpu();
+    let mut rng = Rng::new(13);
+    let max_pos = 4096;
+    for d in [2usize, 24, 64] {
+        for (rows, h, hk) in [(1usize, 1usize, 1usize), (37, 3, 1), (70, 9, 3), (5, 2, 4)] {
+            let inv = default_inv_freq(10000.0, d);
+            let table = RopeTable::new(g, &inv, max_pos).unwrap();
+            let pos = packed_positions(&mut rng, rows, max_pos);
+            let tpos = g.upload_u32("pos", &pos).unwrap();
+            let (q, k) = (rng.vec(rows * h * d, 1.0), rng.vec(rows * hk * d, 1.0));
+            let up = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
+            let (tq, tk, tq1, tk1) = (up("q", &q), up("k", &k), up("q1", &q), up("k1", &k));
+            let (dq, dk) = (up("dq", &q), up("dk", &k));
+            let (dq1, dk1) = (up("dq1", &q), up("dk1", &k));
+            let mut enc = Encoder::new(g);
+            forward_qk(&mut enc, (&tq, h), (&tk, hk), &tpos, &table, rows, d);
+            forward(&mut enc, &tq1, &tpos, &table, rows, h, d);
+            forward(&mut enc, &tk1, &tpos, &table, rows, hk, d);
+            backward_qk(&mut enc, (&dq, h), (&dk, hk), &tpos, &table, rows, d);
+            backward(&mut enc, &dq1, &tpos, &table, rows, h, d);
+            backward(&mut enc, &dk1, &tpos, &table, rows, hk, d);
+            enc.submit();
+            let what = format!("rope qk D {d} rows {rows} heads {h}+{hk}");
+            let read = |t| block(g.read_f32(t)).unwrap();
+            check(&format!("{what} q"), &read(&tq), &rope(&f64s(&q), &pos, &inv, rows, h, d), ROPE);
+            check(&format!("{what} k"), &read(&tk), &rope(&f64s(&k), &pos, &inv, rows, hk, d), ROPE);
+            check(&format!("{what} dq"), &read(&dq), &rope_backward(&f64s(&q), &pos, &inv, rows, h, d), ROPE);
+            check(&format!("{what} dk"), &read(&dk), &rope_backward(&f64s(&k), &pos, &inv, rows, hk, d), ROPE);
+            for (a, b, n) in [(&tq, &tq1, "q"), (&tk, &tk1, "k"), (&dq, &dq1, "dq"), (&dk, &dk1, "dk")] {
+                let same = read(a).iter().zip(&read(b)).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{what}: {n} from one dispatch differs from its own dispatch");
+            }
+        }
+    }
+}

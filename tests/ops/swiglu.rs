@@ -66,3 +66,71 @@ fn reference_swiglu_backward_matches_finite_differences() {
     assert_grad("swiglu dgate", &dg, &numeric_grad(&gate, h, |g| dot(&proj, &swiglu(g, &up))));
     assert_grad("swiglu dup", &du, &numeric_grad(&up, h, |u| dot(&proj, &swiglu(&gate, u))));
 }
+
+/// SwiGLU fused into a product's epilogue (`Extras::swiglu`), on every kernel that can
+/// compute the shape, with a LoRA epilogue before it as in the model:
+/// forward (an up projection): C = x W^T + s u B^T = up and act = silu(gate) * up;
+/// backward (a down projection's input gradient): the product is dact, C = dgate and
+/// dup = dact * silu(gate). The product is held to float64 (MATMUL), the SwiGLU outputs
+/// to float64 applied to that product (SWIGLU), and both must equal the unfused
+/// product + `ops::swiglu` pass bit for bit (the model's results do not change).
+#[test]
+fn swiglu_in_matmul_epilogue_matches_reference_and_unfused_bits() {
+    use webtune::ops::matmul::{matmul_variant, Extras, LoraEpilogue, Op, SwigluEpilogue, Variant};
+    const MATMUL: Tol = Tol { name: "MATMUL", abs: 1e-6, rel: 2e-6 };
+    let g = gpu();
+    let mut rng = Rng::new(43);
+    // Awkward shapes: odd sizes, tile edges, the skinny kernel's N <= 16 and M <= 4.
+    for &(m, n, k, r) in &[(70, 33, 129, 8), (5, 130, 20, 3), (129, 65, 33, 16), (3, 16, 64, 1), (37, 7, 300, 2)] {
+        let t = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
+        let (x, w) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0)); // W stored (N, K): x W^T
+        let (u, lb) = (rng.vec(m * r, 1.0), rng.vec(n * r, 1.0));
+        let (gate, up) = (rng.vec(m * n, 3.0), rng.vec(m * n, 1.0));
+        let s = 0.8f32;
+        let xw = crate::reference::matmul::linear(&f64s(&x), &f64s(&w), None, m, k, n);
+        let ul = crate::reference::matmul::linear(&f64s(&u), &f64s(&lb), None, m, r, n);
+        let prod_ref: Vec<f64> = xw.iter().zip(&ul).map(|(a, b)| a + s as f64 * b).collect();
+        let (tx, tw, tu, tlb, tgate, tup) =
+            (t("x", &x), t("w", &w), t("u", &u), t("lb", &lb), t("gate", &gate), t("up", &up));
+        let mut variants = vec![Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot];
+        if n <= 16 {
+            variants.push(Variant::Skinny);
+        }
+        for v in variants {
+            let what = format!("swiglu epilogue {v:?} {m}x{n}x{k} r{r}");
+            let lora = LoraEpilogue { u: &tu, b: &tlb, b_t: false, rank: r, scale: s };
+            let plain = Extras { lora: Some(lora), ..Default::default() };
+            let nan = vec![f32::NAN; m * n];
+            let (prod, c, c2, unf, unf2) =
+                (t("prod", &nan), t("c", &nan), t("c2", &nan), t("unf", &nan), t("unf2", &nan));
+            let mm = |enc: &mut Encoder, ex: Extras, out| {
+                matmul_variant(enc, v, (m, n, k), 1.0, &tx, Op::N, &tw, Op::T, ex, out, false)
+            };
+            // Forward: C = up (the product), c2 = act.
+            let mut enc = Encoder::new(g);
+            mm(&mut enc, plain, &prod);
+            mm(&mut enc, Extras { swiglu: Some(SwigluEpilogue::Forward { gate: &tgate, act: &c2 }), ..plain }, &c);
+            forward(&mut enc, &tgate, &prod, &unf, m * n);
+            enc.submit();
+            let prod_got = block(g.read_f32(&prod)).unwrap();
+            check(&format!("{what} product"), &prod_got, &prod_ref, MATMUL);
+            let (c_got, act_got) = (block(g.read_f32(&c)).unwrap(), block(g.read_f32(&c2)).unwrap());
+            check(&format!("{what} forward act"), &act_got, &swiglu(&f64s(&gate), &f64s(&prod_got)), SWIGLU);
+            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same(&c_got, &prod_got), "{what}: the forward's C is not the plain product's bits");
+            assert!(same(&act_got, &block(g.read_f32(&unf)).unwrap()), "{what}: fused act differs from swiglu_forward");
+            // Backward: the product is dact; C = dgate, c2 = dup.
+            let mut enc = Encoder::new(g);
+            let sw = SwigluEpilogue::Backward { gate: &tgate, up: &tup, dup: &c2 };
+            mm(&mut enc, Extras { swiglu: Some(sw), ..plain }, &c);
+            backward(&mut enc, &tgate, &tup, &prod, &unf, &unf2, m * n);
+            enc.submit();
+            let (dg_ref, du_ref) = swiglu_backward(&f64s(&gate), &f64s(&up), &f64s(&prod_got));
+            let (dg, du) = (block(g.read_f32(&c)).unwrap(), block(g.read_f32(&c2)).unwrap());
+            check(&format!("{what} backward dgate"), &dg, &dg_ref, SWIGLU);
+            check(&format!("{what} backward dup"), &du, &du_ref, SWIGLU);
+            assert!(same(&dg, &block(g.read_f32(&unf)).unwrap()), "{what}: fused dgate differs from swiglu_backward");
+            assert!(same(&du, &block(g.read_f32(&unf2)).unwrap()), "{what}: fused dup differs from swiglu_backward");
+        }
+    }
+}
