@@ -34,7 +34,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> c: array<f32>; // (M, N), or (N, M) when C_T
 @group(0) @binding(6) var<storage, read> lu: array<f32>;     // (M, R) LoRA's u = drop(x) A^T
 @group(0) @binding(7) var<storage, read> lb: array<f32>;     // (N, R), or (R, N) when LORA_BT
-// SWIGLU_FWD: act (M, N); SWIGLU_BWD: dup (M, N); otherwise bound to c and never touched.
+// SWIGLU_FWD: act (M, N); SWIGLU_BWD: dup (M, N); otherwise a spare, never touched.
 // (The SwiGLU operands reuse the bias and resid bindings, which those products do not
 // use: WebGPU's default limit is 8 storage buffers per stage, and this is the 8th.)
 @group(0) @binding(8) var<storage, read_write> c2: array<f32>;

@@ -34,9 +34,13 @@ pub struct Gpu {
     /// `WEBTUNE_NO_REUSE=1`: every scratch buffer is fresh, to tell a pooling bug from a
     /// kernel bug.
     pub no_reuse: bool,
-    /// Bound in place of an optional argument a dispatch does not use.
+    /// Bound in place of an optional argument a dispatch does not use. Bound writable, it
+    /// stands for binding i's own spare (`spare[i]`, see `Encoder::dispatch`): WebGPU
+    /// rejects a writable binding that overlaps any other binding of the same dispatch.
     pub dummy: Tensor,
-    /// 16 zero bytes that no kernel writes (`dummy` may be bound writable): read where an
+    /// 16 bytes per binding index that an unused writable binding is bound to.
+    pub(crate) spare: Vec<Tensor>,
+    /// 16 zero bytes that no kernel writes: read where an
     /// optional input must read as zero (dropout's salt outside training).
     pub zero: Tensor,
     /// Matmul kernels from the CPU-adapter column of `ops::matmul::choose` (no workgroup
@@ -91,24 +95,20 @@ impl Gpu {
             || lname.contains("lavapipe")
             || lname.contains("swiftshader");
         let limits = device.limits();
-        let dummy = Tensor::whole(
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("dummy"),
-                size: 16,
-                usage: Self::usage(),
-                mapped_at_creation: false,
-            }),
-            4,
-        );
-        let zero = Tensor::whole(
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("zero"),
-                size: 16,
-                usage: Self::usage(),
-                mapped_at_creation: false,
-            }),
-            4,
-        );
+        let small = |label: &str| {
+            Tensor::whole(
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: 16,
+                    usage: Self::usage(),
+                    mapped_at_creation: false,
+                }),
+                4,
+            )
+        };
+        let dummy = small("dummy");
+        let spare = (0..limits.max_storage_buffers_per_shader_stage.min(32)).map(|_| small("spare")).collect();
+        let zero = small("zero");
         let matmul_cpu = match std::env::var("WEBTUNE_MATMUL").as_deref() {
             Ok("gpu") => false,
             Ok("cpu") => true,
@@ -124,6 +124,7 @@ impl Gpu {
             lost,
             matmul_cpu,
             dummy,
+            spare,
             zero,
             info: GpuInfo {
                 name: info.name.clone(),

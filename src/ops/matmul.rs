@@ -391,12 +391,12 @@ pub fn matmul_variant(
     let dummy = &enc.gpu().dummy.clone();
     let kernel = layout_kernel(first_t, second_t, c_t, b_format);
     // The SwiGLU operands ride in the bias and resid bindings (see shaders/matmul.wgsl);
-    // without one, c2 is C itself (a second writable binding of one buffer is allowed,
-    // where the dummy may already be bound read-only).
+    // without one, c2 is unused (the dummy: a spare of its own, never C, since WebGPU
+    // rejects two writable bindings of one buffer).
     let (bias, resid, c2) = match ex.swiglu {
         Some(SwigluEpilogue::Forward { gate, act }) => (dummy, gate, act),
         Some(SwigluEpilogue::Backward { gate, up, dup }) => (up, gate, dup),
-        None => (ex.bias.unwrap_or(dummy), ex.resid.unwrap_or(dummy), c),
+        None => (ex.bias.unwrap_or(dummy), ex.resid.unwrap_or(dummy), dummy),
     };
     let args = [
         Arg::R(first),

@@ -74,7 +74,21 @@ async function withPage(name, args, opts, fn) {
 
 const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 const pageErrors = (page) => page.locator('#errors').innerText();
-const until = (page, fn, arg, timeout) => page.waitForFunction(fn, arg, { timeout, polling: 250 });
+// Wait for fn(arg) in the page; an error shown on the page (#errors) ends the wait at once
+// instead of after the whole timeout, with the error as the failure.
+async function until(page, fn, arg, timeout) {
+  const done = await page.waitForFunction(
+    ([src, a]) => {
+      const errs = document.querySelector('#errors')?.textContent.trim();
+      // eslint-disable-next-line no-new-func
+      return new Function('a', `return (${src})(a)`)(a) ? 'ok' : errs ? `error: ${errs}` : false;
+    },
+    [fn.toString(), arg],
+    { timeout, polling: 250 },
+  );
+  const why = await done.jsonValue();
+  if (why !== 'ok') throw new Error(`the page showed an error while waiting for ${fn}: ${why}`);
+}
 
 async function setSettings(page, values) {
   for (const [name, v] of Object.entries(values)) {
