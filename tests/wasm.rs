@@ -654,6 +654,111 @@ async fn gemma3_training_steps_match_transformers() {
     training_steps_match_fixture(fixture!("gemma3"), "gemma3").await;
 }
 
+/// LoRA over a compact base (Q8_0 tied embedding and head, Q4_1 attention as in the default
+/// GGUF, Q4_0, F16 and BF16 MLP) trains in the browser as over its f32 expansion: the
+/// losses of 5 AdamW steps and then every adapter gradient bit for bit (the same fma order
+/// in both; tests/model/compact.rs holds the native twin). SwiftShader has no shader-f16,
+/// so this is the WGSL-core dequantization inside the kernels, under Tint.
+#[wasm_bindgen_test]
+async fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
+    use webtune::load::compact::{CompactFormat, CompactTensor};
+    use webtune::model::params::{ParamInit, ParamSpec};
+    use webtune::model::{presets::preset, LoraConfig, Model};
+    let g = gpu().await;
+    let lora = LoraConfig { dropout: 0.1, seed: 3, ..LoraConfig::new(4, 8.0, &["all-linear"]) };
+    let format = |s: &ParamSpec| -> Option<CompactFormat> {
+        use CompactFormat::*;
+        if s.trainable || s.shape.len() != 2 {
+            return None;
+        }
+        Some(match () {
+            _ if s.name.contains("embed_tokens") => Q8_0,
+            _ if s.name.contains("self_attn") => Q4_1,
+            _ if s.name.contains("gate_proj") => F16,
+            _ if s.name.contains("up_proj") => BF16,
+            _ => Q4_0,
+        })
+    };
+    let values = |s: &ParamSpec| {
+        let seed = s.name.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+        let mut rng = Rng::new(seed);
+        if s.shape.len() == 2 {
+            rng.vec(s.numel(), 0.05)
+        } else {
+            vec![1.0; s.numel()]
+        }
+    };
+    // Quantized values where there is a quantizer; Q4_1 (none) as random blocks with
+    // d = 2^-10 and m = -2^-7 (values in [-0.008, 0.007], the others' scale).
+    let quantized = |s: &ParamSpec, f: CompactFormat| {
+        let (rows, cols) = (s.shape[0], s.shape[1]);
+        if f != CompactFormat::Q4_1 {
+            return CompactTensor::quantize(&s.name, f, rows, cols, &values(s)).unwrap();
+        }
+        let mut rng = Rng::new(s.numel() as u64);
+        let bb = f.gguf_block_bytes();
+        let mut bytes: Vec<u8> = (0..rows * cols / f.block_values() * bb).map(|_| rng.below(256) as u8).collect();
+        for b in bytes.chunks_exact_mut(bb) {
+            b[0..2].copy_from_slice(&0x1400u16.to_le_bytes());
+            b[2..4].copy_from_slice(&0xA000u16.to_le_bytes());
+        }
+        CompactTensor::from_gguf(&s.name, f, rows, cols, &bytes).unwrap()
+    };
+    // tiny-llama: C 128, ffn 352, V 2048, tied; every row a whole number of 32-value blocks.
+    let cfg = preset("tiny-llama").unwrap();
+    let compact = Model::build_compact(&g, cfg.clone(), Some(&lora), format, |s| {
+        Ok(match format(s) {
+            Some(f) => ParamInit::Compact(quantized(s, f)),
+            None => ParamInit::F32(values(s)),
+        })
+    })
+    .unwrap();
+    assert!(compact.params.compact_bytes() > 0, "nothing was kept compact");
+    let expanded = Model::build(&g, cfg, Some(&lora), |s| {
+        Ok(match format(s) {
+            Some(f) => quantized(s, f).dequantize(),
+            None => values(s),
+        })
+    })
+    .unwrap();
+    let mut rng = Rng::new(11);
+    let examples: Vec<Example> = (0..4)
+        .map(|i| {
+            let len = 9 + 5 * i;
+            let ids = (0..len).map(|_| (rng.next_u64() % 2048) as u32).collect();
+            Example::prompt_answer(ids, len / 2, "example")
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for (what, model) in [("compact", compact), ("f32", expanded)] {
+        let scope = g.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut t =
+            Trainer::new(&g, model, TrainConfig { micro_batch: 4, recompute: true, ..Default::default() }).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..5 {
+            losses.push(t.step(&examples).await.unwrap().loss);
+        }
+        t.accumulate(&examples).await.unwrap();
+        let grads = t.read_grads().await.unwrap();
+        if let Some(e) = scope.pop().await {
+            panic!("{what} base: WebGPU validation error: {e}");
+        }
+        console_log!("LoRA over the {what} base in the browser: losses {losses:?}");
+        runs.push((losses, grads));
+    }
+    let [(loss_c, grads_c), (loss_f, grads_f)] = &runs[..] else { unreachable!() };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let loss_bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(loss_bits(loss_c), loss_bits(loss_f), "the losses differ");
+    assert!(loss_c.iter().all(|l| l.is_finite()) && loss_c[4] < loss_c[0], "the loss falls: {loss_c:?}");
+    assert_eq!(grads_c.len(), grads_f.len());
+    for ((name, _, a), (_, _, b)) in grads_c.iter().zip(grads_f) {
+        assert_eq!(bits(a), bits(b), "{name}: not bit-identical");
+        assert!(a.iter().any(|&x| x != 0.0), "{name}: a zero gradient proves nothing");
+    }
+    console_log!("{} adapter gradients bit-identical over the compact base", grads_c.len());
+}
+
 // ---------------------------------------------------------------------------------------
 // Generation: greedy decoding with the KV cache in the browser against the argmax chain of
 // full forwards computed in the same test (the native tests/generate.rs holds the same
