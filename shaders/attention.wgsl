@@ -58,7 +58,8 @@ fn hsum(a: vec4<f32>) -> f32 {
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;        // (rows, Hk*D)
 @group(0) @binding(4) var<storage, read> seg: array<u32>;            // (rows)
 @group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;  // (rows, H*D)
-@group(0) @binding(6) var<storage, read_write> lse: array<f32>;      // (B*H*T)
+// (B*H*T) (lse, delta): the forward writes the lse and zero, the dQ pass fills in delta.
+@group(0) @binding(6) var<storage, read_write> lse: array<vec2<f32>>;
 
 // Stage keys [k0, k0 + n) of kv head `kvh` in sequence `b`: K into sh_a, V into sh_b.
 fn load_kv(b: u32, kvh: u32, k0: u32, n: u32, lid: u32) {
@@ -145,47 +146,19 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
         for (var i = 0u; i < DV; i++) {
             o[base + i] = acc[i] * inv;
         }
-        lse[bh * p.t + tq] = m + log(l);
+        lse[bh * p.t + tq] = vec2<f32>(m + log(l), 0.0);
     }
-}
-
-// ---- backward: delta ----------------------------------------------------------------------
-// delta = rowsum(dOut * O) per (b, h, t), the softmax backward's correction term. Also
-// written, with the lse, as (lse, delta) pairs into dQ's buffer: the dK/dV kernel then
-// needs 8 storage bindings (WebGPU's default per-stage limit), not 9, and dQ is free
-// scratch until the dQ kernel, which runs last, overwrites it.
-
-@group(0) @binding(1) var<storage, read> o_in: array<vec4<f32>>;         // (rows, H*D)
-@group(0) @binding(2) var<storage, read> dout_d: array<vec4<f32>>;       // (rows, H*D)
-@group(0) @binding(3) var<storage, read> lse_d: array<f32>;              // (B*H*T)
-@group(0) @binding(4) var<storage, read_write> delta_w: array<f32>;      // (B*H*T)
-@group(0) @binding(5) var<storage, read_write> stats_w: array<vec2<f32>>; // dQ buffer as (B*H*T, 2)
-
-// Grid: grid_1d(B*H*T, WG). Thread = (b, h, t).
-@compute @workgroup_size(WG)
-fn attention_delta(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = flat_id(gid, nwg, WG);
-    if (n >= p.b * p.h * p.t) { return; }
-    let t = n % p.t;
-    let bh = n / p.t;
-    let b = bh / p.h;
-    let h = bh % p.h;
-    let base = ((b * p.t + t) * p.h + h) * DV;
-    var d4 = vec4<f32>(0.0);
-    for (var i = 0u; i < DV; i++) {
-        d4 = fma(dout_d[base + i], o_in[base + i], d4);
-    }
-    let delta = hsum(d4);
-    delta_w[n] = delta;
-    stats_w[n] = vec2<f32>(lse_d[n], delta);
 }
 
 // ---- backward: dQ -------------------------------------------------------------------------
-// dQ[tq] = scale * sum_tk P * (dOut[tq].V[tk] - delta[tq]) * K[tk]
+// dQ[tq] = scale * sum_tk P * (dOut[tq].V[tk] - delta[tq]) * K[tk], with delta[tq] =
+// rowsum(dOut[tq] * O[tq]) the softmax backward's correction term. The dQ pass runs first:
+// each query thread computes its delta and writes it beside the lse, where the dK/dV pass
+// reads both (8 storage bindings, WebGPU's default per-stage limit, and no pass of its own).
 
-@group(0) @binding(5) var<storage, read> lse_r: array<f32>;            // (B*H*T)
+@group(0) @binding(5) var<storage, read_write> stats_rw: array<vec2<f32>>; // (B*H*T) (lse, delta)
 @group(0) @binding(6) var<storage, read> dout: array<vec4<f32>>;       // (rows, H*D)
-@group(0) @binding(7) var<storage, read> delta_r: array<f32>;          // (B*H*T)
+@group(0) @binding(7) var<storage, read> o_in: array<vec4<f32>>;       // (rows, H*D)
 @group(0) @binding(8) var<storage, read_write> dq: array<vec4<f32>>;   // (rows, H*D)
 
 // Grid: (ceil(T / BLOCK), B*H). Thread = query.
@@ -201,16 +174,18 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     let row = b * p.t + tq;
     let base = (row * p.h + h) * DV;
     let sq = seg[row];
-    let lq = lse_r[bh * p.t + tq];
-    let dl = delta_r[bh * p.t + tq];
+    let lq = stats_rw[bh * p.t + tq].x;
     var qr: array<vec4<f32>, DV>;
     var gr: array<vec4<f32>, DV>;
     var acc: array<vec4<f32>, DV>;
+    var d4 = vec4<f32>(0.0);
     for (var i = 0u; i < DV; i++) {
         qr[i] = q[base + i] * p.scale;
         gr[i] = dout[base + i];
         acc[i] = vec4<f32>(0.0);
+        d4 = fma(gr[i], o_in[base + i], d4);
     }
+    let dl = hsum(d4);
     let kend = min(q0 + BLOCK, p.t);
     for (var k0 = first_key(q0); k0 < kend; k0 += TILE) {
         let n = min(TILE, kend - k0);
@@ -236,6 +211,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         for (var i = 0u; i < DV; i++) {
             dq[base + i] = acc[i] * p.scale;
         }
+        stats_rw[bh * p.t + tq] = vec2<f32>(lq, dl);
     }
 }
 
@@ -250,7 +226,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 // to scratch, and attention_dkv_reduce adds the partials of each key in the fixed order
 // z = 0, 1, ...: deterministic, and the same bits for the same shape on every run.
 
-@group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;      // (B*H*T) (lse, delta), in dQ's buffer
+@group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;      // (B*H*T) (lse, delta), from the dQ pass
 @group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;   // (rows, Hk*D)
 @group(0) @binding(8) var<storage, read_write> dvv: array<vec4<f32>>;  // (rows, Hk*D)
 // (2, S, rows, Hk*D): dK's partials, then dV's; S = group * nchunk.

@@ -735,7 +735,7 @@ impl Model {
 
     /// `attn_fwd` in reverse, from dout (rows, C), the gradient of its output: dx (rows,
     /// C) = the gradient of the normed input (overwritten), and the projections'
-    /// gradients; `g` holds the scratch (d_o, delta, dq, dk, dv, dqkv). The residual's
+    /// gradients; `g` holds the scratch (d_o, dq, dk, dv, dqkv). The residual's
     /// gradient is dout itself, left to the caller. Only the micro-batch's causal
     /// attention has a backward.
     #[allow(clippy::too_many_arguments)]
@@ -758,7 +758,7 @@ impl Model {
         let Causal { shape, seg, lse } = causal;
         let red = &g.reduce;
         self.linear_bwd(enc, &blk.o, rows, dout, o, Some((&g.d_o, false)), lio, red);
-        attention::backward(enc, shape, q, k, v, seg, o, lse, &g.d_o, &g.delta, red, &g.dq, &g.dk, &g.dv);
+        attention::backward(enc, shape, q, k, v, seg, o, lse, &g.d_o, red, &g.dq, &g.dk, &g.dv);
         self.qkv_bwd(enc, blk, rows, x, qkn, g, pos, dx, lio, &g.reduce);
     }
 

@@ -24,8 +24,8 @@ pub struct LayerActs {
     pub q: Tensor,
     pub k: Tensor,
     pub v: Tensor,
-    /// (rows, H*D) attention output, (B*H*T) its log-sum-exp (the causal attention's, for
-    /// the backward).
+    /// (rows, H*D) attention output, (B*H*T, 2) its log-sum-exp and the backward's delta
+    /// (the causal attention's).
     pub o: Tensor,
     pub lse: Tensor,
     /// (rows, C) the residual stream between attention and MLP.
@@ -86,8 +86,6 @@ pub struct Grads {
     pub dh1: Tensor,
     pub dh2: Tensor,
     pub dact: Tensor,
-    /// (B*H*T)
-    pub delta: Tensor,
     /// Partial sums of the two-stage reductions across rows (bias and norm weight
     /// gradients: (rows / ROW_CHUNK, widest), the embedding's: one row per segment of a
     /// frequent id), one reduction at a time.
@@ -226,7 +224,7 @@ impl Lens {
             ("k", rows * kv),
             ("v", rows * kv),
             ("o", rows * q),
-            ("lse", bht),
+            ("lse", 2 * bht),
             ("x_mid", rows * c),
             ("ln2", rows * c),
             ("mean2", stat),
@@ -252,7 +250,7 @@ impl Lens {
         if post {
             grads.push(("dpost", rows * c));
         }
-        grads.extend([("d_o", rows * q), ("dh1", rows * f), ("dh2", rows * f), ("dact", rows * f), ("delta", bht)]);
+        grads.extend([("d_o", rows * q), ("dh1", rows * f), ("dh2", rows * f), ("dact", rows * f)]);
         let n1 = n.max(1);
         let hr = n1.min(head_rows(opts.head_chunk, cfg.vocab));
         // Reductions across rows: biases (fan-out up to F, 3C, Q), norm weights (C) over
@@ -407,7 +405,6 @@ impl Workspace {
             dh1: z(gl, "dh1")?,
             dh2: z(gl, "dh2")?,
             dact: z(gl, "dact")?,
-            delta: z(gl, "delta")?,
             reduce: z(gl, "reduce")?,
         };
         let lora = lora.map(|l| LoraActs::new(gpu, &l, rows)).transpose()?;
@@ -470,7 +467,7 @@ impl Workspace {
         out.extend(&g.dqkv);
         out.extend(g.dq_raw.iter().chain(&g.dk_raw));
         out.extend(&g.dpost);
-        out.extend([&g.d_o, &g.dh1, &g.dh2, &g.dact, &g.delta, &g.reduce]);
+        out.extend([&g.d_o, &g.dh1, &g.dh2, &g.dact, &g.reduce]);
         out.extend([&self.hg, &self.hf, &self.meanf, &self.rstdf, &self.logits, &self.nll, &self.dhf, &self.dhg]);
         out.extend(&self.zcap);
         if let Some(l) = &self.lora {

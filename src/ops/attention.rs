@@ -265,8 +265,9 @@ impl AttnShape {
     }
 }
 
-/// o(rows, H*D) = softmax(q k^T * scale, causal + segment mask) v, and lse(B*H*T) the
-/// log-sum-exp of each query's scaled scores (index (b*H + h)*T + t).
+/// o(rows, H*D) = softmax(q k^T * scale, causal + segment mask) v, and lse(B*H*T, 2) the
+/// log-sum-exp of each query's scaled scores and a zero (index 2 * ((b*H + h)*T + t); the
+/// backward's dQ pass writes delta into the second slot).
 /// q (rows, H*D), k and v (rows, Hk*D), seg u32 (rows).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
@@ -301,10 +302,10 @@ pub fn forward_with(
     }
     let (rows, hd, kd) = (s.rows(), s.h * s.d, s.hk * s.d);
     debug_assert!(q.len >= rows * hd && k.len >= rows * kd && v.len >= rows * kd && o.len >= rows * hd);
-    debug_assert!(seg.len >= rows && lse.len >= s.b * s.h * s.t);
+    debug_assert!(seg.len >= rows && lse.len >= 2 * s.b * s.h * s.t);
     let cost = Cost {
         flops: 4 * s.pairs() * s.d as u64,
-        bytes: s.streamed(s.h, var.block) + (4 * rows * (2 * hd + 1) + 4 * s.b * s.h * s.t) as u64,
+        bytes: s.streamed(s.h, var.block) + (4 * rows * (2 * hd + 1) + 8 * s.b * s.h * s.t) as u64,
     };
     enc.dispatch(
         head_kernel(s.d / 4, var.block),
@@ -317,12 +318,13 @@ pub fn forward_with(
 }
 
 /// Overwrite dq(rows, H*D), dk and dv(rows, Hk*D) with the gradients of the loss given
-/// dout(rows, H*D), from the forward's inputs, o and lse. delta(B*H*T) is scratch, and so is
-/// `scratch` (`scratch_len(rows, H, Hk, D)` f32s; the split dK/dV's partial sums: a smaller
-/// one makes the dK/dV pass unsplit). No atomics, deterministic: delta = rowsum(dout * o);
-/// dK/dV with one thread per key looping over the queries (of every head in its group, or
-/// of one head and one query chunk when split, then a pass adds the partials in a fixed
-/// order) that see it; dQ with one thread per query looping over keys.
+/// dout(rows, H*D), from the forward's inputs, o and lse (whose second slots get delta =
+/// rowsum(dout * o)). `scratch` (`scratch_len(rows, H, Hk, D)` f32s) holds the split dK/dV's
+/// partial sums; a smaller one makes the dK/dV pass unsplit. No atomics, deterministic: dQ
+/// first, with one thread per query computing its delta and looping over keys; then dK/dV
+/// with one thread per key looping over the queries (of every head in its group, or of one
+/// head and one query chunk when split, then a pass adds the partials in a fixed order)
+/// that see it.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     enc: &mut Encoder,
@@ -334,14 +336,13 @@ pub fn backward(
     o: &Tensor,
     lse: &Tensor,
     dout: &Tensor,
-    delta: &Tensor,
     scratch: &Tensor,
     dq: &Tensor,
     dk: &Tensor,
     dv: &Tensor,
 ) {
     let var = chosen(enc);
-    backward_with(enc, var, s, q, k, v, seg, o, lse, dout, delta, scratch, dq, dk, dv)
+    backward_with(enc, var, s, q, k, v, seg, o, lse, dout, scratch, dq, dk, dv)
 }
 
 /// `backward` in the layout `var`.
@@ -357,7 +358,6 @@ pub fn backward_with(
     o: &Tensor,
     lse: &Tensor,
     dout: &Tensor,
-    delta: &Tensor,
     scratch: &Tensor,
     dq: &Tensor,
     dk: &Tensor,
@@ -368,26 +368,27 @@ pub fn backward_with(
     }
     let (rows, hd, kd, n) = (s.rows(), s.h * s.d, s.hk * s.d, s.b * s.h * s.t);
     debug_assert!(dout.len >= rows * hd && dq.len >= rows * hd && dk.len >= rows * kd && dv.len >= rows * kd);
-    debug_assert!(delta.len >= n && lse.len >= n);
+    debug_assert!(lse.len >= 2 * n);
     // Split only where it makes more than one partial per key block and they fit.
     let split = var.split && s.split(var).1 * s.h / s.hk > 1 && scratch.len >= s.split_len(var);
     let var = Variant { split, ..var };
     let p = s.params(var);
     let kernel = head_kernel(s.d / 4, var.block);
     let blocks = s.t.div_ceil(var.block as usize) as u32;
-    // The delta kernel also parks (lse, delta) pairs in dq, which the dK/dV kernel reads
-    // and the dQ kernel then overwrites (see the shader); D >= 4 makes dq big enough.
     enc.dispatch(
         kernel,
-        "attention_delta",
+        "attention_backward_dq",
         &p,
-        &[Arg::R(o), Arg::R(dout), Arg::R(lse), Arg::W(delta), Arg::W(dq)],
-        grid_1d(n, WG),
-        Cost { flops: 2 * (n * s.d) as u64, bytes: 4 * (2 * n * s.d + 4 * n) as u64 },
+        &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::W(lse), Arg::R(dout), Arg::R(o), Arg::W(dq)],
+        [blocks, (s.b * s.h) as u32, 1],
+        Cost {
+            flops: 6 * s.pairs() * s.d as u64 + 2 * (n * s.d) as u64,
+            bytes: s.streamed(s.h, var.block) + (4 * rows * 4 * hd + 16 * n) as u64,
+        },
     );
     let dkv_cost =
         Cost { flops: 8 * s.pairs() * s.d as u64, bytes: s.streamed(s.h, var.block) + (4 * rows * 4 * kd) as u64 };
-    let (r, sg, st, d_o) = (Arg::R(q), Arg::R(seg), Arg::R(dq), Arg::R(dout));
+    let (r, sg, st, d_o) = (Arg::R(q), Arg::R(seg), Arg::R(lse), Arg::R(dout));
     if split {
         let z = (s.h / s.hk * p.nchunk as usize) as u32;
         enc.dispatch(
@@ -418,14 +419,6 @@ pub fn backward_with(
             dkv_cost,
         );
     }
-    enc.dispatch(
-        kernel,
-        "attention_backward_dq",
-        &p,
-        &[Arg::R(q), Arg::R(k), Arg::R(v), Arg::R(seg), Arg::R(lse), Arg::R(dout), Arg::R(delta), Arg::W(dq)],
-        [blocks, (s.b * s.h) as u32, 1],
-        Cost { flops: 6 * s.pairs() * s.d as u64, bytes: s.streamed(s.h, var.block) + (4 * rows * 3 * hd) as u64 },
-    );
 }
 
 #[repr(C)]

@@ -13,11 +13,15 @@ use crate::reference::{assert_grad, dot, numeric_grad};
 const ATTN_FWD: Tol = Tol { name: "ATTN_FWD", abs: 1e-6, rel: 4e-6 };
 /// lse is ~log T + O(max score), its error a few ulp of that (lavapipe worst 3.8e-7).
 const ATTN_LSE: Tol = Tol { name: "ATTN_LSE", abs: 1e-6, rel: 2e-6 };
+/// delta = rowsum(dOut * O) over D terms of |dOut| ~ 1 times O's own error (ATTN_FWD's
+/// 4e-6 of max|V|), plus the sum's rounding; a delta from the wrong row or head, or a dot
+/// missing a vec4, is off by O(0.1).
+const ATTN_DELTA: Tol = Tol { name: "ATTN_DELTA", abs: 1e-5, rel: 1e-5 };
 /// dK/dV sum over up to T * H/Hk queries and dS is a difference (dP - delta) that cancels,
 /// so errors grow with T (lavapipe worst 3.7e-6 at T = 130); 2e-5 of max|grad| still fails
 /// a missed or extra (query, key) pair, whose term is O(1/T) of the scale or more.
 /// abs: a gradient that is zero by cancellation (a query that sees one key: P = 1 and
-/// dP - delta = 0, which the delta and dK/dV kernels compute in separate passes) comes out
+/// dP - delta = 0, which the dQ and dK/dV kernels compute in separate passes) comes out
 /// as that difference's rounding, ~2^-24 |dP| (|dP| ~ 3 here) per head of the group, and
 /// SPIR-V's Fma may or may not fuse in either pass (lavapipe worst 2.0e-6 at H/Hk = 4 with
 /// head-size-constant loops); a missed pair errs by O(1).
@@ -58,6 +62,22 @@ fn variants() -> [Variant; 2] {
     [choose(true), choose(false)]
 }
 
+/// The (lse, delta) pairs the forward and backward leave in the lse buffer, as two vectors.
+fn unzip_pairs(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    (x.iter().step_by(2).copied().collect(), x.iter().skip(1).step_by(2).copied().collect())
+}
+
+/// delta (B*H*T) = rowsum(dOut * O) per (b, h, t), from the float64 O.
+fn delta_ref(s: &AttnShape, dout: &[f64], o: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; s.b * s.h * s.t];
+    for (n, x) in out.iter_mut().enumerate() {
+        let (b, h, t) = (n / (s.h * s.t), n / s.t % s.h, n % s.t);
+        let base = ((b * s.t + t) * s.h + h) * s.d;
+        *x = dot(&dout[base..base + s.d], &o[base..base + s.d]);
+    }
+    out
+}
+
 fn run_case(rng: &mut Rng, s: AttnShape, packed: bool, q_scale: f64, worst: &mut Worst) {
     let g = gpu();
     let rows = s.b * s.t;
@@ -78,13 +98,12 @@ fn run_case(rng: &mut Rng, s: AttnShape, packed: bool, q_scale: f64, worst: &mut
     for var in variants() {
         // Outputs and scratch start as garbage: every element read must have been written.
         let to = up("o", &vec![1e30; qn]);
-        let tlse = up("lse", &vec![1e30; s.b * s.h * s.t]);
-        let tdelta = up("delta", &vec![1e30; s.b * s.h * s.t]);
+        let tlse = up("lse", &vec![1e30; 2 * s.b * s.h * s.t]);
         let tscr = up("scratch", &vec![1e30; scratch_len(rows, s.h, s.hk, s.d)]);
         let (tdq, tdk, tdv) = (up("dq", &vec![1e30; qn]), up("dk", &vec![1e30; kn]), up("dv", &vec![1e30; kn]));
         let mut enc = Encoder::new(g);
         forward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse);
-        backward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tdelta, &tscr, &tdq, &tdk, &tdv);
+        backward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tscr, &tdq, &tdk, &tdv);
         enc.submit();
         let what = format!(
             "attention {var:?} B {} T {} H {} Hk {} D {} {} q*{q_scale} window {:?} scale {:?}",
@@ -99,7 +118,9 @@ fn run_case(rng: &mut Rng, s: AttnShape, packed: bool, q_scale: f64, worst: &mut
         );
         let rd = |t| block(g.read_f32(t)).unwrap();
         worst.fwd = worst.fwd.max(check(&format!("{what} o"), &rd(&to), &o_ref, ATTN_FWD));
-        worst.lse = worst.lse.max(check(&format!("{what} lse"), &rd(&tlse), &lse_ref, ATTN_LSE));
+        let (lse, delta) = unzip_pairs(&rd(&tlse));
+        worst.lse = worst.lse.max(check(&format!("{what} lse"), &lse, &lse_ref, ATTN_LSE));
+        check(&format!("{what} delta"), &delta, &delta_ref(&s, &dod, &o_ref), ATTN_DELTA);
         worst.bwd = worst.bwd.max(check(&format!("{what} dq"), &rd(&tdq), &dq_ref, ATTN_BWD));
         worst.bwd = worst.bwd.max(check(&format!("{what} dk"), &rd(&tdk), &dk_ref, ATTN_BWD));
         worst.bwd = worst.bwd.max(check(&format!("{what} dv"), &rd(&tdv), &dv_ref, ATTN_BWD));
@@ -212,13 +233,12 @@ fn attention_is_deterministic() {
     let tseg = g.upload_u32("seg", &packed_segments(&mut rng, s.b, s.t)).unwrap();
     for var in variants() {
         let run = || {
-            let (to, tlse) = (g.zeros("o", qn).unwrap(), g.zeros("lse", s.b * s.h * s.t).unwrap());
-            let tdelta = g.zeros("delta", s.b * s.h * s.t).unwrap();
+            let (to, tlse) = (g.zeros("o", qn).unwrap(), g.zeros("lse", 2 * s.b * s.h * s.t).unwrap());
             let tscr = g.zeros("scratch", scratch_len(rows, s.h, s.hk, s.d)).unwrap();
             let (tdq, tdk, tdv) = (g.zeros("dq", qn).unwrap(), g.zeros("dk", kn).unwrap(), g.zeros("dv", kn).unwrap());
             let mut enc = Encoder::new(g);
             forward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse);
-            backward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tdelta, &tscr, &tdq, &tdk, &tdv);
+            backward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tscr, &tdq, &tdk, &tdv);
             enc.submit();
             [&to, &tlse, &tdq, &tdk, &tdv]
                 .map(|t| block(g.read_f32(t)).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>())
@@ -357,8 +377,7 @@ fn attention_timing() {
             up("do", &rng.vec(qn, 1.0)),
         );
         let tseg = g.upload_u32("seg", &vec![0; rows]).unwrap();
-        let (to, tlse, tdelta) =
-            (g.zeros("o", qn).unwrap(), g.zeros("lse", b * h * t).unwrap(), g.zeros("delta", b * h * t).unwrap());
+        let (to, tlse) = (g.zeros("o", qn).unwrap(), g.zeros("lse", 2 * b * h * t).unwrap());
         let (tdq, tdk, tdv) = (g.zeros("dq", qn).unwrap(), g.zeros("dk", kn).unwrap(), g.zeros("dv", kn).unwrap());
         let tscr = g.zeros("scratch", scratch_len(rows, h, hk, d)).unwrap();
         for var in variants() {
@@ -371,11 +390,11 @@ fn attention_timing() {
                         forward_with(&mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse);
                     } else {
                         backward_with(
-                            &mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tdelta, &tscr, &tdq, &tdk, &tdv,
+                            &mut enc, var, &s, &tq, &tk, &tv, &tseg, &to, &tlse, &tdo, &tscr, &tdq, &tdk, &tdv,
                         );
                     }
                     enc.submit();
-                    block(g.read_f32(&tdelta)).unwrap();
+                    block(g.read_f32(&tlse)).unwrap();
                     *best = best.min(t0.elapsed().as_secs_f64() * 1e3);
                 }
             }
