@@ -136,8 +136,7 @@ fn a_four_bit_base_fits_the_issue_s_memory_targets() {
             // The formats `--base` picks for each frozen matrix, as the loaders do.
             let specs = param_specs(&cfg, Some(&lora)).unwrap();
             let of = |s: &webtune::model::ParamSpec| {
-                let frozen_matrix = !s.trainable && s.shape.len() == 2;
-                frozen_matrix.then(|| base.format_for(s.shape[0], s.shape[1], None)).flatten()
+                s.may_be_compact().then(|| base.format_for(s.shape[0], s.shape[1], None)).flatten()
             };
             assert!(specs.iter().any(|s| of(s).is_some()), "{name}: nothing compact");
             let e = estimate_compact(&cfg, Some(&lora), 4, 256, WorkspaceOpts::default(), of).unwrap();

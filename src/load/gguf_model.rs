@@ -483,7 +483,7 @@ pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// The GGUF tensor behind a frozen matrix `spec` and its format, when `base` keeps it
 /// compact (a transposed GPT-2 weight stays f32: its blocks run along the wrong axis).
 pub fn compact_format_for(g: &Gguf, cfg: &ModelConfig, spec: &ParamSpec, base: Base) -> Option<CompactFormat> {
-    if spec.trainable || spec.shape.len() != 2 {
+    if !spec.may_be_compact() {
         return None;
     }
     let (name, fix) = gguf_name(cfg, &spec.name)?;

@@ -51,7 +51,7 @@ pub fn model_from_hf_bytes_base(
         })
     };
     let compact_of = |spec: &ParamSpec| {
-        if spec.trainable || spec.shape.len() != 2 {
+        if !spec.may_be_compact() {
             return None;
         }
         let file = find(spec).ok()?.compact_format();

@@ -78,7 +78,7 @@ struct Specs {
 
 impl Specs {
     fn add(&mut self, name: String, shape: Vec<usize>) -> Pid {
-        self.specs.push(ParamSpec { name, shape, trainable: true });
+        self.specs.push(ParamSpec { name, shape, trainable: true, f32_only: false });
         self.specs.len() - 1
     }
 
@@ -185,6 +185,7 @@ pub fn build(cfg: &ModelConfig) -> (Vec<ParamSpec>, ModelP) {
             let conv = WeightLayout::InOut;
             let wte = s.add("transformer.wte.weight".into(), vec![cfg.vocab, c]);
             let wpe = s.add("transformer.wpe.weight".into(), vec![cfg.max_pos, c]);
+            s.specs[wpe].f32_only = true;
             let blocks = (0..cfg.layers)
                 .map(|i| {
                     let p = format!("transformer.h.{i}");

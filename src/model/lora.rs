@@ -193,8 +193,8 @@ pub(crate) fn attach(
         let a_vals: Vec<f32> = (0..r * l.fan_in).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect();
         init.insert(a_name.clone(), a_vals);
         init.insert(b_name.clone(), vec![0.0; l.fan_out * r]);
-        specs.push(ParamSpec { name: a_name, shape: vec![r, l.fan_in], trainable: true });
-        specs.push(ParamSpec { name: b_name, shape: vec![l.fan_out, r], trainable: true });
+        specs.push(ParamSpec { name: a_name, shape: vec![r, l.fan_in], trainable: true, f32_only: true });
+        specs.push(ParamSpec { name: b_name, shape: vec![l.fan_out, r], trainable: true, f32_only: true });
         let n = specs.len();
         l.lora = Some(LoraP { a: n - 2, b: n - 1, rank: r, scale: cfg.scale(), site });
         site += 1;

@@ -108,8 +108,9 @@ impl Model {
             Some(l) => lora::attach(l, &mut specs, &mut tree)?,
             None => Default::default(),
         };
-        // The adapters (trainable) are never compact, whatever `compact_of` says.
-        let compact = |s: &ParamSpec| if s.trainable { None } else { compact_of(s) };
+        // The adapters (trainable) and f32-only tables are never compact, whatever
+        // `compact_of` says.
+        let compact = |s: &ParamSpec| if s.may_be_compact() { compact_of(s) } else { None };
         let params = ParamStore::new_compact(gpu, specs, compact, |spec| match init.get(&spec.name) {
             Some(v) => Ok(ParamInit::F32(v.clone())),
             None => tensor(spec),

@@ -73,9 +73,9 @@ pub struct ParamStore {
 /// holds (rows of whole blocks). The memory estimate asks the same question, so the two
 /// cannot disagree.
 pub fn compact_shape(spec: &ParamSpec, format: CompactFormat) -> Result<(usize, usize)> {
-    if spec.trainable || spec.shape.len() != 2 {
+    if !spec.may_be_compact() {
         return Err(Error::Weights(format!(
-            "{} ({:?}, {}) cannot stay compact: only frozen matrices do",
+            "{} ({:?}, {}) cannot stay compact: only frozen matrices that the matmuls or the token gather read do",
             spec.name,
             spec.shape,
             if spec.trainable { "trainable" } else { "frozen" }

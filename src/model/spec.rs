@@ -7,12 +7,22 @@ pub struct ParamSpec {
     pub name: String,
     pub shape: Vec<usize>,
     pub trainable: bool,
+    /// Read only by kernels without a compact operand (GPT-2's learned positions, which
+    /// the f32 gather adds to the token rows): never kept compact, whatever the base.
+    pub f32_only: bool,
 }
 
 impl ParamSpec {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether a base may keep this parameter compact (GGUF blocks, f16/bf16): a frozen
+    /// matrix that a matmul's weight operand or the token gather reads. The loaders, the
+    /// parameter store and the memory estimate all ask this one question.
+    pub fn may_be_compact(&self) -> bool {
+        !self.trainable && !self.f32_only && self.shape.len() == 2
+    }
+
     /// Weight decay goes to matrices only, as the HF Trainer does (not biases, not norms).
     pub fn decay(&self) -> bool {
         self.shape.len() >= 2

@@ -137,11 +137,9 @@ const RUN = {
   method: 'lora', lora_rank: 8, lora_alpha: 16, length: 4, length_unit: 'steps', batch: 1, accum: 1, max_len: 64,
   lr: 0.002, warmup: 0, schedule: 'constant', eval_every: 2, val_limit: 2, eval_items: 2, sample_prompts: 1,
   sample_every: 0, sample_tokens: 4, checkpoint_every: 0,
-  // SwiftShader decodes the compact blocks per element too slowly for this test's budget
-  // (108 s a step against the f32 base's seconds): the run itself is over the f32 base,
-  // which also reloads the model through the page's base select. Training over the compact
-  // base is tested natively (tests/gguf/smollm2.rs) and its kernels in the browser.
-  base: 'f32',
+  // The base stays as the GGUF has it (base 'auto'): LoRA trains over the compact Q4_1 and
+  // Q8_0 blocks, which the kernels decode. (The GPT-2 test below reloads a model through
+  // the base select.)
 };
 
 test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume', { timeout: 25 * MIN }, async () => {
@@ -339,7 +337,8 @@ test('LoRA on GPT-2 from local files; a state saved with clipping off loads back
   const gpt2 = path.join(ROOT, 'tests/fixtures/gpt2');
   await withPage('gpt2-lora', [...WEBGPU, ...QUIET], { choose: { model: 'demo', data: 'count' } }, async (page) => {
     await until(page, () => window.webtune.state.modelLoaded && window.webtune.state.dataLoaded, null, 2 * MIN);
-    await setSettings(page, { method: 'lora', lora_rank: 4, lora_alpha: 8, max_grad_norm: 0, length: 3, length_unit: 'steps', batch: 4, lr: 0.01, warmup: 0, eval_every: 0, eval_items: 0, sample_every: 0, checkpoint_every: 0 });
+    // An f32 safetensors base quantized to Q8_0 blocks on load, chosen on the page.
+    await setSettings(page, { method: 'lora', lora_rank: 4, lora_alpha: 8, base: 'q8_0', max_grad_norm: 0, length: 3, length_unit: 'steps', batch: 4, lr: 0.01, warmup: 0, eval_every: 0, eval_items: 0, sample_every: 0, checkpoint_every: 0 });
     await page.setInputFiles('#model-files', ['config.json', 'model.safetensors'].map((f) => path.join(gpt2, f)));
     await page.click('#load-model');
     await until(page, () => {
@@ -348,6 +347,7 @@ test('LoRA on GPT-2 from local files; a state saved with clipping off loads back
     }, null, 2 * MIN);
     const info = await page.evaluate(() => window.webtune.state.modelInfo);
     assert.deepEqual(info.lora_targets, ['c_attn', 'c_proj', 'c_fc']);
+    assert.match(info.base_precision, /Q8_0 x \d+/, `the base as Q8_0 blocks: ${info.base_precision}`);
     assert.deepEqual(info.lora.targets, ['c_attn', 'c_proj', 'c_fc'], 'all ticked: all-linear, expanded for GPT-2');
     const boxes = await page.$$eval('#lora-targets input', (b) => b.map((x) => x.dataset.target));
     assert.deepEqual(boxes, ['c_attn', 'c_proj', 'c_fc']);

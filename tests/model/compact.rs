@@ -24,7 +24,7 @@ fn fixture_config(hidden: usize, ffn: usize) -> ModelConfig {
 /// A different format for each kind of frozen matrix (every format appears).
 fn format_of(s: &ParamSpec) -> Option<CompactFormat> {
     use CompactFormat::*;
-    if s.trainable || s.shape.len() != 2 {
+    if !s.may_be_compact() {
         return None;
     }
     let layer1 = s.name.contains("layers.1.");
@@ -130,7 +130,7 @@ fn compact_base_refuses_what_cannot_be_compact_by_name() {
     let cfg = fixture_config(32, 64);
     let lora = LoraConfig::new(4, 8.0, LoraConfig::all_linear(cfg.arch));
     let specs = param_specs(&cfg, Some(&lora)).unwrap();
-    let k = |s: &ParamSpec| (!s.trainable && s.shape.len() == 2).then_some(CompactFormat::Q4_K);
+    let k = |s: &ParamSpec| s.may_be_compact().then_some(CompactFormat::Q4_K);
     let e1 = estimate_compact(&cfg, Some(&lora), 1, 4, Default::default(), k).unwrap_err().to_string();
     let e2 = ParamStore::new_compact(g, specs.clone(), k, |_| unreachable!("refused before init"))
         .err()
@@ -142,8 +142,15 @@ fn compact_base_refuses_what_cannot_be_compact_by_name() {
     let t = |s: &ParamSpec| s.trainable.then_some(CompactFormat::Q8_0);
     let e = ParamStore::new_compact(g, specs.clone(), t, |_| unreachable!()).err().unwrap().to_string();
     assert!(e.contains("lora_A") || e.contains("lora_B"), "{e}");
+    // Nor GPT-2's learned positions, which only the f32 gather reads.
+    let gpt2 = ModelConfig::from_hf_json(GPT2).unwrap();
+    let wpe = |s: &ParamSpec| s.name.contains("wpe").then_some(CompactFormat::Q8_0);
+    let lora2 = LoraConfig::new(4, 8.0, LoraConfig::all_linear(gpt2.arch));
+    let specs2 = param_specs(&gpt2, Some(&lora2)).unwrap();
+    let e = ParamStore::new_compact(g, specs2, wpe, |_| unreachable!()).err().unwrap().to_string();
+    assert!(e.contains("transformer.wpe.weight"), "{e}");
     // The wrong kind of initial value is a typed error naming the parameter.
-    let q8 = |s: &ParamSpec| (!s.trainable && s.shape.len() == 2).then_some(CompactFormat::Q8_0);
+    let q8 = |s: &ParamSpec| s.may_be_compact().then_some(CompactFormat::Q8_0);
     let e = ParamStore::new_compact(g, specs, q8, |s| Ok(ParamInit::F32(vec![0.0; s.numel()]))).err().unwrap();
     assert!(e.to_string().contains("laid out as Q8_0"), "{e}");
 }
@@ -156,9 +163,7 @@ fn smollm2_135m_lora_with_compact_bases() {
     let f32_base = estimate(&cfg, Some(&lora), 4, 256).unwrap();
     eprintln!("smollm2-135m LoRA r16, 4 x 256, f32 base: {f32_base}");
     for f in [CompactFormat::BF16, CompactFormat::Q8_0, CompactFormat::Q4_0, CompactFormat::Q4_K] {
-        let of = |s: &ParamSpec| {
-            (!s.trainable && s.shape.len() == 2 && s.shape[1].is_multiple_of(f.block_values())).then_some(f)
-        };
+        let of = |s: &ParamSpec| (s.may_be_compact() && s.shape[1].is_multiple_of(f.block_values())).then_some(f);
         let e = estimate_compact(&cfg, Some(&lora), 4, 256, Default::default(), of).unwrap();
         eprintln!("  {} base: {e}", f.name());
         assert!(e.frozen_weights < f32_base.frozen_weights);
@@ -186,6 +191,68 @@ fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
     compact_against_f32_expansion(ModelConfig::from_hf_json(gemma).unwrap());
 }
 
+/// GPT-2 keeps its Conv1D weights (in, out): the compact operand read as B untransposed in
+/// the forward and transposed in the input gradient, and the learned positions gathered
+/// from blocks as the tokens are.
+#[test]
+fn gpt2_lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
+    compact_against_f32_expansion(ModelConfig::from_hf_json(GPT2).unwrap());
+}
+
+/// A tiny GPT-2 whose Conv1D rows (3C, C, 4C wide) are whole 32-value blocks.
+const GPT2: &str = r#"{"architectures":["GPT2LMHeadModel"],"model_type":"gpt2","vocab_size":2048,"n_embd":64,
+    "n_head":4,"n_layer":2,"n_positions":128,"n_inner":null,"activation_function":"gelu_new",
+    "layer_norm_epsilon":1e-5,"tie_word_embeddings":true}"#;
+
+/// Every `--base` over a Hugging Face folder (the GPT-2 and Llama fixtures, f32
+/// safetensors) trains as over the f32 values the base holds: the loader keeps each matrix
+/// it can in the chosen form and the rest f32 (GPT-2's learned positions among them), and a
+/// model built from the loaded tensors read back as f32 gives the same losses and adapter
+/// gradients bit for bit. (A position table read as f32 while it held Q8_0 words once gave
+/// GPT-2 a NaN loss.)
+#[test]
+fn every_base_over_hugging_face_files_trains_as_over_its_f32_values() {
+    use webtune::load::base::Base;
+    use webtune::load::model_from_hf_bytes_base;
+    use webtune::model::Model;
+    use webtune::train::Example;
+    let g = gpu();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for fixture in ["gpt2", "llama"] {
+        let config = std::fs::read_to_string(dir.join(fixture).join("config.json")).unwrap();
+        let weights = std::fs::read(dir.join(fixture).join("model.safetensors")).unwrap();
+        let cfg = ModelConfig::from_hf_json(&config).unwrap();
+        let lora = LoraConfig::new(4, 8.0, LoraConfig::all_linear(cfg.arch));
+        let mut rng = Rng::new(5);
+        let examples: Vec<Example> = (0..3)
+            .map(|i| {
+                let len = 7 + 4 * i;
+                let ids = (0..len).map(|_| (rng.next_u64() % cfg.vocab as u64) as u32).collect();
+                Example::prompt_answer(ids, len / 2, format!("example {i}"))
+            })
+            .collect();
+        for base in [Base::F16, Base::Bf16, Base::Q8_0, Base::Q4_0] {
+            let what = format!("{fixture} over a {base:?} base");
+            let load = || model_from_hf_bytes_base(g, &config, &[("model.safetensors", &weights)], Some(&lora), base);
+            let compact = load().unwrap();
+            let p = &compact.params;
+            // Each matrix in the base's format where its rows hold that format's blocks
+            // (the Llama fixture's 48-wide rows stay f32 under Q8_0 and Q4_0), the rest f32.
+            for s in &p.specs {
+                let want = s.may_be_compact().then(|| base.format_for(s.shape[0], s.shape[1], None)).flatten();
+                let got = p.compact(p.id(&s.name).unwrap()).map(|c| c.format);
+                assert_eq!(got, want, "{what}: {}", s.name);
+            }
+            assert!(fixture == "llama" || p.compact_bytes() > 0, "{what}: nothing compact");
+            let expanded =
+                Model::build(g, cfg.clone(), Some(&lora), |s| block(p.read(g, p.id(&s.name).unwrap()))).unwrap();
+            let run = train_bits(g, load().unwrap(), &examples, 3);
+            assert_same_bits(&what, &run, &train_bits(g, expanded, &examples, 3));
+            assert!(run.0.iter().all(|l| f64::from_bits(*l).is_finite()), "{what}: losses {:?}", run.0);
+        }
+    }
+}
+
 fn compact_against_f32_expansion(cfg: ModelConfig) {
     use webtune::model::Model;
     use webtune::train::Example;
@@ -193,7 +260,7 @@ fn compact_against_f32_expansion(cfg: ModelConfig) {
     let lora = LoraConfig { dropout: 0.1, seed: 3, ..LoraConfig::new(4, 8.0, &["all-linear"]) };
     let format = |s: &ParamSpec| -> Option<CompactFormat> {
         use CompactFormat::*;
-        if s.trainable || s.shape.len() != 2 {
+        if !s.may_be_compact() {
             return None;
         }
         Some(match () {
