@@ -132,7 +132,8 @@ function safetensorsHeader(buf) {
 }
 
 // SmolLM2 on SwiftShader: a few short steps at a high learning rate, so the loss falls
-// visibly within minutes.
+// visibly within minutes. Over the compact base a step takes about 1.5 to 2 times the f32
+// base's on SwiftShader (the blocks are decoded in every product), hence the long timeout.
 const RUN = {
   method: 'lora', lora_rank: 8, lora_alpha: 16, length: 4, length_unit: 'steps', batch: 1, accum: 1, max_len: 64,
   lr: 0.002, warmup: 0, schedule: 'constant', eval_every: 2, val_limit: 2, eval_items: 2, sample_prompts: 1,
@@ -142,7 +143,7 @@ const RUN = {
   // the base select.)
 };
 
-test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume', { timeout: 25 * MIN }, async () => {
+test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume', { timeout: 40 * MIN }, async () => {
   await withPage('smollm2', [...WEBGPU, ...QUIET], {}, async (page) => {
     const t0 = Date.now();
     await page.waitForSelector('#gpu-badge[data-state=ok]', { timeout: MIN });
