@@ -132,18 +132,19 @@ function safetensorsHeader(buf) {
 }
 
 // SmolLM2 on SwiftShader: a few short steps at a high learning rate, so the loss falls
-// visibly within minutes. Over the compact base a step takes about 1.5 to 2 times the f32
-// base's on SwiftShader (the blocks are decoded in every product), hence the long timeout.
+// visibly within minutes.
 const RUN = {
   method: 'lora', lora_rank: 8, lora_alpha: 16, length: 4, length_unit: 'steps', batch: 1, accum: 1, max_len: 64,
   lr: 0.002, warmup: 0, schedule: 'constant', eval_every: 2, val_limit: 2, eval_items: 2, sample_prompts: 1,
   sample_every: 0, sample_tokens: 4, checkpoint_every: 0,
-  // The base stays as the GGUF has it (base 'auto'): LoRA trains over the compact Q4_1 and
-  // Q8_0 blocks, which the kernels decode. (The GPT-2 test below reloads a model through
-  // the base select.)
+  // Over the f32 base: over the GGUF's compact blocks this test passed (88 s a step against
+  // 54-60 s, the e2e phase 1390 s against about 990 s), but that brought the whole CI run
+  // too near its 90-minute limit. Compact training in the browser is compared bit for bit
+  // in tests/wasm.rs; the GPT-2 test below reloads a model through the base select.
+  base: 'f32',
 };
 
-test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume', { timeout: 40 * MIN }, async () => {
+test('SmolLM2: LoRA on the sentiment demo, chat, PEFT adapter, reload and resume', { timeout: 25 * MIN }, async () => {
   await withPage('smollm2', [...WEBGPU, ...QUIET], {}, async (page) => {
     const t0 = Date.now();
     await page.waitForSelector('#gpu-badge[data-state=ok]', { timeout: MIN });
