@@ -400,3 +400,121 @@ fn store_row4(m: u32, n0: u32, v: vec4<f32>) {
     if (n0 + 2u * REG_NSTEP < p.n) { store(m, n0 + 2u * REG_NSTEP, v.z); }
     if (n0 + 3u * REG_NSTEP < p.n) { store(m, n0 + 3u * REG_NSTEP, v.w); }
 }
+
+// ---- CPU adapters, vec4 operands: matmul_reg with every load four values wide ---------
+// A software rasterizer runs a workgroup's threads in SIMD lanes and pays per load
+// instruction (each lane's address is gathered), not per byte: matmul_reg spends 8 scalar
+// loads on a k step's 16 fmas, this kernel 2 vec4 loads. Each thread keeps a 4x4 block of
+// 4 consecutive rows and 4 consecutive columns, and each operand is read as vec4s along
+// its contiguous dimension: along k for x . W^T's two operands and dy . W's A, along the
+// columns for dy . W's B, and along rows and columns for dy^T . x. The same k order and one
+// fma per k as every other kernel, so the same bits. `choose` sends a product here only
+// where those vec4s are whole: K % 4 == 0 for a k-contiguous A, N % 4 == 0 (M % 4 == 0)
+// for a B (A) read across columns (rows); the bindings (256-byte aligned views) then put
+// every vec4 on a 16-byte boundary.
+// FLOPs 2*M*N*K; bytes as matmul_tiled.
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+// B is read through `wq_b4(row, col4, cols)`, values col4 .. col4+3 of a stored row, which
+// src/ops/matmul.rs writes per format: a vec4 view of the binding for f32 words, wq_get4
+// for a compact weight (one entry point may not hold two views of one binding, and the
+// dequantizers read u32s).
+
+// op(B)(k .. k+3, n) of a B stored (N, K) (B_T): row n of W, values k .. k+3.
+fn b4_along_k(n: u32, k: u32) -> vec4<f32> {
+    return wq_b4(n, k, p.k);
+}
+
+// op(B)(k, n .. n+3) of a B stored (K, N): row k, columns n .. n+3.
+fn b4_along_n(k: u32, n: u32) -> vec4<f32> {
+    return wq_b4(k, n, p.n);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_reg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m0 = wid.y * 64u + 4u * lid.y;
+    let n0 = wid.x * 64u + 4u * lid.x;
+    // Clamped like matmul_reg: out-of-range rows and columns compute garbage, never stored.
+    // A group of 4 read as one vec4 is clamped whole (its dimension is a multiple of 4).
+    let r0 = min(m0, p.m - 1u);
+    let r1 = min(m0 + 1u, p.m - 1u);
+    let r2 = min(m0 + 2u, p.m - 1u);
+    let r3 = min(m0 + 3u, p.m - 1u);
+    let c0 = min(n0, p.n - 1u);
+    let c1 = min(n0 + 1u, p.n - 1u);
+    let c2 = min(n0 + 2u, p.n - 1u);
+    let c3 = min(n0 + 3u, p.n - 1u);
+    let rq = min(m0, p.m - 4u);
+    let cq = min(n0, p.n - 4u);
+    // acc_i[j] = sum_k A(m0 + i, k) B(k, n0 + j), one fma per k in k order.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    if (A_T == 1u) {
+        // dy^T . x: A(m0 .. m0+3, k) and B(k, n0 .. n0+3) are one vec4 each.
+        for (var k = 0u; k < p.k; k++) {
+            let av = a4[(k * p.m + rq) / 4u];
+            let bv = b4_along_n(k, cq);
+            acc0 = fma(vec4<f32>(av.x), bv, acc0);
+            acc1 = fma(vec4<f32>(av.y), bv, acc1);
+            acc2 = fma(vec4<f32>(av.z), bv, acc2);
+            acc3 = fma(vec4<f32>(av.w), bv, acc3);
+        }
+    } else {
+        for (var k = 0u; k < p.k; k += 4u) {
+            // A(m0 + i, k .. k+3): a vec4 of each row.
+            let a0 = a4[(r0 * p.k + k) / 4u];
+            let a1 = a4[(r1 * p.k + k) / 4u];
+            let a2 = a4[(r2 * p.k + k) / 4u];
+            let a3 = a4[(r3 * p.k + k) / 4u];
+            // b_kk = B(k + kk, n0 .. n0+3).
+            var b0: vec4<f32>;
+            var b1: vec4<f32>;
+            var b2: vec4<f32>;
+            var b3: vec4<f32>;
+            if (B_T == 1u) {
+                let w0 = b4_along_k(c0, k);
+                let w1 = b4_along_k(c1, k);
+                let w2 = b4_along_k(c2, k);
+                let w3 = b4_along_k(c3, k);
+                b0 = vec4(w0.x, w1.x, w2.x, w3.x);
+                b1 = vec4(w0.y, w1.y, w2.y, w3.y);
+                b2 = vec4(w0.z, w1.z, w2.z, w3.z);
+                b3 = vec4(w0.w, w1.w, w2.w, w3.w);
+            } else {
+                b0 = b4_along_n(k, cq);
+                b1 = b4_along_n(k + 1u, cq);
+                b2 = b4_along_n(k + 2u, cq);
+                b3 = b4_along_n(k + 3u, cq);
+            }
+            acc0 = fma(vec4<f32>(a0.x), b0, acc0);
+            acc1 = fma(vec4<f32>(a1.x), b0, acc1);
+            acc2 = fma(vec4<f32>(a2.x), b0, acc2);
+            acc3 = fma(vec4<f32>(a3.x), b0, acc3);
+            acc0 = fma(vec4<f32>(a0.y), b1, acc0);
+            acc1 = fma(vec4<f32>(a1.y), b1, acc1);
+            acc2 = fma(vec4<f32>(a2.y), b1, acc2);
+            acc3 = fma(vec4<f32>(a3.y), b1, acc3);
+            acc0 = fma(vec4<f32>(a0.z), b2, acc0);
+            acc1 = fma(vec4<f32>(a1.z), b2, acc1);
+            acc2 = fma(vec4<f32>(a2.z), b2, acc2);
+            acc3 = fma(vec4<f32>(a3.z), b2, acc3);
+            acc0 = fma(vec4<f32>(a0.w), b3, acc0);
+            acc1 = fma(vec4<f32>(a1.w), b3, acc1);
+            acc2 = fma(vec4<f32>(a2.w), b3, acc2);
+            acc3 = fma(vec4<f32>(a3.w), b3, acc3);
+        }
+    }
+    store_cols4(m0, n0, acc0);
+    store_cols4(m0 + 1u, n0, acc1);
+    store_cols4(m0 + 2u, n0, acc2);
+    store_cols4(m0 + 3u, n0, acc3);
+}
+
+// C(m, n0 .. n0+3), where in range.
+fn store_cols4(m: u32, n0: u32, v: vec4<f32>) {
+    if (m >= p.m) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        if (n0 + j < p.n) { store(m, n0 + j, v[j]); }
+    }
+}

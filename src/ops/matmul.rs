@@ -17,6 +17,23 @@ const SWIGLU_BWD: u32 = 64;
 
 const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"));
 
+/// `wq_b4` of shaders/matmul.wgsl (four values of a stored row of B), generated per B
+/// format: f32 words through a vec4 view of B's binding (one load, where four u32 loads
+/// cost four on a CPU adapter), a compact weight through its dequantizer.
+const B4_F32: &str = "
+@group(0) @binding(2) var<storage, read> wq4: array<vec4<u32>>; // B (f32 bits) as vec4s
+fn wq_b4(row: u32, col4: u32, cols: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(wq4[(row * cols + col4) / 4u]);
+}
+";
+const B4_COMPACT: &str = "
+fn wq_b4(row: u32, col4: u32, cols: u32) -> vec4<f32> {
+    return wq_get4(row, col4, cols);
+}
+";
+const INCLUDES_F32: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], B4_F32];
+const INCLUDES_COMPACT: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], B4_COMPACT];
+
 /// shaders/matmul.wgsl with every operand stored as is (the file as a whole, for the
 /// compile tests; products run through `layout_kernel`).
 pub const MATMUL: Kernel = Kernel {
@@ -34,7 +51,7 @@ pub const MATMUL: Kernel = Kernel {
         ("C_T", 0),
         ("WFMT", CompactFormat::F32 as u32),
     ],
-    includes: QUANT_INCLUDES,
+    includes: INCLUDES_F32,
 };
 
 /// The kernel file specialized to one layout: A stored transposed (`a_t`), B stored
@@ -61,7 +78,8 @@ fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat) -> &'
         ];
         // The name and constants are leaked once per specialization (88 at most): a
         // kernel's fields are 'static, like the pipeline cache that keys on them.
-        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes: QUANT_INCLUDES }
+        let includes = if b_format == CompactFormat::F32 { INCLUDES_F32 } else { INCLUDES_COMPACT };
+        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes }
     })
 }
 
@@ -132,6 +150,9 @@ pub enum Variant {
     Dot,
     /// 64 x 64 register blocks straight from global memory (CPU adapters).
     Reg,
+    /// `Reg` with every operand read as vec4s: where the layout's vec4s are whole
+    /// (`vec4_fits`).
+    Reg4,
 }
 
 impl Variant {
@@ -142,6 +163,7 @@ impl Variant {
             Variant::Skinny | Variant::SkinnyT => "matmul_skinny",
             Variant::Dot => "matmul_dot",
             Variant::Reg => "matmul_reg",
+            Variant::Reg4 => "matmul_reg4",
         }
     }
 }
@@ -176,8 +198,8 @@ pub enum Adapter {
 /// | N <= 16 (LoRA u, g, dB)             | Skinny    | Dot         |
 /// | M <= 16 and `split_k` (LoRA dA)     | SkinnyT   | Dot         |
 /// | M <= 16                             | Dot       | Dot         |
-/// | >= 96 tiles of 128 x 64             | Large     | Reg         |
-/// | otherwise                           | Tiled     | Reg         |
+/// | >= 96 tiles of 128 x 64             | Large     | Reg4 or Reg |
+/// | otherwise                           | Tiled     | Reg4 or Reg |
 ///
 /// Every kernel but the two skinny ones sums over k in k order with fma, so they agree
 /// bit for bit; the skinny kernels split K per row in a fixed order (deterministic, and
@@ -185,19 +207,36 @@ pub enum Adapter {
 ///
 /// The CPU column was measured on lavapipe (`webtune bench` on SmolLM2-135M LoRA: the
 /// skinny kernel's barriers made its products 3x slower there than one thread per
-/// output); the GPU column follows the FLOP/byte counts on each kernel until a GPU
+/// output; `matmul_timing` in tests/ops/matmul.rs: vec4 loads, `Reg4` wherever
+/// `vec4_fits`, ran SmolLM2's products several times faster than `Reg`); the GPU column follows the FLOP/byte counts on each kernel until a GPU
 /// measurement says otherwise.
-pub fn choose(adapter: Adapter, (m, n, k): (usize, usize, usize), split_k: bool) -> Variant {
+pub fn choose(adapter: Adapter, (m, n, k): (usize, usize, usize), ops: (Op, Op), split_k: bool) -> Variant {
     let (few_rows, few_cols) = (m <= SKINNY, n <= SKINNY);
     match adapter {
         _ if k == 0 || m <= SMALL_M => Variant::Dot,
         Adapter::Cpu if few_cols || few_rows => Variant::Dot,
+        Adapter::Cpu if vec4_fits((m, n, k), ops) => Variant::Reg4,
         Adapter::Cpu => Variant::Reg,
         Adapter::Gpu if few_cols => Variant::Skinny,
         Adapter::Gpu if few_rows && split_k => Variant::SkinnyT,
         Adapter::Gpu if few_rows => Variant::Dot,
         Adapter::Gpu if m.div_ceil(128) * n.div_ceil(64) >= LARGE_TILES => Variant::Large,
         Adapter::Gpu => Variant::Tiled,
+    }
+}
+
+/// Whether `Variant::Reg4` can read this product's operands as whole, aligned vec4s: along
+/// k for a k-contiguous A (x . W^T, dy . W: K % 4 == 0) and a transposed B, across the
+/// columns for a row-major B (N % 4 == 0), across the rows for a transposed A (dy^T . x:
+/// M % 4 == 0). Both operands transposed is not a layout of a linear layer; it stays with
+/// `Reg`. (Every tensor binding starts on a 256-byte boundary, so row starts that are
+/// multiples of 4 values are 16-byte aligned.)
+pub fn vec4_fits((m, n, k): (usize, usize, usize), ops: (Op, Op)) -> bool {
+    match ops {
+        (Op::N, Op::T) => k % 4 == 0,
+        (Op::N, Op::N) => k % 4 == 0 && n % 4 == 0,
+        (Op::T, Op::N) => m % 4 == 0 && n % 4 == 0,
+        (Op::T, Op::T) => false,
     }
 }
 
@@ -301,7 +340,7 @@ pub fn matmul_ex(
     accumulate: bool,
 ) {
     let adapter = if enc.gpu().matmul_cpu { Adapter::Cpu } else { Adapter::Gpu };
-    let v = choose(adapter, mnk, ex.split_k && ex.bias.is_none() && ex.lora.is_none());
+    let v = choose(adapter, mnk, (a_op, b_op), ex.split_k && ex.bias.is_none() && ex.lora.is_none());
     matmul_variant(enc, v, mnk, alpha, a, a_op, b, b_op, ex, c, accumulate)
 }
 
@@ -323,6 +362,7 @@ pub fn matmul_variant(
     debug_assert!(a.len >= m * k && c.len >= m * n);
     debug_assert!(b_format != CompactFormat::F32 || b.len >= k * n);
     debug_assert!(variant != Variant::SkinnyT || b_format == CompactFormat::F32, "a compact weight is B, never A");
+    debug_assert!(variant != Variant::Reg4 || vec4_fits((m, n, k), (a_op, b_op)), "Reg4 needs whole vec4s");
     if let Some(l) = &ex.lora {
         debug_assert!(l.u.len >= m * l.rank && l.b.len >= n * l.rank);
     }
@@ -359,7 +399,7 @@ pub fn matmul_variant(
         Variant::Large => {
             ([n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1], operand(m64.div_ceil(128), n64.div_ceil(64)))
         }
-        Variant::Tiled | Variant::Reg => {
+        Variant::Tiled | Variant::Reg | Variant::Reg4 => {
             ([n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1], operand(m64.div_ceil(64), n64.div_ceil(64)))
         }
         Variant::Skinny | Variant::SkinnyT => {

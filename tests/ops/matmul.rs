@@ -1,5 +1,7 @@
 use webtune::gpu::Encoder;
-use webtune::ops::matmul::{choose, matmul_variant, Adapter, Extras, Linear, LoraEpilogue, Op, Variant, WeightLayout};
+use webtune::ops::matmul::{
+    choose, matmul_variant, vec4_fits, Adapter, Extras, Linear, LoraEpilogue, Op, Variant, WeightLayout,
+};
 
 use webtune::load::compact::{CompactFormat, CompactTensor};
 use webtune::ops::dequant::CompactWeight;
@@ -29,11 +31,17 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (33, 16, 300),
     (8, 130, 257),
     (16, 17, 40),
+    // Multiples of 4 that are not of the tiles: the vec4 kernel's row and column groups.
+    (68, 36, 20),
+    (132, 20, 44),
 ];
 
-/// Every kernel that can compute an (m, n) product.
-fn variants(m: usize, n: usize) -> Vec<Variant> {
+/// Every kernel that can compute an (m, n, k) product of this layout.
+fn variants((m, n, k): (usize, usize, usize), ops: (Op, Op)) -> Vec<Variant> {
     let mut v = vec![Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot];
+    if vec4_fits((m, n, k), ops) {
+        v.push(Variant::Reg4);
+    }
     if n <= 16 {
         v.push(Variant::Skinny);
     }
@@ -67,7 +75,9 @@ fn matmul_all_transposes_match_reference() {
                 let ta = g.upload_f32("a", &a).unwrap();
                 let tb = g.upload_f32("b", &b).unwrap();
                 let tc2 = g.zeros("c2", m * n).unwrap();
-                for variant in variants(m, n) {
+                // The kernels that sum k in k order give one result, bit for bit.
+                let mut k_order: Option<(Variant, Vec<f32>)> = None;
+                for variant in variants((m, n, k), (a_op, b_op)) {
                     let tc = g.upload_f32("c", &c0).unwrap();
                     let mut enc = Encoder::new(g);
                     let ex = Extras::default();
@@ -76,7 +86,16 @@ fn matmul_all_transposes_match_reference() {
                     enc.submit();
                     let what = format!("matmul {variant:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
                     check(&format!("{what} accumulate"), &block(g.read_f32(&tc)).unwrap(), &want_acc, MATMUL);
-                    check(&what, &block(g.read_f32(&tc2)).unwrap(), &want, MATMUL);
+                    let got = block(g.read_f32(&tc2)).unwrap();
+                    check(&what, &got, &want, MATMUL);
+                    if !matches!(variant, Variant::Skinny | Variant::SkinnyT) {
+                        if let Some((first, bits)) = &k_order {
+                            let same = bits.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+                            assert!(same, "{what}: not the bits of {first:?}");
+                        } else {
+                            k_order = Some((variant, got));
+                        }
+                    }
                 }
             }
         }
@@ -89,7 +108,7 @@ fn matmul_all_transposes_match_reference() {
 fn matmul_epilogue_bias_resid_lora_every_variant() {
     let g = gpu();
     let mut rng = Rng::new(4);
-    for &(m, n, k, r) in &[(70, 33, 129, 8), (5, 130, 20, 3), (129, 65, 33, 16), (17, 200, 64, 1)] {
+    for &(m, n, k, r) in &[(70, 33, 129, 8), (5, 130, 20, 3), (129, 65, 33, 16), (17, 200, 64, 1), (70, 33, 36, 4)] {
         let a = rng.vec(m * k, 1.0);
         let b = rng.vec(n * k, 1.0); // stored (N, K): x W^T
         let bias = rng.vec(n, 1.0);
@@ -113,7 +132,9 @@ fn matmul_epilogue_bias_resid_lora_every_variant() {
             (t("a", &a), t("b", &b), t("bias", &bias), t("r", &resid), t("u", &u), t("lb", &lb));
         let lbt32: Vec<f32> = lbt.iter().map(|&v| v as f32).collect();
         let tlbt = t("lbt", &lbt32);
-        for variant in [Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot] {
+        for variant in
+            variants((m, n, k), (Op::N, Op::T)).into_iter().filter(|v| !matches!(v, Variant::Skinny | Variant::SkinnyT))
+        {
             for b_t in [false, true] {
                 let lora = LoraEpilogue { u: &tu, b: if b_t { &tlbt } else { &tlb }, b_t, rank: r, scale: s };
                 let ex = Extras { bias: Some(&tbias), resid: Some(&tres), lora: Some(lora), ..Default::default() };
@@ -140,7 +161,7 @@ fn matmul_epilogue_bias_resid_lora_every_variant() {
 #[test]
 fn matmul_table_picks_per_shape_and_adapter() {
     use Adapter::{Cpu, Gpu};
-    let t = |a, mnk, fused| choose(a, mnk, fused);
+    let t = |a, mnk, fused| choose(a, mnk, (Op::N, Op::T), fused);
     // Generation's few rows, and an empty K.
     assert_eq!(t(Gpu, (4, 576, 576), false), Variant::Dot);
     assert_eq!(t(Gpu, (512, 576, 0), false), Variant::Dot);
@@ -157,7 +178,15 @@ fn matmul_table_picks_per_shape_and_adapter() {
     for mnk in [(512, 8, 576), (8, 576, 512)] {
         assert_eq!(t(Cpu, mnk, true), Variant::Dot);
     }
-    assert_eq!(t(Cpu, (512, 1536, 576), false), Variant::Reg);
+    // CPU adapters: vec4 loads where every vec4 of the layout is whole.
+    assert_eq!(t(Cpu, (512, 1536, 576), false), Variant::Reg4);
+    assert_eq!(t(Cpu, (512, 1536, 575), false), Variant::Reg);
+    let c = |mnk, ops| choose(Cpu, mnk, ops, false);
+    assert_eq!(c((512, 576, 1536), (Op::N, Op::N)), Variant::Reg4);
+    assert_eq!(c((512, 578, 1536), (Op::N, Op::N)), Variant::Reg);
+    assert_eq!(c((576, 1536, 510), (Op::T, Op::N)), Variant::Reg4);
+    assert_eq!(c((578, 1536, 512), (Op::T, Op::N)), Variant::Reg);
+    assert_eq!(c((576, 1536, 512), (Op::T, Op::T)), Variant::Reg);
 }
 
 #[test]
@@ -236,12 +265,13 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
     let mut rng = Rng::new(5);
     // W (out, in) = (37, 256): 256 holds every block size; 37 rows straddle no tile. Where
     // the format allows, also in = 96 (a part-filled 64-wide tile of the input gradient)
-    // and in = 38 (rows that end mid-vec4: the CPU kernel's tails).
+    // and in = 38 (rows that end mid-vec4: the CPU kernel's tails). And out = 44, whose
+    // input gradient (K = 44) the vec4 CPU kernel takes too.
     let rows = 70;
     let shapes = |f: CompactFormat| match f.block_values() {
-        1 => vec![(37, 256), (37, 96), (37, 38)],
-        32 => vec![(37, 256), (37, 96)],
-        _ => vec![(37, 256)],
+        1 => vec![(37, 256), (44, 256), (37, 96), (37, 38)],
+        32 => vec![(37, 256), (44, 256), (37, 96)],
+        _ => vec![(37, 256), (44, 256)],
     };
     for (f, (out, inp)) in CompactFormat::ALL.iter().flat_map(|&f| shapes(f).into_iter().map(move |s| (f, s))) {
         let t = CompactTensor::from_gguf("w", f, out, inp, &random_gguf(&mut rng, f, out, inp)).unwrap();
@@ -251,7 +281,8 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
         for (mnk, b_op) in [((rows, out, inp), Op::T), ((rows, inp, out), Op::N)] {
             let (m, n, k) = mnk;
             let ta = g.upload_f32("a", &rng.vec(m * k, 1.0)).unwrap();
-            for variant in [Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot] {
+            let kernels = variants(mnk, (Op::N, b_op));
+            for variant in kernels.into_iter().filter(|v| !matches!(v, Variant::Skinny | Variant::SkinnyT)) {
                 let run = |b: &webtune::gpu::Tensor, b_format| {
                     let tc = g.zeros("c", m * n).unwrap();
                     let mut enc = Encoder::new(g);
@@ -266,6 +297,47 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
                 assert!(bad.is_none(), "{what}: element {bad:?} differs from the f32 expansion's");
                 assert!(want.iter().any(|&v| v != 0.0), "{what}: an all-zero product proves nothing");
             }
+        }
+    }
+}
+
+/// Lavapipe timing of the CPU column's products at SmolLM2-135M's shapes (64 and 512 rows;
+/// C 576, MLP 1536) in the three layouts of a linear layer, and 512^3: best of 3 after a
+/// warm-up, with GFLOP/s. Not a correctness test: `cargo test --test ops matmul_timing --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn matmul_timing() {
+    let g = gpu();
+    let mut rng = Rng::new(9);
+    // (m, n, k, a_op, b_op, what)
+    let shapes = [
+        (512, 512, 512, Op::N, Op::T, "512^3 x.W^T"),
+        (512, 1536, 576, Op::N, Op::T, "gate x.W^T"),
+        (512, 576, 1536, Op::N, Op::N, "down dy.W"),
+        (576, 1536, 512, Op::T, Op::N, "dW dy^T.x"),
+        (64, 1536, 576, Op::N, Op::T, "gate 64 rows"),
+    ];
+    for &(m, n, k, a_op, b_op, what) in &shapes {
+        let ta = g.upload_f32("a", &rng.vec(m * k, 1.0)).unwrap();
+        let tb = g.upload_f32("b", &rng.vec(k * n, 1.0)).unwrap();
+        let tc = g.zeros("c", m * n).unwrap();
+        let chosen = choose(Adapter::Cpu, (m, n, k), (a_op, b_op), false);
+        for variant in [Variant::Reg, chosen] {
+            let mut best = f64::MAX;
+            for _ in 0..4 {
+                let t0 = std::time::Instant::now();
+                let mut enc = Encoder::new(g);
+                matmul_variant(&mut enc, variant, (m, n, k), 1.0, &ta, a_op, &tb, b_op, Extras::default(), &tc, false);
+                enc.submit();
+                block(g.read_f32(&tc)).unwrap();
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
+            eprintln!(
+                "matmul timing {variant:?} {what} {m}x{n}x{k} {a_op:?}{b_op:?}: {:.1} ms, {gflops:.2} GFLOP/s",
+                best * 1e3
+            );
         }
     }
 }
