@@ -13,7 +13,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 use webtune::gpu::{Encoder, Gpu};
-use webtune::ops::matmul::{matmul, matmul_variant, Extras, Op, Variant};
+use webtune::ops::matmul::{matmul, matmul_variant, vec4_fits, Extras, Op, Variant};
 use webtune::train::{AdamW, Example, LossMode, TrainConfig, Trainer};
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -280,7 +280,8 @@ async fn compact_dequant_matches_host_bit_for_bit() {
 async fn matmul_all_transposes_match_reference() {
     let g = gpu().await;
     let mut rng = Rng::new(1);
-    for &(m, n, k) in &[(1, 1, 1), (63, 65, 15), (70, 33, 129), (3, 130, 40), (70, 8, 129), (8, 130, 40)] {
+    for &(m, n, k) in &[(1, 1, 1), (63, 65, 15), (70, 33, 129), (3, 130, 40), (70, 8, 129), (8, 130, 40), (68, 36, 20)]
+    {
         // Every kernel of the family that can hold this shape, not only the one the table
         // picks for SwiftShader.
         let mut variants = vec![Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot];
@@ -292,6 +293,10 @@ async fn matmul_all_transposes_match_reference() {
         }
         for a_op in [Op::N, Op::T] {
             for b_op in [Op::N, Op::T] {
+                let mut variants = variants.clone();
+                if vec4_fits((m, n, k), (a_op, b_op)) {
+                    variants.push(Variant::Reg4);
+                }
                 let a = rng.vec(m * k, 1.0);
                 let b = rng.vec(k * n, 1.0);
                 let c0 = rng.vec(m * n, 1.0);

@@ -76,12 +76,14 @@ fn reference_swiglu_backward_matches_finite_differences() {
 /// product + `ops::swiglu` pass bit for bit (the model's results do not change).
 #[test]
 fn swiglu_in_matmul_epilogue_matches_reference_and_unfused_bits() {
-    use webtune::ops::matmul::{matmul_variant, Extras, LoraEpilogue, Op, SwigluEpilogue, Variant};
+    use webtune::ops::matmul::{matmul_variant, vec4_fits, Extras, LoraEpilogue, Op, SwigluEpilogue, Variant};
     const MATMUL: Tol = Tol { name: "MATMUL", abs: 1e-6, rel: 2e-6 };
     let g = gpu();
     let mut rng = Rng::new(43);
     // Awkward shapes: odd sizes, tile edges, the skinny kernel's N <= 16 and M <= 4.
-    for &(m, n, k, r) in &[(70, 33, 129, 8), (5, 130, 20, 3), (129, 65, 33, 16), (3, 16, 64, 1), (37, 7, 300, 2)] {
+    for &(m, n, k, r) in
+        &[(70, 33, 129, 8), (5, 130, 20, 3), (129, 65, 33, 16), (3, 16, 64, 1), (37, 7, 300, 2), (70, 33, 36, 4)]
+    {
         let t = |name: &str, v: &[f32]| g.upload_f32(name, v).unwrap();
         let (x, w) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0)); // W stored (N, K): x W^T
         let (u, lb) = (rng.vec(m * r, 1.0), rng.vec(n * r, 1.0));
@@ -95,6 +97,9 @@ fn swiglu_in_matmul_epilogue_matches_reference_and_unfused_bits() {
         let mut variants = vec![Variant::Large, Variant::Tiled, Variant::Reg, Variant::Dot];
         if n <= 16 {
             variants.push(Variant::Skinny);
+        }
+        if vec4_fits((m, n, k), (Op::N, Op::T)) {
+            variants.push(Variant::Reg4);
         }
         for v in variants {
             let what = format!("swiglu epilogue {v:?} {m}x{n}x{k} r{r}");
