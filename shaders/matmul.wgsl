@@ -404,111 +404,98 @@ fn store_row4(m: u32, n0: u32, v: vec4<f32>) {
 // ---- CPU adapters, vec4 operands: matmul_reg with every load four values wide ---------
 // A software rasterizer runs a workgroup's threads in SIMD lanes and pays per load
 // instruction (each lane's address is gathered), not per byte: matmul_reg spends 8 scalar
-// loads on a k step's 16 fmas, this kernel 2 vec4 loads. Each thread keeps a 4x4 block of
-// 4 consecutive rows and 4 consecutive columns, and each operand is read as vec4s along
+// loads on a k step's 16 fmas, these kernels 2 vec4 loads. Each thread keeps a 4x4 block
+// of 4 consecutive rows and 4 consecutive columns, and each operand is read as vec4s along
 // its contiguous dimension: along k for x . W^T's two operands and dy . W's A, along the
-// columns for dy . W's B, and along rows and columns for dy^T . x. The same k order and one
-// fma per k as every other kernel, so the same bits. `choose` sends a product here only
-// where those vec4s are whole: K % 4 == 0 for a k-contiguous A, N % 4 == 0 (M % 4 == 0)
-// for a B (A) read across columns (rows); the bindings (256-byte aligned views) then put
-// every vec4 on a 16-byte boundary.
+// columns for dy . W's B, and along rows and columns for dy^T . x. The same k order and
+// one fma per k as every other kernel, so the same bits. `choose` sends a product here
+// only where those vec4s are whole: K % 4 == 0 for a k-contiguous A, N % 4 == 0
+// (M % 4 == 0) for a B (A) read across columns (rows); the bindings (256-byte aligned
+// views) then put every vec4 on a 16-byte boundary. Two entry points, one per kind of B:
+// matmul_reg4 reads f32 words through a vec4 view of B's binding, matmul_reg4q a compact
+// weight through its dequantizer (one entry point may not hold two views of a binding).
 // FLOPs 2*M*N*K; bytes as matmul_tiled.
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
-// B is read through `wq_b4(row, col4, cols)`, values col4 .. col4+3 of a stored row, which
-// src/ops/matmul.rs writes per format: a vec4 view of the binding for f32 words, wq_get4
-// for a compact weight (one entry point may not hold two views of one binding, and the
-// dequantizers read u32s).
+@group(0) @binding(2) var<storage, read> wq4: array<vec4<u32>>; // B (f32 bits) as vec4s
 
-// op(B)(k .. k+3, n) of a B stored (N, K) (B_T): row n of W, values k .. k+3.
-fn b4_along_k(n: u32, k: u32) -> vec4<f32> {
-    return wq_b4(n, k, p.k);
+// A thread's 4x4 block: r_i[j] = C(m0 + i, n0 + j) before the epilogue.
+struct Block4 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
 }
 
-// op(B)(k, n .. n+3) of a B stored (K, N): row k, columns n .. n+3.
-fn b4_along_n(k: u32, n: u32) -> vec4<f32> {
-    return wq_b4(k, n, p.n);
+// The thread's rows and columns, clamped like matmul_reg's: out-of-range ones compute
+// garbage that is never stored. A group of 4 read as one vec4 is clamped whole
+// (`rq`, `cq`: its dimension is then a multiple of 4).
+struct Tile4 {
+    m0: u32,
+    n0: u32,
+    rows: vec4<u32>,
+    cols: vec4<u32>,
+    rq: u32,
+    cq: u32,
 }
 
-@compute @workgroup_size(16, 16)
-fn matmul_reg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn tile4(wid: vec3<u32>, lid: vec3<u32>) -> Tile4 {
     let m0 = wid.y * 64u + 4u * lid.y;
     let n0 = wid.x * 64u + 4u * lid.x;
-    // Clamped like matmul_reg: out-of-range rows and columns compute garbage, never stored.
-    // A group of 4 read as one vec4 is clamped whole (its dimension is a multiple of 4).
-    let r0 = min(m0, p.m - 1u);
-    let r1 = min(m0 + 1u, p.m - 1u);
-    let r2 = min(m0 + 2u, p.m - 1u);
-    let r3 = min(m0 + 3u, p.m - 1u);
-    let c0 = min(n0, p.n - 1u);
-    let c1 = min(n0 + 1u, p.n - 1u);
-    let c2 = min(n0 + 2u, p.n - 1u);
-    let c3 = min(n0 + 3u, p.n - 1u);
-    let rq = min(m0, p.m - 4u);
-    let cq = min(n0, p.n - 4u);
-    // acc_i[j] = sum_k A(m0 + i, k) B(k, n0 + j), one fma per k in k order.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    if (A_T == 1u) {
-        // dy^T . x: A(m0 .. m0+3, k) and B(k, n0 .. n0+3) are one vec4 each.
-        for (var k = 0u; k < p.k; k++) {
-            let av = a4[(k * p.m + rq) / 4u];
-            let bv = b4_along_n(k, cq);
-            acc0 = fma(vec4<f32>(av.x), bv, acc0);
-            acc1 = fma(vec4<f32>(av.y), bv, acc1);
-            acc2 = fma(vec4<f32>(av.z), bv, acc2);
-            acc3 = fma(vec4<f32>(av.w), bv, acc3);
-        }
-    } else {
-        for (var k = 0u; k < p.k; k += 4u) {
-            // A(m0 + i, k .. k+3): a vec4 of each row.
-            let a0 = a4[(r0 * p.k + k) / 4u];
-            let a1 = a4[(r1 * p.k + k) / 4u];
-            let a2 = a4[(r2 * p.k + k) / 4u];
-            let a3 = a4[(r3 * p.k + k) / 4u];
-            // b_kk = B(k + kk, n0 .. n0+3).
-            var b0: vec4<f32>;
-            var b1: vec4<f32>;
-            var b2: vec4<f32>;
-            var b3: vec4<f32>;
-            if (B_T == 1u) {
-                let w0 = b4_along_k(c0, k);
-                let w1 = b4_along_k(c1, k);
-                let w2 = b4_along_k(c2, k);
-                let w3 = b4_along_k(c3, k);
-                b0 = vec4(w0.x, w1.x, w2.x, w3.x);
-                b1 = vec4(w0.y, w1.y, w2.y, w3.y);
-                b2 = vec4(w0.z, w1.z, w2.z, w3.z);
-                b3 = vec4(w0.w, w1.w, w2.w, w3.w);
-            } else {
-                b0 = b4_along_n(k, cq);
-                b1 = b4_along_n(k + 1u, cq);
-                b2 = b4_along_n(k + 2u, cq);
-                b3 = b4_along_n(k + 3u, cq);
-            }
-            acc0 = fma(vec4<f32>(a0.x), b0, acc0);
-            acc1 = fma(vec4<f32>(a1.x), b0, acc1);
-            acc2 = fma(vec4<f32>(a2.x), b0, acc2);
-            acc3 = fma(vec4<f32>(a3.x), b0, acc3);
-            acc0 = fma(vec4<f32>(a0.y), b1, acc0);
-            acc1 = fma(vec4<f32>(a1.y), b1, acc1);
-            acc2 = fma(vec4<f32>(a2.y), b1, acc2);
-            acc3 = fma(vec4<f32>(a3.y), b1, acc3);
-            acc0 = fma(vec4<f32>(a0.z), b2, acc0);
-            acc1 = fma(vec4<f32>(a1.z), b2, acc1);
-            acc2 = fma(vec4<f32>(a2.z), b2, acc2);
-            acc3 = fma(vec4<f32>(a3.z), b2, acc3);
-            acc0 = fma(vec4<f32>(a0.w), b3, acc0);
-            acc1 = fma(vec4<f32>(a1.w), b3, acc1);
-            acc2 = fma(vec4<f32>(a2.w), b3, acc2);
-            acc3 = fma(vec4<f32>(a3.w), b3, acc3);
-        }
-    }
-    store_cols4(m0, n0, acc0);
-    store_cols4(m0 + 1u, n0, acc1);
-    store_cols4(m0 + 2u, n0, acc2);
-    store_cols4(m0 + 3u, n0, acc3);
+    let i = vec4(0u, 1u, 2u, 3u);
+    return Tile4(m0, n0, min(vec4(m0) + i, vec4(p.m - 1u)), min(vec4(n0) + i, vec4(p.n - 1u)),
+        min(m0, max(p.m, 4u) - 4u), min(n0, max(p.n, 4u) - 4u));
+}
+
+// acc += A(rows, k .. k+3) . B(k .. k+3, n0 .. n0+3), b_kk = B(k + kk, n0 .. n0+3), in k
+// order (an A stored (M, K)).
+fn reg4_k4(acc: Block4, rows: vec4<u32>, k: u32, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> Block4 {
+    let a0 = a4[(rows.x * p.k + k) / 4u];
+    let a1 = a4[(rows.y * p.k + k) / 4u];
+    let a2 = a4[(rows.z * p.k + k) / 4u];
+    let a3 = a4[(rows.w * p.k + k) / 4u];
+    var o = acc;
+    o.r0 = fma(vec4<f32>(a0.x), b0, o.r0);
+    o.r1 = fma(vec4<f32>(a1.x), b0, o.r1);
+    o.r2 = fma(vec4<f32>(a2.x), b0, o.r2);
+    o.r3 = fma(vec4<f32>(a3.x), b0, o.r3);
+    o.r0 = fma(vec4<f32>(a0.y), b1, o.r0);
+    o.r1 = fma(vec4<f32>(a1.y), b1, o.r1);
+    o.r2 = fma(vec4<f32>(a2.y), b1, o.r2);
+    o.r3 = fma(vec4<f32>(a3.y), b1, o.r3);
+    o.r0 = fma(vec4<f32>(a0.z), b2, o.r0);
+    o.r1 = fma(vec4<f32>(a1.z), b2, o.r1);
+    o.r2 = fma(vec4<f32>(a2.z), b2, o.r2);
+    o.r3 = fma(vec4<f32>(a3.z), b2, o.r3);
+    o.r0 = fma(vec4<f32>(a0.w), b3, o.r0);
+    o.r1 = fma(vec4<f32>(a1.w), b3, o.r1);
+    o.r2 = fma(vec4<f32>(a2.w), b3, o.r2);
+    o.r3 = fma(vec4<f32>(a3.w), b3, o.r3);
+    return o;
+}
+
+// reg4_k4 from B's four columns along k: w_j = B(k .. k+3, n0 + j) (rows of a W stored
+// (N, K)), transposed into the b_kk.
+fn reg4_k4t(acc: Block4, rows: vec4<u32>, k: u32, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> Block4 {
+    return reg4_k4(acc, rows, k, vec4(w0.x, w1.x, w2.x, w3.x), vec4(w0.y, w1.y, w2.y, w3.y),
+        vec4(w0.z, w1.z, w2.z, w3.z), vec4(w0.w, w1.w, w2.w, w3.w));
+}
+
+// acc += A(rq .. rq+3, k) B(k, n0 .. n0+3) (an A stored (K, M): dy^T . x).
+fn reg4_k1(acc: Block4, rq: u32, k: u32, bv: vec4<f32>) -> Block4 {
+    let av = a4[(k * p.m + rq) / 4u];
+    var o = acc;
+    o.r0 = fma(vec4<f32>(av.x), bv, o.r0);
+    o.r1 = fma(vec4<f32>(av.y), bv, o.r1);
+    o.r2 = fma(vec4<f32>(av.z), bv, o.r2);
+    o.r3 = fma(vec4<f32>(av.w), bv, o.r3);
+    return o;
+}
+
+fn store_block4(t: Tile4, acc: Block4) {
+    store_cols4(t.m0, t.n0, acc.r0);
+    store_cols4(t.m0 + 1u, t.n0, acc.r1);
+    store_cols4(t.m0 + 2u, t.n0, acc.r2);
+    store_cols4(t.m0 + 3u, t.n0, acc.r3);
 }
 
 // C(m, n0 .. n0+3), where in range.
@@ -517,4 +504,73 @@ fn store_cols4(m: u32, n0: u32, v: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         if (n0 + j < p.n) { store(m, n0 + j, v[j]); }
     }
+}
+
+// f32 words of B, values col4 .. col4+3 of stored row `row` of `cols`.
+fn wq4_at(row: u32, col4: u32, cols: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(wq4[(row * cols + col4) / 4u]);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_reg4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = tile4(wid, lid);
+    var acc = Block4(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
+    if (A_T == 1u) {
+        for (var k = 0u; k < p.k; k++) {
+            acc = reg4_k1(acc, t.rq, k, wq4_at(k, t.cq, p.n));
+        }
+    } else if (B_T == 1u) {
+        for (var k = 0u; k < p.k; k += 4u) {
+            acc = reg4_k4t(acc, t.rows, k, wq4_at(t.cols.x, k, p.k), wq4_at(t.cols.y, k, p.k),
+                wq4_at(t.cols.z, k, p.k), wq4_at(t.cols.w, k, p.k));
+        }
+    } else {
+        for (var k = 0u; k < p.k; k += 4u) {
+            acc = reg4_k4(acc, t.rows, k, wq4_at(k, t.cq, p.n), wq4_at(k + 1u, t.cq, p.n),
+                wq4_at(k + 2u, t.cq, p.n), wq4_at(k + 3u, t.cq, p.n));
+        }
+    }
+    store_block4(t, acc);
+}
+
+// A compact B (never transposed A: a compact weight is only ever a Linear's W). In x . W^T
+// a Q4_1 weight (the default GGUF's) is walked a block of 32 k at a time: each of the
+// thread's four rows of W has its scale and min decoded once per block and its 4 quant
+// words loaded once, instead of once per four values through wq_get4 (the same values:
+// q * d + m, as wq_get4 computes them).
+@compute @workgroup_size(16, 16)
+fn matmul_reg4q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = tile4(wid, lid);
+    var acc = Block4(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
+    if (B_T == 1u && WFMT == FMT_Q4_1) {
+        let rw = wq_row_words(p.k);
+        for (var k = 0u; k < p.k; k += 32u) {
+            let blk = t.cols * rw + vec4(5u * (k / 32u));
+            let h = vec4(wq[blk.x], wq[blk.y], wq[blk.z], wq[blk.w]);
+            let d = vec4(wq_f16(h.x & 0xFFFFu), wq_f16(h.y & 0xFFFFu), wq_f16(h.z & 0xFFFFu), wq_f16(h.w & 0xFFFFu));
+            let mn = vec4(wq_f16(h.x >> 16u), wq_f16(h.y >> 16u), wq_f16(h.z >> 16u), wq_f16(h.w >> 16u));
+            // Values 4i .. 4i+3 of the block sit in word 1 + i % 4, nibble i / 4.
+            for (var i = 0u; i < 8u; i++) {
+                let o = 1u + i % 4u;
+                let s = vec4(4u * (i / 4u));
+                let q0 = (wq_bytes4(wq[blk.x + o]) >> s) & vec4(0xFu);
+                let q1 = (wq_bytes4(wq[blk.y + o]) >> s) & vec4(0xFu);
+                let q2 = (wq_bytes4(wq[blk.z + o]) >> s) & vec4(0xFu);
+                let q3 = (wq_bytes4(wq[blk.w + o]) >> s) & vec4(0xFu);
+                acc = reg4_k4t(acc, t.rows, k + 4u * i, vec4<f32>(q0) * d.x + mn.x, vec4<f32>(q1) * d.y + mn.y,
+                    vec4<f32>(q2) * d.z + mn.z, vec4<f32>(q3) * d.w + mn.w);
+            }
+        }
+    } else if (B_T == 1u) {
+        for (var k = 0u; k < p.k; k += 4u) {
+            acc = reg4_k4t(acc, t.rows, k, wq_get4(t.cols.x, k, p.k), wq_get4(t.cols.y, k, p.k),
+                wq_get4(t.cols.z, k, p.k), wq_get4(t.cols.w, k, p.k));
+        }
+    } else {
+        for (var k = 0u; k < p.k; k += 4u) {
+            acc = reg4_k4(acc, t.rows, k, wq_get4(k, t.cq, p.n), wq_get4(k + 1u, t.cq, p.n),
+                wq_get4(k + 2u, t.cq, p.n), wq_get4(k + 3u, t.cq, p.n));
+        }
+    }
+    store_block4(t, acc);
 }

@@ -17,23 +17,6 @@ const SWIGLU_BWD: u32 = 64;
 
 const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"));
 
-/// `wq_b4` of shaders/matmul.wgsl (four values of a stored row of B), generated per B
-/// format: f32 words through a vec4 view of B's binding (one load, where four u32 loads
-/// cost four on a CPU adapter), a compact weight through its dequantizer.
-const B4_F32: &str = "
-@group(0) @binding(2) var<storage, read> wq4: array<vec4<u32>>; // B (f32 bits) as vec4s
-fn wq_b4(row: u32, col4: u32, cols: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(wq4[(row * cols + col4) / 4u]);
-}
-";
-const B4_COMPACT: &str = "
-fn wq_b4(row: u32, col4: u32, cols: u32) -> vec4<f32> {
-    return wq_get4(row, col4, cols);
-}
-";
-const INCLUDES_F32: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], B4_F32];
-const INCLUDES_COMPACT: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], B4_COMPACT];
-
 /// shaders/matmul.wgsl with every operand stored as is (the file as a whole, for the
 /// compile tests; products run through `layout_kernel`).
 pub const MATMUL: Kernel = Kernel {
@@ -51,7 +34,7 @@ pub const MATMUL: Kernel = Kernel {
         ("C_T", 0),
         ("WFMT", CompactFormat::F32 as u32),
     ],
-    includes: INCLUDES_F32,
+    includes: QUANT_INCLUDES,
 };
 
 /// The kernel file specialized to one layout: A stored transposed (`a_t`), B stored
@@ -78,8 +61,7 @@ fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat) -> &'
         ];
         // The name and constants are leaked once per specialization (88 at most): a
         // kernel's fields are 'static, like the pipeline cache that keys on them.
-        let includes = if b_format == CompactFormat::F32 { INCLUDES_F32 } else { INCLUDES_COMPACT };
-        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes }
+        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes: QUANT_INCLUDES }
     })
 }
 
@@ -156,8 +138,9 @@ pub enum Variant {
 }
 
 impl Variant {
-    fn entry(self) -> &'static str {
+    fn entry(self, b_format: CompactFormat) -> &'static str {
         match self {
+            Variant::Reg4 if b_format != CompactFormat::F32 => "matmul_reg4q",
             Variant::Large => "matmul_large",
             Variant::Tiled => "matmul_tiled",
             Variant::Skinny | Variant::SkinnyT => "matmul_skinny",
@@ -448,7 +431,7 @@ pub fn matmul_variant(
         Arg::R(ex.lora.map_or(dummy, |l| l.b)),
         Arg::W(c2),
     ];
-    enc.dispatch(kernel, variant.entry(), &p, &args, grid, cost);
+    enc.dispatch(kernel, variant.entry(b_format), &p, &args, grid, cost);
 }
 
 /// How a weight matrix is stored: Hugging Face `nn.Linear` keeps (out, in); GPT-2's
