@@ -9,7 +9,7 @@
 #   WGPU_BACKEND     native GPU backend (default vulkan)
 #   CHROMEDRIVER     chromedriver for the browser tests (default /usr/bin/chromedriver)
 #   TEST_THREADS     native test threads per binary (default 2; each binary shares one device)
-#   WASM_BINDGEN_TEST_TIMEOUT  seconds the browser tests may take (default 600)
+#   WASM_BINDGEN_TEST_TIMEOUT  seconds the browser tests may take (default 2400)
 #   CHROMIUM         the browser the end-to-end tests drive (default /usr/bin/chromium)
 #   WEBTUNE_TIMINGS  a file to append "phase<TAB>seconds" lines to (.ci/run prints them)
 set -euo pipefail
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}"
-export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-600}"
+export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-2400}"
 TEST_THREADS="${TEST_THREADS:-2}"
 # Mesa's WSI complains on every device creation when this is unset (headless CI).
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then

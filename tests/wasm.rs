@@ -765,6 +765,79 @@ async fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
     console_log!("{} adapter gradients bit-identical over the compact base", grads_c.len());
 }
 
+/// The default model (SmolLM2-135M-Instruct, Q4_1 attention and MLP, Q8_0 tied embedding
+/// and head) trained with LoRA in the browser over its own GGUF blocks and over their f32
+/// expansion (`Base::F32`): the losses of 5 AdamW steps and then every adapter gradient,
+/// bit for bit, as natively in tests/gguf/smollm2.rs (same examples, same settings). The
+/// file comes from models/ (scripts/fetch-model.sh) through the test runner's server, which
+/// serves the crate root; a CI build (`CI` set when compiled) fails without it.
+#[wasm_bindgen_test]
+async fn smollm2_lora_over_its_compact_base_trains_as_over_f32() {
+    use webtune::load::base::Base;
+    use webtune::load::model_from_gguf_bytes_base;
+    use webtune::model::LoraConfig;
+    const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let Some(bytes) = fetch_bytes(&format!("/models/{SMOLLM2}")).await else {
+        assert!(option_env!("CI").is_none(), "models/{SMOLLM2} is missing and CI is set: run scripts/fetch-model.sh");
+        console_log!("SKIPPED: models/{SMOLLM2} is missing (run scripts/fetch-model.sh)");
+        return;
+    };
+    let g = gpu().await;
+    let lora = LoraConfig { dropout: 0.05, seed: 9, ..LoraConfig::new(4, 8.0, &["all-linear"]) };
+    let tok = |i: u32| (i * 7919 + 13) % 49152;
+    let examples: Vec<Example> =
+        (0..3).map(|e| Example::prompt_answer((0..6 + 2 * e).map(|i| tok(i + 100 * e)).collect(), 3, "ex")).collect();
+    let mut runs = Vec::new();
+    // One model at a time: the f32 expansion alone is 540 MB of the tab's memory.
+    for (what, base) in [("compact", Base::Auto), ("f32", Base::F32)] {
+        let (model, _) = model_from_gguf_bytes_base(&g, SMOLLM2, &bytes, Some(&lora), base).unwrap();
+        let formats: std::collections::BTreeSet<&str> =
+            (0..model.params.specs.len()).filter_map(|p| model.params.compact(p).map(|c| c.format.name())).collect();
+        let want: &[&str] = if base == Base::F32 { &[] } else { &["Q4_1", "Q8_0"] };
+        assert_eq!(formats.into_iter().collect::<Vec<_>>(), want, "{what} base: the formats on the GPU");
+        let scope = g.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let tc = TrainConfig { micro_batch: 3, recompute: true, ..Default::default() };
+        let mut t = Trainer::new(&g, model, tc).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..5 {
+            losses.push(t.step(&examples).await.unwrap().loss);
+        }
+        t.accumulate(&examples).await.unwrap();
+        let grads = t.read_grads().await.unwrap();
+        if let Some(e) = scope.pop().await {
+            panic!("{what} base: WebGPU validation error: {e}");
+        }
+        console_log!("SmolLM2 LoRA over the {what} base in the browser: losses {losses:?}");
+        runs.push((losses, grads));
+    }
+    let [(loss_c, grads_c), (loss_f, grads_f)] = &runs[..] else { unreachable!() };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let loss_bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(loss_bits(loss_c), loss_bits(loss_f), "the losses differ");
+    assert!(loss_c.iter().all(|l| l.is_finite()) && loss_c[4] < loss_c[0], "the loss falls: {loss_c:?}");
+    assert_eq!(grads_c.len(), grads_f.len());
+    for ((name, _, a), (_, _, b)) in grads_c.iter().zip(grads_f) {
+        assert_eq!(bits(a), bits(b), "{name}: not bit-identical");
+    }
+    assert!(grads_c.iter().all(|(_, _, a)| a.iter().any(|&x| x != 0.0)), "a zero gradient proves nothing");
+    console_log!("{} SmolLM2 adapter gradients bit-identical over the compact base", grads_c.len());
+}
+
+/// The bytes at `url` (same origin), or None for a 404; any other failure panics.
+async fn fetch_bytes(url: &str) -> Option<Vec<u8>> {
+    let global = js_sys::global();
+    let fetch: js_sys::Function = js_sys::Reflect::get(&global, &"fetch".into()).unwrap().unchecked_into();
+    let reply = JsFuture::from(js_sys::Promise::from(fetch.call1(&global, &url.into()).unwrap())).await.unwrap();
+    let status = js_sys::Reflect::get(&reply, &"status".into()).unwrap().as_f64().unwrap();
+    if status == 404.0 {
+        return None;
+    }
+    assert_eq!(status, 200.0, "GET {url}: HTTP {status}");
+    let read: js_sys::Function = js_sys::Reflect::get(&reply, &"arrayBuffer".into()).unwrap().unchecked_into();
+    let buf = JsFuture::from(js_sys::Promise::from(read.call0(&reply).unwrap())).await.unwrap();
+    Some(js_sys::Uint8Array::new(&buf).to_vec())
+}
+
 // ---------------------------------------------------------------------------------------
 // Generation: greedy decoding with the KV cache in the browser against the argmax chain of
 // full forwards computed in the same test (the native tests/generate.rs holds the same
