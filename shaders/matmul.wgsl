@@ -94,13 +94,18 @@ fn store(m: u32, n: u32, prod: f32) {
 // after them. Tiles are k-major with a row padding of 4 floats, so the k-fast global loads
 // of a K-contiguous operand store without bank conflicts, and threads read B as vec4s.
 // FLOPs 2*M*N*K; bytes ~ 4*(M*K*N/64 + K*N*M/128 + M*N).
+// The tiles hold `tile_t`, which Rust's prelude aliases: f32 (every adapter), or f16 for
+// the shader-f16 variant (`Variant::LargeH`): half the workgroup memory and half its read
+// traffic, which caps this kernel; the operands are rounded to f16 as they are staged and
+// the products still summed in f32, in k order. (f32(x) of an f32 is x: the f32 kernel's
+// bits do not depend on the alias.)
 const L_TM: u32 = 128u;
 const L_TN: u32 = 64u;
 const L_TK: u32 = 16u;
 const L_PA: u32 = L_TM + 4u; // padded row of tile_la
 const L_PB: u32 = L_TN + 4u; // padded row of tile_lb
-var<workgroup> tile_la: array<f32, L_TK * L_PA>;        // [TK][TM + 4]
-var<workgroup> tile_lb: array<vec4<f32>, L_TK * L_PB / 4u>; // [TK][(TN + 4) / 4]
+var<workgroup> tile_la: array<tile_t, L_TK * L_PA>;        // [TK][TM + 4]
+var<workgroup> tile_lb: array<vec4<tile_t>, L_TK * L_PB / 4u>; // [TK][(TN + 4) / 4]
 
 // Out-of-range loads read a clamped, valid index and are replaced by 0.
 // Element e (of TK * TM) of A's next tile: its (row, k) in the tile, in the order that
@@ -137,12 +142,12 @@ fn matmul_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     for (var k0 = 0u; k0 < p.k; k0 += L_TK) {
         for (var i = 0u; i < 8u; i++) {
             let q = la_coord(tid + i * 256u);
-            tile_la[q.y * L_PA + q.x] = ra[i];
+            tile_la[q.y * L_PA + q.x] = tile_t(ra[i]);
         }
         for (var i = 0u; i < 4u; i++) {
             let q = lb_coord(tid + i * 256u);
             let slot = q.y * L_PB + q.x;
-            tile_lb[slot / 4u][slot % 4u] = rb[i];
+            tile_lb[slot / 4u][slot % 4u] = tile_t(rb[i]);
         }
         workgroupBarrier();
         // The next tile's loads, in flight during this tile's fmas.
@@ -158,9 +163,9 @@ fn matmul_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             }
         }
         for (var kk = 0u; kk < L_TK; kk++) {
-            let bv = tile_lb[(kk * L_PB) / 4u + lid.x];
+            let bv = vec4<f32>(tile_lb[(kk * L_PB) / 4u + lid.x]);
             for (var i = 0u; i < 8u; i++) {
-                acc[i] = fma(vec4<f32>(tile_la[kk * L_PA + lid.y + 16u * i]), bv, acc[i]);
+                acc[i] = fma(vec4<f32>(f32(tile_la[kk * L_PA + lid.y + 16u * i])), bv, acc[i]);
             }
         }
         workgroupBarrier();

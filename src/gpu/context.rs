@@ -46,6 +46,12 @@ pub struct Gpu {
     /// Matmul kernels from the CPU-adapter column of `ops::matmul::choose` (no workgroup
     /// memory or barriers). Chosen from the adapter; `WEBTUNE_MATMUL=gpu|cpu` overrides it.
     pub matmul_cpu: bool,
+    /// The device has shader-f16 (requested wherever the adapter offers it).
+    pub shader_f16: bool,
+    /// The matmul table's f16 column (`Variant::LargeH`): `WEBTUNE_F16=1` on a device with
+    /// shader-f16. Off by default: it rounds operands to f16, and no GPU measurement has
+    /// yet shown it faster.
+    pub matmul_f16: bool,
     /// Set by the device-lost callback (a driver reset, a browser reclaiming the GPU of a
     /// background tab, `device.destroy()`), so a caller can tell a lost device from a
     /// failing step and start over from a checkpoint.
@@ -73,10 +79,12 @@ impl Gpu {
                 ))
             })?;
         let limits = adapter.limits();
+        // Optional extras, asked for where offered; the f32 kernels never need them.
+        let features = adapter.features() & wgpu::Features::SHADER_F16;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("webtune"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -116,6 +124,8 @@ impl Gpu {
             // on lavapipe, 35.4 s per step tiled, 15.1 s register-blocked.
             _ => software,
         };
+        let shader_f16 = device.features().contains(wgpu::Features::SHADER_F16);
+        let matmul_f16 = shader_f16 && std::env::var("WEBTUNE_F16").as_deref() == Ok("1");
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = lost.clone();
         device.set_device_lost_callback(move |_reason, _msg| flag.store(true, std::sync::atomic::Ordering::Relaxed));
@@ -123,6 +133,8 @@ impl Gpu {
             counters: Default::default(),
             lost,
             matmul_cpu,
+            shader_f16,
+            matmul_f16,
             dummy,
             spare,
             zero,

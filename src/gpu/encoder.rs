@@ -16,6 +16,9 @@ pub struct Kernel {
     /// WGSL libraries (helper functions, no entry points) placed after common.wgsl and
     /// before the file, e.g. the in-kernel dequantizers of a compact weight operand.
     pub includes: &'static [&'static str],
+    /// WGSL `enable` directives, which must open the module (`"enable f16;"` for a
+    /// shader-f16 variant; empty for the f32 kernels every adapter runs).
+    pub enable: &'static str,
 }
 
 /// The constants every kernel sees, common.wgsl's included.
@@ -24,10 +27,10 @@ const SHARED: &[(&str, u32)] = &[("WG", super::WG), ("ACCUMULATE", super::ACCUMU
 const COMMON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"));
 
 impl Kernel {
-    /// The WGSL the shader module is built from: `const NAME: u32 = value;` for each
-    /// shared constant, common.wgsl, the includes, the kernel file.
+    /// The WGSL the shader module is built from: the `enable` directives, `const NAME: u32
+    /// = value;` for each shared constant, common.wgsl, the includes, the kernel file.
     pub fn source(&self) -> String {
-        let mut s = String::from("// Constants shared with Rust, written from their Rust definitions.\n");
+        let mut s = format!("{}\n// Constants shared with Rust, written from their Rust definitions.\n", self.enable);
         for (name, value) in SHARED.iter().chain(self.consts) {
             let _ = writeln!(s, "const {name}: u32 = {value}u;");
         }
@@ -50,6 +53,7 @@ macro_rules! kernel {
             file: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
             consts: &[$((stringify!($c), $c)),*],
             includes: &[],
+            enable: "",
         };
     };
 }

@@ -23,6 +23,7 @@ pub const ATTENTION: Kernel = Kernel {
         ("TILE_VEC", tile_rows(MAXV, GPU_BLOCK) * MAXV),
     ],
     includes: &[],
+    enable: "",
 };
 
 /// WebGPU's default `maxComputeWorkgroupStorageSize`, which every adapter offers.
@@ -125,7 +126,7 @@ fn head_kernel(dv: usize, block: u32) -> &'static Kernel {
         // Leaked once per head size and workgroup (128 at most): kernels are 'static like
         // the pipeline cache that keys on their names.
         let name = Box::leak(format!("attention.d{}.b{block}", 4 * dv).into_boxed_str());
-        Kernel { name, file: SOURCE, consts: consts.leak(), includes: &[] }
+        Kernel { name, file: SOURCE, consts: consts.leak(), includes: &[], enable: "" }
     })
 }
 

@@ -36,6 +36,7 @@ macro_rules! compact_kernels {
             file: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
             consts: &[("WFMT", $crate::load::compact::CompactFormat::$f as u32) $(, (stringify!($c), $c))*],
             includes: $crate::load::compact::QUANT_INCLUDES,
+            enable: "",
         }
     };
 }

@@ -18,6 +18,7 @@ pub const EMBEDDING: Kernel = Kernel {
     file: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/embedding.wgsl")),
     consts: &[("WFMT", CompactFormat::F32 as u32), ("HAS_POS", HAS_POS)],
     includes: QUANT_INCLUDES,
+    enable: "",
 };
 
 // The compact gather, one pipeline per format (index with `CompactFormat::code`).

@@ -16,6 +16,10 @@ const SWIGLU_FWD: u32 = 32;
 const SWIGLU_BWD: u32 = 64;
 
 const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"));
+/// The large kernel's workgroup tiles hold `tile_t` (shaders/matmul.wgsl): f32, or f16 in
+/// the shader-f16 variant (`Variant::LargeH`), whose module opens with `enable f16;`.
+const INCLUDES: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], "alias tile_t = f32;\n"];
+const INCLUDES_H: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], "alias tile_t = f16;\n"];
 
 /// shaders/matmul.wgsl with every operand stored as is (the file as a whole, for the
 /// compile tests; products run through `layout_kernel`).
@@ -34,18 +38,24 @@ pub const MATMUL: Kernel = Kernel {
         ("C_T", 0),
         ("WFMT", CompactFormat::F32 as u32),
     ],
-    includes: QUANT_INCLUDES,
+    includes: INCLUDES,
+    enable: "",
 };
 
+/// The same file with f16 tiles (`Variant::LargeH`), for the compile test of adapters that
+/// have shader-f16.
+pub const MATMUL_F16: Kernel = Kernel { name: "matmul.h", includes: INCLUDES_H, enable: "enable f16;", ..MATMUL };
+
 /// The kernel file specialized to one layout: A stored transposed (`a_t`), B stored
-/// transposed (`b_t`), C written transposed (`c_t`), and B's format. Made on first use.
-fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat) -> &'static Kernel {
-    const N: usize = 8 * CompactFormat::ALL.len();
+/// transposed (`b_t`), C written transposed (`c_t`), B's format, and the large kernel's
+/// tiles in f16 (`f16`: shader-f16 only). Made on first use.
+fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat, f16: bool) -> &'static Kernel {
+    const N: usize = 16 * CompactFormat::ALL.len();
     static KERNELS: [OnceLock<Kernel>; N] = [const { OnceLock::new() }; N];
-    let layout = (a_t as usize) << 2 | (b_t as usize) << 1 | c_t as usize;
+    let layout = (f16 as usize) << 3 | (a_t as usize) << 2 | (b_t as usize) << 1 | c_t as usize;
     KERNELS[layout * CompactFormat::ALL.len() + b_format.code() as usize].get_or_init(|| {
         let t = |x: bool| if x { 'T' } else { 'N' };
-        let name = format!("matmul.{}{}{}", t(a_t), t(b_t), t(c_t));
+        let name = format!("matmul.{}{}{}{}", t(a_t), t(b_t), t(c_t), if f16 { ".h" } else { "" });
         let name = if b_format == CompactFormat::F32 { name } else { format!("{name}@{}", b_format.name()) };
         let consts = vec![
             ("HAS_BIAS", HAS_BIAS),
@@ -59,9 +69,13 @@ fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat) -> &'
             ("C_T", c_t as u32),
             ("WFMT", b_format.code()),
         ];
-        // The name and constants are leaked once per specialization (88 at most): a
+        // The name and constants are leaked once per specialization (176 at most): a
         // kernel's fields are 'static, like the pipeline cache that keys on them.
-        Kernel { name: Box::leak(name.into_boxed_str()), file: SOURCE, consts: consts.leak(), includes: QUANT_INCLUDES }
+        let name = Box::leak(name.into_boxed_str());
+        match f16 {
+            false => Kernel { name, file: SOURCE, consts: consts.leak(), includes: INCLUDES, enable: "" },
+            true => Kernel { name, file: SOURCE, consts: consts.leak(), includes: INCLUDES_H, enable: "enable f16;" },
+        }
     })
 }
 
@@ -122,6 +136,9 @@ pub enum Op {
 pub enum Variant {
     /// 128 x 64 workgroup tiles, 8 x 4 outputs per thread, register-staged double buffer.
     Large,
+    /// `Large` with f16 tiles (operands rounded to f16, products summed in f32): adapters
+    /// with shader-f16 only, and only when turned on (`WEBTUNE_F16=1`).
+    LargeH,
     /// 64 x 64 workgroup tiles, 4 x 4 outputs per thread.
     Tiled,
     /// N <= 16: K split across the threads of a row, added in a fixed tree order.
@@ -141,7 +158,7 @@ impl Variant {
     fn entry(self, b_format: CompactFormat) -> &'static str {
         match self {
             Variant::Reg4 if b_format != CompactFormat::F32 => "matmul_reg4q",
-            Variant::Large => "matmul_large",
+            Variant::Large | Variant::LargeH => "matmul_large",
             Variant::Tiled => "matmul_tiled",
             Variant::Skinny | Variant::SkinnyT => "matmul_skinny",
             Variant::Dot => "matmul_dot",
@@ -164,6 +181,8 @@ const LARGE_TILES: usize = 96;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Adapter {
     Gpu,
+    /// A GPU with shader-f16 where the f16 extra is turned on (`Gpu::matmul_f16`).
+    GpuF16,
     /// A CPU rasterizer (lavapipe, SwiftShader): barriers are costly, "workgroup memory" is
     /// ordinary memory, a handful of cores.
     Cpu,
@@ -175,18 +194,19 @@ pub enum Adapter {
 /// gives the same bits whatever rows it is run with (a chunked LM head, micro-batches, a
 /// LoRA model at step 0 against its base).
 ///
-/// | shape (M x N, depth K)              | GPU       | CPU adapter |
-/// |-------------------------------------|-----------|-------------|
-/// | K = 0, or M <= 4                    | Dot       | Dot         |
-/// | N <= 16 (LoRA u, g, dB)             | Skinny    | Dot         |
-/// | M <= 16 and `split_k` (LoRA dA)     | SkinnyT   | Dot         |
-/// | M <= 16                             | Dot       | Dot         |
-/// | >= 96 tiles of 128 x 64             | Large     | Reg4 or Reg |
-/// | otherwise                           | Tiled     | Reg4 or Reg |
+/// | shape (M x N, depth K)              | GPU       | GPU, f16 on | CPU adapter |
+/// |-------------------------------------|-----------|-------------|-------------|
+/// | K = 0, or M <= 4                    | Dot       | Dot         | Dot         |
+/// | N <= 16 (LoRA u, g, dB)             | Skinny    | Skinny      | Dot         |
+/// | M <= 16 and `split_k` (LoRA dA)     | SkinnyT   | SkinnyT     | Dot         |
+/// | M <= 16                             | Dot       | Dot         | Dot         |
+/// | >= 96 tiles of 128 x 64             | Large     | LargeH      | Reg4 or Reg |
+/// | otherwise                           | Tiled     | Tiled       | Reg4 or Reg |
 ///
-/// Every kernel but the two skinny ones sums over k in k order with fma, so they agree
+/// Every f32 kernel but the two skinny ones sums over k in k order with fma, so they agree
 /// bit for bit; the skinny kernels split K per row in a fixed order (deterministic, and
-/// each row's result independent of the others).
+/// each row's result independent of the others). `LargeH` sums the f16-rounded operands in
+/// the same order: off by default, as the issue asks, until a GPU measurement turns it on.
 ///
 /// The CPU column was measured on lavapipe (`webtune bench` on SmolLM2-135M LoRA: the
 /// skinny kernel's barriers made its products 3x slower there than one thread per
@@ -200,11 +220,12 @@ pub fn choose(adapter: Adapter, (m, n, k): (usize, usize, usize), ops: (Op, Op),
         Adapter::Cpu if few_cols || few_rows => Variant::Dot,
         Adapter::Cpu if vec4_fits((m, n, k), ops) => Variant::Reg4,
         Adapter::Cpu => Variant::Reg,
-        Adapter::Gpu if few_cols => Variant::Skinny,
-        Adapter::Gpu if few_rows && split_k => Variant::SkinnyT,
-        Adapter::Gpu if few_rows => Variant::Dot,
-        Adapter::Gpu if m.div_ceil(128) * n.div_ceil(64) >= LARGE_TILES => Variant::Large,
-        Adapter::Gpu => Variant::Tiled,
+        Adapter::Gpu | Adapter::GpuF16 if few_cols => Variant::Skinny,
+        Adapter::Gpu | Adapter::GpuF16 if few_rows && split_k => Variant::SkinnyT,
+        Adapter::Gpu | Adapter::GpuF16 if few_rows => Variant::Dot,
+        _ if m.div_ceil(128) * n.div_ceil(64) < LARGE_TILES => Variant::Tiled,
+        Adapter::Gpu => Variant::Large,
+        Adapter::GpuF16 => Variant::LargeH,
     }
 }
 
@@ -322,7 +343,12 @@ pub fn matmul_ex(
     c: &Tensor,
     accumulate: bool,
 ) {
-    let adapter = if enc.gpu().matmul_cpu { Adapter::Cpu } else { Adapter::Gpu };
+    let g = enc.gpu();
+    let adapter = match (g.matmul_cpu, g.matmul_f16) {
+        (true, _) => Adapter::Cpu,
+        (false, true) => Adapter::GpuF16,
+        (false, false) => Adapter::Gpu,
+    };
     let v = choose(adapter, mnk, (a_op, b_op), ex.split_k && ex.bias.is_none() && ex.lora.is_none());
     matmul_variant(enc, v, mnk, alpha, a, a_op, b, b_op, ex, c, accumulate)
 }
@@ -379,7 +405,7 @@ pub fn matmul_variant(
     );
     debug_assert!(!matches!(variant, Variant::Skinny | Variant::SkinnyT) || cols <= SKINNY);
     let (grid, bytes) = match variant {
-        Variant::Large => {
+        Variant::Large | Variant::LargeH => {
             ([n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1], operand(m64.div_ceil(128), n64.div_ceil(64)))
         }
         Variant::Tiled | Variant::Reg | Variant::Reg4 => {
@@ -412,7 +438,7 @@ pub fn matmul_variant(
         bytes: bytes + out_bytes + lora_bytes + glu_bytes * m64 * n64,
     };
     let dummy = &enc.gpu().dummy.clone();
-    let kernel = layout_kernel(first_t, second_t, c_t, b_format);
+    let kernel = layout_kernel(first_t, second_t, c_t, b_format, variant == Variant::LargeH);
     // The SwiGLU operands ride in the bias and resid bindings (see shaders/matmul.wgsl);
     // without one, c2 is unused (the dummy: a spare of its own, never C, since WebGPU
     // rejects two writable bindings of one buffer).

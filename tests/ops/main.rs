@@ -36,4 +36,8 @@ fn every_kernel_compiles() {
     for k in webtune::ops::KERNELS {
         assert_eq!(common::block(webtune::gpu::compile_error(g, k)), None);
     }
+    // The shader-f16 extra, where the device has it (lavapipe does; SwiftShader does not).
+    if g.shader_f16 {
+        assert_eq!(common::block(webtune::gpu::compile_error(g, &webtune::ops::matmul::MATMUL_F16)), None);
+    }
 }

@@ -160,7 +160,7 @@ fn matmul_epilogue_bias_resid_lora_every_variant() {
 /// The kernel table, row by row as documented on `choose`.
 #[test]
 fn matmul_table_picks_per_shape_and_adapter() {
-    use Adapter::{Cpu, Gpu};
+    use Adapter::{Cpu, Gpu, GpuF16};
     let t = |a, mnk, fused| choose(a, mnk, (Op::N, Op::T), fused);
     // Generation's few rows, and an empty K.
     assert_eq!(t(Gpu, (4, 576, 576), false), Variant::Dot);
@@ -175,6 +175,11 @@ fn matmul_table_picks_per_shape_and_adapter() {
     // The base products: 512 x 1536 is 4 x 24 = 96 tiles of 128 x 64; 512 x 576 is 36.
     assert_eq!(t(Gpu, (512, 1536, 576), false), Variant::Large);
     assert_eq!(t(Gpu, (512, 576, 576), false), Variant::Tiled);
+    // The f16 column differs only where Large would run.
+    assert_eq!(t(GpuF16, (512, 1536, 576), false), Variant::LargeH);
+    assert_eq!(t(GpuF16, (512, 576, 576), false), Variant::Tiled);
+    assert_eq!(t(GpuF16, (512, 8, 576), false), Variant::Skinny);
+    assert_eq!(t(GpuF16, (8, 576, 512), true), Variant::SkinnyT);
     for mnk in [(512, 8, 576), (8, 576, 512)] {
         assert_eq!(t(Cpu, mnk, true), Variant::Dot);
     }
@@ -297,6 +302,63 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
                 assert!(bad.is_none(), "{what}: element {bad:?} differs from the f32 expansion's");
                 assert!(want.iter().any(|&v| v != 0.0), "{what}: an all-zero product proves nothing");
             }
+        }
+    }
+}
+
+/// The shader-f16 large kernel (`Variant::LargeH`, off by default) on every layout and the
+/// awkward shapes, with f32 and compact B: against float64 of its operands rounded to f16.
+/// Products of two f16 values are exact in f32 (11 + 11 significant bits), so what is left
+/// is f32 accumulation in k order: the MATMUL tolerance. A kernel that skipped the rounding
+/// would be off by ~1e-3 relative and fail, and it must differ from the f32 kernel's bits.
+#[test]
+fn matmul_f16_tiles_match_reference_on_f16_rounded_operands() {
+    let g = gpu();
+    if !g.shader_f16 {
+        assert!(std::env::var_os("CI").is_none(), "lavapipe offers shader-f16; this device ({}) does not", g.info.name);
+        eprintln!("SKIPPED: {} has no shader-f16", g.info.name);
+        return;
+    }
+    let h = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect::<Vec<f64>>();
+    let mut rng = Rng::new(8);
+    let mut rounded_somewhere = false;
+    let product = |variant, mnk, a: &[f32], a_op, b: &webtune::gpu::Tensor, b_op, b_format| {
+        let (m, n, _) = mnk;
+        let ta = g.upload_f32("a", a).unwrap();
+        let tc = g.zeros("c", m * n).unwrap();
+        let mut enc = Encoder::new(g);
+        let ex = Extras { b_format, ..Default::default() };
+        matmul_variant(&mut enc, variant, mnk, 1.0, &ta, a_op, b, b_op, ex, &tc, false);
+        enc.submit();
+        block(g.read_f32(&tc)).unwrap()
+    };
+    for &(m, n, k) in SHAPES.iter().filter(|s| s.0 > 4) {
+        for (a_op, b_op) in [(Op::N, Op::T), (Op::N, Op::N), (Op::T, Op::N), (Op::T, Op::T)] {
+            let (a, b) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0));
+            let a_logical = if a_op == Op::N { h(&a) } else { transpose(&h(&a), k, m) };
+            let b_logical = if b_op == Op::N { h(&b) } else { transpose(&h(&b), n, k) };
+            let want = linear(&a_logical, &transpose(&b_logical, k, n), None, m, k, n);
+            let tb = g.upload_f32("b", &b).unwrap();
+            let got = product(Variant::LargeH, (m, n, k), &a, a_op, &tb, b_op, None);
+            check(&format!("matmul LargeH {m}x{n}x{k} {a_op:?}{b_op:?}"), &got, &want, MATMUL);
+            let f32_bits = product(Variant::Large, (m, n, k), &a, a_op, &tb, b_op, None);
+            rounded_somewhere |= got.iter().zip(&f32_bits).any(|(x, y)| x.to_bits() != y.to_bits());
+        }
+    }
+    assert!(rounded_somewhere, "LargeH gave the f32 kernel's bits everywhere: its tiles are not f16");
+    // A compact B: an F16 base (exact in f16) and Q8_0 (its f32 values rounded), in the
+    // forward x W^T and the input gradient dy W.
+    for f in [CompactFormat::F16, CompactFormat::Q8_0] {
+        let (out, inp, rows) = (70, 256, 133);
+        let t = CompactTensor::from_gguf("w", f, out, inp, &random_gguf(&mut rng, f, out, inp)).unwrap();
+        let cw = CompactWeight::upload(g, "w", &t).unwrap();
+        let w = h(&t.dequantize()); // (out, in)
+        for ((m, n, k), b_op) in [((rows, out, inp), Op::T), ((rows, inp, out), Op::N)] {
+            let a = rng.vec(m * k, 1.0);
+            let w_nk = if b_op == Op::T { w.clone() } else { transpose(&w, out, inp) }; // (n, k)
+            let want = linear(&h(&a), &w_nk, None, m, k, n);
+            let got = product(Variant::LargeH, (m, n, k), &a, Op::N, &cw.words, b_op, Some(f));
+            check(&format!("matmul LargeH {m}x{n}x{k} B{b_op:?} {}", f.name()), &got, &want, MATMUL);
         }
     }
 }

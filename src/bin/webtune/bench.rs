@@ -73,7 +73,16 @@ pub async fn bench(
         model.params.gpu_bytes() as f64 / 1048576.0,
         model.params.precision_summary()
     );
-    println!("adapter: {} ({}, {})", gpu.info.name, gpu.info.backend, gpu.info.device_type);
+    let f16 = match (gpu.shader_f16, gpu.matmul_f16) {
+        (_, true) => "shader-f16, f16 matmul tiles on",
+        (true, false) => "shader-f16 (WEBTUNE_F16=1 for f16 matmul tiles)",
+        (false, _) => "no shader-f16",
+    };
+    let table = if gpu.matmul_cpu { "CPU" } else { "GPU" };
+    println!(
+        "adapter: {} ({}, {}; {f16}; the matmul table's {table} column)",
+        gpu.info.name, gpu.info.backend, gpu.info.device_type
+    );
     let method = match &lora {
         Some(l) => format!("LoRA rank {} on {}", l.rank, l.targets.join(",")),
         None => "full fine-tuning".into(),
