@@ -247,15 +247,15 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 const S_N: u32 = 16u;
 var<workgroup> skinny_part: array<vec4<f32>, 256>; // [row 16][slice 16], 4 columns
 
-@compute @workgroup_size(256)
-fn matmul_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    // The fast thread index walks the operand's contiguous dimension: k for a k-fast A,
-    // rows for a transposed one.
-    var row = tid / 16u;
-    var slice = tid % 16u;
-    if (A_T == 1u) { row = tid % 16u; slice = tid / 16u; }
-    let m = wid.x * 16u + row;
-    let mc = min(m, p.m - 1u); // rows past M compute garbage that is never stored
+// Thread tid's (row, slice, distance between a row's slices in tid). The fast thread index
+// walks the operand's contiguous dimension: k for a k-fast A, rows for a transposed one.
+fn skinny_lane(tid: u32) -> vec3<u32> {
+    if (A_T == 1u) { return vec3<u32>(tid % 16u, tid / 16u, 16u); }
+    return vec3<u32>(tid / 16u, tid % 16u, 1u);
+}
+
+// The N (<= 16) sums of row mc over this slice's k (slice, slice + 16, ...), in k order.
+fn skinny_slice_sums(mc: u32, slice: u32) -> array<f32, 16> {
     var acc: array<f32, 16>;
     for (var j = 0u; j < S_N; j++) {
         acc[j] = 0.0;
@@ -266,20 +266,37 @@ fn matmul_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             if (j < p.n) { acc[j] = fma(av, b_at(k, j), acc[j]); }
         }
     }
+    return acc;
+}
+
+// Columns j0..j0+3 of a slice's sums (past N: repeats that are never stored).
+fn skinny_cols4(acc: array<f32, 16>, j0: u32) -> vec4<f32> {
+    return vec4<f32>(acc[j0], acc[min(j0 + 1u, 15u)], acc[min(j0 + 2u, 15u)], acc[min(j0 + 3u, 15u)]);
+}
+
+fn skinny_store(m: u32, j0: u32, s: vec4<f32>) {
+    if (m >= p.m) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        if (j0 + j < p.n) { store(m, j0 + j, s[j]); }
+    }
+}
+
+@compute @workgroup_size(256)
+fn matmul_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let lane = skinny_lane(tid);
+    let row = lane.x;
+    let slice = lane.y;
+    let m = wid.x * 16u + row;
+    let acc = skinny_slice_sums(min(m, p.m - 1u), slice); // rows past M: never stored
     let me = row * 16u + slice;
     for (var j0 = 0u; j0 < p.n; j0 += 4u) {
-        skinny_part[me] = vec4<f32>(acc[j0], acc[min(j0 + 1u, 15u)], acc[min(j0 + 2u, 15u)], acc[min(j0 + 3u, 15u)]);
+        skinny_part[me] = skinny_cols4(acc, j0);
         workgroupBarrier();
         for (var w = 8u; w > 0u; w >>= 1u) {
             if (slice < w) { skinny_part[me] += skinny_part[me + w]; }
             workgroupBarrier();
         }
-        if (slice == 0u && m < p.m) {
-            let s = skinny_part[me];
-            for (var j = 0u; j < 4u; j++) {
-                if (j0 + j < p.n) { store(m, j0 + j, s[j]); }
-            }
-        }
+        if (slice == 0u) { skinny_store(m, j0, skinny_part[me]); }
         workgroupBarrier();
     }
 }

@@ -192,13 +192,18 @@ async fn webgpu_adapter_comes_up() {
 async fn every_kernel_compiles_under_tint() {
     let g = gpu().await;
     let mut errors = Vec::new();
-    for k in webtune::ops::KERNELS {
+    use webtune::ops::matmul::{MATMUL_F16, MATMUL_SUBGROUP};
+    // The optional extras where this browser's adapter offers them.
+    let extras = [(g.shader_f16, &MATMUL_F16), (g.subgroups, &MATMUL_SUBGROUP)];
+    let extras: Vec<_> = extras.into_iter().filter(|e| e.0).map(|e| e.1).collect();
+    for k in webtune::ops::KERNELS.iter().copied().chain(extras.iter().copied()) {
         if let Some(e) = webtune::gpu::compile_error(&g, k).await {
             errors.push(e);
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
-    console_log!("{} kernel files compile under Tint", webtune::ops::KERNELS.len());
+    let names: Vec<_> = extras.iter().map(|k| k.name).collect();
+    console_log!("{} kernel files compile under Tint, and the extras {names:?}", webtune::ops::KERNELS.len());
 }
 
 /// The in-kernel dequantizers on WebGPU (Tint's compiler, SwiftShader's arithmetic, no

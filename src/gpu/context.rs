@@ -52,6 +52,11 @@ pub struct Gpu {
     /// shader-f16. Off by default: it rounds operands to f16, and no GPU measurement has
     /// yet shown it faster.
     pub matmul_f16: bool,
+    /// The device has subgroup operations (requested wherever the adapter offers them).
+    pub subgroups: bool,
+    /// The skinny matmuls' subgroup reduction (`Variant::SkinnySg`; the same bits):
+    /// `WEBTUNE_SUBGROUPS=1` on a device with subgroups. Off until a GPU measurement.
+    pub matmul_subgroups: bool,
     /// Set by the device-lost callback (a driver reset, a browser reclaiming the GPU of a
     /// background tab, `device.destroy()`), so a caller can tell a lost device from a
     /// failing step and start over from a checkpoint.
@@ -80,7 +85,7 @@ impl Gpu {
             })?;
         let limits = adapter.limits();
         // Optional extras, asked for where offered; the f32 kernels never need them.
-        let features = adapter.features() & wgpu::Features::SHADER_F16;
+        let features = adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("webtune"),
@@ -126,6 +131,8 @@ impl Gpu {
         };
         let shader_f16 = device.features().contains(wgpu::Features::SHADER_F16);
         let matmul_f16 = shader_f16 && std::env::var("WEBTUNE_F16").as_deref() == Ok("1");
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        let matmul_subgroups = subgroups && std::env::var("WEBTUNE_SUBGROUPS").as_deref() == Ok("1");
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = lost.clone();
         device.set_device_lost_callback(move |_reason, _msg| flag.store(true, std::sync::atomic::Ordering::Relaxed));
@@ -135,6 +142,8 @@ impl Gpu {
             matmul_cpu,
             shader_f16,
             matmul_f16,
+            subgroups,
+            matmul_subgroups,
             dummy,
             spare,
             zero,

@@ -16,10 +16,38 @@ const SWIGLU_FWD: u32 = 32;
 const SWIGLU_BWD: u32 = 64;
 
 const SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul.wgsl"));
+const SUBGROUP_SOURCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/matmul_subgroup.wgsl"));
 /// The large kernel's workgroup tiles hold `tile_t` (shaders/matmul.wgsl): f32, or f16 in
 /// the shader-f16 variant (`Variant::LargeH`), whose module opens with `enable f16;`.
 const INCLUDES: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], "alias tile_t = f32;\n"];
 const INCLUDES_H: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], "alias tile_t = f16;\n"];
+/// The subgroup module: matmul.wgsl, then shaders/matmul_subgroup.wgsl's entry point.
+const INCLUDES_SG: &[&str] = &[QUANT_INCLUDES[0], QUANT_INCLUDES[1], "alias tile_t = f32;\n", SOURCE];
+
+/// WebGPU's compiler (Tint, in the browser) wants `enable subgroups;`; naga (natively) has
+/// subgroups without it and rejects the directive.
+const ENABLE_SUBGROUPS: &str = if cfg!(target_arch = "wasm32") { "enable subgroups;" } else { "" };
+
+/// What a matmul module holds beyond the f32 kernels every adapter runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Module {
+    F32,
+    /// f16 workgroup tiles (`Variant::LargeH`).
+    F16,
+    /// The skinny kernel's subgroup reduction (`Variant::SkinnySg`, `SkinnyTSg`).
+    Subgroups,
+}
+
+impl Module {
+    /// (name suffix, file, includes, enable directives)
+    fn parts(self) -> (&'static str, &'static str, &'static [&'static str], &'static str) {
+        match self {
+            Module::F32 => ("", SOURCE, INCLUDES, ""),
+            Module::F16 => (".h", SOURCE, INCLUDES_H, "enable f16;"),
+            Module::Subgroups => (".sg", SUBGROUP_SOURCE, INCLUDES_SG, ENABLE_SUBGROUPS),
+        }
+    }
+}
 
 /// shaders/matmul.wgsl with every operand stored as is (the file as a whole, for the
 /// compile tests; products run through `layout_kernel`).
@@ -45,17 +73,21 @@ pub const MATMUL: Kernel = Kernel {
 /// The same file with f16 tiles (`Variant::LargeH`), for the compile test of adapters that
 /// have shader-f16.
 pub const MATMUL_F16: Kernel = Kernel { name: "matmul.h", includes: INCLUDES_H, enable: "enable f16;", ..MATMUL };
+/// The subgroup module (`Variant::SkinnySg`), for the compile test of adapters with subgroups.
+pub const MATMUL_SUBGROUP: Kernel =
+    Kernel { name: "matmul.sg", file: SUBGROUP_SOURCE, includes: INCLUDES_SG, enable: ENABLE_SUBGROUPS, ..MATMUL };
 
 /// The kernel file specialized to one layout: A stored transposed (`a_t`), B stored
-/// transposed (`b_t`), C written transposed (`c_t`), B's format, and the large kernel's
-/// tiles in f16 (`f16`: shader-f16 only). Made on first use.
-fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat, f16: bool) -> &'static Kernel {
-    const N: usize = 16 * CompactFormat::ALL.len();
+/// transposed (`b_t`), C written transposed (`c_t`), B's format, and what the module holds
+/// beyond the f32 kernels (`module`). Made on first use.
+fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat, module: Module) -> &'static Kernel {
+    const N: usize = 3 * 8 * CompactFormat::ALL.len();
     static KERNELS: [OnceLock<Kernel>; N] = [const { OnceLock::new() }; N];
-    let layout = (f16 as usize) << 3 | (a_t as usize) << 2 | (b_t as usize) << 1 | c_t as usize;
+    let layout = (module as usize) << 3 | (a_t as usize) << 2 | (b_t as usize) << 1 | c_t as usize;
     KERNELS[layout * CompactFormat::ALL.len() + b_format.code() as usize].get_or_init(|| {
+        let (suffix, file, includes, enable) = module.parts();
         let t = |x: bool| if x { 'T' } else { 'N' };
-        let name = format!("matmul.{}{}{}{}", t(a_t), t(b_t), t(c_t), if f16 { ".h" } else { "" });
+        let name = format!("matmul.{}{}{}{suffix}", t(a_t), t(b_t), t(c_t));
         let name = if b_format == CompactFormat::F32 { name } else { format!("{name}@{}", b_format.name()) };
         let consts = vec![
             ("HAS_BIAS", HAS_BIAS),
@@ -69,13 +101,9 @@ fn layout_kernel(a_t: bool, b_t: bool, c_t: bool, b_format: CompactFormat, f16: 
             ("C_T", c_t as u32),
             ("WFMT", b_format.code()),
         ];
-        // The name and constants are leaked once per specialization (176 at most): a
+        // The name and constants are leaked once per specialization (264 at most): a
         // kernel's fields are 'static, like the pipeline cache that keys on them.
-        let name = Box::leak(name.into_boxed_str());
-        match f16 {
-            false => Kernel { name, file: SOURCE, consts: consts.leak(), includes: INCLUDES, enable: "" },
-            true => Kernel { name, file: SOURCE, consts: consts.leak(), includes: INCLUDES_H, enable: "enable f16;" },
-        }
+        Kernel { name: Box::leak(name.into_boxed_str()), file, consts: consts.leak(), includes, enable }
     })
 }
 
@@ -145,6 +173,10 @@ pub enum Variant {
     Skinny,
     /// M <= 16: the skinny kernel on the transposed product, C written transposed.
     SkinnyT,
+    /// `Skinny` and `SkinnyT` with the slices added through subgroup shuffles in the same
+    /// tree order (the same bits): devices with subgroups, when on (`WEBTUNE_SUBGROUPS=1`).
+    SkinnySg,
+    SkinnyTSg,
     /// One thread per output, K walked serially.
     Dot,
     /// 64 x 64 register blocks straight from global memory (CPU adapters).
@@ -161,10 +193,29 @@ impl Variant {
             Variant::Large | Variant::LargeH => "matmul_large",
             Variant::Tiled => "matmul_tiled",
             Variant::Skinny | Variant::SkinnyT => "matmul_skinny",
+            Variant::SkinnySg | Variant::SkinnyTSg => "matmul_skinny_sg",
             Variant::Dot => "matmul_dot",
             Variant::Reg => "matmul_reg",
             Variant::Reg4 => "matmul_reg4",
         }
+    }
+
+    fn module(self) -> Module {
+        match self {
+            Variant::LargeH => Module::F16,
+            Variant::SkinnySg | Variant::SkinnyTSg => Module::Subgroups,
+            _ => Module::F32,
+        }
+    }
+
+    /// The skinny kernels: K split per row, so not the k-order bits of the others.
+    pub fn splits_k(self) -> bool {
+        matches!(self, Variant::Skinny | Variant::SkinnyT | Variant::SkinnySg | Variant::SkinnyTSg)
+    }
+
+    /// The product computed transposed (C^T = op(B)^T op(A)^T, C written transposed).
+    fn transposed(self) -> bool {
+        matches!(self, Variant::SkinnyT | Variant::SkinnyTSg)
     }
 }
 
@@ -177,15 +228,26 @@ pub const SKINNY: usize = 16;
 /// of the GPU busy).
 const LARGE_TILES: usize = 96;
 
-/// Which adapter column of `choose`'s table to read.
+/// Which column of `choose`'s table to read, and the optional extras turned on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Adapter {
-    Gpu,
-    /// A GPU with shader-f16 where the f16 extra is turned on (`Gpu::matmul_f16`).
-    GpuF16,
+pub struct Adapter {
     /// A CPU rasterizer (lavapipe, SwiftShader): barriers are costly, "workgroup memory" is
     /// ordinary memory, a handful of cores.
-    Cpu,
+    pub cpu: bool,
+    /// f16 workgroup tiles (`Gpu::matmul_f16`).
+    pub f16: bool,
+    /// The skinny kernels' subgroup reduction (`Gpu::matmul_subgroups`).
+    pub subgroups: bool,
+}
+
+impl Adapter {
+    pub const GPU: Adapter = Adapter { cpu: false, f16: false, subgroups: false };
+    pub const CPU: Adapter = Adapter { cpu: true, ..Adapter::GPU };
+
+    /// The column and extras of this device.
+    pub fn of(g: &crate::gpu::Gpu) -> Adapter {
+        Adapter { cpu: g.matmul_cpu, f16: g.matmul_f16, subgroups: g.matmul_subgroups }
+    }
 }
 
 /// The one table that picks a matmul kernel, from the product's shape and the adapter.
@@ -194,19 +256,20 @@ pub enum Adapter {
 /// gives the same bits whatever rows it is run with (a chunked LM head, micro-batches, a
 /// LoRA model at step 0 against its base).
 ///
-/// | shape (M x N, depth K)              | GPU       | GPU, f16 on | CPU adapter |
-/// |-------------------------------------|-----------|-------------|-------------|
-/// | K = 0, or M <= 4                    | Dot       | Dot         | Dot         |
-/// | N <= 16 (LoRA u, g, dB)             | Skinny    | Skinny      | Dot         |
-/// | M <= 16 and `split_k` (LoRA dA)     | SkinnyT   | SkinnyT     | Dot         |
-/// | M <= 16                             | Dot       | Dot         | Dot         |
-/// | >= 96 tiles of 128 x 64             | Large     | LargeH      | Reg4 or Reg |
-/// | otherwise                           | Tiled     | Tiled       | Reg4 or Reg |
+/// | shape (M x N, depth K)              | GPU       | GPU, extra on          | CPU adapter |
+/// |-------------------------------------|-----------|------------------------|-------------|
+/// | K = 0, or M <= 4                    | Dot       | Dot                    | Dot         |
+/// | N <= 16 (LoRA u, g, dB)             | Skinny    | SkinnySg (subgroups)   | Dot         |
+/// | M <= 16 and `split_k` (LoRA dA)     | SkinnyT   | SkinnyTSg (subgroups)  | Dot         |
+/// | M <= 16                             | Dot       | Dot                    | Dot         |
+/// | >= 96 tiles of 128 x 64             | Large     | LargeH (f16)           | Reg4 or Reg |
+/// | otherwise                           | Tiled     | Tiled                  | Reg4 or Reg |
 ///
-/// Every f32 kernel but the two skinny ones sums over k in k order with fma, so they agree
+/// Every f32 kernel but the skinny ones sums over k in k order with fma, so they agree
 /// bit for bit; the skinny kernels split K per row in a fixed order (deterministic, and
-/// each row's result independent of the others). `LargeH` sums the f16-rounded operands in
-/// the same order: off by default, as the issue asks, until a GPU measurement turns it on.
+/// each row's result independent of the others), with or without subgroups. `LargeH` sums
+/// the f16-rounded operands in k order. Both extras are off by default, as the issue asks,
+/// until a GPU measurement turns them on.
 ///
 /// The CPU column was measured on lavapipe (`webtune bench` on SmolLM2-135M LoRA: the
 /// skinny kernel's barriers made its products 3x slower there than one thread per
@@ -215,17 +278,20 @@ pub enum Adapter {
 /// measurement says otherwise.
 pub fn choose(adapter: Adapter, (m, n, k): (usize, usize, usize), ops: (Op, Op), split_k: bool) -> Variant {
     let (few_rows, few_cols) = (m <= SKINNY, n <= SKINNY);
-    match adapter {
+    let a = adapter;
+    match () {
         _ if k == 0 || m <= SMALL_M => Variant::Dot,
-        Adapter::Cpu if few_cols || few_rows => Variant::Dot,
-        Adapter::Cpu if vec4_fits((m, n, k), ops) => Variant::Reg4,
-        Adapter::Cpu => Variant::Reg,
-        Adapter::Gpu | Adapter::GpuF16 if few_cols => Variant::Skinny,
-        Adapter::Gpu | Adapter::GpuF16 if few_rows && split_k => Variant::SkinnyT,
-        Adapter::Gpu | Adapter::GpuF16 if few_rows => Variant::Dot,
+        _ if a.cpu && (few_cols || few_rows) => Variant::Dot,
+        _ if a.cpu && vec4_fits((m, n, k), ops) => Variant::Reg4,
+        _ if a.cpu => Variant::Reg,
+        _ if few_cols && a.subgroups => Variant::SkinnySg,
+        _ if few_cols => Variant::Skinny,
+        _ if few_rows && split_k && a.subgroups => Variant::SkinnyTSg,
+        _ if few_rows && split_k => Variant::SkinnyT,
+        _ if few_rows => Variant::Dot,
         _ if m.div_ceil(128) * n.div_ceil(64) < LARGE_TILES => Variant::Tiled,
-        Adapter::Gpu => Variant::Large,
-        Adapter::GpuF16 => Variant::LargeH,
+        _ if a.f16 => Variant::LargeH,
+        _ => Variant::Large,
     }
 }
 
@@ -343,13 +409,7 @@ pub fn matmul_ex(
     c: &Tensor,
     accumulate: bool,
 ) {
-    let g = enc.gpu();
-    let adapter = match (g.matmul_cpu, g.matmul_f16) {
-        (true, _) => Adapter::Cpu,
-        (false, true) => Adapter::GpuF16,
-        (false, false) => Adapter::Gpu,
-    };
-    let v = choose(adapter, mnk, (a_op, b_op), ex.split_k && ex.bias.is_none() && ex.lora.is_none());
+    let v = choose(Adapter::of(enc.gpu()), mnk, (a_op, b_op), ex.split_k && ex.bias.is_none() && ex.lora.is_none());
     matmul_variant(enc, v, mnk, alpha, a, a_op, b, b_op, ex, c, accumulate)
 }
 
@@ -370,7 +430,7 @@ pub fn matmul_variant(
     let b_format = ex.b_format.unwrap_or(CompactFormat::F32);
     debug_assert!(a.len >= m * k && c.len >= m * n);
     debug_assert!(b_format != CompactFormat::F32 || b.len >= k * n);
-    debug_assert!(variant != Variant::SkinnyT || b_format == CompactFormat::F32, "a compact weight is B, never A");
+    debug_assert!(!variant.transposed() || b_format == CompactFormat::F32, "a compact weight is B, never A");
     debug_assert!(variant != Variant::Reg4 || vec4_fits((m, n, k), (a_op, b_op)), "Reg4 needs whole vec4s");
     if let Some(l) = &ex.lora {
         debug_assert!(l.u.len >= m * l.rank && l.b.len >= n * l.rank);
@@ -391,9 +451,9 @@ pub fn matmul_variant(
     let lora_bytes = 4 * r64 * (m64 + n64);
     let operand = |tiles_m: u64, tiles_n: u64| 4 * (m64 * k64 * tiles_n + k64 * n64 * tiles_m);
     // The transposed skinny product swaps the operands: C^T(N,M) = op(B)^T . op(A)^T.
-    let (rows, cols, first, first_t, second, second_t, c_t) = match variant {
-        Variant::SkinnyT => (n, m, b, b_op == Op::N, a, a_op == Op::N, true),
-        _ => (m, n, a, a_op == Op::T, b, b_op == Op::T, false),
+    let (rows, cols, first, first_t, second, second_t, c_t) = match variant.transposed() {
+        true => (n, m, b, b_op == Op::N, a, a_op == Op::N, true),
+        false => (m, n, a, a_op == Op::T, b, b_op == Op::T, false),
     };
     debug_assert!(
         !c_t || (ex.bias.is_none() && ex.lora.is_none() && ex.swiglu.is_none()),
@@ -403,7 +463,7 @@ pub fn matmul_variant(
         ex.swiglu.is_none() || (ex.bias.is_none() && ex.resid.is_none() && !accumulate),
         "the SwiGLU epilogue reads its operands through the bias and resid bindings"
     );
-    debug_assert!(!matches!(variant, Variant::Skinny | Variant::SkinnyT) || cols <= SKINNY);
+    debug_assert!(!variant.splits_k() || cols <= SKINNY);
     let (grid, bytes) = match variant {
         Variant::Large | Variant::LargeH => {
             ([n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1], operand(m64.div_ceil(128), n64.div_ceil(64)))
@@ -411,7 +471,7 @@ pub fn matmul_variant(
         Variant::Tiled | Variant::Reg | Variant::Reg4 => {
             ([n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1], operand(m64.div_ceil(64), n64.div_ceil(64)))
         }
-        Variant::Skinny | Variant::SkinnyT => {
+        Variant::Skinny | Variant::SkinnyT | Variant::SkinnySg | Variant::SkinnyTSg => {
             let groups = rows.div_ceil(16);
             ([groups as u32, 1, 1], 4 * (rows as u64 * k64 + groups as u64 * k64 * cols as u64))
         }
@@ -438,7 +498,7 @@ pub fn matmul_variant(
         bytes: bytes + out_bytes + lora_bytes + glu_bytes * m64 * n64,
     };
     let dummy = &enc.gpu().dummy.clone();
-    let kernel = layout_kernel(first_t, second_t, c_t, b_format, variant == Variant::LargeH);
+    let kernel = layout_kernel(first_t, second_t, c_t, b_format, variant.module());
     // The SwiGLU operands ride in the bias and resid bindings (see shaders/matmul.wgsl);
     // without one, c2 is unused (the dummy: a spare of its own, never C, since WebGPU
     // rejects two writable bindings of one buffer).

@@ -40,4 +40,7 @@ fn every_kernel_compiles() {
     if g.shader_f16 {
         assert_eq!(common::block(webtune::gpu::compile_error(g, &webtune::ops::matmul::MATMUL_F16)), None);
     }
+    if g.subgroups {
+        assert_eq!(common::block(webtune::gpu::compile_error(g, &webtune::ops::matmul::MATMUL_SUBGROUP)), None);
+    }
 }

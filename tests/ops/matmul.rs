@@ -88,7 +88,7 @@ fn matmul_all_transposes_match_reference() {
                     check(&format!("{what} accumulate"), &block(g.read_f32(&tc)).unwrap(), &want_acc, MATMUL);
                     let got = block(g.read_f32(&tc2)).unwrap();
                     check(&what, &got, &want, MATMUL);
-                    if !matches!(variant, Variant::Skinny | Variant::SkinnyT) {
+                    if !variant.splits_k() {
                         if let Some((first, bits)) = &k_order {
                             let same = bits.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
                             assert!(same, "{what}: not the bits of {first:?}");
@@ -132,9 +132,7 @@ fn matmul_epilogue_bias_resid_lora_every_variant() {
             (t("a", &a), t("b", &b), t("bias", &bias), t("r", &resid), t("u", &u), t("lb", &lb));
         let lbt32: Vec<f32> = lbt.iter().map(|&v| v as f32).collect();
         let tlbt = t("lbt", &lbt32);
-        for variant in
-            variants((m, n, k), (Op::N, Op::T)).into_iter().filter(|v| !matches!(v, Variant::Skinny | Variant::SkinnyT))
-        {
+        for variant in variants((m, n, k), (Op::N, Op::T)).into_iter().filter(|v| !v.splits_k()) {
             for b_t in [false, true] {
                 let lora = LoraEpilogue { u: &tu, b: if b_t { &tlbt } else { &tlb }, b_t, rank: r, scale: s };
                 let ex = Extras { bias: Some(&tbias), resid: Some(&tres), lora: Some(lora), ..Default::default() };
@@ -160,33 +158,41 @@ fn matmul_epilogue_bias_resid_lora_every_variant() {
 /// The kernel table, row by row as documented on `choose`.
 #[test]
 fn matmul_table_picks_per_shape_and_adapter() {
-    use Adapter::{Cpu, Gpu, GpuF16};
+    const GPU: Adapter = Adapter::GPU;
+    const CPU: Adapter = Adapter::CPU;
+    let (gpu_f16, gpu_sg) = (Adapter { f16: true, ..GPU }, Adapter { subgroups: true, ..GPU });
     let t = |a, mnk, fused| choose(a, mnk, (Op::N, Op::T), fused);
     // Generation's few rows, and an empty K.
-    assert_eq!(t(Gpu, (4, 576, 576), false), Variant::Dot);
-    assert_eq!(t(Gpu, (512, 576, 0), false), Variant::Dot);
+    assert_eq!(t(GPU, (4, 576, 576), false), Variant::Dot);
+    assert_eq!(t(GPU, (512, 576, 0), false), Variant::Dot);
     // SmolLM2 LoRA r8 at 4 x 128 rows: u = x A^T, g = dy B, dB; dA as its transpose.
-    assert_eq!(t(Gpu, (512, 8, 576), false), Variant::Skinny);
-    assert_eq!(t(Gpu, (1536, 8, 512), false), Variant::Skinny);
-    assert_eq!(t(Gpu, (8, 576, 512), true), Variant::SkinnyT);
+    assert_eq!(t(GPU, (512, 8, 576), false), Variant::Skinny);
+    assert_eq!(t(GPU, (1536, 8, 512), false), Variant::Skinny);
+    assert_eq!(t(GPU, (8, 576, 512), true), Variant::SkinnyT);
     // Few rows that are not a rank (a chunk of the LM head) keep the k order.
-    assert_eq!(t(Gpu, (8, 576, 512), false), Variant::Dot);
-    assert_eq!(t(Gpu, (17, 576, 512), false), Variant::Tiled);
+    assert_eq!(t(GPU, (8, 576, 512), false), Variant::Dot);
+    assert_eq!(t(GPU, (17, 576, 512), false), Variant::Tiled);
     // The base products: 512 x 1536 is 4 x 24 = 96 tiles of 128 x 64; 512 x 576 is 36.
-    assert_eq!(t(Gpu, (512, 1536, 576), false), Variant::Large);
-    assert_eq!(t(Gpu, (512, 576, 576), false), Variant::Tiled);
-    // The f16 column differs only where Large would run.
-    assert_eq!(t(GpuF16, (512, 1536, 576), false), Variant::LargeH);
-    assert_eq!(t(GpuF16, (512, 576, 576), false), Variant::Tiled);
-    assert_eq!(t(GpuF16, (512, 8, 576), false), Variant::Skinny);
-    assert_eq!(t(GpuF16, (8, 576, 512), true), Variant::SkinnyT);
+    assert_eq!(t(GPU, (512, 1536, 576), false), Variant::Large);
+    assert_eq!(t(GPU, (512, 576, 576), false), Variant::Tiled);
+    // The extras: f16 tiles only where Large would run, subgroups only where Skinny would.
+    assert_eq!(t(gpu_f16, (512, 1536, 576), false), Variant::LargeH);
+    assert_eq!(t(gpu_f16, (512, 576, 576), false), Variant::Tiled);
+    assert_eq!(t(gpu_f16, (512, 8, 576), false), Variant::Skinny);
+    assert_eq!(t(gpu_sg, (512, 8, 576), false), Variant::SkinnySg);
+    assert_eq!(t(gpu_sg, (8, 576, 512), true), Variant::SkinnyTSg);
+    assert_eq!(t(gpu_sg, (8, 576, 512), false), Variant::Dot);
+    assert_eq!(t(gpu_sg, (512, 1536, 576), false), Variant::Large);
+    let both = Adapter { cpu: true, f16: true, subgroups: true };
+    assert_eq!(t(both, (512, 8, 576), false), Variant::Dot, "a CPU adapter keeps its column");
+    assert_eq!(t(both, (512, 1536, 576), false), Variant::Reg4);
     for mnk in [(512, 8, 576), (8, 576, 512)] {
-        assert_eq!(t(Cpu, mnk, true), Variant::Dot);
+        assert_eq!(t(CPU, mnk, true), Variant::Dot);
     }
     // CPU adapters: vec4 loads where every vec4 of the layout is whole.
-    assert_eq!(t(Cpu, (512, 1536, 576), false), Variant::Reg4);
-    assert_eq!(t(Cpu, (512, 1536, 575), false), Variant::Reg);
-    let c = |mnk, ops| choose(Cpu, mnk, ops, false);
+    assert_eq!(t(CPU, (512, 1536, 576), false), Variant::Reg4);
+    assert_eq!(t(CPU, (512, 1536, 575), false), Variant::Reg);
+    let c = |mnk, ops| choose(CPU, mnk, ops, false);
     assert_eq!(c((512, 576, 1536), (Op::N, Op::N)), Variant::Reg4);
     assert_eq!(c((512, 578, 1536), (Op::N, Op::N)), Variant::Reg);
     assert_eq!(c((576, 1536, 510), (Op::T, Op::N)), Variant::Reg4);
@@ -287,7 +293,7 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
             let (m, n, k) = mnk;
             let ta = g.upload_f32("a", &rng.vec(m * k, 1.0)).unwrap();
             let kernels = variants(mnk, (Op::N, b_op));
-            for variant in kernels.into_iter().filter(|v| !matches!(v, Variant::Skinny | Variant::SkinnyT)) {
+            for variant in kernels.into_iter().filter(|v| !v.splits_k()) {
                 let run = |b: &webtune::gpu::Tensor, b_format| {
                     let tc = g.zeros("c", m * n).unwrap();
                     let mut enc = Encoder::new(g);
@@ -363,6 +369,64 @@ fn matmul_f16_tiles_match_reference_on_f16_rounded_operands() {
     }
 }
 
+/// The subgroup extra of the skinny kernels (`SkinnySg`, `SkinnyTSg`, off by default) gives
+/// the plain skinny kernels' bits on every skinny shape and layout: the same tree of adds,
+/// part through shuffles (lavapipe's subgroups are 8 wide: one round through workgroup
+/// memory, three shuffled). And the plain ones are right (float64, in the test above).
+#[test]
+fn matmul_subgroup_skinny_gives_the_skinny_bits() {
+    let g = gpu();
+    if !g.subgroups {
+        assert!(std::env::var_os("CI").is_none(), "lavapipe offers subgroups; this device ({}) does not", g.info.name);
+        eprintln!("SKIPPED: {} has no subgroups", g.info.name);
+        return;
+    }
+    let mut rng = Rng::new(9);
+    let mut runs = 0;
+    let extra_shapes = [(300, 16, 1000), (40, 5, 4099), (16, 300, 777)];
+    for &(m, n, k) in SHAPES.iter().chain(&extra_shapes) {
+        for (a_op, b_op) in [(Op::N, Op::T), (Op::N, Op::N), (Op::T, Op::N), (Op::T, Op::T)] {
+            let ta = g.upload_f32("a", &rng.vec(m * k, 1.0)).unwrap();
+            let tb = g.upload_f32("b", &rng.vec(k * n, 1.0)).unwrap();
+            let pairs =
+                [(n <= 16, Variant::Skinny, Variant::SkinnySg), (m <= 16, Variant::SkinnyT, Variant::SkinnyTSg)];
+            for (_, plain, sg) in pairs.into_iter().filter(|p| p.0) {
+                let run = |variant| {
+                    let tc = g.zeros("c", m * n).unwrap();
+                    let mut enc = Encoder::new(g);
+                    matmul_variant(
+                        &mut enc,
+                        variant,
+                        (m, n, k),
+                        1.0,
+                        &ta,
+                        a_op,
+                        &tb,
+                        b_op,
+                        Extras::default(),
+                        &tc,
+                        false,
+                    );
+                    enc.submit();
+                    block(g.read_f32(&tc)).unwrap()
+                };
+                let (want, got) = (run(plain), run(sg));
+                let what = format!("matmul {sg:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
+                let bad = got.iter().zip(&want).position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(
+                    bad.is_none(),
+                    "{what}: element {bad:?} is not {plain:?}'s ({:?} vs {:?})",
+                    got[bad.unwrap()],
+                    want[bad.unwrap()]
+                );
+                assert!(k == 0 || want.iter().any(|&v| v != 0.0), "{what}: an all-zero product proves nothing");
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 40, "only {runs} skinny products");
+}
+
 /// Lavapipe timing of the CPU column's products at SmolLM2-135M's shapes (64 and 512 rows;
 /// C 576, MLP 1536) in the three layouts of a linear layer, and 512^3: best of 3 after a
 /// warm-up, with GFLOP/s. Not a correctness test: `cargo test --test ops matmul_timing --
@@ -384,7 +448,7 @@ fn matmul_timing() {
         let ta = g.upload_f32("a", &rng.vec(m * k, 1.0)).unwrap();
         let tb = g.upload_f32("b", &rng.vec(k * n, 1.0)).unwrap();
         let tc = g.zeros("c", m * n).unwrap();
-        let chosen = choose(Adapter::Cpu, (m, n, k), (a_op, b_op), false);
+        let chosen = choose(Adapter::CPU, (m, n, k), (a_op, b_op), false);
         for variant in [Variant::Reg, chosen] {
             let mut best = f64::MAX;
             for _ in 0..4 {

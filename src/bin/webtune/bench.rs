@@ -78,11 +78,14 @@ pub async fn bench(
         (true, false) => "shader-f16 (WEBTUNE_F16=1 for f16 matmul tiles)",
         (false, _) => "no shader-f16",
     };
+    let sg = match (gpu.subgroups, gpu.matmul_subgroups) {
+        (_, true) => "subgroups, skinny matmul reduction on",
+        (true, false) => "subgroups (WEBTUNE_SUBGROUPS=1 for the skinny matmul reduction)",
+        (false, _) => "no subgroups",
+    };
     let table = if gpu.matmul_cpu { "CPU" } else { "GPU" };
-    println!(
-        "adapter: {} ({}, {}; {f16}; the matmul table's {table} column)",
-        gpu.info.name, gpu.info.backend, gpu.info.device_type
-    );
+    let i = &gpu.info;
+    println!("adapter: {} ({}, {}; {f16}; {sg}; the matmul table's {table} column)", i.name, i.backend, i.device_type);
     let method = match &lora {
         Some(l) => format!("LoRA rank {} on {}", l.rank, l.targets.join(",")),
         None => "full fine-tuning".into(),
