@@ -740,34 +740,52 @@ async fn lora_over_a_compact_base_trains_as_over_its_f32_expansion() {
             Example::prompt_answer(ids, len / 2, "example")
         })
         .collect();
-    let mut runs = Vec::new();
-    for (what, model) in [("compact", compact), ("f32", expanded)] {
-        let scope = g.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut t =
-            Trainer::new(&g, model, TrainConfig { micro_batch: 4, recompute: true, ..Default::default() }).unwrap();
-        let mut losses = Vec::new();
-        for _ in 0..5 {
-            losses.push(t.step(&examples).await.unwrap().loss);
-        }
-        t.accumulate(&examples).await.unwrap();
-        let grads = t.read_grads().await.unwrap();
-        if let Some(e) = scope.pop().await {
-            panic!("{what} base: WebGPU validation error: {e}");
-        }
-        console_log!("LoRA over the {what} base in the browser: losses {losses:?}");
-        runs.push((losses, grads));
+    let compact = train_bits(&g, "tiny-llama over the compact base", compact, &examples, 4).await;
+    let expanded = train_bits(&g, "tiny-llama over the f32 base", expanded, &examples, 4).await;
+    assert_same_training("tiny-llama over the compact base", &compact, &expanded);
+}
+
+/// Each loss of a training run and every trainable gradient after it.
+type RunBits = (Vec<f64>, Vec<(String, Vec<usize>, Vec<f32>)>);
+
+/// 5 AdamW steps on `examples` in micro-batches of `micro_batch` with activation
+/// checkpointing, then one more accumulation: the losses and the gradients after it, with
+/// no WebGPU validation error (tests/common's `train_bits`, which blocks on futures).
+async fn train_bits(
+    g: &Gpu,
+    what: &str,
+    model: webtune::model::Model,
+    examples: &[Example],
+    micro_batch: usize,
+) -> RunBits {
+    let scope = g.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut t = Trainer::new(g, model, TrainConfig { micro_batch, recompute: true, ..Default::default() }).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..5 {
+        losses.push(t.step(examples).await.unwrap().loss);
     }
-    let [(loss_c, grads_c), (loss_f, grads_f)] = &runs[..] else { unreachable!() };
+    t.accumulate(examples).await.unwrap();
+    let grads = t.read_grads().await.unwrap();
+    if let Some(e) = scope.pop().await {
+        panic!("{what}: WebGPU validation error: {e}");
+    }
+    console_log!("{what} in the browser: losses {losses:?}");
+    (losses, grads)
+}
+
+/// Two runs' losses and gradients are equal bit for bit, the loss falls, and no gradient
+/// is all zero (that would prove nothing).
+fn assert_same_training(what: &str, (loss_a, grads_a): &RunBits, (loss_b, grads_b): &RunBits) {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let loss_bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(loss_bits(loss_c), loss_bits(loss_f), "the losses differ");
-    assert!(loss_c.iter().all(|l| l.is_finite()) && loss_c[4] < loss_c[0], "the loss falls: {loss_c:?}");
-    assert_eq!(grads_c.len(), grads_f.len());
-    for ((name, _, a), (_, _, b)) in grads_c.iter().zip(grads_f) {
-        assert_eq!(bits(a), bits(b), "{name}: not bit-identical");
-        assert!(a.iter().any(|&x| x != 0.0), "{name}: a zero gradient proves nothing");
+    assert_eq!(loss_bits(loss_a), loss_bits(loss_b), "{what}: the losses differ");
+    assert!(loss_a.iter().all(|l| l.is_finite()) && loss_a[4] < loss_a[0], "{what}: the loss falls: {loss_a:?}");
+    assert_eq!(grads_a.len(), grads_b.len());
+    for ((name, _, a), (_, _, b)) in grads_a.iter().zip(grads_b) {
+        assert_eq!(bits(a), bits(b), "{what}: {name} not bit-identical");
+        assert!(a.iter().any(|&x| x != 0.0), "{what}: {name} is all zero, which proves nothing");
     }
-    console_log!("{} adapter gradients bit-identical over the compact base", grads_c.len());
+    console_log!("{what}: {} trainable gradients bit-identical", grads_a.len());
 }
 
 /// The default model (SmolLM2-135M-Instruct, Q4_1 attention and MLP, Q8_0 tied embedding
@@ -794,38 +812,15 @@ async fn smollm2_lora_over_its_compact_base_trains_as_over_f32() {
         (0..3).map(|e| Example::prompt_answer((0..6 + 2 * e).map(|i| tok(i + 100 * e)).collect(), 3, "ex")).collect();
     let mut runs = Vec::new();
     // One model at a time: the f32 expansion alone is 540 MB of the tab's memory.
-    for (what, base) in [("compact", Base::Auto), ("f32", Base::F32)] {
+    for (what, base) in [("SmolLM2 over its compact base", Base::Auto), ("SmolLM2 over f32", Base::F32)] {
         let (model, _) = model_from_gguf_bytes_base(&g, SMOLLM2, &bytes, Some(&lora), base).unwrap();
         let formats: std::collections::BTreeSet<&str> =
             (0..model.params.specs.len()).filter_map(|p| model.params.compact(p).map(|c| c.format.name())).collect();
         let want: &[&str] = if base == Base::F32 { &[] } else { &["Q4_1", "Q8_0"] };
-        assert_eq!(formats.into_iter().collect::<Vec<_>>(), want, "{what} base: the formats on the GPU");
-        let scope = g.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let tc = TrainConfig { micro_batch: 3, recompute: true, ..Default::default() };
-        let mut t = Trainer::new(&g, model, tc).unwrap();
-        let mut losses = Vec::new();
-        for _ in 0..5 {
-            losses.push(t.step(&examples).await.unwrap().loss);
-        }
-        t.accumulate(&examples).await.unwrap();
-        let grads = t.read_grads().await.unwrap();
-        if let Some(e) = scope.pop().await {
-            panic!("{what} base: WebGPU validation error: {e}");
-        }
-        console_log!("SmolLM2 LoRA over the {what} base in the browser: losses {losses:?}");
-        runs.push((losses, grads));
+        assert_eq!(formats.into_iter().collect::<Vec<_>>(), want, "{what}: the formats on the GPU");
+        runs.push(train_bits(&g, what, model, &examples, 3).await);
     }
-    let [(loss_c, grads_c), (loss_f, grads_f)] = &runs[..] else { unreachable!() };
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let loss_bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(loss_bits(loss_c), loss_bits(loss_f), "the losses differ");
-    assert!(loss_c.iter().all(|l| l.is_finite()) && loss_c[4] < loss_c[0], "the loss falls: {loss_c:?}");
-    assert_eq!(grads_c.len(), grads_f.len());
-    for ((name, _, a), (_, _, b)) in grads_c.iter().zip(grads_f) {
-        assert_eq!(bits(a), bits(b), "{name}: not bit-identical");
-    }
-    assert!(grads_c.iter().all(|(_, _, a)| a.iter().any(|&x| x != 0.0)), "a zero gradient proves nothing");
-    console_log!("{} SmolLM2 adapter gradients bit-identical over the compact base", grads_c.len());
+    assert_same_training("SmolLM2 over its compact base", &runs[0], &runs[1]);
 }
 
 /// The bytes at `url` (same origin), or None for a 404; any other failure panics.

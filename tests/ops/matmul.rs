@@ -312,6 +312,16 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
     }
 }
 
+/// Whether the device has an optional feature a test needs. In CI (lavapipe, which has
+/// shader-f16 and subgroups) a missing one fails the test rather than skipping it.
+fn device_has(g: &webtune::gpu::Gpu, present: bool, feature: &str) -> bool {
+    if !present {
+        assert!(std::env::var_os("CI").is_none(), "lavapipe offers {feature}; this device ({}) does not", g.info.name);
+        eprintln!("SKIPPED: {} has no {feature}", g.info.name);
+    }
+    present
+}
+
 /// The shader-f16 large kernel (`Variant::LargeH`, off by default) on every layout and the
 /// awkward shapes, with f32 and compact B: against float64 of its operands rounded to f16.
 /// Products of two f16 values are exact in f32 (11 + 11 significant bits), so what is left
@@ -320,9 +330,7 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
 #[test]
 fn matmul_f16_tiles_match_reference_on_f16_rounded_operands() {
     let g = gpu();
-    if !g.shader_f16 {
-        assert!(std::env::var_os("CI").is_none(), "lavapipe offers shader-f16; this device ({}) does not", g.info.name);
-        eprintln!("SKIPPED: {} has no shader-f16", g.info.name);
+    if !device_has(g, g.shader_f16, "shader-f16") {
         return;
     }
     let h = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect::<Vec<f64>>();
@@ -376,9 +384,7 @@ fn matmul_f16_tiles_match_reference_on_f16_rounded_operands() {
 #[test]
 fn matmul_subgroup_skinny_gives_the_skinny_bits() {
     let g = gpu();
-    if !g.subgroups {
-        assert!(std::env::var_os("CI").is_none(), "lavapipe offers subgroups; this device ({}) does not", g.info.name);
-        eprintln!("SKIPPED: {} has no subgroups", g.info.name);
+    if !device_has(g, g.subgroups, "subgroups") {
         return;
     }
     let mut rng = Rng::new(9);
