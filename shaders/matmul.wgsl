@@ -14,6 +14,12 @@
 // Every entry point ends in the one epilogue `store`, and every product sums over k in
 // k order with fma, except `matmul_skinny`, which splits K across threads and adds the
 // parts in a fixed tree order (deterministic; within f32 rounding of the others).
+//
+// Split-K across workgroups (`matmul_large`, `matmul_tiled`): workgroup z takes k in
+// [z * KSPLIT, (z + 1) * KSPLIT) in k order and writes its partial product, alpha applied
+// and nothing else, to slice z of C (then a (ranges, M, N) scratch); src/ops/matmul.rs adds
+// the slices in z order (shaders/bias.wgsl's colsum_finish) into the real C. Unsplit, one
+// range holds all of K.
 
 struct Params {
     m: u32,
@@ -21,7 +27,7 @@ struct Params {
     k: u32,
     flags: u32,       // ACCUMULATE | HAS_BIAS | HAS_RESID | HAS_LORA | LORA_BT | SWIGLU_FWD | SWIGLU_BWD
     r: u32,           // R, the LoRA rank of the fused epilogue
-    _pad0: u32,
+    ksplit: u32,      // k per workgroup along z (split-K); >= K when unsplit
     alpha: f32,       // C = alpha * A . B [+ ...]; 1.0 leaves the product bit-identical
     lora_scale: f32,  // s of the fused LoRA epilogue
 }
@@ -38,6 +44,17 @@ struct Params {
 // (The SwiGLU operands reuse the bias and resid bindings, which those products do not
 // use: WebGPU's default limit is 8 storage buffers per stage, and this is the 8th.)
 @group(0) @binding(8) var<storage, read_write> c2: array<f32>;
+
+// Where this workgroup's C starts: slice z of a split product's scratch (`k_range`).
+var<private> c_base: u32;
+
+// This workgroup's range of k, [lo, hi): the z-th of KSPLIT each (all of K unsplit), its
+// partial product stored from slice z of C on.
+fn k_range(z: u32) -> vec2<u32> {
+    c_base = z * p.m * p.n;
+    let lo = min(z * p.ksplit, p.k);
+    return vec2<u32>(lo, min(p.k - lo, p.ksplit) + lo);
+}
 
 // op(A)(m, k): A stored (M, K), or (K, M) when A_T.
 fn a_at(m: u32, k: u32) -> f32 {
@@ -67,7 +84,7 @@ fn store(m: u32, n: u32, prod: f32) {
     var o = m * p.n + n;
     if (C_T != 0u) { o = n * p.m + m; }
     if ((p.flags & HAS_RESID) != 0u) { v += resid[o]; }
-    if ((p.flags & ACCUMULATE) != 0u) { v += c[o]; }
+    if ((p.flags & ACCUMULATE) != 0u) { v += c[c_base + o]; }
     if ((p.flags & HAS_LORA) != 0u) {
         var l = 0.0;
         for (var r = 0u; r < p.r; r++) {
@@ -85,7 +102,7 @@ fn store(m: u32, n: u32, prod: f32) {
         c2[o] = dg.y;
         v = dg.x;
     }
-    c[o] = v;
+    c[c_base + o] = v;
 }
 
 // ---- Large products on GPUs: 128 x 64 tiles, 8 x 4 outputs per thread ----------------
@@ -125,6 +142,7 @@ fn matmul_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let row0 = wid.y * L_TM;
     let col0 = wid.x * L_TN;
     let tid = lid.y * 16u + lid.x;
+    let kr = k_range(wid.z);
     var acc: array<vec4<f32>, 8>; // acc[i] = C(row0 + lid.y + 16 i, col0 + 4 lid.x + 0..3)
     for (var i = 0u; i < 8u; i++) {
         acc[i] = vec4<f32>(0.0);
@@ -133,13 +151,13 @@ fn matmul_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     var rb: array<f32, 4>; // and of the next B tile (4 of 1024)
     for (var i = 0u; i < 8u; i++) {
         let q = la_coord(tid + i * 256u);
-        ra[i] = select(0.0, a_at(min(row0 + q.x, p.m - 1u), min(q.y, p.k - 1u)), row0 + q.x < p.m && q.y < p.k);
+        ra[i] = select(0.0, a_at(min(row0 + q.x, p.m - 1u), min(kr.x + q.y, p.k - 1u)), row0 + q.x < p.m && kr.x + q.y < kr.y);
     }
     for (var i = 0u; i < 4u; i++) {
         let q = lb_coord(tid + i * 256u);
-        rb[i] = select(0.0, b_at(min(q.y, p.k - 1u), min(col0 + q.x, p.n - 1u)), col0 + q.x < p.n && q.y < p.k);
+        rb[i] = select(0.0, b_at(min(kr.x + q.y, p.k - 1u), min(col0 + q.x, p.n - 1u)), col0 + q.x < p.n && kr.x + q.y < kr.y);
     }
-    for (var k0 = 0u; k0 < p.k; k0 += L_TK) {
+    for (var k0 = kr.x; k0 < kr.y; k0 += L_TK) {
         for (var i = 0u; i < 8u; i++) {
             let q = la_coord(tid + i * 256u);
             tile_la[q.y * L_PA + q.x] = tile_t(ra[i]);
@@ -152,14 +170,14 @@ fn matmul_large(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         workgroupBarrier();
         // The next tile's loads, in flight during this tile's fmas.
         let k1 = k0 + L_TK;
-        if (k1 < p.k) {
+        if (k1 < kr.y) {
             for (var i = 0u; i < 8u; i++) {
                 let q = la_coord(tid + i * 256u);
-                ra[i] = select(0.0, a_at(min(row0 + q.x, p.m - 1u), min(k1 + q.y, p.k - 1u)), row0 + q.x < p.m && k1 + q.y < p.k);
+                ra[i] = select(0.0, a_at(min(row0 + q.x, p.m - 1u), min(k1 + q.y, p.k - 1u)), row0 + q.x < p.m && k1 + q.y < kr.y);
             }
             for (var i = 0u; i < 4u; i++) {
                 let q = lb_coord(tid + i * 256u);
-                rb[i] = select(0.0, b_at(min(k1 + q.y, p.k - 1u), min(col0 + q.x, p.n - 1u)), col0 + q.x < p.n && k1 + q.y < p.k);
+                rb[i] = select(0.0, b_at(min(k1 + q.y, p.k - 1u), min(col0 + q.x, p.n - 1u)), col0 + q.x < p.n && k1 + q.y < kr.y);
             }
         }
         for (var kk = 0u; kk < L_TK; kk++) {
@@ -196,22 +214,23 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let row0 = wid.y * M_T;
     let col0 = wid.x * M_T;
     let tid = lid.y * 16u + lid.x;
+    let kr = k_range(wid.z);
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = 0.0;
     }
-    for (var k0 = 0u; k0 < p.k; k0 += M_TK) {
+    for (var k0 = kr.x; k0 < kr.y; k0 += M_TK) {
         for (var i = 0u; i < 4u; i++) {
             let e = tid + i * 256u;
             var mm: u32;
             var kk: u32;
             if (A_T == 0u) { mm = e / M_TK; kk = e % M_TK; } else { kk = e / M_T; mm = e % M_T; }
             let av = a_at(min(row0 + mm, p.m - 1u), min(k0 + kk, p.k - 1u));
-            tile_ma[kk * M_P + mm] = select(0.0, av, row0 + mm < p.m && k0 + kk < p.k);
+            tile_ma[kk * M_P + mm] = select(0.0, av, row0 + mm < p.m && k0 + kk < kr.y);
             var nn: u32;
             if (B_T == 1u) { nn = e / M_TK; kk = e % M_TK; } else { kk = e / M_T; nn = e % M_T; }
             let bv = b_at(min(k0 + kk, p.k - 1u), min(col0 + nn, p.n - 1u));
-            tile_mb[kk * M_P + nn] = select(0.0, bv, col0 + nn < p.n && k0 + kk < p.k);
+            tile_mb[kk * M_P + nn] = select(0.0, bv, col0 + nn < p.n && k0 + kk < kr.y);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < M_TK; kk++) {

@@ -13,7 +13,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 use webtune::gpu::{Encoder, Gpu};
-use webtune::ops::matmul::{matmul, matmul_variant, vec4_fits, Extras, Op, Variant};
+use webtune::ops::matmul::{matmul, matmul_variant, vec4_fits, Extras, KSplit, Op, Variant};
 use webtune::train::{AdamW, Example, LossMode, TrainConfig, Trainer};
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -322,6 +322,21 @@ async fn matmul_all_transposes_match_reference() {
                     let err = check(&what, &g.read_f32(&tc).await.unwrap(), &want, MATMUL);
                     check(&format!("{what} accumulate"), &g.read_f32(&tacc).await.unwrap(), &want_acc, MATMUL);
                     console_log!("{what}: worst relative error {err:.2e}");
+                    if v.splits_across_workgroups() && k > 16 {
+                        // Split-K across workgroups (`KSplit`, GPUs): 3 ranges of k, then their sum.
+                        let scratch = g.zeros("split scratch", 3 * m * n).unwrap();
+                        let split = Extras { k_split: Some(KSplit { scratch: &scratch, ranges: 3 }), ..ex };
+                        let mut enc = Encoder::new(&g);
+                        matmul_variant(&mut enc, v, (m, n, k), 1.0, &ta, a_op, &tb, b_op, split, &tacc, true);
+                        enc.submit();
+                        let want2: Vec<f64> = want_acc.iter().zip(&want).map(|(a, w)| a + w).collect();
+                        check(
+                            &format!("{what} split-K 3, accumulate"),
+                            &g.read_f32(&tacc).await.unwrap(),
+                            &want2,
+                            MATMUL,
+                        );
+                    }
                 }
             }
         }

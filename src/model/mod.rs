@@ -38,7 +38,8 @@ pub use pass::{Head, LoraIo};
 pub use spec::{ParamSpec, Pid};
 #[cfg(feature = "gpu")]
 pub use workspace::{
-    head_rows, Inputs, LayerActs, LoraActs, PostNormActs, QkNormActs, Workspace, WorkspaceOpts, HEAD_CHUNK,
+    head_k_ranges, head_rows, Inputs, LayerActs, LoraActs, PostNormActs, QkNormActs, Workspace, WorkspaceOpts,
+    HEAD_CHUNK,
 };
 
 #[cfg(feature = "gpu")]

@@ -12,14 +12,17 @@ use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
 use super::config::Arch;
 use super::lora::LoraP;
 use super::params::Pid;
-use super::workspace::{softcap as softcap_of, Grads, Inputs, LayerActs, LoraActs, QkNormActs, Workspace};
+use super::workspace::{
+    head_k_ranges, softcap as softcap_of, Grads, Inputs, LayerActs, LoraActs, QkNormActs, Workspace,
+};
 use super::Model;
 use crate::gpu::{Encoder, Tensor};
 use crate::ops::attention::{AttnShape, CacheShape};
 use crate::ops::dequant::CompactWeight;
 use crate::ops::dropout::{self, Mask, Salts};
 use crate::ops::matmul::{
-    matmul, matmul_ex, matmul_scaled, Extras, Linear, LoraEpilogue, Op, SwigluEpilogue, Weight, WeightLayout,
+    matmul, matmul_ex, matmul_scaled, Adapter, Extras, KSplit, Linear, LoraEpilogue, Op, SwigluEpilogue, Weight,
+    WeightLayout,
 };
 use crate::ops::rmsnorm::Scale;
 use crate::ops::rope::RopeTable;
@@ -867,11 +870,14 @@ impl Model {
         }
     }
 
-    /// `lm_head_fwd` in reverse: dx(rows, C) from dlogits(rows, V) (overwritten), and the
+    /// `lm_head_fwd` in reverse: dx(rows, C) from dlogits(rows, V) (overwritten), K = V
+    /// split across workgroups on GPUs through the scratch `red` (`head_k_ranges`), and the
     /// LM head's gradient when it is trainable.
-    fn lm_head_bwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, dlogits: &Tensor, dx: &Tensor) {
+    fn lm_head_bwd(&self, enc: &mut Encoder, rows: usize, x: &Tensor, dlogits: &Tensor, dx: &Tensor, red: &Tensor) {
         let (p, head) = (&self.params, self.lm_head(rows));
-        head.backward_input(enc, dlogits, self.matrix(self.tree.lm_head).get(), dx, false);
+        let ranges = head_k_ranges(&self.cfg, Adapter::of(enc.gpu()));
+        let ex = Extras { k_split: Some(KSplit { scratch: red, ranges }), ..Default::default() };
+        head.backward_input_with(enc, dlogits, self.matrix(self.tree.lm_head).get(), ex, dx, false);
         if let Some(dw) = p.grad(self.tree.lm_head) {
             head.backward_weight(enc, dlogits, x, &dw, None);
         }
@@ -1029,7 +1035,7 @@ impl Model {
             }
             _ => None,
         };
-        self.lm_head_bwd(enc, k, &ws.hf, dz.as_ref().unwrap_or(dlogits), &ws.dhf);
+        self.lm_head_bwd(enc, k, &ws.hf, dz.as_ref().unwrap_or(dlogits), &ws.dhf, &ws.grads.reduce);
         self.norm_bwd(enc, ln_f, k, &ws.hg, &ws.meanf, &ws.rstdf, &ws.dhf, &ws.dhg, false, &ws.grads.reduce);
         gather::scatter(enc, &ws.dhg, loss_rows, &ws.grads.dres, k, cfg.hidden);
     }

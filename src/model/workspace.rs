@@ -7,6 +7,7 @@ use super::lora::LoraShape;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::embedding::{self, GroupIndex};
+use crate::ops::matmul::{k_ranges, Adapter};
 use crate::ops::{attention, bias, layernorm};
 
 /// Saved activations of one block: what `block_fwd` writes and `block_bwd` reads (the
@@ -123,6 +124,14 @@ pub fn buffer_bytes(len: usize) -> u64 {
 /// backward), so the (N, V) logits are never held whole in training. A multiple of 64, so
 /// per-row views at a chunk's start keep the 256-byte binding alignment.
 pub const HEAD_CHUNK: usize = 256;
+
+/// Ranges of k (of V) the LM head's input gradient dx(rows, C) = dlogits . W is split into
+/// across workgroups (`ops::matmul::k_ranges`), asked at HEAD_CHUNK rows whatever a chunk
+/// holds, so that a row's gradient has the same bits in any chunk. The workspace's scratch
+/// is sized for GPUs (`Adapter::GPU`) on every adapter, so its bytes do not depend on it.
+pub fn head_k_ranges(cfg: &ModelConfig, adapter: Adapter) -> usize {
+    k_ranges(adapter, (HEAD_CHUNK, cfg.hidden, cfg.vocab))
+}
 
 /// The most one chunk of logits may take before the chunk shrinks (to 64 rows at least):
 /// a 262K vocabulary at 256 rows would need 268 MiB, at 64 rows 64 MiB.
@@ -263,6 +272,8 @@ impl Lens {
         }
         // The split attention backward's dK/dV partials (GPUs), between two of its passes.
         reduce = reduce.max(attention::scratch_len(rows, cfg.heads, cfg.kv_heads, cfg.head_dim));
+        // The LM head's split input gradient: its ranges' partial (chunk, C) products.
+        reduce = reduce.max(head_k_ranges(cfg, Adapter::GPU) * hr * c);
         grads.push(("reduce", reduce));
         let logit_rows = if opts.all_logits { n1 } else { hr };
         let mut head = vec![

@@ -40,7 +40,7 @@ enum Module {
 
 impl Module {
     /// (name suffix, file, includes, enable directives)
-    fn parts(self) -> (&'static str, &'static str, &'static [&'static str], &'static str) {
+    const fn parts(self) -> (&'static str, &'static str, &'static [&'static str], &'static str) {
         match self {
             Module::F32 => ("", SOURCE, INCLUDES, ""),
             Module::F16 => (".h", SOURCE, INCLUDES_H, "enable f16;"),
@@ -72,10 +72,15 @@ pub const MATMUL: Kernel = Kernel {
 
 /// The same file with f16 tiles (`Variant::LargeH`), for the compile test of adapters that
 /// have shader-f16.
-pub const MATMUL_F16: Kernel = Kernel { name: "matmul.h", includes: INCLUDES_H, enable: "enable f16;", ..MATMUL };
+pub const MATMUL_F16: Kernel = module_kernel("matmul.h", Module::F16);
 /// The subgroup module (`Variant::SkinnySg`), for the compile test of adapters with subgroups.
-pub const MATMUL_SUBGROUP: Kernel =
-    Kernel { name: "matmul.sg", file: SUBGROUP_SOURCE, includes: INCLUDES_SG, enable: ENABLE_SUBGROUPS, ..MATMUL };
+pub const MATMUL_SUBGROUP: Kernel = module_kernel("matmul.sg", Module::Subgroups);
+
+/// `MATMUL` as the module `module` builds it.
+const fn module_kernel(name: &'static str, module: Module) -> Kernel {
+    let (_, file, includes, enable) = module.parts();
+    Kernel { name, file, includes, enable, ..MATMUL }
+}
 
 /// The kernel file specialized to one layout: A stored transposed (`a_t`), B stored
 /// transposed (`b_t`), C written transposed (`c_t`), B's format, and what the module holds
@@ -145,7 +150,8 @@ struct Params {
     flags: u32,
     /// R of the fused LoRA epilogue.
     r: u32,
-    _pad: u32,
+    /// k per workgroup along z (split-K, `KSplit`); at least K when unsplit.
+    ksplit: u32,
     /// Scale of the product: C = alpha * op(A) op(B) [+ ...]. 1.0 is exact (x * 1 == x).
     alpha: f32,
     /// s of the fused LoRA epilogue.
@@ -217,6 +223,11 @@ impl Variant {
     fn transposed(self) -> bool {
         matches!(self, Variant::SkinnyT | Variant::SkinnyTSg)
     }
+
+    /// The kernels that take a range of k per workgroup along z (`KSplit`).
+    pub fn splits_across_workgroups(self) -> bool {
+        matches!(self, Variant::Large | Variant::LargeH | Variant::Tiled)
+    }
 }
 
 /// At most this many rows go through `Variant::Dot` (generation's new tokens).
@@ -227,6 +238,47 @@ pub const SKINNY: usize = 16;
 /// give each compute unit of a 100+ CU GPU about one (fewer, and 64 x 64 tiles keep more
 /// of the GPU busy).
 const LARGE_TILES: usize = 96;
+
+/// Workgroups a product split across workgroups aims for: two per compute unit of a GPU of
+/// 128 CUs (a workgroup of 256 threads keeps a quarter of an NVIDIA SM or AMD CU busy).
+pub const SPLIT_FILL: usize = 256;
+/// The least k one range of a split product walks: its partial's extra store and reload
+/// (8 M N bytes over all ranges) stay a small share beside its operands' reads (Tiled: 4 K
+/// (M + N) bytes per 64 x 64 tile, so a range of 1024 reads 128x more than it stores).
+pub const SPLIT_MIN_K: usize = 1024;
+
+/// Split-K across workgroups: K cut into `ranges` ranges of k, each range's partial
+/// product (alpha applied) written by its own workgroups into `scratch` (ranges x M x N
+/// f32s), and the partials then added in range order into C (the two-stage reduction of
+/// ops::bias::finish: deterministic, and each row's bits independent of M). For products
+/// whose M x N gives too few tiles to fill a GPU while K is long: the LM head's input
+/// gradient per chunk (K = V). `k_ranges` chooses `ranges`; products with a bias, resid,
+/// LoRA or SwiGLU epilogue, and kernels other than the k-order tiles (Large, Tiled), run
+/// unsplit.
+#[derive(Clone, Copy)]
+pub struct KSplit<'a> {
+    pub scratch: &'a Tensor,
+    pub ranges: usize,
+}
+
+/// How many ranges of k `KSplit` cuts an (m, n, k) product into on this adapter: 1
+/// (unsplit) on CPU adapters, whose few cores the unsplit tiles already fill, and where
+/// the product's own tiles reach SPLIT_FILL workgroups; otherwise enough ranges for about
+/// SPLIT_FILL workgroups, each at least SPLIT_MIN_K long. M counts only through the tile
+/// count: a caller that wants the same bits for any number of rows (the chunked LM head)
+/// asks once, at a fixed M, and passes the answer for every chunk.
+pub fn k_ranges(adapter: Adapter, (m, n, k): (usize, usize, usize)) -> usize {
+    if adapter.cpu {
+        return 1;
+    }
+    // The unsplit product's workgroups (Dot: what a split product runs instead, Tiled).
+    let tiles = match choose(adapter, (m, n, k), (Op::N, Op::N), false) {
+        Variant::Large | Variant::LargeH => m.div_ceil(128) * n.div_ceil(64),
+        Variant::Tiled | Variant::Dot => m.div_ceil(64) * n.div_ceil(64),
+        _ => return 1,
+    };
+    SPLIT_FILL.div_ceil(tiles).min(k / SPLIT_MIN_K).max(1)
+}
 
 /// Which column of `choose`'s table to read, and the optional extras turned on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -264,6 +316,10 @@ impl Adapter {
 /// | M <= 16                             | Dot       | Dot                    | Dot         |
 /// | >= 96 tiles of 128 x 64             | Large     | LargeH (f16)           | Reg4 or Reg |
 /// | otherwise                           | Tiled     | Tiled                  | Reg4 or Reg |
+///
+/// A product split across workgroups (`KSplit`, `k_ranges` > 1: GPUs only) runs the tile
+/// kernel of its row, and Tiled where the table says Dot (a short last chunk of the LM
+/// head), so that every chunk adds its k in the same ranges.
 ///
 /// Every f32 kernel but the skinny ones sums over k in k order with fma, so they agree
 /// bit for bit; the skinny kernels split K per row in a fixed order (deterministic, and
@@ -347,6 +403,15 @@ pub struct Extras<'a> {
     /// B's format when it is a compact weight's words (None: f32).
     pub b_format: Option<CompactFormat>,
     pub swiglu: Option<SwigluEpilogue<'a>>,
+    /// K split across workgroups, when the product has no other epilogue (see `KSplit`).
+    pub k_split: Option<KSplit<'a>>,
+}
+
+impl Extras<'_> {
+    /// Whether the epilogue is no more than alpha and accumulation.
+    fn plain(&self) -> bool {
+        self.bias.is_none() && self.resid.is_none() && self.lora.is_none() && self.swiglu.is_none()
+    }
 }
 
 /// C(M,N) = op(A)(M,K) . op(B)(K,N) [+ bias(N)] [+ resid(M,N)], added into C when
@@ -410,6 +475,10 @@ pub fn matmul_ex(
     accumulate: bool,
 ) {
     let v = choose(Adapter::of(enc.gpu()), mnk, (a_op, b_op), ex.split_k && ex.bias.is_none() && ex.lora.is_none());
+    let v = match v {
+        Variant::Dot if ex.k_split.is_some_and(|s| s.ranges > 1) && ex.plain() => Variant::Tiled,
+        v => v,
+    };
     matmul_variant(enc, v, mnk, alpha, a, a_op, b, b_op, ex, c, accumulate)
 }
 
@@ -464,11 +533,31 @@ pub fn matmul_variant(
         "the SwiGLU epilogue reads its operands through the bias and resid bindings"
     );
     debug_assert!(!variant.splits_k() || cols <= SKINNY);
-    let (grid, bytes) = match variant {
-        Variant::Large | Variant::LargeH => {
-            ([n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1], operand(m64.div_ceil(128), n64.div_ceil(64)))
+    // Split-K: the first dispatch writes each range's partial into the scratch, the second
+    // adds them into C.
+    let split = ex
+        .k_split
+        .filter(|s| s.ranges > 1 && variant.splits_across_workgroups() && ex.plain())
+        .map(|s| (s.scratch, k.div_ceil(s.ranges).next_multiple_of(16)))
+        .filter(|&(_, ksplit)| ksplit < k);
+    let (ksplit, ranges) = split.map_or((k.max(1), 1), |(_, ksplit)| (ksplit, k.div_ceil(ksplit)));
+    let c_out = c;
+    let (c, flags, out_bytes) = match split {
+        Some((scratch, _)) => {
+            debug_assert!(scratch.len >= ranges * m * n, "a split product's scratch holds ranges x M x N");
+            (scratch, 0, 4 * ranges as u64 * m64 * n64)
         }
-        Variant::Tiled | Variant::Reg | Variant::Reg4 => {
+        None => (c, flags, out_bytes),
+    };
+    let (grid, bytes) = match variant {
+        Variant::Large | Variant::LargeH => (
+            [n.div_ceil(64) as u32, m.div_ceil(128) as u32, ranges as u32],
+            operand(m64.div_ceil(128), n64.div_ceil(64)),
+        ),
+        Variant::Tiled => {
+            ([n.div_ceil(64) as u32, m.div_ceil(64) as u32, ranges as u32], operand(m64.div_ceil(64), n64.div_ceil(64)))
+        }
+        Variant::Reg | Variant::Reg4 => {
             ([n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1], operand(m64.div_ceil(64), n64.div_ceil(64)))
         }
         Variant::Skinny | Variant::SkinnyT | Variant::SkinnySg | Variant::SkinnyTSg => {
@@ -483,7 +572,7 @@ pub fn matmul_variant(
         k: k as u32,
         flags,
         r: r64 as u32,
-        _pad: 0,
+        ksplit: ksplit as u32,
         alpha,
         lora_scale: ex.lora.map_or(0.0, |l| l.scale),
     };
@@ -518,6 +607,9 @@ pub fn matmul_variant(
         Arg::W(c2),
     ];
     enc.dispatch(kernel, variant.entry(b_format), &p, &args, grid, cost);
+    if let Some((scratch, _)) = split {
+        crate::ops::bias::finish(enc, scratch, ranges, m * n, c_out, accumulate);
+    }
 }
 
 /// How a weight matrix is stored: Hugging Face `nn.Linear` keeps (out, in); GPT-2's

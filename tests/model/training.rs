@@ -210,3 +210,63 @@ fn recompute_and_chunked_head_match_the_saved_activations_layout() {
         );
     }
 }
+
+/// The LM head's input gradient split across workgroups (`ops::matmul::KSplit`, GPUs): a
+/// Llama-shaped model with a 4096-token head, on a device with the GPU column of the matmul
+/// table (where K = V = 4096 is cut into ranges) and one with the CPU column (unsplit).
+/// Every gradient agrees within GRADS (each column matches the float64 fixtures at that
+/// tolerance elsewhere), and on the split device a chunked head (64 rows, the last one
+/// short) gives the one-chunk run's bits for every gradient but the head's (the ranges are
+/// fixed per model, not per chunk).
+#[test]
+fn a_split_lm_head_gradient_matches_the_unsplit_one_and_is_the_same_in_any_chunk() {
+    use webtune::gpu::Gpu;
+    use webtune::model::{head_k_ranges, presets::random_init, Model, ModelConfig};
+    use webtune::ops::matmul::Adapter;
+    use webtune::train::{TrainConfig, Trainer};
+    const GRADS: Tol = Tol { name: "GRADS", abs: 1e-7, rel: 2e-5 };
+    let fx = Fixture::load("llama");
+    let json = std::fs::read_to_string(fx.dir.join("config.json")).unwrap();
+    let cfg = ModelConfig { vocab: 4096, ..ModelConfig::from_hf_json(&json).unwrap() };
+    let device = |cpu_column: bool| {
+        let mut g = block(Gpu::new()).unwrap();
+        g.matmul_cpu = cpu_column;
+        g
+    };
+    let (split_dev, whole_dev) = (device(false), device(true));
+    assert!(head_k_ranges(&cfg, Adapter::of(&split_dev)) > 1, "K = 4096 is split on the GPU column");
+    assert_eq!(head_k_ranges(&cfg, Adapter::of(&whole_dev)), 1);
+    let mut rng = webtune::rng::Rng::new(11);
+    // 300 loss rows: five chunks of 64, the last one short.
+    let ex: Vec<Example> = (0..12)
+        .map(|i| {
+            let ids = (0..25).map(|_| (rng.next_u64() % cfg.vocab as u64) as u32).collect();
+            Example::prompt_answer(ids, 0, format!("example {i}"))
+        })
+        .collect();
+    let run = |g: &Gpu, head_chunk: usize| {
+        let model = Model::build(g, cfg.clone(), None, random_init(3)).unwrap();
+        let mut t =
+            Trainer::new(g, model, TrainConfig { loss: LossMode::AllTokens, micro_batch: 12, ..Default::default() })
+                .unwrap();
+        t.cfg.head_chunk = head_chunk;
+        let l = block(t.accumulate(&ex)).unwrap();
+        (l, block(t.read_grads()).unwrap())
+    };
+    let (l_split, g_split) = run(&split_dev, 1 << 12);
+    let (l_whole, g_whole) = run(&whole_dev, 1 << 12);
+    assert!((l_split - l_whole).abs() <= 1e-5 * l_whole.abs(), "loss {l_split} vs {l_whole}");
+    for ((name, _, a), (_, _, b)) in g_split.iter().zip(&g_whole) {
+        check(&format!("split vs unsplit head: {name}"), a, &f64s(b), GRADS);
+    }
+    let (l_chunked, g_chunked) = run(&split_dev, 64);
+    assert_eq!(l_chunked.to_bits(), l_split.to_bits());
+    let head = ["lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"];
+    for ((name, _, a), (_, _, b)) in g_chunked.iter().zip(&g_split) {
+        if head.contains(&name.as_str()) {
+            check(&format!("chunked head: {name}"), a, &f64s(b), ACCUM);
+        } else {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "chunked head: {name} not bit-identical");
+        }
+    }
+}

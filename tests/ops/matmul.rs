@@ -1,6 +1,7 @@
 use webtune::gpu::Encoder;
 use webtune::ops::matmul::{
-    choose, matmul_variant, vec4_fits, Adapter, Extras, Linear, LoraEpilogue, Op, Variant, WeightLayout,
+    choose, k_ranges, matmul_variant, vec4_fits, Adapter, Extras, KSplit, Linear, LoraEpilogue, Op, Variant,
+    WeightLayout,
 };
 
 use webtune::load::compact::{CompactFormat, CompactTensor};
@@ -198,6 +199,21 @@ fn matmul_table_picks_per_shape_and_adapter() {
     assert_eq!(c((576, 1536, 510), (Op::T, Op::N)), Variant::Reg4);
     assert_eq!(c((578, 1536, 512), (Op::T, Op::N)), Variant::Reg);
     assert_eq!(c((576, 1536, 512), (Op::T, Op::T)), Variant::Reg);
+    // Split-K across workgroups (GPUs): SmolLM2's LM head input gradient per chunk of 256
+    // rows, 36 tiles of 64 x 64 with K = V = 49152, is cut into 8 ranges (288 workgroups);
+    // Llama 3.2's (C = 2048, 128 tiles) into 2; Gemma 3's 262144-token head (C = 640) into 7.
+    assert_eq!(k_ranges(GPU, (256, 576, 49152)), 8);
+    assert_eq!(k_ranges(gpu_f16, (256, 576, 49152)), 8);
+    assert_eq!(k_ranges(GPU, (256, 2048, 128256)), 2);
+    assert_eq!(k_ranges(GPU, (256, 640, 262144)), 7);
+    // Not where K is short (1500: a second range would walk under 1024 k; a weight
+    // gradient of 1536 x 576 over 1024 rows), where the tiles fill the GPU already (4096 x
+    // 4096: 2048 Large tiles), where the product is skinny, or on a CPU adapter.
+    assert_eq!(k_ranges(GPU, (256, 576, 1500)), 1);
+    assert_eq!(k_ranges(GPU, (1536, 576, 1024)), 1);
+    assert_eq!(k_ranges(GPU, (4096, 4096, 49152)), 1);
+    assert_eq!(k_ranges(GPU, (256, 8, 49152)), 1);
+    assert_eq!(k_ranges(CPU, (256, 576, 49152)), 1);
 }
 
 #[test]
@@ -309,6 +325,105 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
                 assert!(want.iter().any(|&v| v != 0.0), "{what}: an all-zero product proves nothing");
             }
         }
+    }
+}
+
+/// Split-K across workgroups (`KSplit`) on the kernels that take it, every layout, f32 and
+/// compact B: against float64 (the k ranges' partials add in range order, one more
+/// re-association: the MATMUL tolerance still holds, since it covers sqrt(K) rounding);
+/// Large and Tiled agree bit for bit under the same ranges (each range in k order, then
+/// the same second stage); a row's bits do not depend on how many rows the product has
+/// (the chunked LM head relies on it); and a split product really differs from the unsplit
+/// one somewhere (it is not silently run whole).
+#[test]
+fn matmul_split_k_matches_reference_bit_for_bit_across_kernels_and_rows() {
+    let g = gpu();
+    let mut rng = Rng::new(9);
+    // K straddles the 16-deep step and the ranges; ranges beyond what K holds (K = 20 in
+    // 5 ranges: ranges of 16, so 2) and K shorter than one range.
+    let cases: &[((usize, usize, usize), usize)] =
+        &[((70, 33, 2100), 3), ((129, 65, 1000), 7), ((3, 130, 4099), 2), ((64, 64, 20), 5), ((5, 17, 9), 4)];
+    for &((m, n, k), ranges) in cases {
+        for (a_op, b_op) in [(Op::N, Op::T), (Op::N, Op::N), (Op::T, Op::N), (Op::T, Op::T)] {
+            let a = rng.vec(m * k, 1.0);
+            let b = rng.vec(k * n, 1.0);
+            let c0 = rng.vec(m * n, 1.0);
+            let a_logical = if a_op == Op::N { f64s(&a) } else { transpose(&f64s(&a), k, m) };
+            let b_logical = if b_op == Op::N { f64s(&b) } else { transpose(&f64s(&b), n, k) };
+            let want = linear(&a_logical, &transpose(&b_logical, k, n), None, m, k, n);
+            let alpha = 0.37f32;
+            let want_acc: Vec<f64> = want.iter().zip(&c0).map(|(w, c)| alpha as f64 * w + *c as f64).collect();
+            let (ta, tb) = (g.upload_f32("a", &a).unwrap(), g.upload_f32("b", &b).unwrap());
+            let scratch = g.zeros("split scratch", ranges * m * n).unwrap();
+            let run = |variant, alpha, c: &[f32], accumulate, split: Option<KSplit>| {
+                let tc = g.upload_f32("c", c).unwrap();
+                let mut enc = Encoder::new(g);
+                let ex = Extras { k_split: split, ..Default::default() };
+                matmul_variant(&mut enc, variant, (m, n, k), alpha, &ta, a_op, &tb, b_op, ex, &tc, accumulate);
+                enc.submit();
+                block(g.read_f32(&tc)).unwrap()
+            };
+            let split = Some(KSplit { scratch: &scratch, ranges });
+            let zeros = vec![0.0; m * n];
+            let mut first: Option<Vec<f32>> = None;
+            for variant in [Variant::Large, Variant::Tiled] {
+                let what = format!("split-K {ranges} {variant:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
+                check(&format!("{what} accumulate"), &run(variant, alpha, &c0, true, split), &want_acc, MATMUL);
+                let got = run(variant, 1.0, &zeros, false, split);
+                check(&what, &got, &want, MATMUL);
+                match &first {
+                    Some(bits) => assert!(
+                        bits.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{what}: not the bits of Large under the same ranges"
+                    ),
+                    None => first = Some(got),
+                }
+            }
+            let split_bits = first.unwrap();
+            if k > 16 {
+                let whole = run(Variant::Tiled, 1.0, &zeros, false, None);
+                assert!(
+                    whole.iter().zip(&split_bits).any(|(x, y)| x.to_bits() != y.to_bits()),
+                    "split-K {ranges} {m}x{n}x{k}: the same bits as unsplit (was it split?)"
+                );
+            }
+            // The first rows alone (A's rows are its first m' rows only when A is stored
+            // (M, K)), under the same ranges: the same bits as in the whole product.
+            if a_op == Op::N && m > 2 {
+                let rows = 2;
+                let part_c = g.zeros("c rows", rows * n).unwrap();
+                let mut enc = Encoder::new(g);
+                let ex = Extras { k_split: split, ..Default::default() };
+                matmul_variant(&mut enc, Variant::Tiled, (rows, n, k), 1.0, &ta, a_op, &tb, b_op, ex, &part_c, false);
+                enc.submit();
+                let part = block(g.read_f32(&part_c)).unwrap();
+                assert!(
+                    part.iter().zip(&split_bits).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "split-K {ranges} {m}x{n}x{k}: rows 0..{rows} alone differ from the whole product's"
+                );
+            }
+        }
+    }
+    // A compact B (the LM head's Q8_0, K along W's rows: dy . W): bit for bit its f32
+    // expansion's, split as well.
+    let (out, inp, rows, ranges) = (2048, 64, 70, 3);
+    for f in [CompactFormat::Q8_0, CompactFormat::Q4_1] {
+        let t = CompactTensor::from_gguf("w", f, out, inp, &random_gguf(&mut rng, f, out, inp)).unwrap();
+        let cw = CompactWeight::upload(g, "w", &t).unwrap();
+        let tw = g.upload_f32("w f32", &t.dequantize()).unwrap();
+        let ta = g.upload_f32("dy", &rng.vec(rows * out, 1.0)).unwrap();
+        let scratch = g.zeros("split scratch", ranges * rows * inp).unwrap();
+        let run = |b: &webtune::gpu::Tensor, b_format| {
+            let tc = g.zeros("c", rows * inp).unwrap();
+            let mut enc = Encoder::new(g);
+            let ex = Extras { b_format, k_split: Some(KSplit { scratch: &scratch, ranges }), ..Default::default() };
+            matmul_variant(&mut enc, Variant::Tiled, (rows, inp, out), 1.0, &ta, Op::N, b, Op::N, ex, &tc, false);
+            enc.submit();
+            block(g.read_f32(&tc)).unwrap()
+        };
+        let (got, want) = (run(&cw.words, Some(f)), run(&tw, None));
+        assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "split-K over {}", f.name());
+        assert!(want.iter().any(|&v| v != 0.0));
     }
 }
 
