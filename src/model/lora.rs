@@ -8,6 +8,7 @@ use super::arch::{AttnP, LinearP, MlpP, ModelP};
 use super::config::Arch;
 use super::params::ParamSpec;
 use crate::error::{Error, Result};
+use crate::ops::matmul::Linear;
 use crate::rng::Rng;
 
 /// PEFT's prefix of every adapter tensor name (PeftModel -> LoraModel -> the HF model).
@@ -161,6 +162,17 @@ pub fn linears(tree: &ModelP) -> Vec<&LinearP> {
         }
     }
     out
+}
+
+/// The linear layers of the blocks whose weight is trainable (full fine-tuning: all of
+/// them; LoRA: none), as the workspace sizes their weight gradients' scratch (`rows` 0:
+/// the workspace sets its own).
+pub fn trained_linears(specs: &[ParamSpec], tree: &ModelP) -> Vec<Linear> {
+    linears(tree)
+        .into_iter()
+        .filter(|l| specs[l.w].trainable)
+        .map(|l| Linear { rows: 0, fan_in: l.fan_in, fan_out: l.fan_out, layout: l.layout })
+        .collect()
 }
 
 /// Freeze every base parameter and add the adapters of `cfg` to the matching layers.

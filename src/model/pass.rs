@@ -419,7 +419,7 @@ impl Model {
     fn linear_bwd_weight(&self, enc: &mut Encoder, l: &LinearP, lin: Linear, dy: &Tensor, x: &Tensor, red: &Tensor) {
         let p = &self.params;
         if let Some(dw) = p.grad(l.w) {
-            lin.backward_weight(enc, dy, x, &dw, None);
+            lin.backward_weight(enc, dy, x, &dw, None, Some(red));
         }
         if let Some(db) = l.b.and_then(|b| p.grad(b)) {
             bias::backward(enc, lin.rows, l.fan_out, dy, &db, Some(red), true);
@@ -879,7 +879,7 @@ impl Model {
         let ex = Extras { k_split: Some(KSplit { scratch: red, ranges }), ..Default::default() };
         head.backward_input_with(enc, dlogits, self.matrix(self.tree.lm_head).get(), ex, dx, false);
         if let Some(dw) = p.grad(self.tree.lm_head) {
-            head.backward_weight(enc, dlogits, x, &dw, None);
+            head.backward_weight(enc, dlogits, x, &dw, None, None);
         }
     }
 

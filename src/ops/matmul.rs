@@ -709,18 +709,46 @@ impl Linear {
         matmul_ex(enc, (self.rows, self.fan_in, self.fan_out), 1.0, dy, Op::N, w, w_op, ex, dx, accumulate);
     }
 
+    /// The weight gradient's product (M, N, K): dy^T . x for (out, in), x^T . dy for (in, out).
+    fn weight_grad_mnk(&self) -> (usize, usize, usize) {
+        match self.layout {
+            WeightLayout::OutIn => (self.fan_out, self.fan_in, self.rows),
+            WeightLayout::InOut => (self.fan_in, self.fan_out, self.rows),
+        }
+    }
+
+    /// f32s of scratch `backward_weight` splits K (the rows) through on a GPU: 0 where the
+    /// product runs unsplit (`k_ranges`; every CPU adapter). Sized for `Adapter::GPU`, so
+    /// a workspace holds the same bytes on any adapter.
+    pub fn weight_grad_scratch(&self) -> usize {
+        let (m, n, k) = self.weight_grad_mnk();
+        match k_ranges(Adapter::GPU, (m, n, k)) {
+            1 => 0,
+            ranges => ranges * m * n,
+        }
+    }
+
     /// dW += the weight gradient in the weight's own layout (always accumulated, so
-    /// micro-batches add up), and db += column sums of dy.
-    pub fn backward_weight(&self, enc: &mut Encoder, dy: &Tensor, x: &Tensor, dw: &Tensor, db: Option<&Tensor>) {
+    /// micro-batches add up), and db += column sums of dy. With `scratch`
+    /// (`weight_grad_scratch` f32s), K = rows is split across workgroups where `k_ranges`
+    /// says so (a GPU, few tiles, many rows).
+    pub fn backward_weight(
+        &self,
+        enc: &mut Encoder,
+        dy: &Tensor,
+        x: &Tensor,
+        dw: &Tensor,
+        db: Option<&Tensor>,
+        scratch: Option<&Tensor>,
+    ) {
+        let mnk = self.weight_grad_mnk();
+        let ranges = k_ranges(Adapter::of(enc.gpu()), mnk);
+        let ex = Extras { k_split: scratch.map(|scratch| KSplit { scratch, ranges }), ..Default::default() };
         match self.layout {
             // dW(out, in) += dy^T(out, rows) . x(rows, in)
-            WeightLayout::OutIn => {
-                matmul(enc, (self.fan_out, self.fan_in, self.rows), dy, Op::T, x, Op::N, None, None, dw, true)
-            }
+            WeightLayout::OutIn => matmul_ex(enc, mnk, 1.0, dy, Op::T, x, Op::N, ex, dw, true),
             // dW(in, out) += x^T(in, rows) . dy(rows, out)
-            WeightLayout::InOut => {
-                matmul(enc, (self.fan_in, self.fan_out, self.rows), x, Op::T, dy, Op::N, None, None, dw, true)
-            }
+            WeightLayout::InOut => matmul_ex(enc, mnk, 1.0, x, Op::T, dy, Op::N, ex, dw, true),
         }
         if let Some(db) = db {
             crate::ops::bias::backward(enc, self.rows, self.fan_out, dy, db, None, true);

@@ -211,18 +211,19 @@ fn recompute_and_chunked_head_match_the_saved_activations_layout() {
     }
 }
 
-/// The LM head's input gradient split across workgroups (`ops::matmul::KSplit`, GPUs): a
-/// Llama-shaped model with a 4096-token head, on a device with the GPU column of the matmul
-/// table (where K = V = 4096 is cut into ranges) and one with the CPU column (unsplit).
-/// Every gradient agrees within GRADS (each column matches the float64 fixtures at that
-/// tolerance elsewhere), and on the split device a chunked head (64 rows, the last one
-/// short) gives the one-chunk run's bits for every gradient but the head's (the ranges are
-/// fixed per model, not per chunk).
+/// Split-K across workgroups (`ops::matmul::KSplit`, GPUs) in a whole model: the LM
+/// head's input gradient (K = V = 4096) and full fine-tuning's weight gradients (K = 2100
+/// rows of one micro-batch), in a Llama-shaped model, on a device with the GPU column of
+/// the matmul table (where both are cut into ranges) and one with the CPU column
+/// (unsplit). Every gradient agrees within GRADS (each column matches the float64
+/// fixtures at that tolerance elsewhere); and on the split device a chunked head (64 rows,
+/// the last one short) gives the one-chunk run's bits for every gradient but the head's
+/// (the head's ranges are fixed per model, not per chunk).
 #[test]
-fn a_split_lm_head_gradient_matches_the_unsplit_one_and_is_the_same_in_any_chunk() {
+fn split_k_head_and_weight_gradients_match_the_unsplit_ones_and_any_chunking() {
     use webtune::gpu::Gpu;
     use webtune::model::{head_k_ranges, presets::random_init, Model, ModelConfig};
-    use webtune::ops::matmul::Adapter;
+    use webtune::ops::matmul::{Adapter, Linear, WeightLayout};
     use webtune::train::{TrainConfig, Trainer};
     const GRADS: Tol = Tol { name: "GRADS", abs: 1e-7, rel: 2e-5 };
     let fx = Fixture::load("llama");
@@ -236,9 +237,11 @@ fn a_split_lm_head_gradient_matches_the_unsplit_one_and_is_the_same_in_any_chunk
     let (split_dev, whole_dev) = (device(false), device(true));
     assert!(head_k_ranges(&cfg, Adapter::of(&split_dev)) > 1, "K = 4096 is split on the GPU column");
     assert_eq!(head_k_ranges(&cfg, Adapter::of(&whole_dev)), 1);
+    let q_proj = Linear { rows: 2100, fan_in: cfg.hidden, fan_out: cfg.hidden, layout: WeightLayout::OutIn };
+    assert!(q_proj.weight_grad_scratch() > 0, "2100 rows are split on the GPU column");
     let mut rng = webtune::rng::Rng::new(11);
-    // 300 loss rows: five chunks of 64, the last one short.
-    let ex: Vec<Example> = (0..12)
+    // 2100 loss rows in one micro-batch: 33 chunks of 64, the last one short.
+    let ex: Vec<Example> = (0..84)
         .map(|i| {
             let ids = (0..25).map(|_| (rng.next_u64() % cfg.vocab as u64) as u32).collect();
             Example::prompt_answer(ids, 0, format!("example {i}"))

@@ -251,7 +251,7 @@ fn linear_forward_backward_both_layouts() {
             let mut enc = Encoder::new(g);
             lin.forward(&mut enc, &tx, &tw, Some(&tb), Some(&tr), &ty, false);
             lin.backward_input(&mut enc, &tdy, &tw, &tdx, false);
-            lin.backward_weight(&mut enc, &tdy, &tx, &tdw, Some(&tdb));
+            lin.backward_weight(&mut enc, &tdy, &tx, &tdw, Some(&tdb), None);
             enc.submit();
             let what = format!("linear {rows}x{fin}->{fout} {layout:?}");
             check(&format!("{what} y"), &block(g.read_f32(&ty)).unwrap(), &y_ref, MATMUL);
