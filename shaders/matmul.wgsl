@@ -15,7 +15,7 @@
 // k order with fma, except `matmul_skinny`, which splits K across threads and adds the
 // parts in a fixed tree order (deterministic; within f32 rounding of the others).
 //
-// Split-K across workgroups (`matmul_large`, `matmul_tiled`): workgroup z takes k in
+// Split-K across workgroups (`matmul_large`, `matmul_tiled`, the skinny kernels): workgroup z takes k in
 // [z * KSPLIT, (z + 1) * KSPLIT) in k order and writes its partial product, alpha applied
 // and nothing else, to slice z of C (then a (ranges, M, N) scratch); src/ops/matmul.rs adds
 // the slices in z order (shaders/bias.wgsl's colsum_finish) into the real C. Unsplit, one
@@ -273,13 +273,14 @@ fn skinny_lane(tid: u32) -> vec3<u32> {
     return vec3<u32>(tid / 16u, tid % 16u, 1u);
 }
 
-// The N (<= 16) sums of row mc over this slice's k (slice, slice + 16, ...), in k order.
-fn skinny_slice_sums(mc: u32, slice: u32) -> array<f32, 16> {
+// The N (<= 16) sums of row mc over this slice's k in the workgroup's range kr (kr.x +
+// slice, kr.x + slice + 16, ...), in k order.
+fn skinny_slice_sums(mc: u32, slice: u32, kr: vec2<u32>) -> array<f32, 16> {
     var acc: array<f32, 16>;
     for (var j = 0u; j < S_N; j++) {
         acc[j] = 0.0;
     }
-    for (var k = slice; k < p.k; k += 16u) {
+    for (var k = kr.x + slice; k < kr.y; k += 16u) {
         let av = a_at(mc, k);
         for (var j = 0u; j < S_N; j++) {
             if (j < p.n) { acc[j] = fma(av, b_at(k, j), acc[j]); }
@@ -306,7 +307,7 @@ fn matmul_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let row = lane.x;
     let slice = lane.y;
     let m = wid.x * 16u + row;
-    let acc = skinny_slice_sums(min(m, p.m - 1u), slice); // rows past M: never stored
+    let acc = skinny_slice_sums(min(m, p.m - 1u), slice, k_range(wid.z)); // rows past M: never stored
     let me = row * 16u + slice;
     for (var j0 = 0u; j0 < p.n; j0 += 4u) {
         skinny_part[me] = skinny_cols4(acc, j0);

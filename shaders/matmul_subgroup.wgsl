@@ -19,7 +19,7 @@ fn matmul_skinny_sg(
     let row = lane.x;
     let slice = lane.y;
     let m = wid.x * 16u + row;
-    let acc = skinny_slice_sums(min(m, p.m - 1u), slice); // rows past M: never stored
+    let acc = skinny_slice_sums(min(m, p.m - 1u), slice, k_range(wid.z)); // rows past M: never stored
     let packed = subgroupAll(tid % sg_size == sg_lane);
     let me = row * 16u + slice;
     for (var j0 = 0u; j0 < p.n; j0 += 4u) {

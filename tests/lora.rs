@@ -611,15 +611,17 @@ fn the_workspace_estimate_is_exactly_what_is_allocated() {
                 None => Fixture::load(arch).model(g),
             };
             let shape = m.lora_shape();
-            let trained = webtune::model::lora::trained_linears(&m.params.specs, &m.tree);
-            assert_eq!(trained.is_empty(), lora.is_some(), "{arch}: LoRA freezes the base, full fine-tuning trains it");
+            let products = webtune::model::lora::row_products(&m.params.specs, &m.tree);
+            let linears = if *arch == "gpt2" { 4 } else { 7 } * m.cfg.layers;
+            // Full fine-tuning: each layer's dW; LoRA (the base frozen): each adapter's dA and dB.
+            assert_eq!(products.len(), shape.map_or(linears, |s| 2 * s.sites), "{arch}");
             assert_eq!(shape.is_some(), lora.is_some());
             assert_eq!(shape.is_some_and(|s| s.dropout), dropout.is_some_and(|d| d > 0.0));
             // 2100 rows: the weight gradients split K (the rows) on GPUs, into 2 ranges here.
             for (rows, n) in [(1, 1), (18, 18), (300, 7), (300, 300), (7, 0), (2100, 7)] {
                 for opts in layouts {
                     let ws = m.workspace_with(g, rows, n, opts).unwrap();
-                    let want = Workspace::bytes(&m.cfg, shape, &trained, rows, n, opts);
+                    let want = Workspace::bytes(&m.cfg, shape, &products, rows, n, opts);
                     assert_eq!(ws.gpu_bytes(), want, "{arch} lora {dropout:?} rows {rows} n {n} {opts:?}");
                 }
             }

@@ -8,7 +8,7 @@ use super::arch::{AttnP, LinearP, MlpP, ModelP};
 use super::config::Arch;
 use super::params::ParamSpec;
 use crate::error::{Error, Result};
-use crate::ops::matmul::Linear;
+use crate::ops::matmul::{Linear, RowProduct};
 use crate::rng::Rng;
 
 /// PEFT's prefix of every adapter tensor name (PeftModel -> LoraModel -> the HF model).
@@ -164,15 +164,26 @@ pub fn linears(tree: &ModelP) -> Vec<&LinearP> {
     out
 }
 
-/// The linear layers of the blocks whose weight is trainable (full fine-tuning: all of
-/// them; LoRA: none), as the workspace sizes their weight gradients' scratch (`rows` 0:
-/// the workspace sets its own).
-pub fn trained_linears(specs: &[ParamSpec], tree: &ModelP) -> Vec<Linear> {
-    linears(tree)
-        .into_iter()
-        .filter(|l| specs[l.w].trainable)
-        .map(|l| Linear { rows: 0, fan_in: l.fan_in, fan_out: l.fan_out, layout: l.layout })
-        .collect()
+/// The weight gradients whose depth is the rows, of every layer of the blocks: dW where
+/// the weight is trainable (full fine-tuning), dA and dB where an adapter is (LoRA); as
+/// the workspace sizes the scratch that splits them (`ops::matmul::RowProduct`).
+pub fn row_products(specs: &[ParamSpec], tree: &ModelP) -> Vec<RowProduct> {
+    let mut out = Vec::new();
+    for l in linears(tree) {
+        if specs[l.w].trainable {
+            out.push(Linear { rows: 0, fan_in: l.fan_in, fan_out: l.fan_out, layout: l.layout }.weight_grad());
+        }
+        if let Some(lp) = &l.lora {
+            out.extend(grad_products(l, lp.rank));
+        }
+    }
+    out
+}
+
+/// An adapter's gradients as products over the rows: dA(R, in) += s g^T drop(x), whose K
+/// may be split across threads although M is the rank, and dB(out, R) += s dy^T u.
+pub fn grad_products(l: &LinearP, rank: usize) -> [RowProduct; 2] {
+    [RowProduct { m: rank, n: l.fan_in, split_k: true }, RowProduct { m: l.fan_out, n: rank, split_k: false }]
 }
 
 /// Freeze every base parameter and add the adapters of `cfg` to the matching layers.

@@ -8,7 +8,7 @@ use super::params::{compact_words, ParamSpec};
 use super::workspace::{Workspace, WorkspaceOpts};
 use crate::error::Result;
 use crate::load::compact::CompactFormat;
-use crate::ops::matmul::Linear;
+use crate::ops::matmul::RowProduct;
 
 /// Bytes by kind. Parameters are counted as their arenas lay them out (each tensor padded
 /// to 256 bytes).
@@ -93,7 +93,7 @@ pub fn estimate_compact(
     opts: WorkspaceOpts,
     compact_of: impl Fn(&ParamSpec) -> Option<CompactFormat>,
 ) -> Result<MemoryEstimate> {
-    let (specs, shape, trained) = specs_and_lora_shape(cfg, lora)?;
+    let (specs, shape, products) = specs_and_lora_shape(cfg, lora)?;
     let mut e = MemoryEstimate::default();
     for s in &specs {
         if let Some(f) = compact_of(s) {
@@ -111,7 +111,7 @@ pub fn estimate_compact(
         }
     }
     let rows = micro_batch * seq;
-    e.activations = Workspace::bytes(cfg, shape, &trained, rows, rows, opts);
+    e.activations = Workspace::bytes(cfg, shape, &products, rows, rows, opts);
     e.lora_activations = shape.map_or(0, |s| s.bytes(rows));
     if !cfg.inv_freq.is_empty() {
         // Gemma 3 has a second table for its local layers (`Model::rope_local`).
@@ -126,7 +126,7 @@ pub fn estimate_compact(
 fn specs_and_lora_shape(
     cfg: &ModelConfig,
     lora: Option<&LoraConfig>,
-) -> Result<(Vec<ParamSpec>, Option<lora::LoraShape>, Vec<Linear>)> {
+) -> Result<(Vec<ParamSpec>, Option<lora::LoraShape>, Vec<RowProduct>)> {
     let (mut specs, mut tree) = arch::build(cfg);
     let lora = lora.map(|l| l.expanded(cfg.arch));
     let shape = match &lora {
@@ -136,8 +136,8 @@ fn specs_and_lora_shape(
         }
         None => None,
     };
-    let trained = lora::trained_linears(&specs, &tree);
-    Ok((specs, shape, trained))
+    let products = lora::row_products(&specs, &tree);
+    Ok((specs, shape, products))
 }
 
 /// The parameter specs `estimate` counts: `cfg`'s, with `lora`'s adapters attached (the

@@ -147,8 +147,8 @@ impl Model {
 
     /// `workspace` with the layout `opts` (`WorkspaceOpts::default()`: training's).
     pub fn workspace_with(&self, gpu: &Gpu, rows: usize, n: usize, opts: WorkspaceOpts) -> Result<Workspace> {
-        let trained = lora::trained_linears(&self.params.specs, &self.tree);
-        Workspace::with_opts(gpu, &self.cfg, self.lora_shape(), &trained, rows, n, opts)
+        let products = lora::row_products(&self.params.specs, &self.tree);
+        Workspace::with_opts(gpu, &self.cfg, self.lora_shape(), &products, rows, n, opts)
     }
 
     /// Every LoRA parameter (A, B of each adapted layer, forward order) with its module path.

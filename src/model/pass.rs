@@ -10,7 +10,7 @@
 
 use super::arch::{AttnP, BlockP, LinearP, MlpP, NormP};
 use super::config::Arch;
-use super::lora::LoraP;
+use super::lora::{self, LoraP};
 use super::params::Pid;
 use super::workspace::{
     head_k_ranges, softcap as softcap_of, Grads, Inputs, LayerActs, LoraActs, QkNormActs, Workspace,
@@ -395,9 +395,12 @@ impl Model {
             }
         }
         self.linear_bwd_weight(enc, l, lin, dy, x, red);
-        // dB(out, R) += s * dy^T . u
+        // dB(out, R) += s * dy^T . u, K = rows split across workgroups through `red` on GPUs
+        // where `k_ranges` says so (also dA below, and full fine-tuning's dW).
+        let (adapter, [da_p, db_p]) = (Adapter::of(enc.gpu()), lora::grad_products(l, r));
         if let Some(db) = db.filter(|_| !db_fused) {
-            matmul_scaled(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, None, None, &db, true);
+            let k_split = Some(db_p.split(adapter, rows, red));
+            matmul_ex(enc, (fo, r, rows), s, dy, Op::T, u, Op::N, Extras { k_split, ..Default::default() }, &db, true);
         }
         if let Some(da) = p.grad(lp.a).filter(|_| sib_g.is_none()) {
             // dA(R, in) += s * g^T . drop(x), the dropped input rebuilt from its mask.
@@ -409,7 +412,8 @@ impl Model {
                 None => x,
             };
             // M is the rank: K (the rows) may be split (`ops::matmul::choose`).
-            let ex = Extras { split_k: true, ..Default::default() };
+            let k_split = Some(da_p.split(adapter, rows, red));
+            let ex = Extras { split_k: da_p.split_k, k_split, ..Default::default() };
             matmul_ex(enc, (r, fi, rows), s, g, Op::T, xin, Op::N, ex, &da, true);
         }
     }

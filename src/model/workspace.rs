@@ -7,7 +7,7 @@ use super::lora::LoraShape;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::embedding::{self, GroupIndex};
-use crate::ops::matmul::{k_ranges, Adapter, Linear};
+use crate::ops::matmul::{k_ranges, Adapter, RowProduct};
 use crate::ops::{attention, bias, layernorm};
 
 /// Saved activations of one block: what `block_fwd` writes and `block_bwd` reads (the
@@ -130,7 +130,7 @@ pub const HEAD_CHUNK: usize = 256;
 /// holds, so that a row's gradient has the same bits in any chunk. The workspace's scratch
 /// is sized for GPUs (`Adapter::GPU`) on every adapter, so its bytes do not depend on it.
 pub fn head_k_ranges(cfg: &ModelConfig, adapter: Adapter) -> usize {
-    k_ranges(adapter, (HEAD_CHUNK, cfg.hidden, cfg.vocab))
+    k_ranges(adapter, (HEAD_CHUNK, cfg.hidden, cfg.vocab), false)
 }
 
 /// The most one chunk of logits may take before the chunk shrinks (to 64 rows at least):
@@ -214,7 +214,7 @@ struct Lens {
 }
 
 impl Lens {
-    fn new(cfg: &ModelConfig, trained: &[Linear], rows: usize, n: usize, opts: WorkspaceOpts) -> Lens {
+    fn new(cfg: &ModelConfig, row_products: &[RowProduct], rows: usize, n: usize, opts: WorkspaceOpts) -> Lens {
         assert!(opts.head_chunk > 0 && opts.head_chunk.is_multiple_of(64), "head chunk {}", opts.head_chunk);
         let (c, f, q, kv) = (cfg.hidden, cfg.ffn, cfg.q_dim(), cfg.kv_dim());
         let bht = rows * cfg.heads;
@@ -274,9 +274,8 @@ impl Lens {
         reduce = reduce.max(attention::scratch_len(rows, cfg.heads, cfg.kv_heads, cfg.head_dim));
         // The LM head's split input gradient: its ranges' partial (chunk, C) products.
         reduce = reduce.max(head_k_ranges(cfg, Adapter::GPU) * hr * c);
-        // The trainable layers' weight gradients split across workgroups (many rows, GPUs).
-        let split_dw = trained.iter().map(|l| Linear { rows, ..*l }.weight_grad_scratch()).max();
-        reduce = reduce.max(split_dw.unwrap_or(0));
+        // The weight gradients split across workgroups (many rows, GPUs).
+        reduce = reduce.max(row_products.iter().map(|p| p.scratch(rows)).max().unwrap_or(0));
         grads.push(("reduce", reduce));
         let logit_rows = if opts.all_logits { n1 } else { hr };
         let mut head = vec![
@@ -339,31 +338,31 @@ pub struct Workspace {
 
 impl Workspace {
     /// Exactly the bytes `with_opts` allocates (every buffer as `Gpu::zeros` sizes it).
-    /// `trained`: the linear layers whose weight is trainable (`lora::trained_linears`).
+    /// `row_products`: the weight gradients to be computed (`lora::row_products`).
     pub fn bytes(
         cfg: &ModelConfig,
         lora: Option<LoraShape>,
-        trained: &[Linear],
+        row_products: &[RowProduct],
         rows: usize,
         n: usize,
         opts: WorkspaceOpts,
     ) -> u64 {
-        Lens::new(cfg, trained, rows, n, opts).bytes(cfg) + lora.map_or(0, |l| l.bytes(rows))
+        Lens::new(cfg, row_products, rows, n, opts).bytes(cfg) + lora.map_or(0, |l| l.bytes(rows))
     }
 
     /// Every buffer of a micro-batch of up to `rows` tokens and `n` loss rows, in the layout
     /// `opts`, with the adapters' buffers when `lora` is given, and the scratch of the
-    /// `trained` layers' split weight gradients (see `Model::workspace_with`).
+    /// weight gradients `row_products` split across workgroups (see `Model::workspace_with`).
     pub fn with_opts(
         gpu: &Gpu,
         cfg: &ModelConfig,
         lora: Option<LoraShape>,
-        trained: &[Linear],
+        row_products: &[RowProduct],
         rows: usize,
         n: usize,
         opts: WorkspaceOpts,
     ) -> Result<Workspace> {
-        let lens = Lens::new(cfg, trained, rows, n, opts);
+        let lens = Lens::new(cfg, row_products, rows, n, opts);
         let gpt2 = cfg.arch == Arch::Gpt2;
         let post = cfg.arch == Arch::Gemma3;
         let z = |list: &[(&'static str, usize)], name: &str| {

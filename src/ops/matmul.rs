@@ -226,7 +226,7 @@ impl Variant {
 
     /// The kernels that take a range of k per workgroup along z (`KSplit`).
     pub fn splits_across_workgroups(self) -> bool {
-        matches!(self, Variant::Large | Variant::LargeH | Variant::Tiled)
+        matches!(self, Variant::Large | Variant::LargeH | Variant::Tiled) || self.splits_k()
     }
 }
 
@@ -261,23 +261,51 @@ pub struct KSplit<'a> {
     pub ranges: usize,
 }
 
-/// How many ranges of k `KSplit` cuts an (m, n, k) product into on this adapter: 1
-/// (unsplit) on CPU adapters, whose few cores the unsplit tiles already fill, and where
-/// the product's own tiles reach SPLIT_FILL workgroups; otherwise enough ranges for about
-/// SPLIT_FILL workgroups, each at least SPLIT_MIN_K long. M counts only through the tile
-/// count: a caller that wants the same bits for any number of rows (the chunked LM head)
-/// asks once, at a fixed M, and passes the answer for every chunk.
-pub fn k_ranges(adapter: Adapter, (m, n, k): (usize, usize, usize)) -> usize {
+/// How many ranges of k `KSplit` cuts an (m, n, k) product into on this adapter (`split_k`
+/// as for `choose`): 1 (unsplit) on CPU adapters, whose few cores the unsplit tiles
+/// already fill, and where the product's own workgroups reach SPLIT_FILL; otherwise enough
+/// ranges for about SPLIT_FILL workgroups, each at least SPLIT_MIN_K long. M counts only
+/// through the workgroup count: a caller that wants the same bits for any number of rows
+/// (the chunked LM head) asks once, at a fixed M, and passes the answer for every chunk.
+pub fn k_ranges(adapter: Adapter, (m, n, k): (usize, usize, usize), split_k: bool) -> usize {
     if adapter.cpu {
         return 1;
     }
     // The unsplit product's workgroups (Dot: what a split product runs instead, Tiled).
-    let tiles = match choose(adapter, (m, n, k), (Op::N, Op::N), false) {
+    let v = choose(adapter, (m, n, k), (Op::N, Op::N), split_k);
+    let workgroups = match v {
         Variant::Large | Variant::LargeH => m.div_ceil(128) * n.div_ceil(64),
         Variant::Tiled | Variant::Dot => m.div_ceil(64) * n.div_ceil(64),
+        _ if v.transposed() => n.div_ceil(16),
+        _ if v.splits_k() => m.div_ceil(16),
         _ => return 1,
     };
-    SPLIT_FILL.div_ceil(tiles).min(k / SPLIT_MIN_K).max(1)
+    SPLIT_FILL.div_ceil(workgroups).min(k / SPLIT_MIN_K).max(1)
+}
+
+/// A product whose depth K is the micro-batch's rows: a weight gradient (full fine-tuning's
+/// dW, LoRA's dA with `split_k` and dB), as the workspace sizes the scratch that splits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowProduct {
+    pub m: usize,
+    pub n: usize,
+    pub split_k: bool,
+}
+
+impl RowProduct {
+    /// f32s of scratch its split over `rows` rows takes on a GPU (0: unsplit). Sized for
+    /// `Adapter::GPU`, so a workspace holds the same bytes on any adapter.
+    pub fn scratch(&self, rows: usize) -> usize {
+        match k_ranges(Adapter::GPU, (self.m, self.n, rows), self.split_k) {
+            1 => 0,
+            ranges => ranges * self.m * self.n,
+        }
+    }
+
+    /// The split of this product over `rows` rows through `scratch` on this adapter.
+    pub fn split<'a>(&self, adapter: Adapter, rows: usize, scratch: &'a Tensor) -> KSplit<'a> {
+        KSplit { scratch, ranges: k_ranges(adapter, (self.m, self.n, rows), self.split_k) }
+    }
 }
 
 /// Which column of `choose`'s table to read, and the optional extras turned on.
@@ -562,7 +590,7 @@ pub fn matmul_variant(
         }
         Variant::Skinny | Variant::SkinnyT | Variant::SkinnySg | Variant::SkinnyTSg => {
             let groups = rows.div_ceil(16);
-            ([groups as u32, 1, 1], 4 * (rows as u64 * k64 + groups as u64 * k64 * cols as u64))
+            ([groups as u32, 1, ranges as u32], 4 * (rows as u64 * k64 + groups as u64 * k64 * cols as u64))
         }
         Variant::Dot => (grid_1d(m * n, WG), 4 * (m64 * k64 + k64 * n64)),
     };
@@ -709,29 +737,20 @@ impl Linear {
         matmul_ex(enc, (self.rows, self.fan_in, self.fan_out), 1.0, dy, Op::N, w, w_op, ex, dx, accumulate);
     }
 
-    /// The weight gradient's product (M, N, K): dy^T . x for (out, in), x^T . dy for (in, out).
-    fn weight_grad_mnk(&self) -> (usize, usize, usize) {
-        match self.layout {
-            WeightLayout::OutIn => (self.fan_out, self.fan_in, self.rows),
-            WeightLayout::InOut => (self.fan_in, self.fan_out, self.rows),
-        }
-    }
-
-    /// f32s of scratch `backward_weight` splits K (the rows) through on a GPU: 0 where the
-    /// product runs unsplit (`k_ranges`; every CPU adapter). Sized for `Adapter::GPU`, so
-    /// a workspace holds the same bytes on any adapter.
-    pub fn weight_grad_scratch(&self) -> usize {
-        let (m, n, k) = self.weight_grad_mnk();
-        match k_ranges(Adapter::GPU, (m, n, k)) {
-            1 => 0,
-            ranges => ranges * m * n,
-        }
+    /// The weight gradient's product, (M, N) of dy^T . x for (out, in), x^T . dy for
+    /// (in, out); K = rows.
+    pub fn weight_grad(&self) -> RowProduct {
+        let (m, n) = match self.layout {
+            WeightLayout::OutIn => (self.fan_out, self.fan_in),
+            WeightLayout::InOut => (self.fan_in, self.fan_out),
+        };
+        RowProduct { m, n, split_k: false }
     }
 
     /// dW += the weight gradient in the weight's own layout (always accumulated, so
     /// micro-batches add up), and db += column sums of dy. With `scratch`
-    /// (`weight_grad_scratch` f32s), K = rows is split across workgroups where `k_ranges`
-    /// says so (a GPU, few tiles, many rows).
+    /// (`weight_grad().scratch(rows)` f32s), K = rows is split across workgroups where
+    /// `k_ranges` says so (a GPU, few tiles, many rows).
     pub fn backward_weight(
         &self,
         enc: &mut Encoder,
@@ -741,9 +760,10 @@ impl Linear {
         db: Option<&Tensor>,
         scratch: Option<&Tensor>,
     ) {
-        let mnk = self.weight_grad_mnk();
-        let ranges = k_ranges(Adapter::of(enc.gpu()), mnk);
-        let ex = Extras { k_split: scratch.map(|scratch| KSplit { scratch, ranges }), ..Default::default() };
+        let p = self.weight_grad();
+        let mnk = (p.m, p.n, self.rows);
+        let k_split = scratch.map(|s| p.split(Adapter::of(enc.gpu()), self.rows, s));
+        let ex = Extras { k_split, ..Default::default() };
         match self.layout {
             // dW(out, in) += dy^T(out, rows) . x(rows, in)
             WeightLayout::OutIn => matmul_ex(enc, mnk, 1.0, dy, Op::T, x, Op::N, ex, dw, true),

@@ -212,8 +212,8 @@ fn recompute_and_chunked_head_match_the_saved_activations_layout() {
 }
 
 /// Split-K across workgroups (`ops::matmul::KSplit`, GPUs) in a whole model: the LM
-/// head's input gradient (K = V = 4096) and full fine-tuning's weight gradients (K = 2100
-/// rows of one micro-batch), in a Llama-shaped model, on a device with the GPU column of
+/// head's input gradient (K = V = 4096), full fine-tuning's weight gradients and LoRA's dA
+/// and dB (K = 2100 rows of one micro-batch), in a Llama-shaped model, on a device with the GPU column of
 /// the matmul table (where both are cut into ranges) and one with the CPU column
 /// (unsplit). Every gradient agrees within GRADS (each column matches the float64
 /// fixtures at that tolerance elsewhere); and on the split device a chunked head (64 rows,
@@ -222,7 +222,7 @@ fn recompute_and_chunked_head_match_the_saved_activations_layout() {
 #[test]
 fn split_k_head_and_weight_gradients_match_the_unsplit_ones_and_any_chunking() {
     use webtune::gpu::Gpu;
-    use webtune::model::{head_k_ranges, presets::random_init, Model, ModelConfig};
+    use webtune::model::{head_k_ranges, presets::random_init, LoraConfig, Model, ModelConfig};
     use webtune::ops::matmul::{Adapter, Linear, WeightLayout};
     use webtune::train::{TrainConfig, Trainer};
     const GRADS: Tol = Tol { name: "GRADS", abs: 1e-7, rel: 2e-5 };
@@ -238,7 +238,7 @@ fn split_k_head_and_weight_gradients_match_the_unsplit_ones_and_any_chunking() {
     assert!(head_k_ranges(&cfg, Adapter::of(&split_dev)) > 1, "K = 4096 is split on the GPU column");
     assert_eq!(head_k_ranges(&cfg, Adapter::of(&whole_dev)), 1);
     let q_proj = Linear { rows: 2100, fan_in: cfg.hidden, fan_out: cfg.hidden, layout: WeightLayout::OutIn };
-    assert!(q_proj.weight_grad_scratch() > 0, "2100 rows are split on the GPU column");
+    assert!(q_proj.weight_grad().scratch(2100) > 0, "2100 rows are split on the GPU column");
     let mut rng = webtune::rng::Rng::new(11);
     // 2100 loss rows in one micro-batch: 33 chunks of 64, the last one short.
     let ex: Vec<Example> = (0..84)
@@ -247,8 +247,9 @@ fn split_k_head_and_weight_gradients_match_the_unsplit_ones_and_any_chunking() {
             Example::prompt_answer(ids, 0, format!("example {i}"))
         })
         .collect();
-    let run = |g: &Gpu, head_chunk: usize| {
-        let model = Model::build(g, cfg.clone(), None, random_init(3)).unwrap();
+    let lora = LoraConfig::new(4, 8.0, &["all-linear"]);
+    let run_with = |g: &Gpu, lora: Option<&LoraConfig>, head_chunk: usize| {
+        let model = Model::build(g, cfg.clone(), lora, random_init(3)).unwrap();
         let mut t =
             Trainer::new(g, model, TrainConfig { loss: LossMode::AllTokens, micro_batch: 12, ..Default::default() })
                 .unwrap();
@@ -256,6 +257,15 @@ fn split_k_head_and_weight_gradients_match_the_unsplit_ones_and_any_chunking() {
         let l = block(t.accumulate(&ex)).unwrap();
         (l, block(t.read_grads()).unwrap())
     };
+    let run = |g: &Gpu, head_chunk: usize| run_with(g, None, head_chunk);
+    // LoRA's dA and dB (K = 2100 rows) split too: 2 ranges each here.
+    let (l_lora, g_lora) = run_with(&split_dev, Some(&lora), 1 << 12);
+    let (l_lora_whole, g_lora_whole) = run_with(&whole_dev, Some(&lora), 1 << 12);
+    assert!((l_lora - l_lora_whole).abs() <= 1e-5 * l_lora_whole.abs(), "LoRA loss {l_lora} vs {l_lora_whole}");
+    assert_eq!(g_lora.len(), 2 * 7 * cfg.layers, "only the adapters train");
+    for ((name, _, a), (_, _, b)) in g_lora.iter().zip(&g_lora_whole) {
+        check(&format!("split vs unsplit LoRA: {name}"), a, &f64s(b), GRADS);
+    }
     let (l_split, g_split) = run(&split_dev, 1 << 12);
     let (l_whole, g_whole) = run(&whole_dev, 1 << 12);
     assert!((l_split - l_whole).abs() <= 1e-5 * l_whole.abs(), "loss {l_split} vs {l_whole}");

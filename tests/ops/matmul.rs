@@ -202,18 +202,23 @@ fn matmul_table_picks_per_shape_and_adapter() {
     // Split-K across workgroups (GPUs): SmolLM2's LM head input gradient per chunk of 256
     // rows, 36 tiles of 64 x 64 with K = V = 49152, is cut into 8 ranges (288 workgroups);
     // Llama 3.2's (C = 2048, 128 tiles) into 2; Gemma 3's 262144-token head (C = 640) into 7.
-    assert_eq!(k_ranges(GPU, (256, 576, 49152)), 8);
-    assert_eq!(k_ranges(gpu_f16, (256, 576, 49152)), 8);
-    assert_eq!(k_ranges(GPU, (256, 2048, 128256)), 2);
-    assert_eq!(k_ranges(GPU, (256, 640, 262144)), 7);
+    assert_eq!(k_ranges(GPU, (256, 576, 49152), false), 8);
+    assert_eq!(k_ranges(gpu_f16, (256, 576, 49152), false), 8);
+    assert_eq!(k_ranges(GPU, (256, 2048, 128256), false), 2);
+    assert_eq!(k_ranges(GPU, (256, 640, 262144), false), 7);
     // Not where K is short (1500: a second range would walk under 1024 k; a weight
     // gradient of 1536 x 576 over 1024 rows), where the tiles fill the GPU already (4096 x
-    // 4096: 2048 Large tiles), where the product is skinny, or on a CPU adapter.
-    assert_eq!(k_ranges(GPU, (256, 576, 1500)), 1);
-    assert_eq!(k_ranges(GPU, (1536, 576, 1024)), 1);
-    assert_eq!(k_ranges(GPU, (4096, 4096, 49152)), 1);
-    assert_eq!(k_ranges(GPU, (256, 8, 49152)), 1);
-    assert_eq!(k_ranges(CPU, (256, 576, 49152)), 1);
+    // 4096: 2048 Large tiles), or on a CPU adapter.
+    assert_eq!(k_ranges(GPU, (256, 576, 1500), false), 1);
+    assert_eq!(k_ranges(GPU, (1536, 576, 1024), false), 1);
+    assert_eq!(k_ranges(GPU, (4096, 4096, 49152), false), 1);
+    assert_eq!(k_ranges(CPU, (256, 576, 49152), false), 1);
+    // LoRA's dA (SkinnyT, 576 / 16 = 36 workgroups) and dB (Skinny, 1536 / 16 = 96) over
+    // 16 x 512 rows: 8 and 3 ranges; over 4 x 256 (1024 rows) none.
+    assert_eq!(k_ranges(GPU, (8, 576, 8192), true), 8);
+    assert_eq!(k_ranges(GPU, (1536, 8, 8192), false), 3);
+    assert_eq!(k_ranges(GPU, (8, 576, 1024), true), 1);
+    assert_eq!(k_ranges(CPU, (8, 576, 8192), true), 1);
 }
 
 #[test]
@@ -328,21 +333,31 @@ fn matmul_over_a_compact_weight_equals_its_f32_expansion_bit_for_bit() {
     }
 }
 
-/// Split-K across workgroups (`KSplit`) on the kernels that take it, every layout, f32 and
-/// compact B: against float64 (the k ranges' partials add in range order, one more
-/// re-association: the MATMUL tolerance still holds, since it covers sqrt(K) rounding);
-/// Large and Tiled agree bit for bit under the same ranges (each range in k order, then
-/// the same second stage); a row's bits do not depend on how many rows the product has
-/// (the chunked LM head relies on it); and a split product really differs from the unsplit
-/// one somewhere (it is not silently run whole).
+/// Split-K across workgroups (`KSplit`) on every kernel that takes it (Large, Tiled, the
+/// skinny ones, with subgroups where the device has them), every layout, f32 and compact
+/// B: against float64 (the ranges' partials add in range order, one more re-association,
+/// which the MATMUL tolerance covers); Large and Tiled agree bit for bit under the same
+/// ranges (each range in k order, then the same second stage); a row's bits do not depend
+/// on how many rows the product has (the chunked LM head relies on it); and a split
+/// product differs from the unsplit one somewhere (it is not silently run whole).
 #[test]
 fn matmul_split_k_matches_reference_bit_for_bit_across_kernels_and_rows() {
     let g = gpu();
     let mut rng = Rng::new(9);
     // K straddles the 16-deep step and the ranges; ranges beyond what K holds (K = 20 in
     // 5 ranges: ranges of 16, so 2) and K shorter than one range.
-    let cases: &[((usize, usize, usize), usize)] =
-        &[((70, 33, 2100), 3), ((129, 65, 1000), 7), ((3, 130, 4099), 2), ((64, 64, 20), 5), ((5, 17, 9), 4)];
+    // Skinny: N <= 16 (70 x 8, 33 x 16: dB) and M <= 16 (8 x 130: dA, 3 x 130).
+    let cases: &[((usize, usize, usize), usize)] = &[
+        ((70, 33, 2100), 3),
+        ((129, 65, 1000), 7),
+        ((3, 130, 4099), 2),
+        ((64, 64, 20), 5),
+        ((5, 17, 9), 4),
+        ((70, 8, 2100), 3),
+        ((33, 16, 1030), 6),
+        ((8, 130, 3000), 5),
+    ];
+    let sg = g.subgroups;
     for &((m, n, k), ranges) in cases {
         for (a_op, b_op) in [(Op::N, Op::T), (Op::N, Op::N), (Op::T, Op::N), (Op::T, Op::T)] {
             let a = rng.vec(m * k, 1.0);
@@ -365,28 +380,37 @@ fn matmul_split_k_matches_reference_bit_for_bit_across_kernels_and_rows() {
             };
             let split = Some(KSplit { scratch: &scratch, ranges });
             let zeros = vec![0.0; m * n];
+            let mut kernels = vec![Variant::Large, Variant::Tiled];
+            if n <= 16 {
+                kernels.extend([Variant::Skinny].into_iter().chain(sg.then_some(Variant::SkinnySg)));
+            }
+            if m <= 16 {
+                kernels.extend([Variant::SkinnyT].into_iter().chain(sg.then_some(Variant::SkinnyTSg)));
+            }
             let mut first: Option<Vec<f32>> = None;
-            for variant in [Variant::Large, Variant::Tiled] {
+            for variant in kernels {
+                assert!(variant.splits_across_workgroups());
                 let what = format!("split-K {ranges} {variant:?} {m}x{n}x{k} {a_op:?}{b_op:?}");
                 check(&format!("{what} accumulate"), &run(variant, alpha, &c0, true, split), &want_acc, MATMUL);
                 let got = run(variant, 1.0, &zeros, false, split);
                 check(&what, &got, &want, MATMUL);
+                if k > 16 {
+                    let whole = run(variant, 1.0, &zeros, false, None);
+                    assert!(
+                        whole.iter().zip(&got).any(|(x, y)| x.to_bits() != y.to_bits()),
+                        "{what}: the same bits as unsplit (was it split?)"
+                    );
+                }
                 match &first {
-                    Some(bits) => assert!(
+                    Some(bits) if !variant.splits_k() => assert!(
                         bits.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()),
                         "{what}: not the bits of Large under the same ranges"
                     ),
+                    Some(_) => {}
                     None => first = Some(got),
                 }
             }
             let split_bits = first.unwrap();
-            if k > 16 {
-                let whole = run(Variant::Tiled, 1.0, &zeros, false, None);
-                assert!(
-                    whole.iter().zip(&split_bits).any(|(x, y)| x.to_bits() != y.to_bits()),
-                    "split-K {ranges} {m}x{n}x{k}: the same bits as unsplit (was it split?)"
-                );
-            }
             // The first rows alone (A's rows are its first m' rows only when A is stored
             // (M, K)), under the same ranges: the same bits as in the whole product.
             if a_op == Op::N && m > 2 {
